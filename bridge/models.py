@@ -1,0 +1,140 @@
+"""The neutral vocabulary of the core.
+
+Edges translate their wire formats into these types and back; the core (router, sessions, plugins)
+only ever sees these. Message content uses OneBot-style segments because every edge we speak
+(hub, OneBot) already uses that shape, and MomoHub content parts map onto it losslessly for text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from bridge.errors import ErrorCode
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    type: str
+    data: JSON = field(default_factory=dict)
+
+    def to_json(self) -> JSON:
+        return {"type": self.type, "data": dict(self.data)}
+
+    @classmethod
+    def text(cls, text: str) -> Segment:
+        return cls("text", {"text": text})
+
+
+def plain_text(segments: list[Segment]) -> str:
+    """Concatenated text of the `text` segments (what a language model can read)."""
+    return "".join(str(s.data.get("text", "")) for s in segments if s.type == "text")
+
+
+@dataclass(frozen=True, slots=True)
+class UserRef:
+    """A hub user as the core knows them."""
+
+    id: str
+    is_admin: bool = False
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationKey:
+    """(user, contact, thread): one conversation of one user with one contact."""
+
+    user_id: str
+    contact: str
+    thread: str = "default"
+
+
+@dataclass(slots=True)
+class ChatMessage:
+    conversation: ConversationKey
+    sender: UserRef
+    segments: list[Segment]
+    message_id: int
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """Something a user can message: a bot framework account or an AI character."""
+
+    id: str
+    kind: Literal["onebot", "character"]
+    name: str
+    avatar: str | None = None
+    bio: str | None = None
+    default: bool = False
+
+    def to_json(self) -> JSON:
+        out: JSON = {"id": self.id, "kind": self.kind, "name": self.name}
+        if self.avatar:
+            out["avatar"] = self.avatar
+        if self.bio:
+            out["bio"] = self.bio
+        if self.default:
+            out["default"] = True
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ModelGroup:
+    owner: str
+    models: list[str]
+
+    def to_json(self) -> JSON:
+        return {"owner": self.owner, "models": list(self.models)}
+
+
+# ----- reply events: what a target streams back --------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    text: str = ""
+    reasoning: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    name: str
+    action: Literal["started", "pending", "running", "finished"]
+    params: str = ""
+    result: str | None = None
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    finish_reason: str | None = "stop"
+    usage: JSON | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    error: ErrorCode
+    reason: str
+
+
+ReplyEvent = Delta | ToolCall | Done | Failed
+
+
+@dataclass(slots=True)
+class CompletionRequest:
+    """An OpenAI-style completion request from a hub user."""
+
+    user: UserRef
+    model: str
+    messages: list[JSON]
+    conversation_id: str = "default"
+    temperature: float | None = None
+    top_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    max_tokens: int | None = None
+    tools: list[JSON] | None = None
