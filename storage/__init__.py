@@ -1,0 +1,37 @@
+"""Persistent state behind small repositories, one per table family."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from storage.conversations import ConversationRepo
+from storage.db import Database
+from storage.messages import MessageRepo
+from storage.outbox import OutboxRepo
+from storage.shares import ShareRepo
+from storage.users import UserRepo
+
+
+@dataclass
+class Storage:
+    db: Database
+    users: UserRepo
+    messages: MessageRepo
+    outbox: OutboxRepo
+    shares: ShareRepo
+    conversations: ConversationRepo
+
+    @classmethod
+    async def open(cls, path: str) -> Storage:
+        db = await Database.open(path)
+        return cls(
+            db=db,
+            users=UserRepo(db),
+            messages=MessageRepo(db),
+            outbox=OutboxRepo(db),
+            shares=ShareRepo(db),
+            conversations=ConversationRepo(db),
+        )
+
+    async def close(self) -> None:
+        await self.db.close()

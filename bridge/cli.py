@@ -1,0 +1,91 @@
+"""The `momobridge` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+import structlog
+
+from bridge.config import ConfigError, load_config
+from bridge.logging import configure_logging
+
+DEFAULT_CONFIG = "config.toml"
+
+
+async def _serve(config_path: str) -> int:
+    from bridge.app import App
+
+    log = structlog.get_logger("momobridge")
+    try:
+        config, found = load_config(config_path)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    configure_logging(config.log.level, config.log.format)
+    if found:
+        log.info("config.loaded", path=config_path)
+    else:
+        log.info("config.missing_using_defaults", path=config_path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    app = App(config)
+    try:
+        await app.start()
+    except OSError as e:
+        log.error("startup.failed", error=str(e))
+        await app.stop()
+        return 1
+    log.info("momobridge.ready", url=f"ws://{config.server.host}:{app.port}/api/gateway")
+    await stop.wait()
+    log.info("momobridge.stopping")
+    await app.stop()
+    return 0
+
+
+def _check_config(path: str) -> int:
+    try:
+        config, _ = load_config(path, must_exist=True)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"{path}: ok ({len(config.openai.providers)} OpenAI providers, "
+        f"{len(config.onebot.frameworks)} framework links, "
+        f"momohub: {config.momohub.base_url or 'embedded sandbox'})"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="momobridge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the bridge")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config (default ./config.toml)")
+    p = sub.add_parser("check-config", help="validate a config file")
+    p.add_argument("path")
+    p = sub.add_parser("chat", help="a terminal client for the hub")
+    p.add_argument("--url", default="ws://127.0.0.1:3080/api/gateway")
+    p.add_argument("--id", default="10086", help="your mio-chat-id")
+    p.add_argument("--token", default="", help="admin_code or user_code")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return asyncio.run(_serve(args.config))
+    if args.command == "check-config":
+        return _check_config(args.path)
+    if args.command == "chat":
+        from bridge.chat_client import run_chat
+
+        try:
+            return asyncio.run(run_chat(args.url, args.id, args.token))
+        except KeyboardInterrupt:
+            return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Where a message or a completion goes: contacts and models are served by registered targets.
+
+The core never imports an adapter: targets implement these protocols and the composition root
+(bridge/app.py) registers them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from bridge.errors import BridgeError, ErrorCode
+from bridge.models import (
+    ChatMessage,
+    CompletionRequest,
+    Contact,
+    ModelGroup,
+    ReplyEvent,
+    UserRef,
+)
+
+
+class ContactTarget(Protocol):
+    """Serves `onebot/message` to some contacts (a bot framework account, AI characters)."""
+
+    def owns(self, contact: str) -> bool: ...
+
+    def contacts(self, user: UserRef) -> list[Contact]:
+        """From a cache: login must never wait on an upstream."""
+        ...
+
+    def check_available(self, contact: str) -> None:
+        """Raise BridgeError(UNAVAILABLE) when the contact cannot take a message right now."""
+        ...
+
+    def deliver(self, message: ChatMessage) -> AsyncIterator[ReplyEvent] | None:
+        """Hand over a stored user message. A streamed reply is returned as events; a target
+        whose replies come later on their own (a bot framework) returns None and pushes.
+        A forwarded bundle arrives as one message whose only segment is `nodes`."""
+        ...
+
+    async def recall(self, user: UserRef, contact: str, message_id: int) -> None: ...
+
+    async def forward(
+        self, message: ChatMessage, items: list[ChatMessage]
+    ) -> AsyncIterator[ReplyEvent] | None: ...
+
+
+class ModelTarget(Protocol):
+    """Serves `openai/models` and `openai/completions` for some models."""
+
+    def model_groups(self) -> list[ModelGroup]:
+        """From a cache."""
+        ...
+
+    def owns_model(self, model: str) -> bool: ...
+
+    def complete(self, request: CompletionRequest) -> AsyncIterator[ReplyEvent]: ...
+
+
+class Router:
+    def __init__(self) -> None:
+        self._contact_targets: list[ContactTarget] = []
+        self._model_targets: list[ModelTarget] = []
+
+    def add_contact_target(self, target: ContactTarget) -> None:
+        self._contact_targets.append(target)
+
+    def add_model_target(self, target: ModelTarget) -> None:
+        self._model_targets.append(target)
+
+    @property
+    def has_models(self) -> bool:
+        return bool(self._model_targets)
+
+    def contacts(self, user: UserRef) -> list[Contact]:
+        out: list[Contact] = []
+        for t in self._contact_targets:
+            out.extend(t.contacts(user))
+        return out
+
+    def model_groups(self) -> list[ModelGroup]:
+        out: list[ModelGroup] = []
+        for t in self._model_targets:
+            out.extend(t.model_groups())
+        return out
+
+    def contact_target(self, contact: str) -> ContactTarget:
+        for t in self._contact_targets:
+            if t.owns(contact):
+                return t
+        raise BridgeError(ErrorCode.NOT_FOUND, f"no contact {contact!r} on this bridge")
+
+    def model_target(self, model: str) -> ModelTarget:
+        if not self._model_targets:
+            raise BridgeError(
+                ErrorCode.UNAVAILABLE,
+                "no model provider is configured (add [[openai.providers]] or [momohub])",
+            )
+        for t in self._model_targets:
+            if t.owns_model(model):
+                return t
+        raise BridgeError(ErrorCode.NOT_FOUND, f"unknown model {model!r}")

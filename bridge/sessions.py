@@ -1,0 +1,235 @@
+"""Conversations: a user's message is stored, handed to its target, and the reply is run to the end.
+
+A reply to a chat message belongs to the conversation, not to the connection that asked: it keeps
+running when that connection closes, is stored, and reaches the user as a push (live or outbox).
+The requesting connection may watch the stream while it lasts (a listener).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from bridge.errors import BridgeError, ErrorCode
+from bridge.models import (
+    ChatMessage,
+    ConversationKey,
+    Delta,
+    Done,
+    Failed,
+    ReplyEvent,
+    Segment,
+    UserRef,
+)
+from bridge.outbox import Outbox, Push
+from bridge.router import Router
+from bridge.tasks import TaskSet
+from storage import Storage
+
+log = structlog.get_logger(__name__)
+
+Listener = Callable[[ReplyEvent], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Reply:
+    user: UserRef
+    contact: str
+    message_id: int
+    task: asyncio.Task[None] | None = None
+    listener: Listener | None = None
+    stream_request_id: str | int | float | None = None
+    cancelled_by_recall: bool = False
+    text: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    message_id: int
+    streaming: bool
+
+
+class Sessions:
+    def __init__(self, storage: Storage, router: Router, outbox: Outbox) -> None:
+        self._storage = storage
+        self._router = router
+        self._outbox = outbox
+        self._tasks = TaskSet("sessions")
+        self._replies: dict[int, _Reply] = {}
+
+    async def send(
+        self,
+        user: UserRef,
+        contact: str,
+        segments: list[Segment],
+        *,
+        listener: Listener | None = None,
+        stream_request_id: str | int | float | None = None,
+        thread: str = "default",
+    ) -> Accepted:
+        target = self._router.contact_target(contact)
+        target.check_available(contact)
+        row = await self._storage.messages.add(
+            user.id, contact, "in", [s.to_json() for s in segments]
+        )
+        msg = ChatMessage(
+            conversation=ConversationKey(user.id, contact, thread),
+            sender=user,
+            segments=segments,
+            message_id=row.id,
+            time=row.time,
+        )
+        stream = target.deliver(msg)
+        if stream is None:
+            return Accepted(row.id, streaming=False)
+        self._start_reply(user, contact, row.id, stream, listener, stream_request_id)
+        return Accepted(row.id, streaming=True)
+
+    async def forward(
+        self,
+        user: UserRef,
+        contact: str,
+        items: list[tuple[int | None, list[Segment]]],
+        *,
+        listener: Listener | None = None,
+        stream_request_id: str | int | float | None = None,
+    ) -> Accepted:
+        """Several messages sent on as one: a single `nodes` segment quoting each of them."""
+        nodes = []
+        for message_id, segments in items:
+            if not segments and message_id is not None:
+                row = await self._storage.messages.get(message_id)
+                if row is None or row.user_id != user.id:
+                    raise BridgeError(ErrorCode.NOT_FOUND, f"no message {message_id} to forward")
+                segments = [Segment(s["type"], s.get("data", {})) for s in row.content]
+            nodes.append({"message_id": message_id, "message": [s.to_json() for s in segments]})
+        return await self.send(
+            user,
+            contact,
+            [Segment("nodes", {"messages": nodes})],
+            listener=listener,
+            stream_request_id=stream_request_id,
+        )
+
+    def _start_reply(
+        self,
+        user: UserRef,
+        contact: str,
+        message_id: int,
+        stream: AsyncIterator[ReplyEvent],
+        listener: Listener | None,
+        stream_request_id: str | int | float | None,
+    ) -> None:
+        reply = _Reply(
+            user, contact, message_id, listener=listener, stream_request_id=stream_request_id
+        )
+        self._replies[message_id] = reply
+        reply.task = self._tasks.spawn(self._run(reply, stream), name=f"reply-{message_id}")
+
+    def detach_listener(self, listener: Listener) -> None:
+        for r in self._replies.values():
+            if r.listener is listener:
+                r.listener = None
+
+    async def _notify(self, reply: _Reply, event: ReplyEvent) -> None:
+        if reply.listener is None:
+            return
+        try:
+            await reply.listener(event)
+        except Exception:
+            # A listener failing (its socket closed) must not stop the reply itself.
+            log.debug("reply.listener_failed", message_id=reply.message_id, exc_info=True)
+            reply.listener = None
+
+    async def _run(self, reply: _Reply, stream: AsyncIterator[ReplyEvent]) -> None:
+        structlog.contextvars.bind_contextvars(user=reply.user.id, conversation=reply.contact)
+        outcome: ReplyEvent | None = None
+        try:
+            async for event in stream:
+                if isinstance(event, Delta) and event.text:
+                    reply.text.append(event.text)
+                if isinstance(event, Done | Failed):
+                    outcome = event
+                    break
+                await self._notify(reply, event)
+            if outcome is None:
+                outcome = Failed(
+                    ErrorCode.UPSTREAM_ERROR, "the reply stream ended without a result"
+                )
+            if isinstance(outcome, Done):
+                await self._finish(reply, outcome)
+            else:
+                await self._notify(reply, outcome)
+        except asyncio.CancelledError:
+            await self._notify(reply, Failed(ErrorCode.CANCELLED, "the message was recalled"))
+            raise
+        except BridgeError as e:
+            await self._notify(reply, Failed(e.code, e.reason))
+        except Exception as e:
+            log.exception("reply.crashed", message_id=reply.message_id)
+            await self._notify(reply, Failed(ErrorCode.INTERNAL, f"internal error: {e}"))
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            self._replies.pop(reply.message_id, None)
+
+    async def _finish(self, reply: _Reply, done: Done) -> None:
+        text = "".join(reply.text)
+        segs = [Segment.text(text).to_json()] if text else []
+        row = await self._storage.messages.add(
+            reply.user.id, reply.contact, "out", segs, reply_to=reply.message_id
+        )
+        await self._notify(reply, done)
+        await self._outbox.push(
+            reply.user.id,
+            Push(
+                kind="message",
+                contact=reply.contact,
+                message_id=row.id,
+                segments=segs,
+                time=int(row.time),
+                sender_id=reply.contact,
+                sender_name=reply.contact,
+                stream_request_id=reply.stream_request_id,
+            ),
+        )
+
+    def cancel_reply(self, message_id: int) -> bool:
+        reply = self._replies.get(message_id)
+        if reply is None or reply.task is None:
+            return False
+        reply.cancelled_by_recall = True
+        reply.task.cancel()
+        return True
+
+    async def recall(self, user: UserRef, message_id: int, *, exclude_sink: object = None) -> str:
+        """Recall a user's message (or a reply) everywhere. Returns the contact it belonged to."""
+        row = await self._storage.messages.get(message_id)
+        if row is None or row.user_id != user.id or row.deleted:
+            raise BridgeError(ErrorCode.NOT_FOUND, f"no message {message_id} to recall")
+        self.cancel_reply(message_id)
+        await self._storage.messages.mark_deleted(message_id)
+        try:
+            target = self._router.contact_target(row.contact)
+        except BridgeError:
+            target = None
+        if target is not None:
+            await target.recall(user, row.contact, message_id)
+        await self._outbox.push(
+            user.id,
+            Push(kind="recall", contact=row.contact, message_id=message_id),
+            exclude=exclude_sink,  # type: ignore[arg-type]
+        )
+        return row.contact
+
+    async def close(self) -> None:
+        await self._tasks.cancel_all()
+
+    @staticmethod
+    def now() -> float:
+        return time.time()

@@ -1,0 +1,58 @@
+"""Numbered schema migrations; index i holds the script that moves user_version from i to i+1.
+
+Never edit a released script: append a new one.
+"""
+
+MIGRATIONS: list[str] = [
+    # 1: users, hub messages with external id mappings, per-user outbox, shares, conversations.
+    """
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        is_admin INTEGER NOT NULL DEFAULT 0,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL
+    );
+    CREATE TABLE user_numbers (
+        number INTEGER PRIMARY KEY,
+        user_id TEXT NOT NULL UNIQUE
+    );
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id TEXT NOT NULL,
+        contact TEXT NOT NULL,
+        direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+        content TEXT NOT NULL,
+        time REAL NOT NULL,
+        reply_to INTEGER,
+        deleted INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX messages_conv ON messages (user_id, contact, id);
+    CREATE TABLE message_refs (
+        message_id INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        system TEXT NOT NULL,
+        external_id TEXT NOT NULL,
+        PRIMARY KEY (system, external_id)
+    );
+    CREATE INDEX message_refs_msg ON message_refs (message_id);
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id TEXT NOT NULL,
+        frame TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE INDEX outbox_user ON outbox (user_id, seq);
+    CREATE TABLE shares (
+        id TEXT PRIMARY KEY,
+        contactor TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE conversations (
+        user_id TEXT NOT NULL,
+        contact TEXT NOT NULL,
+        thread TEXT NOT NULL,
+        external_id TEXT NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (user_id, contact, thread)
+    );
+    """,
+]

@@ -1,0 +1,48 @@
+"""Pushes waiting for a user who has no live connection, kept in order until delivered."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from storage.db import Database
+
+
+class OutboxRepo:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def push(self, user_id: str, frame: dict[str, Any], limit: int) -> int:
+        """Append a frame; trim the oldest beyond ``limit``. Returns how many were dropped."""
+        await self._db.conn.execute(
+            "INSERT INTO outbox (user_id, frame, created) VALUES (?, ?, ?)",
+            (user_id, json.dumps(frame, ensure_ascii=False), time.time()),
+        )
+        cur = await self._db.conn.execute(
+            "DELETE FROM outbox WHERE user_id = ? AND seq NOT IN "
+            "(SELECT seq FROM outbox WHERE user_id = ? ORDER BY seq DESC LIMIT ?)",
+            (user_id, user_id, limit),
+        )
+        await self._db.conn.commit()
+        return max(cur.rowcount, 0)
+
+    async def pending(self, user_id: str) -> list[tuple[int, dict[str, Any]]]:
+        async with self._db.conn.execute(
+            "SELECT seq, frame FROM outbox WHERE user_id = ? ORDER BY seq", (user_id,)
+        ) as cur:
+            rows = await cur.fetchall()
+        return [(int(r[0]), json.loads(r[1])) for r in rows]
+
+    async def ack(self, user_id: str, up_to_seq: int) -> None:
+        await self._db.conn.execute(
+            "DELETE FROM outbox WHERE user_id = ? AND seq <= ?", (user_id, up_to_seq)
+        )
+        await self._db.conn.commit()
+
+    async def count(self, user_id: str) -> int:
+        async with self._db.conn.execute(
+            "SELECT COUNT(*) FROM outbox WHERE user_id = ?", (user_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0

@@ -1,0 +1,86 @@
+"""Shared fixtures: a real bridge on an OS-chosen port with a temp database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.app import App
+from bridge.config import Config
+from tests.support.hub_client import HubClient
+
+ADMIN_CODE = "admin-secret"
+
+
+def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
+    raw: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": 0},
+        "auth": {"admin_code": ADMIN_CODE},
+        "storage": {"path": str(tmp_path / "bridge.db")},
+        "log": {"level": "warning", "format": "console"},
+    }
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return Config.model_validate(raw)
+
+
+class Bridge:
+    """A running App plus helpers to open clients against it."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.app = App(config)
+        self.clients: list[HubClient] = []
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.app.port}/api/gateway"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.app.port}"
+
+    async def client(self, user_id: Any = None, token: str = "", **kwargs: Any) -> HubClient:
+        c = await HubClient.open(self.url, **kwargs)
+        self.clients.append(c)
+        if user_id is not None:
+            await c.login(user_id, token)
+        return c
+
+    async def close_clients(self) -> None:
+        for c in self.clients:
+            await c.close()
+        self.clients.clear()
+
+    async def restart(self) -> None:
+        """Stop and start again on the same port and database."""
+        port = self.app.port
+        await self.close_clients()
+        await self.app.stop()
+        self.config.server.port = port
+        self.app = App(self.config)
+        await self.app.start()
+
+
+@pytest.fixture
+async def bridge_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Bridge]]]:
+    started: list[Bridge] = []
+
+    async def factory(**sections: dict[str, Any]) -> Bridge:
+        b = Bridge(make_config(tmp_path, **sections))
+        await b.app.start()
+        started.append(b)
+        return b
+
+    yield factory
+    for b in started:
+        await b.close_clients()
+        await b.app.stop()
+
+
+@pytest.fixture
+async def bridge(bridge_factory: Callable[..., Awaitable[Bridge]]) -> Bridge:
+    return await bridge_factory()
