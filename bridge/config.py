@@ -138,18 +138,25 @@ class ConfigError(Exception):
 
 
 def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> None:
-    for name, value in environ.items():
+    """Apply MOMOBRIDGE_A__B__C=value; a numeric part indexes a list (providers, frameworks)."""
+    for name, value in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
-        node = raw
+        node: Any = raw
         for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                break
-            node = child
-        else:
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"{name}: no list entry {part} to override")
+                node = node[int(part)]
+            elif isinstance(node, dict):
+                node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"{name}: {part} is not a section")
+        if isinstance(node, dict):
             node[path[-1]] = value
+        else:
+            raise ConfigError(f"{name}: cannot set {path[-1]} here")
 
 
 def _describe(err: ValidationError) -> str:
