@@ -79,6 +79,7 @@ class SandboxConfig(_Section):
     openai_provider: str = ""
     openai_model: str = ""
     database: str = ""
+    generation_timeout: float = Field(300.0, gt=0)
     # Test-only control endpoints under /_sandbox/ (fault injection, token expiry); off by default.
     fault_injection: bool = False
 
