@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from adapters.momohub.sandbox import run_sandbox, streaming
+from adapters.momohub.sandbox import run_sandbox
 from bridge.config import OpenAIProvider, SandboxConfig
 from tests.momohub.conftest import PASSWORD, SandboxFactory, SandboxHub
 
@@ -154,9 +154,9 @@ async def test_client_disconnect_stops_generation(sandbox: SandboxHub) -> None:
 
 
 async def test_a_reply_that_takes_too_long_ends_with_an_error(
-    sandbox: SandboxHub, monkeypatch: pytest.MonkeyPatch
+    sandbox_factory: SandboxFactory,
 ) -> None:
-    monkeypatch.setattr(streaming, "DEFAULT_GENERATION_TIMEOUT", 0.3)
+    sandbox = await sandbox_factory(generation_timeout=0.3)
     token = await sandbox.account()
     chat = await sandbox.chat(token)
     status, raw = await sandbox.send(token, chat, "/slow")

@@ -37,7 +37,6 @@ routes = web.RouteTableDef()
 
 FAULT = web.RequestKey("momohub_sandbox_fault", Fault)
 STREAM_PATH = "/v1/chats/{chatId}/messages"
-DEFAULT_GENERATION_TIMEOUT = 300.0
 CANCEL_TIMEOUT = 5.0
 Outcome = Literal["done", "failed", "gone", "dropped", "stopped"]
 
@@ -121,7 +120,7 @@ async def _run_generation(
         _heartbeat(sse, state.config.heartbeat_interval), name="sse-heartbeat"
     )
     generation = state.tasks.spawn(_generate(state, sse, chat, reply, fault), name="sse-generate")
-    timeout = float(getattr(state.config, "generation_timeout", DEFAULT_GENERATION_TIMEOUT))
+    timeout = state.config.generation_timeout
     try:
         done, _ = await asyncio.wait(
             {heartbeat, generation}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
