@@ -9,7 +9,7 @@ from pathlib import Path
 import structlog
 
 from adapters.miochat.server import HubServer
-from bridge.config import Config
+from bridge.config import Config, OpenAIProvider, SandboxConfig
 from bridge.outbox import Outbox
 from bridge.router import Router
 from bridge.sessions import Sessions
@@ -44,6 +44,14 @@ def _load_or_create_admin_code(config: Config) -> str:
     path.chmod(0o600)
     log.info("auth.admin_code_created", file=str(path))
     return code
+
+
+async def run_sandbox_command(
+    config: SandboxConfig, providers: list[OpenAIProvider], stop: asyncio.Event
+) -> None:
+    from adapters.momohub.sandbox import run_sandbox
+
+    await run_sandbox(config, providers, stop=stop)
 
 
 class App:

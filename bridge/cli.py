@@ -47,6 +47,31 @@ async def _serve(config_path: str) -> int:
     return 0
 
 
+async def _sandbox(config_path: str, host: str | None, port: int | None) -> int:
+    from bridge.app import run_sandbox_command
+
+    try:
+        config, _ = load_config(config_path)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    configure_logging(config.log.level, config.log.format)
+    sandbox = config.sandbox.model_copy()
+    sandbox.host = host or sandbox.host
+    # A standalone sandbox wants a predictable port; 0 (any) only suits the embedded one.
+    sandbox.port = port if port is not None else (sandbox.port or 8080)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await run_sandbox_command(sandbox, config.openai.providers, stop)
+    except OSError as e:
+        structlog.get_logger("momobridge").error("sandbox.failed", error=str(e))
+        return 1
+    return 0
+
+
 def _check_config(path: str) -> int:
     try:
         config, _ = load_config(path, must_exist=True)
@@ -68,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config (default ./config.toml)")
     p = sub.add_parser("check-config", help="validate a config file")
     p.add_argument("path")
+    p = sub.add_parser("sandbox", help="run the MomoHub-compatible sandbox server on its own")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config ([sandbox] section)")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None, help="default 8080")
     p = sub.add_parser("chat", help="a terminal client for the hub")
     p.add_argument("--url", default="ws://127.0.0.1:3080/api/gateway")
     p.add_argument("--id", default="10086", help="your mio-chat-id")
@@ -75,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return asyncio.run(_serve(args.config))
+    if args.command == "sandbox":
+        return asyncio.run(_sandbox(args.config, args.host, args.port))
     if args.command == "check-config":
         return _check_config(args.path)
     if args.command == "chat":

@@ -113,6 +113,12 @@ class ToolCall:
 class Done:
     finish_reason: str | None = "stop"
     usage: JSON | None = None
+    # Ids the target's own system gave the request and the reply (e.g. MomoHub message ids), so a
+    # later recall can find them there. `ref_system` names that system.
+    ref_system: str = ""
+    request_ref: str | None = None
+    reply_ref: str | None = None
+    sender_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from bridge.models import (
     Contact,
     ModelGroup,
     ReplyEvent,
+    Segment,
     UserRef,
 )
 
@@ -25,12 +26,17 @@ class ContactTarget(Protocol):
 
     def owns(self, contact: str) -> bool: ...
 
+    def canonical(self, contact: str) -> str:
+        """The one spelling of a contact used for storage and pushes (aliases map onto it)."""
+        ...
+
     def contacts(self, user: UserRef) -> list[Contact]:
         """From a cache: login must never wait on an upstream."""
         ...
 
-    def check_available(self, contact: str) -> None:
-        """Raise BridgeError(UNAVAILABLE) when the contact cannot take a message right now."""
+    async def check_available(self, contact: str) -> None:
+        """Raise BridgeError (NOT_FOUND, UNAVAILABLE) when the contact cannot take a message now.
+        Called before the message is stored, so a refusal leaves nothing half-delivered."""
         ...
 
     def deliver(self, message: ChatMessage) -> AsyncIterator[ReplyEvent] | None:
@@ -39,7 +45,11 @@ class ContactTarget(Protocol):
         A forwarded bundle arrives as one message whose only segment is `nodes`."""
         ...
 
-    async def recall(self, user: UserRef, contact: str, message_id: int) -> None: ...
+    async def recall(
+        self, user: UserRef, contact: str, message_id: int, segments: list[Segment], outgoing: bool
+    ) -> None:
+        """Remove a stored message (the user's, or a reply when ``outgoing``) from the target."""
+        ...
 
     async def forward(
         self, message: ChatMessage, items: list[ChatMessage]

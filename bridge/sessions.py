@@ -72,7 +72,8 @@ class Sessions:
         thread: str = "default",
     ) -> Accepted:
         target = self._router.contact_target(contact)
-        target.check_available(contact)
+        contact = target.canonical(contact)
+        await target.check_available(contact)
         row = await self._storage.messages.add(
             user.id, contact, "in", [s.to_json() for s in segments]
         )
@@ -184,6 +185,13 @@ class Sessions:
         row = await self._storage.messages.add(
             reply.user.id, reply.contact, "out", segs, reply_to=reply.message_id
         )
+        if done.ref_system:
+            if done.request_ref:
+                await self._storage.messages.link(
+                    reply.message_id, done.ref_system, done.request_ref
+                )
+            if done.reply_ref:
+                await self._storage.messages.link(row.id, done.ref_system, done.reply_ref)
         await self._notify(reply, done)
         await self._outbox.push(
             reply.user.id,
@@ -194,37 +202,46 @@ class Sessions:
                 segments=segs,
                 time=int(row.time),
                 sender_id=reply.contact,
-                sender_name=reply.contact,
+                sender_name=done.sender_name or reply.contact,
                 stream_request_id=reply.stream_request_id,
             ),
         )
 
-    def cancel_reply(self, message_id: int) -> bool:
-        reply = self._replies.get(message_id)
-        if reply is None or reply.task is None:
-            return False
-        reply.cancelled_by_recall = True
-        reply.task.cancel()
-        return True
-
     async def recall(self, user: UserRef, message_id: int, *, exclude_sink: object = None) -> str:
-        """Recall a user's message (or a reply) everywhere. Returns the contact it belonged to."""
+        """Recall a message everywhere; recalling a user's message also recalls its replies and
+        stops a reply still being generated. Returns the contact it belonged to."""
         row = await self._storage.messages.get(message_id)
         if row is None or row.user_id != user.id or row.deleted:
             raise BridgeError(ErrorCode.NOT_FOUND, f"no message {message_id} to recall")
-        self.cancel_reply(message_id)
-        await self._storage.messages.mark_deleted(message_id)
+        running = self._replies.get(message_id)
+        if running is not None and running.task is not None:
+            running.cancelled_by_recall = True
+            running.task.cancel()
+            # Let it finish unwinding so the upstream request is closed before we delete there.
+            await asyncio.wait([running.task], timeout=10)
+        rows = [row]
+        if row.direction == "in":
+            rows += [
+                r for r in await self._storage.messages.replies_to(message_id) if not r.deleted
+            ]
         try:
             target = self._router.contact_target(row.contact)
         except BridgeError:
             target = None
-        if target is not None:
-            await target.recall(user, row.contact, message_id)
-        await self._outbox.push(
-            user.id,
-            Push(kind="recall", contact=row.contact, message_id=message_id),
-            exclude=exclude_sink,  # type: ignore[arg-type]
-        )
+        for r in rows:
+            await self._storage.messages.mark_deleted(r.id)
+            if target is not None:
+                segs = [Segment(s["type"], s.get("data", {})) for s in r.content]
+                try:
+                    await target.recall(user, r.contact, r.id, segs, r.direction == "out")
+                except BridgeError as e:
+                    log.warning("recall.upstream_failed", message_id=r.id, reason=e.reason)
+            await self._outbox.push(
+                user.id,
+                Push(kind="recall", contact=r.contact, message_id=r.id),
+                # The connection that asked knows about its own message; replies it may not.
+                exclude=exclude_sink if r.id == message_id else None,  # type: ignore[arg-type]
+            )
         return row.contact
 
     async def close(self) -> None:
