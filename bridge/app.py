@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from adapters.miochat.server import HubServer
-from bridge.config import Config, OpenAIProvider, SandboxConfig
+from adapters.momohub.client import MomoHubClient
+from adapters.momohub.sandbox import SandboxServer
+from adapters.momohub.target import CharacterTarget
+from bridge.config import Config, MomoHubConfig, OpenAIProvider, SandboxConfig
 from bridge.outbox import Outbox
 from bridge.router import Router
 from bridge.sessions import Sessions
@@ -46,6 +51,16 @@ def _load_or_create_admin_code(config: Config) -> str:
     return code
 
 
+SANDBOX_EMAIL = "bridge@sandbox.local"
+
+
+def embedded_sandbox_config(config: Config) -> SandboxConfig:
+    sandbox = config.sandbox.model_copy()
+    if not sandbox.database and config.storage.path != ":memory:":
+        sandbox.database = str(Path(config.storage.path).with_name("sandbox.db"))
+    return sandbox
+
+
 async def run_sandbox_command(
     config: SandboxConfig, providers: list[OpenAIProvider], stop: asyncio.Event
 ) -> None:
@@ -62,6 +77,53 @@ class App:
         self.outbox: Outbox | None = None
         self.sessions: Sessions | None = None
         self.hub: HubServer | None = None
+        self.sandbox: SandboxServer | None = None
+        self.momohub: MomoHubClient | None = None
+        self._closers: list[Any] = []
+
+    async def _start_momohub(self, admin_code: str) -> None:
+        assert self.storage is not None
+        cfg: MomoHubConfig = self.config.momohub
+        if not cfg.base_url:
+            self.sandbox = SandboxServer(
+                embedded_sandbox_config(self.config), self.config.openai.providers
+            )
+            base_url = await self.sandbox.start()
+            # The embedded sandbox is private to this bridge: derive a stable password from
+            # the admin code instead of asking the owner for one.
+            password = hashlib.sha256(f"sandbox:{admin_code}".encode()).hexdigest()
+            await self.sandbox.ensure_account(SANDBOX_EMAIL, password)
+            cfg = cfg.model_copy(
+                update={
+                    "base_url": base_url,
+                    "email": SANDBOX_EMAIL,
+                    "password": password,
+                    "access_token": "",
+                    "refresh_token": "",
+                    # The sandbox's demo characters are public: offer them, greet with Momo.
+                    "list_public": True,
+                    "default_character": cfg.default_character or "Momo",
+                }
+            )
+            log.info("momohub.embedded_sandbox", url=base_url)
+        self.momohub = MomoHubClient(cfg)
+        await self.momohub.start()
+        target = CharacterTarget(cfg, self.momohub, self.storage)
+        await target.start()
+        self._closers.append(target.close)
+        self.router.add_contact_target(target)
+        self.router.add_model_target(target)
+
+    async def _start_openai(self) -> None:
+        if not self.config.openai.providers:
+            return
+        # Imported only when used: the OpenAI SDK is slow to import and most setups need none.
+        from adapters.openai.target import OpenAITarget
+
+        target = OpenAITarget(self.config.openai)
+        self._closers.append(target.close)
+        await target.start()
+        self.router.add_model_target(target)
 
     async def start(self) -> None:
         cfg = self.config
@@ -70,6 +132,9 @@ class App:
             admin_code = await asyncio.to_thread(_load_or_create_admin_code, cfg)
             self.outbox = Outbox(self.storage.outbox, cfg.limits.outbox_per_user)
             self.sessions = Sessions(self.storage, self.router, self.outbox)
+            if cfg.momohub.enabled:
+                await self._start_momohub(admin_code)
+            await self._start_openai()
             self.hub = HubServer(
                 cfg, self.storage, self.router, self.outbox, self.sessions, admin_code=admin_code
             )
@@ -88,6 +153,15 @@ class App:
             await self.hub.stop()
         if self.sessions is not None:
             await self.sessions.close()
+        for close in reversed(self._closers):
+            await close()
+        self._closers.clear()
+        if self.momohub is not None:
+            await self.momohub.close()
+            self.momohub = None
+        if self.sandbox is not None:
+            await self.sandbox.stop()
+            self.sandbox = None
         if self.storage is not None:
             await self.storage.close()
             self.storage = None

@@ -53,6 +53,7 @@ class LogConfig(_Section):
 
 
 class MomoHubConfig(_Section):
+    enabled: bool = True
     base_url: str = ""
     email: str = ""
     password: str = ""

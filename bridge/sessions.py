@@ -143,7 +143,7 @@ class Sessions:
             await reply.listener(event)
         except Exception:
             # A listener failing (its socket closed) must not stop the reply itself.
-            log.debug("reply.listener_failed", message_id=reply.message_id, exc_info=True)
+            log.warning("reply.listener_failed", message_id=reply.message_id, exc_info=True)
             reply.listener = None
 
     async def _run(self, reply: _Reply, stream: AsyncIterator[ReplyEvent]) -> None:

@@ -21,6 +21,9 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
         "auth": {"admin_code": ADMIN_CODE},
         "storage": {"path": str(tmp_path / "bridge.db")},
         "log": {"level": "warning", "format": "console"},
+        # Off unless a test asks for it: hub tests want a bridge with nothing behind the router.
+        "momohub": {"enabled": False},
+        "sandbox": {"token_delay": 0.0, "fault_injection": True},
     }
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)

@@ -37,7 +37,7 @@ from bridge.models import (
 )
 from bridge.outbox import Outbox, Push
 from bridge.router import Router
-from bridge.sessions import Sessions
+from bridge.sessions import Accepted, Sessions
 from bridge.tasks import TaskSet
 from storage import Storage
 
@@ -108,7 +108,8 @@ class _Client:
         self.user: UserRef | None = None
         self.tasks = TaskSet("hub-connection")
         self.streams: dict[P.RequestId, asyncio.Task[None]] = {}
-        self.listeners: list[_StreamRenderer] = []
+        # Reply listeners still streaming to this connection; detached from their replies on close.
+        self.listeners: set[Callable[[ReplyEvent], Awaitable[None]]] = set()
         self.peer = "%s:%s" % (ws.remote_address[:2] if ws.remote_address else ("?", "?"))
 
     # ----- Sink -----------------------------------------------------------------------------
@@ -318,6 +319,41 @@ class _Client:
     async def on_message(self, req: P.Request) -> None:
         assert self.user is not None
         msg = P.parse_send_message(req)
+        await self._send_streamed(
+            req,
+            msg.contact,
+            lambda listener: self.hub.sessions.send(
+                self.user,
+                msg.contact,
+                msg.segments,
+                listener=listener,
+                stream_request_id=req.request_id,
+            ),
+        )
+
+    async def on_forward(self, req: P.Request) -> None:
+        assert self.user is not None
+        fwd = P.parse_forward(req)
+        items = [(i.message_id, i.segments) for i in fwd.items]
+        await self._send_streamed(
+            req,
+            fwd.contact,
+            lambda listener: self.hub.sessions.forward(
+                self.user,
+                fwd.contact,
+                items,
+                listener=listener,
+                stream_request_id=req.request_id,
+            ),
+        )
+
+    async def _send_streamed(
+        self,
+        req: P.Request,
+        contact: str,
+        submit: Callable[[Callable[[ReplyEvent], Awaitable[None]]], Awaitable[Accepted]],
+    ) -> None:
+        """Ack with the stored message id; a streamed reply then follows on the same request_id."""
         renderer = _StreamRenderer(self, req.request_id, req.protocol, req.type)
         gate = asyncio.Event()
 
@@ -325,24 +361,22 @@ class _Client:
             # The ack and `pending` must precede the first update even if the reply is quick.
             async with asyncio.timeout(SEND_TIMEOUT):
                 await gate.wait()
+            if isinstance(event, Done | Failed):
+                self.listeners.discard(listener)
             await renderer(event)
 
-        accepted = await self.hub.sessions.send(
-            self.user,
-            msg.contact,
-            msg.segments,
-            listener=listener,
-            stream_request_id=req.request_id,
-        )
+        self.listeners.add(listener)
         try:
-            await self.send(
-                P.success(
-                    req.request_id, req.protocol, req.type, {"message_id": accepted.message_id}
-                )
-            )
+            accepted = await submit(listener)
+            ack = {"message_id": accepted.message_id}
+            await self.send(P.success(req.request_id, req.protocol, req.type, ack))
             if accepted.streaming:
-                self.listeners.append(renderer)
                 await renderer.pending()
+            else:
+                self.listeners.discard(listener)
+        except BaseException:
+            self.listeners.discard(listener)
+            raise
         finally:
             gate.set()
 
@@ -351,18 +385,6 @@ class _Client:
         d = P.parse_del_message(req)
         await self.hub.sessions.recall(self.user, d.message_id, exclude_sink=self)
         await self.send(P.success(req.request_id, req.protocol, req.type))
-
-    async def on_forward(self, req: P.Request) -> None:
-        assert self.user is not None
-        fwd = P.parse_forward(req)
-        accepted = await self.hub.sessions.forward(
-            self.user,
-            fwd.contact,
-            [(i.message_id, i.segments) for i in fwd.items],
-        )
-        await self.send(
-            P.success(req.request_id, req.protocol, req.type, {"message_id": accepted.message_id})
-        )
 
     # ----- openai -----------------------------------------------------------------------------
 

@@ -80,7 +80,8 @@ class HubClient:
         return await self.reply(rid)
 
     async def stream(self, rid: Any, timeout: float = WAIT) -> list[Frame]:
-        """All frames on ``rid`` up to and including `completed` or a failure."""
+        """The stream frames on ``rid`` (from `pending`; an ack before it is left out) up to
+        and including `completed` or a failure."""
 
         def end(f: Frame) -> bool:
             return f.get("request_id") == rid and (
@@ -88,7 +89,9 @@ class HubClient:
             )
 
         await self.wait_for(end, timeout)
-        return [f for f in self.frames if f.get("request_id") == rid]
+        return [
+            f for f in self.frames if f.get("request_id") == rid and f.get("message") != "success"
+        ]
 
     def pushes(self, type_: str | None = None) -> list[Frame]:
         return [
@@ -130,3 +133,18 @@ class HubClient:
         await self.ws.close()
         self._reader.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
+
+
+async def eventually(
+    check: Callable[[], Any], timeout: float = WAIT, what: str = "condition"
+) -> None:
+    """Poll ``check`` (sync or async) until true. Only for state that lives in another server and
+    offers nothing to wait on (e.g. a sandbox's stats); everything in-process waits on events."""
+    async with asyncio.timeout(timeout):
+        while True:
+            result = check()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return
+            await asyncio.sleep(0.02)

@@ -1,0 +1,333 @@
+"""MomoHub characters as contacts (onebot/message) and as `character:<id>` models (openai/*).
+
+Each (user, character, thread) conversation has one MomoHub chat, created on first use and stored.
+A MomoHub chat takes one message at a time, so sends to one chat are serialized here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+
+from adapters.momohub.client import MomoHubClient
+from adapters.momohub.content import parts_text, to_content_parts
+from adapters.momohub.types import (
+    Character,
+    StreamDelta,
+    StreamDone,
+    StreamError,
+    StreamToolResult,
+    StreamToolStart,
+)
+from bridge.config import MomoHubConfig
+from bridge.errors import BridgeError, ErrorCode
+from bridge.models import (
+    ChatMessage,
+    CompletionRequest,
+    Contact,
+    Delta,
+    Done,
+    Failed,
+    ModelGroup,
+    ReplyEvent,
+    Segment,
+    ToolCall,
+    UserRef,
+    plain_text,
+)
+from bridge.tasks import TaskSet
+from storage import Storage
+
+log = structlog.get_logger(__name__)
+
+SYSTEM = "momohub"
+PREFIX = "character:"
+UUID_RE = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+
+
+def _bare(contact: str) -> str:
+    return contact[len(PREFIX) :] if contact.startswith(PREFIX) else contact
+
+
+class CharacterTarget:
+    def __init__(self, config: MomoHubConfig, client: MomoHubClient, storage: Storage) -> None:
+        self._config = config
+        self._client = client
+        self._storage = storage
+        self._characters: dict[str, Character] = {}
+        self._chat_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._create_locks: defaultdict[tuple[str, str, str], asyncio.Lock] = defaultdict(
+            asyncio.Lock
+        )
+        self._tasks = TaskSet("momohub-target")
+        self._loaded = asyncio.Event()
+
+    # ----- lifecycle and cache ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        # The first load is awaited briefly so a login right after start sees the characters;
+        # if MomoHub is slow or down, the bridge still starts and the refresher keeps trying.
+        self._tasks.spawn(self._refresher(), name="momohub-characters")
+        try:
+            async with asyncio.timeout(self._config.connect_timeout):
+                await self._loaded.wait()
+        except TimeoutError:
+            log.warning("momohub.characters_not_loaded_yet")
+
+    async def close(self) -> None:
+        await self._tasks.cancel_all()
+
+    async def _refresher(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await self.refresh()
+                delay = self._config.cache_ttl
+            except BridgeError as e:
+                log.warning("momohub.characters_refresh_failed", reason=e.reason)
+                delay = min(delay * 2, self._config.cache_ttl)
+            await asyncio.sleep(delay)
+
+    async def refresh(self) -> None:
+        found: dict[str, Character] = {}
+        for c in await self._client.list_my_characters():
+            found[c.id] = c
+        if self._config.list_public:
+            page = 1
+            while page <= 10:  # bounded: a contact list of 1,000 characters is plenty
+                result = await self._client.list_public_characters(page=page, limit=100)
+                for c in result.items:
+                    found.setdefault(c.id, c)
+                if not result.hasNext:
+                    break
+                page += 1
+        # Characters used before (e.g. the default) stay known even if no longer listed.
+        for cid, c in self._characters.items():
+            found.setdefault(cid, c)
+        self._characters = found
+        self._loaded.set()
+
+    def _default_id(self) -> str | None:
+        want = self._config.default_character.strip()
+        if not want:
+            return None
+        if _bare(want) in self._characters:
+            return _bare(want)
+        for c in self._characters.values():
+            if c.name == want:
+                return c.id
+        return None
+
+    # ----- ContactTarget --------------------------------------------------------------------------
+
+    def owns(self, contact: str) -> bool:
+        bare = _bare(contact)
+        return bare in self._characters or bool(UUID_RE.match(bare))
+
+    def canonical(self, contact: str) -> str:
+        return _bare(contact)
+
+    def contacts(self, user: UserRef) -> list[Contact]:
+        default = self._default_id()
+        return [
+            Contact(
+                id=c.id,
+                kind="character",
+                name=c.name,
+                avatar=c.avatar,
+                bio=c.bio,
+                default=c.id == default,
+            )
+            for c in sorted(self._characters.values(), key=lambda c: (c.id != default, c.name))
+        ]
+
+    async def check_available(self, contact: str) -> None:
+        if contact in self._characters:
+            return
+        # Not listed (e.g. someone else's public character): ask MomoHub once, then remember it.
+        character = await self._client.get_character(contact)
+        self._characters[character.id] = character
+
+    def deliver(self, message: ChatMessage) -> AsyncIterator[ReplyEvent]:
+        key = message.conversation
+        return self._converse(key.user_id, key.contact, key.thread, message.segments)
+
+    async def recall(
+        self, user: UserRef, contact: str, message_id: int, segments: list[Segment], outgoing: bool
+    ) -> None:
+        chat_id = await self._storage.conversations.get(user.id, contact, "default")
+        refs = await self._storage.messages.external_ids(message_id, SYSTEM)
+        if chat_id is None:
+            return
+        async with self._chat_locks[chat_id]:
+            if not refs and not outgoing:
+                # Recalled before the reply finished: MomoHub stored the message but we never
+                # learned its id. Find the newest user message with the same text.
+                want = parts_text(to_content_parts(segments))
+                for m in reversed(await self._client.list_latest_messages(chat_id, limit=20)):
+                    if (
+                        m.senderType == "USER"
+                        and parts_text([p.model_dump() for p in m.content]) == want
+                    ):
+                        refs = [m.id]
+                        break
+            for ref in refs:
+                await self._client.delete_message(chat_id, ref)
+
+    # ----- ModelTarget ----------------------------------------------------------------------------
+
+    def model_groups(self) -> list[ModelGroup]:
+        return [ModelGroup("momohub", [PREFIX + cid for cid in self._characters])]
+
+    def owns_model(self, model: str) -> bool:
+        return model.startswith(PREFIX)
+
+    def complete(self, request: CompletionRequest) -> AsyncIterator[ReplyEvent]:
+        text = ""
+        for m in reversed(request.messages):
+            if m.get("role") == "user":
+                content = m.get("content")
+                if isinstance(content, list):  # OpenAI content parts
+                    content = "".join(
+                        str(p.get("text", "")) for p in content if isinstance(p, dict)
+                    )
+                text = str(content or "")
+                break
+        if not text:
+            return _single(Failed(ErrorCode.INVALID_DATA, "messages has no user message to send"))
+        return self._converse(
+            request.user.id,
+            _bare(request.model),
+            request.conversation_id,
+            [Segment.text(text)],
+            check=True,
+        )
+
+    # ----- the conversation itself -----------------------------------------------------------------
+
+    async def _chat_for(self, user_id: str, character_id: str, thread: str, *, fresh: bool) -> str:
+        async with self._create_locks[(user_id, character_id, thread)]:
+            if not fresh:
+                existing = await self._storage.conversations.get(user_id, character_id, thread)
+                if existing is not None:
+                    return existing
+            name = f"MomoBridge {user_id}" + ("" if thread == "default" else f" ({thread})")
+            chat = await self._client.create_chat(character_id, name=name)
+            await self._storage.conversations.set(user_id, character_id, thread, chat.id)
+            log.info("momohub.chat_created", user=user_id, character=character_id, chat=chat.id)
+            return chat.id
+
+    async def _converse(
+        self,
+        user_id: str,
+        character_id: str,
+        thread: str,
+        segments: list[Segment],
+        *,
+        check: bool = False,
+    ) -> AsyncIterator[ReplyEvent]:
+        try:
+            if check:
+                await self.check_available(character_id)
+            parts = to_content_parts(segments)
+            if not parts:
+                yield Failed(ErrorCode.INVALID_DATA, "nothing to send: the message has no content")
+                return
+            chat_id = await self._chat_for(user_id, character_id, thread, fresh=False)
+            async with self._chat_locks[chat_id]:
+                try:
+                    stream = self._client.send_message(chat_id, parts)
+                    first = await anext(aiter(stream), None)
+                except BridgeError as e:
+                    if e.code != ErrorCode.NOT_FOUND:
+                        raise
+                    # The chat was deleted on MomoHub's side: start a new one for this conversation.
+                    log.info("momohub.chat_gone", chat=chat_id)
+                    chat_id = await self._chat_for(user_id, character_id, thread, fresh=True)
+                    stream = self._client.send_message(chat_id, parts)
+                    first = await anext(aiter(stream), None)
+                async for event in self._events(first, stream, chat_id, character_id):
+                    yield event
+        except BridgeError as e:
+            yield Failed(e.code, f"MomoHub: {e.reason}")
+
+    async def _events(
+        self, first: Any, stream: AsyncIterator[Any], chat_id: str, character_id: str
+    ) -> AsyncIterator[ReplyEvent]:
+        tool_params: dict[str, str] = {}
+
+        async def rest() -> AsyncIterator[Any]:
+            if first is not None:
+                yield first
+            async for ev in stream:
+                yield ev
+
+        try:
+            async for ev in rest():
+                if isinstance(ev, StreamDelta):
+                    if ev.text:
+                        yield Delta(text=ev.text)
+                elif isinstance(ev, StreamToolStart):
+                    params = json.dumps(ev.arguments, ensure_ascii=False)
+                    tool_params[ev.name] = params
+                    yield ToolCall(name=ev.name, action="started", params=params)
+                    yield ToolCall(name=ev.name, action="running", params=params)
+                elif isinstance(ev, StreamToolResult):
+                    yield ToolCall(
+                        name=ev.name,
+                        action="finished",
+                        params=tool_params.get(ev.name, ""),
+                        result=ev.result,
+                    )
+                elif isinstance(ev, StreamError):
+                    code = (
+                        ErrorCode.BUSY if "busy" in ev.message.lower() else ErrorCode.UPSTREAM_ERROR
+                    )
+                    yield Failed(code, f"MomoHub: {ev.message}")
+                    return
+                elif isinstance(ev, StreamDone):
+                    request_ref, reply_ref = await self._newest_ids(chat_id)
+                    character = self._characters.get(character_id)
+                    yield Done(
+                        finish_reason="stop",
+                        ref_system=SYSTEM,
+                        request_ref=request_ref,
+                        reply_ref=reply_ref,
+                        sender_name=character.name if character else "",
+                    )
+                    return
+        finally:
+            await _aclose(stream)
+
+    async def _newest_ids(self, chat_id: str) -> tuple[str | None, str | None]:
+        """MomoHub's stream carries no ids: read them back from the chat's newest messages."""
+        try:
+            messages = await self._client.list_latest_messages(chat_id, limit=10)
+        except BridgeError as e:
+            log.warning("momohub.ids_unknown", chat=chat_id, reason=e.reason)
+            return None, None
+        reply = next((m.id for m in reversed(messages) if m.senderType == "CHARACTER"), None)
+        request = next((m.id for m in reversed(messages) if m.senderType == "USER"), None)
+        return request, reply
+
+
+async def _aclose(stream: Any) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def _single(event: ReplyEvent) -> AsyncIterator[ReplyEvent]:
+    yield event
+
+
+def text_of(segments: list[Segment]) -> str:
+    return plain_text(segments)
