@@ -15,6 +15,24 @@ from bridge.logging import configure_logging
 DEFAULT_CONFIG = "config.toml"
 
 
+def raise_fd_limit() -> int:
+    """Raise the open-file soft limit to the hard limit; every connection costs a descriptor and
+    the common default of 1024 would cap the hub near a thousand clients. Returns the limit."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 async def _serve(config_path: str) -> int:
     from bridge.app import App
 
@@ -29,6 +47,7 @@ async def _serve(config_path: str) -> int:
         log.info("config.loaded", path=config_path)
     else:
         log.info("config.missing_using_defaults", path=config_path)
+    log.info("limits.open_files", soft=raise_fd_limit())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

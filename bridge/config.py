@@ -27,6 +27,7 @@ class ServerConfig(_Section):
     max_frame_bytes: int = Field(1 << 20, ge=1024)
     idle_timeout: float = Field(90.0, gt=0)
     compression: bool = False
+    max_connections: int = Field(10000, ge=1)
     title: str = "MomoBridge"
 
 

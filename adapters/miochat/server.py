@@ -135,9 +135,15 @@ class _Client:
         return True
 
     async def send(self, frame: dict[str, Any]) -> None:
+        data = P.dumps(frame)
+        transport = self.ws.transport
+        if transport is not None and not transport.get_write_buffer_size():
+            # Nothing queued: this send cannot block, so skip the cost of arming a timer.
+            await self.ws.send(data)
+            return
         try:
             async with asyncio.timeout(SEND_TIMEOUT):
-                await self.ws.send(P.dumps(frame))
+                await self.ws.send(data)
         except TimeoutError:
             # A client that does not read must not hold up its user's other connections.
             log.warning("hub.slow_client_dropped", peer=self.peer)
@@ -558,6 +564,7 @@ class HubServer:
         self._server: Server | None = None
         self._all: set[_Client] = set()
         self._count_changed = asyncio.Condition()
+        self._max_connections = config.server.max_connections
 
     # ----- clients ----------------------------------------------------------------------------
 
@@ -609,8 +616,28 @@ class HubServer:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
 
+    @property
+    def max_connections(self) -> int:
+        return self._max_connections
+
+    def _effective_max_connections(self) -> int:
+        limit = self.config.server.max_connections
+        try:
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except ImportError:
+            return limit
+        if soft != resource.RLIM_INFINITY and soft - 64 < limit:
+            # Running out of descriptors makes accept() fail in a tight, log-flooding loop;
+            # refusing politely below the limit keeps the server healthy.
+            limit = max(1, soft - 64)
+            log.warning("hub.max_connections_lowered", limit=limit, open_file_limit=soft)
+        return limit
+
     async def start(self) -> None:
         cfg = self.config.server
+        self._max_connections = self._effective_max_connections()
         HubConnection.max_body = cfg.max_frame_bytes
         # Pings every third of the idle timeout; a peer that misses them for the rest is dropped.
         self._server = await serve(
@@ -687,6 +714,9 @@ class HubServer:
             and path in WS_PATHS
             and "upgrade" in request.headers.get("Connection", "").lower()
         ):
+            if len(self._all) >= self._max_connections:
+                log.warning("hub.connection_limit", limit=self._max_connections)
+                return _json(conn, 503, _fail("server is full, try again later", ErrorCode.BUSY))
             return None
         try:
             return await self._route(conn, request, method, path)

@@ -366,6 +366,22 @@ async def test_server_pings_and_drops_silent_peer(bridge_factory) -> None:
     ws.transport.abort()
 
 
+async def test_connection_limit_answers_503(bridge_factory) -> None:
+    from websockets.exceptions import InvalidStatus
+
+    b = await bridge_factory(server={"max_connections": 2})
+    first = await b.client("one")
+    await b.client("two")
+    with pytest.raises(InvalidStatus) as e:
+        await HubClient.open(b.url)
+    assert e.value.response.status_code == 503
+    await first.close()
+    b.clients.remove(first)
+    async with asyncio.timeout(10):
+        await b.app.hub.wait_connections(1)
+    await b.client("three")  # room again
+
+
 # ----- shutdown ---------------------------------------------------------------------------------
 
 

@@ -1,0 +1,1049 @@
+#!/usr/bin/env python
+"""Hub benchmark: heartbeat throughput and idle memory, each against a bare websockets baseline.
+
+One run measures, on this machine, with every server in its own process (never sharing the load
+generator's event loop):
+
+(a) heartbeat round trips/s: N concurrent logged-in clients, each closed-loop sending
+    ``system/heartbeat`` and waiting for its answer, through ``momobridge serve`` and through a bare
+    ``websockets`` echo server driven by the same client code (compression off on both sides);
+(b) server RSS per idle logged-in connection (VmRSS before/after opening M connections), hub vs a
+    bare websockets server, with compression off and on (permessage-deflate negotiated by clients).
+
+Usage (from the repository root)::
+
+    .venv/bin/python bench/hub_bench.py            # full run (~1.5 min)
+    .venv/bin/python bench/hub_bench.py --quick    # smoke run (< 30 s)
+    .venv/bin/python bench/hub_bench.py --help
+
+The hub runs as ``python -m bridge.cli serve --config <temp toml>`` from ``--src`` (default: this
+checkout). Servers are pinned to CPU 0 and the load generator to CPU 1 when there are >= 2 CPUs.
+Internal roles of this script (used for the subprocesses): ``_bare`` (echo server), ``_exec``
+(sets RLIMIT_NOFILE / CPU affinity / parent-death signal, then execs the real server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import contextlib
+import gc
+import json
+import os
+import platform
+import pstats
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parent.parent
+THIS = Path(__file__).resolve()
+
+READY_TIMEOUT = 60.0  # a server must log its ready line within this
+STOP_TIMEOUT = 10.0  # SIGTERM grace before SIGKILL
+OPEN_TIMEOUT = 20.0  # one connection: TCP + handshake + login answer
+OPEN_CONCURRENCY = 64  # handshakes in flight (the servers listen with asyncio's backlog of 100)
+SETTLE_MAX = 3.0  # seconds to wait for the server RSS to stop moving
+MAX_FRAME = 1 << 20
+HUB_PING_INTERVAL = 30.0  # what the hub uses with its default idle_timeout (90 / 3)
+HUB_PING_TIMEOUT = 60.0
+LOGIN_ID = "login"
+HEARTBEAT = '{"request_id":%d,"protocol":"system","type":"heartbeat","data":{"timestamp":%d}}'
+
+
+class BenchError(Exception):
+    """The benchmark could not measure what it set out to (server died, login failed, ...)."""
+
+
+# ================================================================================================
+# machine info and /proc readers (sync: tiny reads of procfs)
+# ================================================================================================
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_avg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def mem_total_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / (1 << 20)
+    except OSError:
+        pass
+    return 0.0
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def core_busy_seconds(cpu: int | None) -> float:
+    """Busy (non-idle, non-iowait) seconds of one CPU, or of all CPUs when ``cpu`` is None."""
+    name = "cpu" if cpu is None else f"cpu{cpu}"
+    for line in Path("/proc/stat").read_text().splitlines():
+        parts = line.split()
+        if parts and parts[0] == name:
+            ticks = [int(x) for x in parts[1:]]
+            busy = sum(ticks[:8]) - ticks[3] - ticks[4]  # minus idle and iowait
+            return busy / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def nofile_limits(pid: int) -> tuple[str, str]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            parts = line.split()
+            return parts[3], parts[4]
+    return "?", "?"
+
+
+def source_raises_nofile(src: Path) -> list[str]:
+    """Files of the served packages that call setrlimit/prlimit (the static half of the check)."""
+    hits = []
+    for pkg in ("bridge", "adapters", "storage", "plugins"):
+        for path in sorted((src / pkg).rglob("*.py")):
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                if re.search(r"\b(setrlimit|prlimit)\b", path.read_text(encoding="utf-8")):
+                    hits.append(str(path.relative_to(src)))
+    return hits
+
+
+def resolve_src(path: str) -> Path:
+    src = Path(path).resolve()
+    if not (src / "bridge" / "cli.py").is_file():
+        raise BenchError(f"--src {src} has no bridge/cli.py")
+    return src
+
+
+def write_json(path: str, results: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+def raise_own_nofile(needed: int) -> tuple[int, int]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return soft, hard
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+            return needed, needed
+        except (ValueError, OSError):
+            raise BenchError(
+                f"the load generator needs {needed} file descriptors but the hard limit is {hard}; "
+                "raise it (ulimit -Hn) or use fewer connections (--conns)"
+            ) from None
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    return needed, hard
+
+
+# ================================================================================================
+# server subprocesses
+# ================================================================================================
+
+_LIVE: list[subprocess.Popen[bytes]] = []
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for proc in _LIVE:
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+
+
+class ServerProc:
+    """One server under test in its own process; its stderr goes to a file (never a pipe that fills)."""
+
+    def __init__(
+        self, name: str, cmd: list[str], *, cwd: Path, log_path: Path, nofile: int, cpu: int | None
+    ) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.url = ""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MOMOBRIDGE_")}
+        env["PYTHONPATH"] = str(cwd)
+        env["PYTHONUNBUFFERED"] = "1"
+        wrapper = [sys.executable, str(THIS), "_exec", "--nofile", str(nofile)]
+        if cpu is not None:
+            wrapper += ["--cpu", str(cpu)]
+        with open(log_path, "wb") as log:
+            self.proc: subprocess.Popen[bytes] = subprocess.Popen(
+                [*wrapper, "--", *cmd],
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _LIVE.append(self.proc)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join("    " + s for s in text[-lines:])
+
+    def _scan_ready(self, event: str) -> str | None:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if event not in line:
+                continue
+            with contextlib.suppress(ValueError):
+                obj = json.loads(line)
+                if isinstance(obj, dict) and obj.get("event") == event and obj.get("url"):
+                    return str(obj["url"])
+        return None
+
+    async def wait_ready(self, event: str, timeout: float = READY_TIMEOUT) -> str:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            url = self._scan_ready(event)
+            if url:
+                self.url = url.replace("0.0.0.0", HOST)
+                return self.url
+            if self.proc.poll() is not None:
+                raise BenchError(
+                    f"{self.name} exited with {self.proc.returncode} before it was ready; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
+                )
+            await asyncio.sleep(0.05)
+        raise BenchError(
+            f"{self.name} not ready after {timeout:.0f} s; log {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise BenchError(
+                f"{self.name} died (exit {self.proc.returncode}); log {self.log_path}:\n"
+                f"{self.log_tail()}"
+            )
+
+    def rss_kb(self) -> int:
+        self.check_alive()
+        return rss_kb(self.pid)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
+
+    async def stop(self) -> int | None:
+        proc = self.proc
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.send_signal(signal.SIGTERM)
+            if not await _wait_exit(proc, STOP_TIMEOUT):
+                print(f"  ! {self.name} ignored SIGTERM for {STOP_TIMEOUT:.0f} s; killing it")
+                with contextlib.suppress(OSError):
+                    proc.kill()
+                await _wait_exit(proc, 5.0)
+        if proc in _LIVE and proc.poll() is not None:
+            _LIVE.remove(proc)
+        return proc.returncode
+
+
+async def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    try:
+        await asyncio.to_thread(proc.wait, timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+def hub_config(tmp: Path, tag: str, *, compression: bool, log_level: str) -> Path:
+    data_dir = tmp / f"hub-{tag}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "config.toml"
+    path.write_text(
+        "\n".join(
+            [
+                "[server]",
+                f'host = "{HOST}"',
+                "port = 0",
+                f"compression = {'true' if compression else 'false'}",
+                "[auth]",
+                'admin_code = "bench-admin-code"',
+                "[storage]",
+                f"path = {json.dumps(str(data_dir / 'bridge.db'))}",
+                "[log]",
+                f'level = "{log_level}"',
+                'format = "json"',
+                "",
+            ]
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+@dataclass
+class Ctx:
+    args: argparse.Namespace
+    tmp: Path
+    src: Path
+    server_cpu: int | None
+    servers: list[ServerProc] = field(default_factory=list)
+
+    async def start_hub(
+        self, tag: str, *, compression: bool, nofile: int, profile: Path | None = None
+    ) -> ServerProc:
+        cfg = hub_config(self.tmp, tag, compression=compression, log_level=self.args.hub_log_level)
+        cmd = [sys.executable]
+        if profile is not None:
+            cmd += ["-m", "cProfile", "-o", str(profile)]
+        cmd += ["-m", "bridge.cli", "serve", "--config", str(cfg)]
+        srv = ServerProc(
+            f"hub[{tag}]",
+            cmd,
+            cwd=self.src,
+            log_path=self.tmp / f"hub-{tag}.log",
+            nofile=nofile,
+            cpu=self.server_cpu,
+        )
+        self.servers.append(srv)
+        await srv.wait_ready("momobridge.ready")
+        return srv
+
+    async def start_bare(self, tag: str, *, compression: bool, nofile: int) -> ServerProc:
+        cmd = [sys.executable, str(THIS), "_bare", "--compression", "on" if compression else "off"]
+        srv = ServerProc(
+            f"bare[{tag}]",
+            cmd,
+            cwd=self.src,
+            log_path=self.tmp / f"bare-{tag}.log",
+            nofile=nofile,
+            cpu=self.server_cpu,
+        )
+        self.servers.append(srv)
+        await srv.wait_ready("bare.ready")
+        return srv
+
+    async def stop(self, srv: ServerProc) -> None:
+        await srv.stop()
+        if srv in self.servers:
+            self.servers.remove(srv)
+
+    async def stop_all(self) -> None:
+        for srv in list(self.servers):
+            with contextlib.suppress(Exception):
+                await self.stop(srv)
+
+
+# ================================================================================================
+# the client code (identical against the hub and the bare echo server)
+# ================================================================================================
+
+
+def client_kwargs(compression: bool) -> dict[str, Any]:
+    return {
+        "compression": "deflate" if compression else None,
+        "open_timeout": OPEN_TIMEOUT,
+        "close_timeout": 2,
+        "ping_interval": None,  # the servers ping; keep the load generator quiet
+        "max_size": MAX_FRAME,
+        "proxy": None,
+    }
+
+
+def login_frame(uid: str) -> str:
+    return json.dumps(
+        {
+            "request_id": LOGIN_ID,
+            "protocol": "system",
+            "type": "login",
+            "data": {"mio-chat-id": uid, "mio-chat-token": ""},
+        },
+        separators=(",", ":"),
+    )
+
+
+def deflate_negotiated(ws: ClientConnection) -> bool:
+    return any(ext.name == "permessage-deflate" for ext in ws.protocol.extensions)
+
+
+async def open_logged_in(url: str, uid: str, compression: bool) -> ClientConnection:
+    """Connect, log in, wait for the login answer (the bare server echoes the login frame)."""
+    async with asyncio.timeout(OPEN_TIMEOUT):
+        ws = await connect(url, **client_kwargs(compression))
+        try:
+            await ws.send(login_frame(uid))
+            for _ in range(32):  # skip unrelated pushes, but not forever
+                frame = json.loads(await ws.recv())
+                if isinstance(frame, dict) and frame.get("request_id") == LOGIN_ID:
+                    if frame.get("code", 0) != 0:
+                        raise BenchError(f"login of {uid} failed: {frame}")
+                    break
+            else:
+                raise BenchError(f"no login answer for {uid}")
+            if compression and not deflate_negotiated(ws):
+                raise BenchError("permessage-deflate was not negotiated")
+            if not compression and ws.protocol.extensions:
+                raise BenchError(f"unexpected extensions {ws.protocol.extensions}")
+        except BaseException:
+            ws.transport.abort()
+            raise
+        return ws
+
+
+async def open_many(
+    url: str, count: int, compression: bool, prefix: str, server: ServerProc
+) -> list[ClientConnection]:
+    sem = asyncio.Semaphore(OPEN_CONCURRENCY)
+    conns: list[ClientConnection] = []
+
+    async def one(i: int) -> None:
+        async with sem:
+            conns.append(await open_logged_in(url, f"{prefix}{i}", compression))
+
+    tasks = [asyncio.create_task(one(i)) for i in range(count)]
+    try:
+        # Every connection has its own timeout; this one bounds the whole batch as well.
+        async with asyncio.timeout(OPEN_TIMEOUT + count / 50):
+            for fut in asyncio.as_completed(tasks):
+                await fut
+    except BaseException as e:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        abort_all(conns)
+        if isinstance(e, Exception) and not isinstance(e, BenchError):
+            server.check_alive()
+            raise BenchError(
+                f"opening {count} connections to {server.name} failed after {len(conns)}: "
+                f"{type(e).__name__}: {e}"
+            ) from e
+        raise
+    return conns
+
+
+def abort_all(conns: list[ClientConnection]) -> None:
+    for ws in conns:
+        with contextlib.suppress(Exception):
+            ws.transport.abort()
+
+
+async def close_all(conns: list[ClientConnection], timeout: float = 10.0) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*(ws.close() for ws in conns), return_exceptions=True)
+    except TimeoutError:
+        pass
+    abort_all(conns)
+
+
+class Meter:
+    __slots__ = ("count", "lat", "measuring", "stop")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.measuring = False
+        self.stop = False
+        self.lat: list[float] = []
+
+
+async def heartbeat_loop(ws: ClientConnection, meter: Meter, cap: int) -> int:
+    """Closed loop: send one heartbeat, wait for its answer, repeat. Returns requests made."""
+    send, recv, loads, pc, now = ws.send, ws.recv, json.loads, time.perf_counter, time.time
+    n = 0
+    while not meter.stop and n < cap:
+        n += 1
+        t0 = pc()
+        await send(HEARTBEAT % (n, int(now() * 1000)))
+        frame = loads(await recv())
+        if frame.get("request_id") != n or frame.get("type") != "heartbeat" or frame.get("code", 0):
+            raise BenchError(f"unexpected answer to heartbeat {n}: {frame}")
+        if meter.measuring:
+            meter.count += 1
+            meter.lat.append(pc() - t0)
+    return n
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    idx = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[idx]
+
+
+@dataclass
+class HeartbeatResult:
+    server: str
+    clients: int
+    seconds: float
+    round_trips: int
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    server_cpu_pct: float
+    loadgen_cpu_pct: float
+    other_on_server_core_pct: float
+    hit_cap: int
+
+
+async def heartbeat_phase(
+    srv: ServerProc, clients: int, warmup: float, seconds: float, cap: int, core: int | None
+) -> HeartbeatResult:
+    conns = await open_many(srv.url, clients, False, "hb", srv)
+    meter = Meter()
+    tasks = [asyncio.create_task(heartbeat_loop(ws, meter, cap)) for ws in conns]
+    try:
+        async with asyncio.timeout(warmup + seconds + 30):
+            done, _ = await asyncio.wait(tasks, timeout=warmup, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                t.result()
+            k0 = core_busy_seconds(core)
+            c0, p0, t0 = srv.cpu_seconds(), time.process_time(), time.perf_counter()
+            meter.measuring = True
+            done, _ = await asyncio.wait(
+                tasks, timeout=seconds, return_when=asyncio.FIRST_EXCEPTION
+            )
+            meter.measuring = False
+            t1, p1, c1 = time.perf_counter(), time.process_time(), srv.cpu_seconds()
+            k1 = core_busy_seconds(core)
+            count = meter.count
+            for t in done:
+                t.result()
+            meter.stop = True  # each client finishes its request in flight, then stops
+            made = await asyncio.gather(*tasks)
+    except BaseException:
+        srv.check_alive()
+        raise
+    finally:
+        meter.stop = True
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await close_all(conns)
+    elapsed = t1 - t0
+    lat = sorted(meter.lat)
+    return HeartbeatResult(
+        server=srv.name,
+        clients=clients,
+        seconds=elapsed,
+        round_trips=count,
+        rate=count / elapsed,
+        p50_ms=percentile(lat, 0.50) * 1000,
+        p99_ms=percentile(lat, 0.99) * 1000,
+        server_cpu_pct=100 * (c1 - c0) / elapsed,
+        loadgen_cpu_pct=100 * (p1 - p0) / elapsed,
+        # Busy time on the server's core that was not the server (other processes, IRQs);
+        # only meaningful with pinning.
+        other_on_server_core_pct=max(0.0, 100 * ((k1 - k0) - (c1 - c0)) / elapsed)
+        if core is not None
+        else float("nan"),
+        hit_cap=sum(1 for m in made if m >= cap),
+    )
+
+
+@dataclass
+class IdleResult:
+    server: str
+    compression: bool
+    conns: int
+    rss_before_kb: int
+    rss_after_kb: int
+    kb_per_conn: float
+    open_per_s: float
+    alive: int
+
+
+async def settled_rss(srv: ServerProc) -> int:
+    """VmRSS once it stops moving (two samples 0.25 s apart within 64 KB), or after SETTLE_MAX."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SETTLE_MAX
+    last = srv.rss_kb()
+    while loop.time() < deadline:
+        await asyncio.sleep(0.25)
+        cur = srv.rss_kb()
+        if abs(cur - last) < 64:
+            return cur
+        last = cur
+    return last
+
+
+async def idle_phase(srv: ServerProc, conns_n: int, compression: bool) -> IdleResult:
+    # Warm the server's code paths (handshake, login, deflate, storage) so their one-time
+    # allocations do not count as per-connection memory.
+    warm = await open_many(srv.url, 20, compression, "warm", srv)
+    await close_all(warm)
+    del warm
+    await asyncio.sleep(0.5)
+    before = await settled_rss(srv)
+    t0 = time.perf_counter()
+    conns = await open_many(srv.url, conns_n, compression, "idle", srv)
+    opened = time.perf_counter() - t0
+    try:
+        after = await settled_rss(srv)
+        alive = sum(1 for ws in conns if ws.close_code is None)
+        if alive != conns_n:
+            raise BenchError(f"{srv.name}: only {alive}/{conns_n} connections stayed open")
+    finally:
+        abort_all(conns)
+        conns.clear()
+        gc.collect()
+    return IdleResult(
+        server=srv.name,
+        compression=compression,
+        conns=conns_n,
+        rss_before_kb=before,
+        rss_after_kb=after,
+        kb_per_conn=(after - before) / conns_n,
+        open_per_s=conns_n / opened,
+        alive=alive,
+    )
+
+
+# ================================================================================================
+# orchestration
+# ================================================================================================
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def print_profile(path: Path, top: int = 25) -> None:
+    if not path.is_file():
+        print(f"  (no profile written at {path}: the hub did not exit cleanly)")
+        return
+    print(f"\nhub cProfile during the heartbeat phase (top {top} by own time; {path}):")
+    stats = pstats.Stats(str(path), stream=sys.stdout)
+    stats.strip_dirs().sort_stats("tottime").print_stats(top)
+
+
+async def run(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
+
+    src = resolve_src(args.src)
+    orig_soft, orig_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need_fds = max(args.clients, args.conns) + 256
+    own_soft, _ = raise_own_nofile(need_fds)
+
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpu: int | None = None
+    if args.pin and len(cpus) >= 2:
+        server_cpu = cpus[0]
+        os.sched_setaffinity(0, {cpus[1]})
+        pinning = f"servers on cpu{cpus[0]}, load generator on cpu{cpus[1]}"
+    else:
+        pinning = "off"
+
+    print("MomoBridge hub benchmark")
+    print(
+        f"machine : nproc={len(cpus)} (os.cpu_count={os.cpu_count()}) cpu={cpu_model()!r} "
+        f"mem={mem_total_gib():.1f} GiB kernel={platform.release()} loadavg={load_avg()}"
+    )
+    print(
+        f"software: python={platform.python_version()} websockets={websockets.__version__} "
+        f"({sys.executable}) hub source={src}"
+    )
+    print(
+        f"settings: {'QUICK ' if args.quick else ''}clients={args.clients} "
+        f"seconds={args.seconds:g} warmup={args.warmup:g} idle conns={args.conns} "
+        f"hub log level={args.hub_log_level}; pinning: {pinning}"
+    )
+    print(
+        f"fds     : shell RLIMIT_NOFILE soft={orig_soft} hard={orig_hard}; "
+        f"load generator raised to soft={own_soft}"
+    )
+    sys.stdout.flush()
+
+    tmp = Path(tempfile.mkdtemp(prefix="hub_bench-"))
+    ctx = Ctx(args, tmp, src, server_cpu)
+    results: dict[str, Any] = {"heartbeat": {}, "idle": {}}
+    findings: list[str] = []
+    ok = True
+    t_start = time.perf_counter()
+    try:
+        # ---------------- (a) heartbeat round trips ----------------
+        if not args.skip_heartbeat:
+            probe = 1024 if args.clients + 200 < 1024 else args.clients + 1024
+            prof = tmp / "hub-heartbeat.prof" if args.profile_hub else None
+            hub = await ctx.start_hub("hb", compression=False, nofile=probe, profile=prof)
+            soft_after, _ = nofile_limits(hub.pid)
+            raised = soft_after != str(probe)
+            static_hits = source_raises_nofile(src)
+            results["hub_raises_nofile"] = raised
+            if not raised:
+                findings.append(
+                    f"`momobridge serve` does not raise RLIMIT_NOFILE: started with soft={probe} "
+                    f"it still had soft={soft_after} when ready (no setrlimit/prlimit in "
+                    f"bridge/adapters/storage/plugins{': but see ' + ', '.join(static_hits) if static_hits else ''}). "
+                    "Under a default soft limit of 1024 the hub cannot hold ~1000 connections; "
+                    "this bench raises it for its server children with a small exec wrapper."
+                )
+            bare = await ctx.start_bare("hb", compression=False, nofile=args.clients + 1024)
+            print(
+                f"\n[a] heartbeat: hub pid {hub.pid} at {hub.url}, bare pid {bare.pid} at "
+                f"{bare.url}; {args.rounds} alternating round(s)",
+                flush=True,
+            )
+            rounds: dict[str, list[HeartbeatResult]] = {"hub": [], "bare": []}
+            try:
+                for i in range(args.rounds):
+                    for kind, srv in (("hub", hub), ("bare", bare)):
+                        res = await heartbeat_phase(
+                            srv,
+                            args.clients,
+                            args.warmup,
+                            args.seconds,
+                            args.max_requests,
+                            server_cpu,
+                        )
+                        rounds[kind].append(res)
+                        print(
+                            f"    round {i + 1} {kind:4}: {res.rate:,.0f} rt/s "
+                            f"(server cpu {res.server_cpu_pct:.0f}%)",
+                            flush=True,
+                        )
+            finally:
+                await ctx.stop(hub)
+                await ctx.stop(bare)
+            results["heartbeat"] = {
+                kind: asdict(sorted(rs, key=lambda r: r.rate)[len(rs) // 2])
+                for kind, rs in rounds.items()
+            }
+            results["heartbeat_rounds"] = {
+                kind: [r.rate for r in rs] for kind, rs in rounds.items()
+            }
+            if prof is not None:
+                print_profile(prof)
+
+        # ---------------- (b) idle RSS per connection ----------------
+        if not args.skip_idle:
+            for compression in (False, True):
+                label = "on" if compression else "off"
+                pair: dict[str, IdleResult] = {}
+                for kind in ("hub", "bare"):
+                    tag = f"idle-{label}"
+                    nofile = args.conns + 1024
+                    if kind == "hub":
+                        srv = await ctx.start_hub(tag, compression=compression, nofile=nofile)
+                    else:
+                        srv = await ctx.start_bare(tag, compression=compression, nofile=nofile)
+                    print(
+                        f"[b] idle x{args.conns} compression {label}: {srv.name} pid {srv.pid} ...",
+                        flush=True,
+                    )
+                    try:
+                        pair[kind] = await idle_phase(srv, args.conns, compression)
+                    finally:
+                        await ctx.stop(srv)
+                    r = pair[kind]
+                    print(
+                        f"    {kind:4}: {r.rss_before_kb / 1024:.1f} -> {r.rss_after_kb / 1024:.1f} MiB, "
+                        f"{r.kb_per_conn:.1f} KB/conn, opened+logged in at {r.open_per_s:,.0f}/s",
+                        flush=True,
+                    )
+                results["idle"][label] = {k: asdict(v) for k, v in pair.items()}
+    finally:
+        await ctx.stop_all()
+        if args.keep:
+            print(f"\n(kept logs and data in {tmp})")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # ---------------- report ----------------
+    total = time.perf_counter() - t_start
+    print("\n" + "=" * 78)
+    print("RESULTS")
+    print("=" * 78)
+    hb = results["heartbeat"]
+    if hb:
+        h, b = hb["hub"], hb["bare"]
+        ratio = h["rate"] / b["rate"] if b["rate"] else float("nan")
+        hit = ratio >= args.target_rate
+        ok &= hit
+        print(
+            f"heartbeat rt/s ({args.clients} clients, {args.seconds:g} s x {args.rounds}, median): "
+            f"hub={h['rate']:,.0f} bare={b['rate']:,.0f} ratio={ratio:.2f} "
+            f"(target >= {args.target_rate}) {verdict(hit)}"
+        )
+        for name, r in (("hub", h), ("bare", b)):
+            print(
+                f"  {name:4}: {r['round_trips']:,} round trips in {r['seconds']:.2f} s, "
+                f"latency p50={r['p50_ms']:.2f} ms p99={r['p99_ms']:.2f} ms, "
+                f"server cpu={r['server_cpu_pct']:.0f}% load generator cpu={r['loadgen_cpu_pct']:.0f}%, "
+                f"other load on the server's core={r['other_on_server_core_pct']:.0f}%"
+            )
+        if args.rounds > 1:
+            per_round = [
+                f"{hr / br:.2f}"
+                for hr, br in zip(
+                    results["heartbeat_rounds"]["hub"],
+                    results["heartbeat_rounds"]["bare"],
+                    strict=True,
+                )
+            ]
+            print(f"  per-round ratios: {' '.join(per_round)}")
+        h_eff = h["rate"] / max(h["server_cpu_pct"], 1e-9) * 100
+        b_eff = b["rate"] / max(b["server_cpu_pct"], 1e-9) * 100
+        print(
+            f"  per server CPU-second: hub={h_eff:,.0f} bare={b_eff:,.0f} ratio={h_eff / b_eff:.2f}"
+        )
+        if b["server_cpu_pct"] < 90 and b["loadgen_cpu_pct"] >= 90:
+            findings.append(
+                f"the bare baseline's server was at {b['server_cpu_pct']:.0f}% CPU while the load "
+                f"generator was at {b['loadgen_cpu_pct']:.0f}%: the baseline is partly bound by "
+                "the (Python) load generator, so the throughput ratio flatters the hub; the "
+                "per-CPU-second ratio above is the stricter comparison"
+            )
+        elif min(h["server_cpu_pct"], b["server_cpu_pct"]) < 90:
+            findings.append(
+                f"a server was below 90% CPU in its median window (hub {h['server_cpu_pct']:.0f}%, "
+                f"bare {b['server_cpu_pct']:.0f}%) although the load generator was not saturated "
+                "either: the run was disturbed (see 'other load'); the per-CPU-second ratio is "
+                "the more robust comparison"
+            )
+        noisy = max(h["other_on_server_core_pct"], b["other_on_server_core_pct"])
+        if noisy > 10:
+            findings.append(
+                f"up to {noisy:.0f}% of the servers' core was busy with something else during a "
+                "measured window (another process or IRQs): figures are noisy, rerun on a quiet machine"
+            )
+        if h["hit_cap"] or b["hit_cap"]:
+            findings.append("some clients hit --max-requests: raise it for a true rate")
+        results["heartbeat_ratio"] = ratio
+    idle = results["idle"]
+    for label in ("off", "on"):
+        if label not in idle:
+            continue
+        h, b = idle[label]["hub"], idle[label]["bare"]
+        ratio = h["kb_per_conn"] / b["kb_per_conn"] if b["kb_per_conn"] > 0 else float("nan")
+        hit = ratio <= args.target_rss
+        ok &= hit
+        print(
+            f"idle RSS KB/conn (compression {label}, {args.conns} conns): "
+            f"hub={h['kb_per_conn']:.1f} bare={b['kb_per_conn']:.1f} ratio={ratio:.2f} "
+            f"(target <= {args.target_rss}) {verdict(hit)}"
+        )
+        for name, r in (("hub", h), ("bare", b)):
+            print(
+                f"  {name:4}: VmRSS {r['rss_before_kb']:,} -> {r['rss_after_kb']:,} KB, "
+                f"{r['open_per_s']:,.0f} connections opened+logged in per s"
+            )
+        results[f"idle_ratio_{label}"] = ratio
+    if "off" in idle and "on" in idle:
+        h_off, h_on = idle["off"]["hub"]["kb_per_conn"], idle["on"]["hub"]["kb_per_conn"]
+        b_off, b_on = idle["off"]["bare"]["kb_per_conn"], idle["on"]["bare"]["kb_per_conn"]
+        print(f"compression on/off memory factor: hub={h_on / h_off:.1f}x bare={b_on / b_off:.1f}x")
+    if findings:
+        print("\nfindings:")
+        for f in findings:
+            print(f"  - {f}")
+    print(f"\ntotal time {total:.0f} s; all targets {'met' if ok else 'NOT met'}")
+    if args.json:
+        results["machine"] = {
+            "nproc": len(cpus),
+            "cpu": cpu_model(),
+            "python": platform.python_version(),
+            "websockets": websockets.__version__,
+        }
+        results["findings"] = findings
+        write_json(args.json, results)
+    return 1 if (args.strict and not ok) else 0
+
+
+# ================================================================================================
+# subprocess roles
+# ================================================================================================
+
+
+async def _bare_serve(compression: bool) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def echo(ws: ServerConnection) -> None:
+        try:
+            async for message in ws:
+                await ws.send(message)
+        except ConnectionClosed:
+            pass
+
+    # Same transport settings as the hub: max frame, ping cadence, close timeout, compression.
+    async with serve(
+        echo,
+        HOST,
+        0,
+        compression="deflate" if compression else None,
+        max_size=MAX_FRAME,
+        ping_interval=HUB_PING_INTERVAL,
+        ping_timeout=HUB_PING_TIMEOUT,
+        close_timeout=2,
+    ) as server:
+        port = server.sockets[0].getsockname()[1]
+        ready = {"event": "bare.ready", "url": f"ws://{HOST}:{port}/", "compression": compression}
+        print(json.dumps(ready), file=sys.stderr, flush=True)
+        await stop.wait()
+
+
+def bare_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="hub_bench.py _bare", description="bare websockets echo")
+    p.add_argument("--compression", choices=("on", "off"), default="off")
+    a = p.parse_args(argv)
+    asyncio.run(_bare_serve(a.compression == "on"))
+    return 0
+
+
+def exec_main(argv: list[str]) -> int:
+    """``_exec --nofile N [--cpu C] -- cmd ...``: set limits, then become ``cmd`` (same pid)."""
+    if "--" not in argv:
+        print("usage: hub_bench.py _exec --nofile N [--cpu C] -- cmd ...", file=sys.stderr)
+        return 2
+    i = argv.index("--")
+    p = argparse.ArgumentParser(prog="hub_bench.py _exec")
+    p.add_argument("--nofile", type=int, required=True)
+    p.add_argument("--cpu", type=int)
+    a = p.parse_args(argv[:i])
+    cmd = argv[i + 1 :]
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = a.nofile
+    if hard != resource.RLIM_INFINITY and want > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+        except (ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    else:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if a.cpu is not None:
+        os.sched_setaffinity(0, {a.cpu})
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        # PR_SET_PDEATHSIG = 1: die with the benchmark even if it is killed outright.
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+    os.execv(cmd[0], cmd)
+    return 127  # not reached
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="hub_bench.py",
+        description="Hub vs bare-websockets benchmark: heartbeat round trips/s and idle RSS/conn.",
+    )
+    p.add_argument("--quick", action="store_true", help="smoke run: 20 clients, 200 conns, 1 s")
+    p.add_argument("--seconds", type=float, help="measured seconds per side (default 5)")
+    p.add_argument("--warmup", type=float, help="warm-up seconds per side (default 1)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        help="alternating hub/bare heartbeat rounds; the median is reported (default 3, quick 1)",
+    )
+    p.add_argument("--clients", type=int, help="heartbeat clients (default 200)")
+    p.add_argument("--conns", type=int, help="idle connections (default 5000)")
+    p.add_argument(
+        "--max-requests",
+        type=int,
+        default=1_000_000,
+        help="per-client cap on heartbeat requests (default 1e6)",
+    )
+    p.add_argument("--src", default=str(REPO), help="source tree the hub runs from")
+    p.add_argument(
+        "--hub-log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="hub [log] level (default info, the production default)",
+    )
+    p.add_argument("--no-pin", dest="pin", action="store_false", help="no CPU pinning")
+    p.add_argument(
+        "--profile-hub", action="store_true", help="run the heartbeat hub under cProfile"
+    )
+    p.add_argument("--skip-heartbeat", action="store_true")
+    p.add_argument("--skip-idle", action="store_true")
+    p.add_argument("--target-rate", type=float, default=0.5)
+    p.add_argument("--target-rss", type=float, default=1.5)
+    p.add_argument("--json", help="also write the results as JSON here")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (server logs, dbs)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    a = p.parse_args(argv)
+    quick = a.quick
+    a.seconds = a.seconds if a.seconds is not None else (1.0 if quick else 5.0)
+    a.warmup = a.warmup if a.warmup is not None else (0.3 if quick else 1.0)
+    a.rounds = a.rounds if a.rounds is not None else (1 if quick else 3)
+    a.clients = a.clients if a.clients is not None else (20 if quick else 200)
+    a.conns = a.conns if a.conns is not None else (200 if quick else 5000)
+    if (
+        a.seconds <= 0
+        or a.warmup < 0
+        or a.clients < 1
+        or a.conns < 1
+        or a.max_requests < 1
+        or a.rounds < 1
+    ):
+        p.error("--seconds, --clients, --conns, --rounds and --max-requests must be positive")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_bare"]:
+        return bare_main(argv[1:])
+    if argv[:1] == ["_exec"]:
+        return exec_main(argv[1:])
+    args = parse_args(argv)
+    try:
+        return asyncio.run(run(args))
+    except BenchError as e:
+        print(f"\nbenchmark failed: {e}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
