@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import json
 import sys
+import threading
 from typing import Any, TextIO
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -201,22 +202,29 @@ class ChatClient:
             self.say(f"* {json.dumps(f, ensure_ascii=False)}")
 
 
-async def _stdin_lines(queue: asyncio.Queue[str | None]) -> None:
-    while True:
-        line = await asyncio.to_thread(sys.stdin.readline)
-        if not line:
-            await queue.put(None)
-            return
-        await queue.put(line)
+def _start_stdin_reader(queue: asyncio.Queue[str | None]) -> None:
+    """Read stdin on a daemon thread: a blocking readline cannot be cancelled, and a daemon
+    thread is not waited for at exit, so /quit returns at once even while stdin stays open."""
+    loop = asyncio.get_running_loop()
+
+    def pump() -> None:
+        while True:
+            line = sys.stdin.readline()
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, line or None)
+            except RuntimeError:  # the loop is gone: we are exiting
+                return
+            if not line:
+                return
+
+    threading.Thread(target=pump, name="chat-stdin", daemon=True).start()
 
 
 async def run_chat(url: str, user_id: str, token: str) -> int:
     queue: asyncio.Queue[str | None] = asyncio.Queue()
-    feeder = asyncio.create_task(_stdin_lines(queue))
+    _start_stdin_reader(queue)
     try:
         return await ChatClient(url, user_id, token).run(queue)
     except OSError as e:
         print(f"cannot connect to {url}: {e}", file=sys.stderr)
         return 2
-    finally:
-        feeder.cancel()

@@ -89,10 +89,9 @@ class Outbox:
         if sinks is not None:
             sinks.discard(sink)
             if not sinks:
+                # The user's lock stays: a push may already be waiting on it, and a second lock
+                # for the same user would let that push slip past the next login's drain.
                 del self._sinks[user_id]
-                lock = self._locks.get(user_id)
-                if lock is not None and not lock.locked():
-                    del self._locks[user_id]
 
     async def push(self, user_id: str, push: Push, *, exclude: Sink | None = None) -> int:
         """Deliver to every live connection (but ``exclude``); store it if none took it.

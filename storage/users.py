@@ -45,32 +45,43 @@ class UserRepo:
         return UserRow(row[0], bool(row[1]), row[2], row[3])
 
     async def number_for(self, user_id: str) -> int:
-        """A stable positive int32 for a user: numeric ids as they are, others mapped and stored."""
-        if user_id.isdigit() and 0 < int(user_id) <= INT32_MAX:
-            return int(user_id)
+        """A stable positive int32 for a user: canonical numeric ids as they are (when free),
+        others mapped. Every number handed out is recorded, so no two users ever share one."""
         async with self._db.conn.execute(
             "SELECT number FROM user_numbers WHERE user_id = ?", (user_id,)
         ) as cur:
             row = await cur.fetchone()
         if row is not None:
             return int(row[0])
+        # Only the canonical spelling keeps its value: "0123" must not become user "123".
+        if user_id.isdigit() and str(int(user_id)) == user_id and 0 < int(user_id) <= INT32_MAX:
+            if not await self._taken(int(user_id)):
+                await self._record(int(user_id), user_id)
+                return int(user_id)
         # Start from a hash so the same id tends to get the same number on a fresh database,
-        # then probe linearly past collisions.
+        # then probe linearly past numbers already given out.
         span = INT32_MAX - MAPPED_FLOOR
         candidate = MAPPED_FLOOR + zlib.crc32(user_id.encode()) % span
-        while True:
-            async with self._db.conn.execute(
-                "SELECT 1 FROM user_numbers WHERE number = ?", (candidate,)
-            ) as cur:
-                taken = await cur.fetchone()
-            if not taken:
-                break
+        while await self._taken(candidate) or await self._reserved_numeric(candidate):
             candidate = MAPPED_FLOOR + (candidate - MAPPED_FLOOR + 1) % span
+        await self._record(candidate, user_id)
+        return candidate
+
+    async def _taken(self, number: int) -> bool:
+        async with self._db.conn.execute(
+            "SELECT 1 FROM user_numbers WHERE number = ?", (number,)
+        ) as cur:
+            return await cur.fetchone() is not None
+
+    async def _reserved_numeric(self, number: int) -> bool:
+        # A user whose id is this very number, known but not yet numbered, keeps first claim.
+        return await self.get(str(number)) is not None
+
+    async def _record(self, number: int, user_id: str) -> None:
         await self._db.conn.execute(
-            "INSERT INTO user_numbers (number, user_id) VALUES (?, ?)", (candidate, user_id)
+            "INSERT INTO user_numbers (number, user_id) VALUES (?, ?)", (number, user_id)
         )
         await self._db.conn.commit()
-        return candidate
 
     async def user_for_number(self, number: int) -> str | None:
         async with self._db.conn.execute(

@@ -7,6 +7,7 @@ shared/spec/hub-protocol.md; where the real mio-chat client differs from the doc
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from bridge.errors import ErrorCode
 from bridge.models import Segment
 
 RequestId = str | int | float
-USER_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+USER_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class FrameError(Exception):
@@ -54,6 +55,23 @@ def _valid_request_id(v: Any) -> bool:
     return isinstance(v, str | int | float) and not isinstance(v, bool)
 
 
+def _document_type(protocol: str, data: Any) -> str | None:
+    """The user's document sends onebot frames without a top-level type; tell them apart by shape.
+
+    Its recall frame says `data.type == "message"` too, so the shape decides, not that field.
+    """
+    if protocol != "onebot" or not isinstance(data, dict):
+        return None
+    if data.get("type") == "forward_msg" or isinstance(data.get("content"), list):
+        return "forward_msg"
+    content = data.get("content")
+    if isinstance(content, dict) and "message_id" in content and "message" not in content:
+        return "del_message"
+    if isinstance(data.get("data"), dict) or "message" in data:
+        return "message"
+    return None
+
+
 def parse_frame(raw: str | bytes) -> Request:
     try:
         obj = json.loads(raw)
@@ -73,13 +91,8 @@ def parse_frame(raw: str | bytes) -> Request:
     if not isinstance(protocol, str):
         raise FrameError(ErrorCode.UNKNOWN_PROTOCOL, "frame has no protocol string", request_id=rid)
     if not isinstance(ftype, str):
-        # The document's onebot frames omit the top-level type and nest it in data.type.
-        data = obj.get("data")
-        if protocol == "onebot" and isinstance(data, dict) and isinstance(data.get("type"), str):
-            ftype = {"message": "message", "forward_msg": "forward_msg"}.get(
-                data["type"], data["type"]
-            )
-        else:
+        ftype = _document_type(protocol, obj.get("data"))
+        if ftype is None:
             raise FrameError(
                 ErrorCode.UNKNOWN_TYPE,
                 "frame has no type string",
@@ -115,7 +128,7 @@ class LoginData(_Payload):
         if isinstance(v, bool) or not isinstance(v, str | int):
             raise ValueError("mio-chat-id must be a string or an integer")
         s = str(v)
-        if not USER_ID_RE.match(s):
+        if not USER_ID_RE.fullmatch(s):
             raise ValueError("mio-chat-id must be 1-64 characters of A-Z a-z 0-9 _ -")
         return s
 
@@ -137,9 +150,10 @@ class HeartbeatData(_Payload):
         if ts is None or ts == "":
             return None
         try:
-            return float(ts)
+            value = float(ts)
         except (TypeError, ValueError):
             return None
+        return value if math.isfinite(value) else None
 
 
 def _segments(v: Any) -> list[Segment]:

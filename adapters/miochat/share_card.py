@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
+# Characters XML 1.0 forbids (C0 controls except tab/newline/CR, surrogates, U+FFFE/U+FFFF);
+# one of them in user text would make the whole card unreadable.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
 
 def _clip(text: str, n: int) -> str:
+    text = _NOT_XML.sub("", text)
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
@@ -34,6 +40,6 @@ def render_card(contactor: dict[str, Any], title: str) -> str:
         f"{image}"
         f'<text x="130" y="72" font-size="24" font-family="sans-serif" fill="#1d2433">{escape(name)}</text>'
         f'<text x="130" y="102" font-size="14" font-family="sans-serif" fill="#5b6478">{escape(bio)}</text>'
-        f'<text x="130" y="136" font-size="12" font-family="sans-serif" fill="#9aa3b5">{escape(title)}</text>'
+        f'<text x="130" y="136" font-size="12" font-family="sans-serif" fill="#9aa3b5">{escape(_clip(title, 60))}</text>'
         "</svg>"
     )

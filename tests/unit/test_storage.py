@@ -1,0 +1,413 @@
+"""The storage repositories against a temp file database (aiosqlite, WAL, migrations)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import types
+import zlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import storage.users as users_mod
+from storage import Storage
+from storage.db import Database
+from storage.messages import INT32_MAX
+from storage.migrations import MIGRATIONS
+from storage.users import MAPPED_FLOOR
+
+SPAN = INT32_MAX - MAPPED_FLOOR
+
+
+def hashed(user_id: str) -> int:
+    """Where number_for starts probing for a non-numeric id."""
+    return MAPPED_FLOOR + zlib.crc32(user_id.encode()) % SPAN
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "sub" / "dir" / "test.db"  # the folder does not exist yet
+
+
+@pytest.fixture
+async def st(db_path: Path) -> AsyncIterator[Storage]:
+    s = await Storage.open(str(db_path))
+    yield s
+    await s.close()
+
+
+async def scalar(db: Database, sql: str, *args: object) -> object:
+    async with db.conn.execute(sql, args) as cur:
+        row = await cur.fetchone()
+    return row[0] if row is not None else None
+
+
+# ----- database and migrations --------------------------------------------------------------------
+
+
+async def test_open_creates_folder_migrates_and_uses_wal(st: Storage, db_path: Path) -> None:
+    assert await asyncio.to_thread(db_path.is_file)
+    assert await scalar(st.db, "PRAGMA user_version") == len(MIGRATIONS)
+    assert str(await scalar(st.db, "PRAGMA journal_mode")).lower() == "wal"
+    assert await scalar(st.db, "PRAGMA foreign_keys") == 1
+    tables = {
+        r[0]
+        for r in await st.db.conn.execute_fetchall(
+            "SELECT name FROM sqlite_master WHERE type='table'"
+        )
+    }
+    assert {
+        "users",
+        "user_numbers",
+        "messages",
+        "message_refs",
+        "outbox",
+        "shares",
+        "conversations",
+    } <= tables
+
+
+async def test_reopen_keeps_data_and_does_not_remigrate(db_path: Path) -> None:
+    s = await Storage.open(str(db_path))
+    await s.users.touch("alice", False)
+    m = await s.messages.add("alice", "momo", "in", [{"type": "text", "data": {"text": "hi"}}])
+    await s.close()
+    s = await Storage.open(str(db_path))  # would fail with "table exists" if migrated twice
+    try:
+        assert await scalar(s.db, "PRAGMA user_version") == len(MIGRATIONS)
+        assert (await s.users.get("alice")) is not None
+        assert await s.messages.get(m.id) == m
+    finally:
+        await s.close()
+    # Visible to a plain sqlite3 client too: the data was committed, not just cached.
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT id FROM users").fetchall() == [("alice",)]
+
+
+async def test_newer_database_is_refused_with_a_clear_message(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 5}")
+    with pytest.raises(RuntimeError) as ei:
+        await Database.open(str(db_path))
+    msg = str(ei.value)
+    assert str(db_path) in msg
+    assert f"schema version {len(MIGRATIONS) + 5}" in msg and "newer than this build" in msg
+    # The refused database is left untouched.
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) + 5
+        assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+
+
+async def test_failed_migration_is_not_half_applied(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = await Database.open(str(db_path))  # at the build's version now
+    await db.close()
+    broken = "CREATE TABLE extra (a INTEGER);\nINSERT INTO no_such_table VALUES (1);"
+    monkeypatch.setattr("storage.db.MIGRATIONS", [*MIGRATIONS, broken])
+    with pytest.raises(sqlite3.OperationalError):
+        await Database.open(str(db_path))
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name='extra'").fetchall() == []
+    fixed = "CREATE TABLE extra (a INTEGER);"
+    monkeypatch.setattr("storage.db.MIGRATIONS", [*MIGRATIONS, fixed])
+    db = await Database.open(str(db_path))
+    try:
+        assert await scalar(db, "PRAGMA user_version") == len(MIGRATIONS) + 1
+        assert await scalar(db, "SELECT count(*) FROM extra") == 0
+    finally:
+        await db.close()
+
+
+# ----- users --------------------------------------------------------------------------------------
+
+
+async def test_users_touch_and_get(st: Storage) -> None:
+    assert await st.users.get("alice") is None
+    await st.users.touch("alice", False)
+    first = await st.users.get("alice")
+    assert first is not None
+    assert first.id == "alice" and first.is_admin is False
+    assert first.first_seen == first.last_seen
+    await st.users.touch("alice", True)
+    again = await st.users.get("alice")
+    assert again is not None
+    assert again.is_admin is True
+    assert again.first_seen == first.first_seen
+    assert again.last_seen >= first.last_seen
+    await st.users.touch("alice", False)
+    assert (await st.users.get("alice")).is_admin is False  # type: ignore[union-attr]
+    assert await st.users.get("bob") is None
+
+
+@pytest.mark.parametrize("user_id", ["1", "10086", "999999999", str(INT32_MAX)])
+async def test_numeric_ids_are_their_own_number(st: Storage, user_id: str) -> None:
+    assert await st.users.number_for(user_id) == int(user_id)
+    # Recorded, so a mapped id can never be given the same number later.
+    assert await st.users.user_for_number(int(user_id)) == user_id
+    assert await scalar(st.db, "SELECT count(*) FROM user_numbers") == 1
+
+
+@pytest.mark.parametrize("user_id", ["alice", "0", str(INT32_MAX + 1), "12345678901234", "-5"])
+async def test_other_ids_are_mapped_into_the_high_range(st: Storage, user_id: str) -> None:
+    n = await st.users.number_for(user_id)
+    assert MAPPED_FLOOR <= n <= INT32_MAX
+    assert n == hashed(user_id)
+    assert await st.users.number_for(user_id) == n  # stable
+    assert await st.users.user_for_number(n) == user_id
+
+
+async def test_mapped_numbers_are_distinct_and_persist_across_reopen(db_path: Path) -> None:
+    names = [f"user-{i}" for i in range(50)]
+    s = await Storage.open(str(db_path))
+    numbers = {name: await s.users.number_for(name) for name in names}
+    await s.close()
+    assert len(set(numbers.values())) == len(names)
+    s = await Storage.open(str(db_path))
+    try:
+        for name in reversed(names):  # a different order must not change anything
+            assert await s.users.number_for(name) == numbers[name]
+            assert await s.users.user_for_number(numbers[name]) == name
+    finally:
+        await s.close()
+
+
+async def test_collision_probes_to_the_next_free_number(st: Storage) -> None:
+    start = hashed("bob")
+    await st.db.conn.execute(
+        "INSERT INTO user_numbers (number, user_id) VALUES (?, ?), (?, ?)",
+        (start, "squatter-1", start + 1, "squatter-2"),
+    )
+    await st.db.conn.commit()
+    n = await st.users.number_for("bob")
+    assert n == start + 2
+    assert await st.users.user_for_number(start) == "squatter-1"
+    assert await st.users.user_for_number(n) == "bob"
+
+
+async def test_collision_probing_wraps_around_to_the_floor(
+    st: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every id hashes to the top of the range; the top is taken, so probing wraps to the floor.
+    monkeypatch.setattr(users_mod, "zlib", types.SimpleNamespace(crc32=lambda b: SPAN - 1))
+    top = MAPPED_FLOOR + SPAN - 1
+    assert await st.users.number_for("first") == top
+    assert await st.users.number_for("second") == MAPPED_FLOOR
+    assert await st.users.number_for("third") == MAPPED_FLOOR + 1
+
+
+async def test_user_for_number_both_ways(st: Storage) -> None:
+    assert await st.users.user_for_number(10086) is None  # nobody with that numeric id yet
+    await st.users.touch("10086", False)
+    assert await st.users.user_for_number(10086) == "10086"
+    n = await st.users.number_for("carol")
+    assert await st.users.user_for_number(n) == "carol"
+    assert await st.users.user_for_number(n + 1) is None
+    assert await st.users.user_for_number(0) is None
+    assert await st.users.user_for_number(-1) is None
+
+
+async def test_leading_zero_numeric_id_does_not_share_a_number(st: Storage) -> None:
+    await st.users.touch("123", False)
+    await st.users.touch("0123", False)
+    a = await st.users.number_for("123")
+    b = await st.users.number_for("0123")
+    assert a != b
+    assert await st.users.user_for_number(b) == "0123"
+
+
+async def test_numeric_id_in_mapped_range_does_not_share_a_number(st: Storage) -> None:
+    await st.users.touch("alice", False)
+    n = await st.users.number_for("alice")
+    await st.users.touch(str(n), False)
+    assert await st.users.number_for(str(n)) != n
+    assert await st.users.user_for_number(n) == "alice"
+
+
+# ----- messages -----------------------------------------------------------------------------------
+
+TEXT = [{"type": "text", "data": {"text": "你好"}}]
+
+
+async def test_message_ids_positive_increasing_unique(st: Storage) -> None:
+    ids = []
+    for i in range(20):
+        row = await st.messages.add(f"u{i % 3}", "momo", "in" if i % 2 else "out", TEXT)
+        ids.append(row.id)
+    assert all(0 < i <= INT32_MAX for i in ids)
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+async def test_message_add_and_get_round_trip(st: Storage) -> None:
+    q = await st.messages.add("alice", "momo", "in", TEXT, at=1700000000.5)
+    a = await st.messages.add(
+        "alice", "momo", "out", [{"type": "image", "data": {}}], reply_to=q.id
+    )
+    assert q.time == 1700000000.5 and q.reply_to is None and q.deleted is False
+    assert q.direction == "in" and q.content == TEXT
+    assert await st.messages.get(q.id) == q
+    got = await st.messages.get(a.id)
+    assert got == a and got.reply_to == q.id and got.direction == "out"
+    assert await st.messages.get(a.id + 1000) is None
+
+
+async def test_message_ids_never_reused_after_reopen(db_path: Path) -> None:
+    s = await Storage.open(str(db_path))
+    first = await s.messages.add("u", "c", "in", TEXT)
+    await s.db.conn.execute("DELETE FROM messages")
+    await s.db.conn.commit()
+    await s.close()
+    s = await Storage.open(str(db_path))
+    try:
+        assert (await s.messages.add("u", "c", "in", TEXT)).id > first.id
+    finally:
+        await s.close()
+
+
+async def test_message_id_space_exhaustion_is_refused(st: Storage) -> None:
+    await st.messages.add("u", "c", "in", TEXT)
+    await st.db.conn.execute(
+        "UPDATE sqlite_sequence SET seq = ? WHERE name = 'messages'", (INT32_MAX,)
+    )
+    await st.db.conn.commit()
+    with pytest.raises(RuntimeError, match="int32"):
+        await st.messages.add("u", "c", "in", TEXT)
+    assert await scalar(st.db, "SELECT count(*) FROM messages") == 1  # rolled back
+
+
+async def test_message_direction_is_checked(st: Storage) -> None:
+    with pytest.raises(sqlite3.IntegrityError):
+        await st.messages.add("u", "c", "sideways", TEXT)  # type: ignore[arg-type]
+    await st.db.conn.rollback()
+
+
+async def test_replies_to(st: Storage) -> None:
+    q = await st.messages.add("u", "c", "in", TEXT)
+    other = await st.messages.add("u", "c", "in", TEXT)
+    r1 = await st.messages.add("u", "c", "out", TEXT, reply_to=q.id)
+    await st.messages.add("u", "c", "out", TEXT, reply_to=other.id)
+    r2 = await st.messages.add("u", "c", "out", TEXT, reply_to=q.id)
+    assert await st.messages.replies_to(q.id) == [r1, r2]
+    assert await st.messages.replies_to(r1.id) == []
+
+
+async def test_mark_deleted_is_idempotent(st: Storage) -> None:
+    m = await st.messages.add("u", "c", "in", TEXT)
+    keep = await st.messages.add("u", "c", "in", TEXT)
+    assert await st.messages.mark_deleted(m.id) is True
+    assert await st.messages.mark_deleted(m.id) is False
+    assert await st.messages.mark_deleted(99999) is False
+    assert (await st.messages.get(m.id)).deleted is True  # type: ignore[union-attr]
+    assert (await st.messages.get(keep.id)).deleted is False  # type: ignore[union-attr]
+
+
+async def test_external_links(st: Storage) -> None:
+    m = await st.messages.add("u", "c", "in", TEXT)
+    n = await st.messages.add("u", "c", "out", TEXT)
+    assert await st.messages.external_ids(m.id, "momohub") == []
+    assert await st.messages.by_external("momohub", "x1") is None
+    await st.messages.link(m.id, "momohub", "x1")
+    await st.messages.link(m.id, "momohub", "x2")
+    await st.messages.link(m.id, "onebot", "x1")
+    await st.messages.link(m.id, "momohub", "x1")  # same link again is harmless
+    assert sorted(await st.messages.external_ids(m.id, "momohub")) == ["x1", "x2"]
+    assert await st.messages.external_ids(m.id, "onebot") == ["x1"]
+    assert await st.messages.external_ids(n.id, "momohub") == []
+    assert await st.messages.by_external("momohub", "x2") == m
+    assert await st.messages.by_external("onebot", "x1") == m
+    assert await st.messages.by_external("other", "x1") is None
+    # An external id names one hub message per system: relinking moves it.
+    await st.messages.link(n.id, "momohub", "x2")
+    assert await st.messages.by_external("momohub", "x2") == n
+    assert await st.messages.external_ids(m.id, "momohub") == ["x1"]
+
+
+# ----- outbox -------------------------------------------------------------------------------------
+
+
+def f(i: int) -> dict[str, object]:
+    return {"kind": "message", "message_id": i, "text": f"消息 {i}"}
+
+
+async def test_outbox_push_pending_in_order_and_per_user(st: Storage) -> None:
+    for i in range(5):
+        assert await st.outbox.push("alice", f(i), limit=10) == 0
+        await st.outbox.push("bob", f(100 + i), limit=10)
+    pending = await st.outbox.pending("alice")
+    assert [frame for _, frame in pending] == [f(i) for i in range(5)]
+    seqs = [seq for seq, _ in pending]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+    assert await st.outbox.count("alice") == 5 and await st.outbox.count("bob") == 5
+    assert await st.outbox.pending("nobody") == [] and await st.outbox.count("nobody") == 0
+
+
+async def test_outbox_trim_drops_oldest_beyond_limit(st: Storage) -> None:
+    dropped = [await st.outbox.push("alice", f(i), limit=3) for i in range(6)]
+    await st.outbox.push("bob", f(99), limit=3)
+    assert dropped == [0, 0, 0, 1, 1, 1]
+    assert [fr["message_id"] for _, fr in await st.outbox.pending("alice")] == [3, 4, 5]
+    assert await st.outbox.count("bob") == 1  # other users are not trimmed
+    # A smaller limit later trims several at once.
+    assert await st.outbox.push("alice", f(6), limit=2) == 2
+    assert [fr["message_id"] for _, fr in await st.outbox.pending("alice")] == [5, 6]
+
+
+async def test_outbox_ack_up_to_seq(st: Storage) -> None:
+    for i in range(4):
+        await st.outbox.push("alice", f(i), limit=10)
+        await st.outbox.push("bob", f(i), limit=10)
+    seqs = [seq for seq, _ in await st.outbox.pending("alice")]
+    await st.outbox.ack("alice", seqs[1])
+    assert [fr["message_id"] for _, fr in await st.outbox.pending("alice")] == [2, 3]
+    assert await st.outbox.count("bob") == 4  # acking one user leaves others alone
+    await st.outbox.ack("alice", seqs[1])  # again: nothing more goes
+    assert await st.outbox.count("alice") == 2
+    await st.outbox.ack("alice", seqs[-1])
+    assert await st.outbox.count("alice") == 0
+
+
+async def test_outbox_survives_reopen(db_path: Path) -> None:
+    s = await Storage.open(str(db_path))
+    await s.outbox.push("alice", f(1), limit=5)
+    await s.close()
+    s = await Storage.open(str(db_path))
+    try:
+        assert [fr for _, fr in await s.outbox.pending("alice")] == [f(1)]
+    finally:
+        await s.close()
+
+
+# ----- shares and conversations -----------------------------------------------------------------
+
+
+async def test_shares_create_and_get(st: Storage) -> None:
+    card = {"name": "桃子", "bio": "a <cat>", "avatar": None, "nested": {"n": [1, 2]}}
+    a = await st.shares.create(card)
+    b = await st.shares.create({"name": "other"})
+    assert a != b
+    assert len(a) >= 12 and all(c.isalnum() or c in "-_" for c in a)  # URL-safe
+    assert await st.shares.get(a) == card
+    assert await st.shares.get(b) == {"name": "other"}
+    assert await st.shares.get("missing") is None
+
+
+async def test_conversations_get_set_forget(st: Storage) -> None:
+    assert await st.conversations.get("u", "c", "default") is None
+    await st.conversations.set("u", "c", "default", "chat-1")
+    await st.conversations.set("u", "c", "work", "chat-2")
+    await st.conversations.set("v", "c", "default", "chat-3")
+    assert await st.conversations.get("u", "c", "default") == "chat-1"
+    assert await st.conversations.get("u", "c", "work") == "chat-2"
+    assert await st.conversations.get("v", "c", "default") == "chat-3"
+    assert await st.conversations.get("u", "other", "default") is None
+    await st.conversations.set("u", "c", "default", "chat-4")  # replaces
+    assert await st.conversations.get("u", "c", "default") == "chat-4"
+    await st.conversations.forget("u", "c", "default")
+    assert await st.conversations.get("u", "c", "default") is None
+    assert await st.conversations.get("u", "c", "work") == "chat-2"
+    assert await st.conversations.get("v", "c", "default") == "chat-3"
+    await st.conversations.forget("u", "c", "default")  # forgetting twice is fine
