@@ -36,6 +36,7 @@ class ChatClient:
         self._ids = itertools.count(1)
         self._ws: ClientConnection | None = None
         self._streaming: set[Any] = set()
+        self.logged_in = asyncio.Event()
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -59,6 +60,12 @@ class ChatClient:
             )
             reader = asyncio.create_task(self._read())
             try:
+                # Lines typed (or piped) before the login answer must not race ahead of it.
+                login = asyncio.create_task(self.logged_in.wait())
+                await asyncio.wait({login, reader}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+                login.cancel()
+                if not self.logged_in.is_set():
+                    return 1
                 while True:
                     get = asyncio.create_task(lines.get())
                     done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
@@ -157,14 +164,18 @@ class ChatClient:
             if default and self.contact is None:
                 self.contact = default["id"]
             role = "admin" if data.get("is_admin") else "user"
+            talking = f"{default['name']} ({default['id']})" if default else "nobody yet"
             self.say(
                 f"* logged in as {self.user_id} ({role}); {len(self.contacts)} contacts; "
-                f"talking to {self.contact or '(nobody: /to <contact>)'}; /help for commands"
+                f"talking to {talking}; /to <contact> to change, /help for commands"
             )
+            self.logged_in.set()
         elif msg == "pending":
             self._streaming.add(rid)
-            print(f"[{rid}] ", end="", file=self.out, flush=True)
         elif msg == "update":
+            if data.get("seq") == 0:
+                # Start the reply on its own line, tagged with the request it answers.
+                print(f"> [{rid}] ", end="", file=self.out, flush=True)
             call = data.get("tool_call")
             if call:
                 print(

@@ -119,7 +119,7 @@ async def test_chat_session(bridge: Bridge, chats: Callable[..., Awaitable[Chat]
     chat = await chats("--url", bridge.url, "--id", "tester")
     login = await chat.expect(lambda s: s.startswith("* logged in"))
     assert login.startswith("* logged in as tester (user); 0 contacts;")
-    assert "talking to (nobody: /to <contact>)" in login
+    assert "talking to nobody yet" in login
 
     await chat.command("/help", lambda s: "/raw <json>" in s)
     assert any("/to <contact>" in s for s in chat.lines)
