@@ -1,0 +1,78 @@
+"""Pure assembly of OpenAI `chat.completion.chunk` dicts into neutral reply events.
+
+Tool calls arrive fragmented: the first fragment of an index carries its name, later fragments
+append to `function.arguments`. Each index gets `started` on its first fragment, `pending` with the
+arguments so far on every argument fragment, and `finished` with the whole text once the model
+is done (a finish_reason, or the end of the stream).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.models import Delta, Done, ReplyEvent, ToolCall
+
+
+@dataclass(slots=True)
+class _Call:
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+    started: bool = False
+
+
+class ChunkAssembler:
+    def __init__(self) -> None:
+        self._calls: dict[int, _Call] = {}
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+
+    def feed(self, chunk: dict[str, Any]) -> list[ReplyEvent]:
+        out: list[ReplyEvent] = []
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue  # the hub shows choice 0 only
+            delta = choice.get("delta") or {}
+            # Servers name the thinking text differently (DeepSeek, vLLM, OpenRouter).
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+            content = delta.get("content") or ""
+            if reasoning or content:
+                out.append(Delta(text=str(content), reasoning=str(reasoning)))
+            for frag in delta.get("tool_calls") or []:
+                out.extend(self._tool_fragment(frag))
+            if choice.get("finish_reason"):
+                self.finish_reason = str(choice["finish_reason"])
+                out.extend(self._finish_calls())
+        return out
+
+    def _tool_fragment(self, frag: dict[str, Any]) -> list[ReplyEvent]:
+        index = int(frag.get("index") or 0)
+        call = self._calls.setdefault(index, _Call())
+        fn = frag.get("function") or {}
+        if fn.get("name") and not call.name:
+            call.name = str(fn["name"])
+        out: list[ReplyEvent] = []
+        if not call.started:
+            call.started = True
+            out.append(ToolCall(call.name, "started", "", index=index))
+        if fn.get("arguments"):
+            call.arguments.append(str(fn["arguments"]))
+            out.append(ToolCall(call.name, "pending", "".join(call.arguments), index=index))
+        return out
+
+    def _finish_calls(self) -> list[ReplyEvent]:
+        out: list[ReplyEvent] = [
+            ToolCall(c.name, "finished", "".join(c.arguments), index=i)
+            for i, c in sorted(self._calls.items())
+        ]
+        self._calls.clear()
+        return out
+
+    def done(self) -> Done | None:
+        """The closing event, or None when the stream ended without the model finishing."""
+        if self.finish_reason is None:
+            return None
+        return Done(finish_reason=self.finish_reason, usage=self.usage)
