@@ -202,6 +202,8 @@ class ChatClient:
                 for s in content.get("message", [])
             )
             self.say(f"< {data.get('id')} #{content.get('message_id')}: {text}")
+        elif kind == ("onebot", "del_message"):
+            self.say("* recall done")
         elif kind == ("onebot", "del_msg"):
             self.say(f"* message {data.get('content', {}).get('message_id')} recalled")
         elif kind == ("onebot", "message"):
