@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -397,36 +398,62 @@ async def test_graceful_stop_closes_clients_1001(bridge_factory) -> None:
     await b.app.start()
 
 
-def test_sigterm_exits_zero_within_five_seconds(tmp_path: Path) -> None:
+def test_sigterm_exits_zero_within_five_seconds_and_logs_no_secret(tmp_path: Path) -> None:
+    """A real `momobridge serve` (embedded sandbox included): a logged-in admin and a chat
+    reply, then SIGTERM. It exits 0 within 5 s, and its JSON log never shows a secret."""
     import subprocess
 
+    secret = "adm1n-s3cret-code"
     cfg = tmp_path / "config.toml"
     cfg.write_text(
-        f'[server]\nport = 0\n[storage]\npath = "{tmp_path / "db.sqlite"}"\n[auth]\nadmin_code = "x"\n'
+        f'[server]\nport = 0\n[storage]\npath = "{tmp_path / "db.sqlite"}"\n'
+        f'[auth]\nadmin_code = "{secret}"\n[log]\nlevel = "debug"\nformat = "json"\n'
     )
+    # A file, not a pipe: a pipe nobody drains would block the server once it fills.
+    log_path = tmp_path / "serve.log"
+    log_file = log_path.open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "bridge.cli", "serve", "--config", str(cfg)],
-        stderr=subprocess.PIPE,
+        stderr=log_file,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        assert proc.stderr is not None
         port = None
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if "momobridge.ready" in line:
-                port = json.loads(line)["url"].split(":")[2].split("/")[0]
-                break
-        assert port, "server did not start"
+        while port is None and time.monotonic() < deadline and proc.poll() is None:
+            for line in log_path.read_text().splitlines():
+                if "momobridge.ready" in line:
+                    port = json.loads(line)["url"].split(":")[2].split("/")[0]
+            time.sleep(0.05)
+        assert port, f"server did not start: {log_path.read_text()[-2000:]}"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
             assert r.status == 200
+
+        async def chat() -> None:
+            c = await HubClient.open(f"ws://127.0.0.1:{port}/api/gateway")
+            login = await c.login("boss", secret)
+            assert login["data"]["is_admin"] is True
+            momo = next(x["id"] for x in login["data"]["contacts"] if x.get("default"))
+            rid = await c.send(
+                "onebot", "message", [{"type": "text", "data": {"text": "hi"}}], id=momo
+            )
+            frames = await c.stream(rid)
+            assert frames[-1]["message"] == "completed"
+            await c.close()
+
+        asyncio.run(chat())
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == 0
         assert time.monotonic() - t0 < 5
+        log = log_path.read_text()
+        assert '"event": "hub.login"' in log and '"event": "hub.close"' in log
+        sandbox_password = hashlib.sha256(f"sandbox:{secret}".encode()).hexdigest()
+        assert secret not in log and sandbox_password not in log
+        assert "accessToken" not in log and "Bearer" not in log
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        log_file.close()
