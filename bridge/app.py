@@ -80,6 +80,7 @@ class App:
         self.sandbox: SandboxServer | None = None
         self.momohub: MomoHubClient | None = None
         self._closers: list[Any] = []
+        self.frameworks: Any = None
 
     async def _start_momohub(self, admin_code: str) -> None:
         assert self.storage is not None
@@ -114,6 +115,18 @@ class App:
         self.router.add_contact_target(target)
         self.router.add_model_target(target)
 
+    async def _start_onebot(self) -> None:
+        if not self.config.onebot.frameworks:
+            return
+        from adapters.onebot.framework_target import FrameworkTarget
+
+        assert self.storage is not None and self.outbox is not None
+        target = FrameworkTarget(self.config, self.storage, self.outbox)
+        self._closers.append(target.close)
+        await target.start()
+        self.frameworks = target
+        self.router.add_contact_target(target)
+
     async def _start_openai(self) -> None:
         if not self.config.openai.providers:
             return
@@ -135,6 +148,7 @@ class App:
             if cfg.momohub.enabled:
                 await self._start_momohub(admin_code)
             await self._start_openai()
+            await self._start_onebot()
             self.hub = HubServer(
                 cfg, self.storage, self.router, self.outbox, self.sessions, admin_code=admin_code
             )

@@ -39,7 +39,7 @@ class ContactTarget(Protocol):
         Called before the message is stored, so a refusal leaves nothing half-delivered."""
         ...
 
-    def deliver(self, message: ChatMessage) -> AsyncIterator[ReplyEvent] | None:
+    async def deliver(self, message: ChatMessage) -> AsyncIterator[ReplyEvent] | None:
         """Hand over a stored user message. A streamed reply is returned as events; a target
         whose replies come later on their own (a bot framework) returns None and pushes.
         A forwarded bundle arrives as one message whose only segment is `nodes`."""

@@ -84,7 +84,7 @@ class Sessions:
             message_id=row.id,
             time=row.time,
         )
-        stream = target.deliver(msg)
+        stream = await target.deliver(msg)
         if stream is None:
             return Accepted(row.id, streaming=False)
         self._start_reply(user, contact, row.id, stream, listener, stream_request_id)

@@ -83,6 +83,19 @@ class UserRepo:
         )
         await self._db.conn.commit()
 
+    async def list(self, limit: int = 1000) -> list[UserRow]:
+        async with self._db.conn.execute(
+            "SELECT id, is_admin, first_seen, last_seen FROM users ORDER BY last_seen DESC LIMIT ?",
+            (limit,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [UserRow(r[0], bool(r[1]), r[2], r[3]) for r in rows]
+
+    async def admins(self) -> list[str]:
+        async with self._db.conn.execute("SELECT id FROM users WHERE is_admin = 1") as cur:
+            rows = await cur.fetchall()
+        return [str(r[0]) for r in rows]
+
     async def user_for_number(self, number: int) -> str | None:
         async with self._db.conn.execute(
             "SELECT user_id FROM user_numbers WHERE number = ?", (number,)

@@ -156,7 +156,7 @@ class CharacterTarget:
         character = await self._client.get_character(contact)
         self._characters[character.id] = character
 
-    def deliver(self, message: ChatMessage) -> AsyncIterator[ReplyEvent]:
+    async def deliver(self, message: ChatMessage) -> AsyncIterator[ReplyEvent]:
         key = message.conversation
         return self._converse(key.user_id, key.contact, key.thread, message.segments)
 
