@@ -117,6 +117,7 @@ class FrameworkLink(_Section):
     max_reconnect_interval: float = Field(60.0, gt=0)
     heartbeat_interval: float = Field(30.0, gt=0)
     action_timeout: float = Field(30.0, gt=0)
+    connect_timeout: float = Field(10.0, gt=0)
 
 
 class OneBotConfig(_Section):

@@ -82,7 +82,7 @@ class FrameworkLink:
                 async with connect(
                     self.config.url,
                     additional_headers=self._headers(),
-                    open_timeout=10,
+                    open_timeout=self.config.connect_timeout,
                     ping_interval=None,
                     max_size=16 << 20,
                     close_timeout=2,
