@@ -365,8 +365,9 @@ class _Client:
 
         async def listener(event: ReplyEvent) -> None:
             # The ack and `pending` must precede the first update even if the reply is quick.
-            async with asyncio.timeout(SEND_TIMEOUT):
-                await gate.wait()
+            if not gate.is_set():  # open after the ack: later events skip the timer entirely
+                async with asyncio.timeout(SEND_TIMEOUT):
+                    await gate.wait()
             if isinstance(event, Done | Failed):
                 self.listeners.discard(listener)
             await renderer(event)

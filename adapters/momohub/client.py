@@ -43,6 +43,7 @@ from adapters.momohub.types import (
     Message,
     Page,
     StreamDecoder,
+    StreamDelta,
     StreamDone,
     StreamError,
     StreamEvent,
@@ -785,7 +786,7 @@ class MomoHubClient:
                 if sse:
                     seen_event = True
                     deadline = loop.time() + self._config.idle_timeout
-                for ev in events:
+                for ev in _merge_deltas(events):
                     yield ev
                     if isinstance(ev, StreamDone | StreamError):
                         return
@@ -906,3 +907,18 @@ def _chronological(items: list[Message]) -> list[Message]:
     if len(times) >= 2 and times[0] > times[-1]:
         items = items[::-1]
     return sorted(items, key=_time_key)
+
+
+def _merge_deltas(events: list[StreamEvent]) -> list[StreamEvent]:
+    """Join consecutive deltas that arrived in one network read into one.
+
+    Under a burst one read holds dozens of tokens; relaying each as its own frame costs the hub
+    far more than the text itself. At model pace a read holds one token, so nothing waits.
+    """
+    out: list[StreamEvent] = []
+    for ev in events:
+        if isinstance(ev, StreamDelta) and out and isinstance(out[-1], StreamDelta):
+            out[-1] = StreamDelta(out[-1].text + ev.text)
+        else:
+            out.append(ev)
+    return out

@@ -64,6 +64,8 @@ class CharacterTarget:
         self._storage = storage
         self._characters: dict[str, Character] = {}
         self._chat_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # (user, character, thread) → chat id; the table is the truth, this saves a query a send.
+        self._chats: dict[tuple[str, str, str], str] = {}
         self._create_locks: defaultdict[tuple[str, str, str], asyncio.Lock] = defaultdict(
             asyncio.Lock
         )
@@ -214,14 +216,19 @@ class CharacterTarget:
     # ----- the conversation itself -----------------------------------------------------------------
 
     async def _chat_for(self, user_id: str, character_id: str, thread: str, *, fresh: bool) -> str:
-        async with self._create_locks[(user_id, character_id, thread)]:
+        key = (user_id, character_id, thread)
+        if not fresh and key in self._chats:
+            return self._chats[key]
+        async with self._create_locks[key]:
             if not fresh:
                 existing = await self._storage.conversations.get(user_id, character_id, thread)
                 if existing is not None:
+                    self._chats[key] = existing
                     return existing
             name = f"MomoBridge {user_id}" + ("" if thread == "default" else f" ({thread})")
             chat = await self._client.create_chat(character_id, name=name)
             await self._storage.conversations.set(user_id, character_id, thread, chat.id)
+            self._chats[key] = chat.id
             log.info("momohub.chat_created", user=user_id, character=character_id, chat=chat.id)
             return chat.id
 

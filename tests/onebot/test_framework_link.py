@@ -304,3 +304,38 @@ async def test_quick_operation_reply(bridge_factory, fw: FakeFramework) -> None:
     assert r["status"] == "ok"
     push = await c.wait_push()
     assert push["data"]["content"]["message"] == [{"type": "text", "data": {"text": "pong"}}]
+
+
+async def test_hub_forward_resolves_with_get_forward_msg(bridge_factory, fw: FakeFramework) -> None:
+    b = await linked(bridge_factory, fw)
+    c = await b.client("6006")
+    first = await c.request(
+        "onebot", "message", [{"type": "text", "data": {"text": "one"}}], id=BOT
+    )
+    ack = await c.request(
+        "onebot",
+        "forward_msg",
+        {
+            "id": BOT,
+            "type": "forward_msg",
+            "content": [
+                {
+                    "message_id": first["data"]["message_id"],
+                    "message": [{"type": "text", "data": {"text": "one"}}],
+                },
+                {"message_id": 424242, "message": [{"type": "text", "data": {"text": "two"}}]},
+            ],
+        },
+    )
+    assert ack["code"] == 0
+    ev = await fw.wait(
+        lambda f: f.get("post_type") == "message" and f["message"][0]["type"] == "forward"
+    )
+    fid = ev["message"][0]["data"]["id"]
+    assert fid == str(ack["data"]["message_id"])
+    nodes = (await fw.call("get_forward_msg", {"id": fid}, echo="fwd"))["data"]["messages"]
+    assert [n["data"]["content"] for n in nodes] == [
+        [{"type": "text", "data": {"text": "one"}}],
+        [{"type": "text", "data": {"text": "two"}}],
+    ]
+    assert all(n["type"] == "node" for n in nodes)

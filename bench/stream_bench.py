@@ -1,0 +1,1369 @@
+#!/usr/bin/env python
+"""Streaming benchmark: chunk throughput and per-chunk added latency of the bridge vs MomoHub direct.
+
+Every server runs in its own process (never on the load generator's event loop):
+
+* a standalone MomoHub sandbox (``momobridge sandbox``; echo responder; ``token_delay = 0``, so
+  a reply is a burst of tokens as fast as the sandbox can write them; fault injection off);
+* a bridge (``momobridge serve``, log level warning) whose ``[momohub] base_url`` points at that
+  sandbox, signed in with an account this script first creates there (``/auth/sign-up/email``).
+
+Measured:
+
+(1) BRIDGE under load: U concurrent logged-in hub users (websockets), each closed-loop sending
+    ``onebot/message`` to the Momo demo character R times. The text has W words, so the echo
+    reply ("Momo: you said <text>") is W + 3 tokens, each one ``update`` frame. Every update's
+    arrival time is recorded; throughput = chunks (tokens) of all replies / wall time.
+(2) DIRECT under load: the same U users and texts reading the sandbox's SSE with the bridge's own
+    client code path, ``MomoHubClient.send_message`` (one account, one chat per user, one HTTP
+    session -- like the bridge). Load phases alternate direct/bridge ``--repeats`` times.
+(3) PAIRED, unloaded, per-chunk added latency: S single requests, each sent direct and through
+    the bridge back to back (order alternating) with the same text, against a fresh
+    sandbox + bridge with a byte-for-byte TCP relay (the "tap", in this process) in front of the
+    sandbox that BOTH paths go through. Two anchors per chunk k:
+      request-anchored: (bridge arrival_k - bridge send) - (direct arrival_k - direct send)
+      tap-anchored:     (bridge arrival_k - tap_k) vs (direct arrival_k - tap_k), where tap_k
+                        is when the tap handed the k-th SSE delta to the reader's socket: the
+                        time from a delta reaching the bridge to its update frame at the user,
+                        free of the sandbox's own timing noise.
+    Done twice: tokens in one burst (``token_delay = 0``, worst case, judged) and paced like a
+    model (``--paced-ms``, default 2 ms).
+
+Targets (from the issue): added latency per chunk p50 < 1 ms (request-anchored, burst) and
+bridge throughput >= 0.5 x direct.
+
+Usage (from the repository root)::
+
+    .venv/bin/python bench/stream_bench.py            # full run (~35 s here)
+    .venv/bin/python bench/stream_bench.py --quick    # smoke run (< 30 s)
+    .venv/bin/python bench/stream_bench.py --profile-bridge   # + cProfile of the loaded bridge
+    .venv/bin/python bench/stream_bench.py --help
+
+Subprocesses, the exec launcher (RLIMIT_NOFILE / CPU affinity / parent-death signal), machine info
+and percentiles come from ``bench/hub_bench.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import itertools
+import json
+import os
+import platform
+import pstats
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from hub_bench import (
+    HOST,
+    REPO,
+    BenchError,
+    ServerProc,
+    close_all,
+    core_busy_seconds,
+    cpu_model,
+    cpu_seconds,
+    load_avg,
+    mem_total_gib,
+    open_many,
+    percentile,
+    raise_own_nofile,
+    resolve_src,
+    write_json,
+)
+
+READY_TIMEOUT = 60.0  # a server must be ready within this
+HTTP_TIMEOUT = 10.0  # one setup HTTP call (sign-up, health check, chat creation)
+REPLY_TIMEOUT = 60.0  # one whole reply, send to completed
+PUSH_TIMEOUT = 5.0  # the finished-reply push after `completed` (paired mode only)
+TAP_CONNECT_TIMEOUT = 5.0
+PAIR_GAP = 0.02  # quiet time before each paired request
+MOMO_NAME = "Momo"
+ADMIN_CODE = "bench-admin-code"
+PASSWORD = "bench-password-123"
+# How the sandbox's echo responder splits a reply into tokens (whitespace rides in front).
+TOKEN_RE = re.compile(r"\s*\S+|\s+")
+DELTA_MARK = b"event: delta\n"
+# Plain lowercase words: no quotes, no newlines, nothing the frame classifier could trip on.
+VOCAB = (
+    "alpha bravo cedar delta ember falcon garden harbor island jasmine kettle lantern meadow "
+    "nectar orchard pebble quartz river saddle timber umbra velvet willow yonder zephyr amber "
+    "breeze canyon dune echo fern glade hollow ivory juniper kelp lagoon maple north ocean"
+).split()
+
+
+# ================================================================================================
+# helpers
+# ================================================================================================
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def make_text(words: int, seed: int) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(VOCAB) for _ in range(words))
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+def pcts(values: list[float]) -> tuple[float, float]:
+    """(p50, p99) of ``values`` (seconds) in milliseconds."""
+    s = sorted(values)
+    return ms(percentile(s, 0.50)), ms(percentile(s, 0.99))
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def sandbox_config(tmp: Path, tag: str, token_delay: float) -> Path:
+    d = tmp / f"sandbox-{tag}"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "config.toml"
+    path.write_text(
+        "\n".join(
+            [
+                "[sandbox]",
+                f'host = "{HOST}"',
+                'responder = "echo"',
+                f"token_delay = {token_delay!r}",
+                "fault_injection = false",
+                'database = ""',
+                "generation_timeout = 120.0",
+                "[log]",
+                # info: the sandbox logs only its listening/stopped lines at info, nothing per request
+                'level = "info"',
+                'format = "json"',
+                "",
+            ]
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+def bridge_config(
+    tmp: Path, tag: str, *, port: int, base_url: str, email: str, log_level: str
+) -> Path:
+    d = tmp / f"bridge-{tag}"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "config.toml"
+    path.write_text(
+        "\n".join(
+            [
+                "[server]",
+                f'host = "{HOST}"',
+                f"port = {port}",
+                "[auth]",
+                f'admin_code = "{ADMIN_CODE}"',
+                "[storage]",
+                f"path = {json.dumps(str(d / 'bridge.db'))}",
+                "[log]",
+                f'level = "{log_level}"',
+                'format = "json"',
+                "[momohub]",
+                f"base_url = {json.dumps(base_url)}",
+                f"email = {json.dumps(email)}",
+                f"password = {json.dumps(PASSWORD)}",
+                "list_public = true",
+                f'default_character = "{MOMO_NAME}"',
+                "",
+            ]
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+def source_state(src: Path) -> str:
+    """``<commit>`` plus the number of changed files, so a result names the code it measured."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    return f"{head}" + (f" + {len(dirty)} modified file(s)" if dirty else " (clean)")
+
+
+async def sign_up(base_url: str, email: str) -> None:
+    """Create an account on the sandbox (409 = it exists already, fine)."""
+    timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        body = {"email": email, "name": email.split("@")[0], "password": PASSWORD}
+        async with http.post(f"{base_url}/auth/sign-up/email", json=body) as r:
+            if r.status not in (200, 201, 409):
+                raise BenchError(f"sign-up of {email} failed: HTTP {r.status} {await r.text()}")
+
+
+async def wait_http_ready(srv: ServerProc, url: str, timeout: float = READY_TIMEOUT) -> None:
+    """Poll ``url`` until it answers 200 (the bridge logs nothing at level warning when ready)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    client_timeout = aiohttp.ClientTimeout(total=2.0)
+    async with aiohttp.ClientSession(timeout=client_timeout) as http:
+        while loop.time() < deadline:
+            srv.check_alive()
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
+                async with http.get(url) as r:
+                    if r.status == 200:
+                        return
+            await asyncio.sleep(0.05)
+    raise BenchError(f"{srv.name} not ready after {timeout:.0f} s; log:\n{srv.log_tail()}")
+
+
+# ================================================================================================
+# the tap: a TCP relay in front of the sandbox that timestamps every SSE delta it forwards
+# ================================================================================================
+
+
+class Tap:
+    """Byte-for-byte relay ``HOST:port -> sandbox``; records when each complete ``delta`` event
+    was handed on towards the reader (the bridge, or the direct client).
+
+    Only meant for unloaded, one-stream-at-a-time measurements: ``deltas`` is one shared list,
+    cleared before each request. Both measured paths go through it, so its own hop cancels out.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        rest = upstream.split("://", 1)[1]
+        hostport, _, path = rest.partition("/")
+        host, _, port = hostport.rpartition(":")
+        self._up = (host.strip("[]"), int(port))
+        self._path = "/" + path
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.deltas: list[float] = []
+        self.url = ""
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._handle, HOST, 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://{HOST}:{port}{self._path}".rstrip("/")
+        return self.url
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        up_writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(TAP_CONNECT_TIMEOUT):
+                up_reader, up_writer = await asyncio.open_connection(*self._up)
+            pumps = [
+                asyncio.create_task(self._pump(reader, up_writer, tap=False)),
+                asyncio.create_task(self._pump(up_reader, writer, tap=True)),
+            ]
+            try:
+                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for p in pumps:
+                    p.cancel()
+                await asyncio.gather(*pumps, return_exceptions=True)
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            for w in (writer, up_writer):
+                if w is not None:
+                    w.transport.abort()
+            self._tasks.discard(task)
+
+    async def _pump(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, tap: bool
+    ) -> None:
+        buf = b""
+        pc = time.perf_counter
+        with contextlib.suppress(OSError):
+            while True:
+                data = await src.read(1 << 16)
+                t = pc()
+                if not data:
+                    return
+                dst.write(data)  # forward first, parse after
+                if tap:
+                    buf += data
+                    while True:
+                        i = buf.find(DELTA_MARK)
+                        if i < 0:
+                            buf = buf[-len(DELTA_MARK) :]
+                            break
+                        j = buf.find(b"\n\n", i)
+                        if j < 0:
+                            buf = buf[i:]
+                            break
+                        self.deltas.append(t)
+                        buf = buf[j + 2 :]
+                await dst.drain()
+
+
+# ================================================================================================
+# one reply, measured from the client side
+# ================================================================================================
+
+
+@dataclass
+class Reply:
+    """One reply as its reader saw it (perf_counter seconds).
+
+    ``frames`` are the arrival times of the update frames (bridge) or StreamDelta events (direct).
+    ``chunks`` are per-TOKEN arrival times, filled in by the check after the timed part: token i of
+    the expected reply arrived with the frame that completed it. Today every frame carries exactly
+    one token, so both lists are equal; indexing by token keeps the pairing and the throughput
+    honest should the bridge ever merge several deltas into one frame.
+    """
+
+    t_send: float
+    frames: list[float]
+    t_end: float
+    # Bridge: the raw update frames (parsed after the timed part); direct: the delta texts.
+    raws: list[str] = field(default_factory=list)
+    chunks: list[float] = field(default_factory=list)
+
+    def offsets(self) -> list[float]:
+        return [t - self.t_send for t in self.chunks]
+
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in zip(self.chunks, self.chunks[1:], strict=False)]
+
+
+def message_frame(rid: str, contact: str, text: str) -> str:
+    return json.dumps(
+        {
+            "request_id": rid,
+            "protocol": "onebot",
+            "type": "message",
+            "id": contact,
+            "data": [{"type": "text", "data": {"text": text}}],
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+async def bridge_reply(
+    ws: ClientConnection, rid: str, contact: str, text: str, *, wait_push: bool = False
+) -> Reply:
+    """Send one onebot/message and read its stream up to `completed`.
+
+    The hot loop only timestamps and keeps each raw update frame (a substring test picks them);
+    every other frame is parsed. Updates are validated (request id, seq, text) afterwards.
+    """
+    pc = time.perf_counter
+    recv = ws.recv
+    frame = message_frame(rid, contact, text)
+    frames: list[float] = []
+    raws: list[str] = []
+    async with asyncio.timeout(REPLY_TIMEOUT):
+        t_send = pc()
+        await ws.send(frame)
+        while True:
+            raw = await recv()
+            t = pc()
+            if '"message":"update"' in raw:
+                frames.append(t)
+                raws.append(raw)  # type: ignore[arg-type]
+                continue
+            f = json.loads(raw)
+            if f.get("request_id") != rid:
+                continue  # a push (finished reply of an earlier message), not ours
+            if f.get("code", 0) != 0:
+                raise BenchError(f"bridge answered {rid} with a failure: {f}")
+            if f.get("message") == "completed":
+                t_end = t
+                break
+    if wait_push:
+        # The finished reply also arrives as a push; take it off the wire before the next
+        # (timed) request so it cannot land in the middle of that one.
+        async with asyncio.timeout(PUSH_TIMEOUT):
+            while True:
+                f = json.loads(await recv())
+                content = (f.get("data") or {}).get("content") or {}
+                if isinstance(content, dict) and content.get("stream_request_id") == rid:
+                    break
+    return Reply(t_send, frames, t_end, raws)
+
+
+def token_arrivals(pieces: list[str], times: list[float], expected: str) -> list[float]:
+    """Arrival time of each token of ``expected`` (split like the echo responder does)."""
+    got = "".join(pieces)
+    if got != expected:
+        raise BenchError(f"reply came back wrong: {got[:100]!r}... != {expected[:100]!r}...")
+    frame_ends = list(itertools.accumulate(len(p) for p in pieces))
+    token_ends = list(itertools.accumulate(len(t) for t in TOKEN_RE.findall(expected)))
+    out: list[float] = []
+    j = 0
+    for end in token_ends:
+        while frame_ends[j] < end:
+            j += 1
+        out.append(times[j])
+    return out
+
+
+def check_bridge_reply(reply: Reply, rid: str, expected: str) -> None:
+    parts = []
+    for k, raw in enumerate(reply.raws):
+        f = json.loads(raw)
+        data = f.get("data") or {}
+        if f.get("request_id") != rid or data.get("seq") != k:
+            raise BenchError(f"update {k} of {rid} is not in sequence: {raw[:200]}")
+        parts.append(data.get("chunk", ""))
+    reply.chunks = token_arrivals(parts, reply.frames, expected)
+
+
+async def direct_reply(client: Any, chat_id: str, text: str) -> Reply:
+    """The bridge's code path: MomoHubClient.send_message, one StreamDelta per token."""
+    from adapters.momohub.types import StreamDelta, StreamDone, StreamError
+
+    pc = time.perf_counter
+    parts = [{"type": "text", "content": text}]
+    frames: list[float] = []
+    texts: list[str] = []
+    async with asyncio.timeout(REPLY_TIMEOUT):
+        t_send = pc()
+        stream = client.send_message(chat_id, parts)
+        try:
+            async for ev in stream:
+                if isinstance(ev, StreamDelta):
+                    frames.append(pc())
+                    texts.append(ev.text)
+                elif isinstance(ev, StreamDone):
+                    t_end = pc()
+                    break
+                elif isinstance(ev, StreamError):
+                    raise BenchError(f"direct stream on chat {chat_id} failed: {ev.message}")
+            else:
+                raise BenchError(f"direct stream on chat {chat_id} ended without done")
+        finally:
+            await stream.aclose()
+    return Reply(t_send, frames, t_end, texts)
+
+
+def check_direct_reply(reply: Reply, expected: str) -> None:
+    reply.chunks = token_arrivals(reply.raws, reply.frames, expected)
+
+
+# ================================================================================================
+# phases
+# ================================================================================================
+
+
+@dataclass
+class CpuWindow:
+    """CPU seconds of each process and busy seconds of each pinned core over one window."""
+
+    procs: dict[str, ServerProc]
+    cores: list[int]
+    t0: float = 0.0
+    c0: dict[str, float] = field(default_factory=dict)
+    k0: dict[int, float] = field(default_factory=dict)
+    p0: float = 0.0
+    pct: dict[str, float] = field(default_factory=dict)
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+        self.p0 = time.process_time()
+        self.c0 = {n: cpu_seconds(s.pid) for n, s in self.procs.items()}
+        self.k0 = {c: core_busy_seconds(c) for c in self.cores}
+
+    def stop(self) -> dict[str, float]:
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        out = {n: 100 * (cpu_seconds(s.pid) - self.c0[n]) / dt for n, s in self.procs.items()}
+        out["loadgen"] = 100 * (time.process_time() - self.p0) / dt
+        for c in self.cores:
+            out[f"cpu{c}_busy"] = 100 * (core_busy_seconds(c) - self.k0[c]) / dt
+        self.pct = out
+        return out
+
+
+@dataclass
+class LoadResult:
+    mode: str
+    users: int
+    rounds: int
+    replies: int
+    chunks: int  # tokens of reply text
+    frames: int  # update frames (bridge) / StreamDelta events (direct)
+    seconds: float
+    rate: float  # chunks/s
+    frame_rate: float
+    ttfc_p50_ms: float
+    ttfc_p99_ms: float
+    gap_p50_ms: float
+    gap_p99_ms: float
+    offset_p50_ms: float
+    offset_p99_ms: float
+    reply_p50_ms: float
+    reply_p99_ms: float
+    cpu_pct: dict[str, float]
+
+
+def summarize(
+    mode: str, users: int, rounds: int, replies: list[Reply], seconds: float, cpu: dict[str, float]
+) -> LoadResult:
+    chunks = sum(len(r.chunks) for r in replies)
+    frames = sum(len(r.frames) for r in replies)
+    ttfc = [r.chunks[0] - r.t_send for r in replies if r.chunks]
+    gaps = [g for r in replies for g in r.gaps()]
+    offs = [o for r in replies for o in r.offsets()]
+    dur = [r.t_end - r.t_send for r in replies]
+    t50, t99 = pcts(ttfc)
+    g50, g99 = pcts(gaps)
+    o50, o99 = pcts(offs)
+    d50, d99 = pcts(dur)
+    return LoadResult(
+        mode, users, rounds, len(replies), chunks, frames, seconds, chunks / seconds,
+        frames / seconds, t50, t99, g50, g99, o50, o99, d50, d99, cpu,
+    )  # fmt: skip
+
+
+async def run_users(coros: list[Any], timeout: float) -> None:
+    """Run the users' coroutines; the first failure (or the timeout) cancels the rest."""
+    tasks = [asyncio.create_task(c) for c in coros]
+    try:
+        async with asyncio.timeout(timeout):
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for t in done:
+            t.result()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def bridge_load(
+    conns: list[ClientConnection],
+    contact: str,
+    texts: list[str],
+    rounds: int,
+    window: CpuWindow,
+    tag: str,
+) -> tuple[list[Reply], float]:
+    per_user: list[list[tuple[str, Reply]]] = [[] for _ in conns]
+
+    async def user(i: int, ws: ClientConnection) -> None:
+        for r in range(rounds):
+            rid = f"{tag}-u{i}-r{r}"
+            per_user[i].append((rid, await bridge_reply(ws, rid, contact, texts[i])))
+
+    gc.collect()
+    window.start()
+    t0 = time.perf_counter()
+    await run_users([user(i, ws) for i, ws in enumerate(conns)], REPLY_TIMEOUT * rounds + 30)
+    elapsed = time.perf_counter() - t0
+    window.stop()
+    replies = []
+    for i, items in enumerate(per_user):
+        for rid, rep in items:
+            check_bridge_reply(rep, rid, f"{MOMO_NAME}: you said {texts[i]}")
+            replies.append(rep)
+    return replies, elapsed
+
+
+async def direct_load(
+    client: Any, chats: list[str], texts: list[str], rounds: int, window: CpuWindow
+) -> tuple[list[Reply], float]:
+    per_user: list[list[Reply]] = [[] for _ in chats]
+
+    async def user(i: int, chat: str) -> None:
+        for _ in range(rounds):
+            per_user[i].append(await direct_reply(client, chat, texts[i]))
+
+    gc.collect()
+    window.start()
+    t0 = time.perf_counter()
+    await run_users([user(i, chat) for i, chat in enumerate(chats)], REPLY_TIMEOUT * rounds + 30)
+    elapsed = time.perf_counter() - t0
+    window.stop()
+    replies = []
+    for i, items in enumerate(per_user):
+        for rep in items:
+            check_direct_reply(rep, f"{MOMO_NAME}: you said {texts[i]}")
+            replies.append(rep)
+    return replies, elapsed
+
+
+@dataclass
+class PairedResult:
+    label: str
+    samples: int
+    chunks_per_reply: int
+    # request-anchored: offsets of each chunk from its own request's send
+    added_p50_ms: float
+    added_p99_ms: float
+    ttfc_added_p50_ms: float
+    ttfc_added_p99_ms: float
+    relay_added_p50_ms: float
+    relay_added_p99_ms: float
+    last_added_p50_ms: float
+    direct_ttfc_p50_ms: float
+    bridge_ttfc_p50_ms: float
+    direct_reply_p50_ms: float
+    bridge_reply_p50_ms: float
+    # tap-anchored: arrival at the user minus when the tap forwarded that delta to the reader
+    tap_bridge_p50_ms: float
+    tap_bridge_p99_ms: float
+    tap_direct_p50_ms: float
+    tap_direct_p99_ms: float
+    tap_added_p50_ms: float
+    tap_added_p99_ms: float
+    tap_first_bridge_p50_ms: float
+    tap_first_direct_p50_ms: float
+
+
+async def paired(
+    label: str,
+    tap: Tap,
+    ws: ClientConnection,
+    contact: str,
+    client: Any,
+    chat: str,
+    text: str,
+    samples: int,
+    tag: str,
+) -> PairedResult:
+    """Same message direct and through the bridge, back to back, order alternating."""
+    expected = f"{MOMO_NAME}: you said {text}"
+    added: list[float] = []
+    relay: list[float] = []
+    ttfc_added: list[float] = []
+    last_added: list[float] = []
+    d_ttfc: list[float] = []
+    b_ttfc: list[float] = []
+    d_dur: list[float] = []
+    b_dur: list[float] = []
+    tap_lat: dict[str, list[float]] = {"direct": [], "bridge": []}
+    tap_first: dict[str, list[float]] = {"direct": [], "bridge": []}
+    tap_added: list[float] = []
+    n_chunks = 0
+    gc.collect()
+    for i in range(samples):
+        pair: dict[str, Reply] = {}
+        lat: dict[str, list[float]] = {}
+        order = ("direct", "bridge") if i % 2 == 0 else ("bridge", "direct")
+        for which in order:
+            await asyncio.sleep(PAIR_GAP)
+            tap.deltas.clear()
+            if which == "direct":
+                rep = await direct_reply(client, chat, text)
+                check_direct_reply(rep, expected)
+            else:
+                rid = f"{tag}-{i}"
+                rep = await bridge_reply(ws, rid, contact, text, wait_push=True)
+                check_bridge_reply(rep, rid, expected)
+            taps = list(tap.deltas)
+            if len(taps) != len(rep.chunks):
+                raise BenchError(
+                    f"{label} sample {i} {which}: the tap saw {len(taps)} deltas for "
+                    f"{len(rep.chunks)} tokens (one delta per token expected)"
+                )
+            pair[which] = rep
+            lat[which] = [a - t for a, t in zip(rep.chunks, taps, strict=True)]
+            tap_lat[which] += lat[which]
+            tap_first[which].append(lat[which][0])
+        d, b = pair["direct"], pair["bridge"]
+        if len(d.chunks) != len(b.chunks) or not d.chunks:
+            raise BenchError(f"paired sample {i}: {len(d.chunks)} vs {len(b.chunks)} chunks")
+        n_chunks = len(d.chunks)
+        do, bo = d.offsets(), b.offsets()
+        added += [bk - dk for bk, dk in zip(bo, do, strict=True)]
+        relay += [(bk - bo[0]) - (dk - do[0]) for bk, dk in zip(bo[1:], do[1:], strict=True)]
+        ttfc_added.append(bo[0] - do[0])
+        last_added.append(bo[-1] - do[-1])
+        tap_added += [bl - dl for bl, dl in zip(lat["bridge"], lat["direct"], strict=True)]
+        d_ttfc.append(do[0])
+        b_ttfc.append(bo[0])
+        d_dur.append(d.t_end - d.t_send)
+        b_dur.append(b.t_end - b.t_send)
+    a50, a99 = pcts(added)
+    t50, t99 = pcts(ttfc_added)
+    r50, r99 = pcts(relay)
+    tb50, tb99 = pcts(tap_lat["bridge"])
+    td50, td99 = pcts(tap_lat["direct"])
+    ta50, ta99 = pcts(tap_added)
+    return PairedResult(
+        label=label,
+        samples=samples,
+        chunks_per_reply=n_chunks,
+        added_p50_ms=a50,
+        added_p99_ms=a99,
+        ttfc_added_p50_ms=t50,
+        ttfc_added_p99_ms=t99,
+        relay_added_p50_ms=r50,
+        relay_added_p99_ms=r99,
+        last_added_p50_ms=ms(statistics.median(last_added)),
+        direct_ttfc_p50_ms=ms(statistics.median(d_ttfc)),
+        bridge_ttfc_p50_ms=ms(statistics.median(b_ttfc)),
+        direct_reply_p50_ms=ms(statistics.median(d_dur)),
+        bridge_reply_p50_ms=ms(statistics.median(b_dur)),
+        tap_bridge_p50_ms=tb50,
+        tap_bridge_p99_ms=tb99,
+        tap_direct_p50_ms=td50,
+        tap_direct_p99_ms=td99,
+        tap_added_p50_ms=ta50,
+        tap_added_p99_ms=ta99,
+        tap_first_bridge_p50_ms=ms(statistics.median(tap_first["bridge"])),
+        tap_first_direct_p50_ms=ms(statistics.median(tap_first["direct"])),
+    )
+
+
+# ================================================================================================
+# orchestration
+# ================================================================================================
+
+
+@dataclass
+class Layout:
+    sandbox: int | None = None
+    bridge: int | None = None
+    loadgen_direct: int | None = None
+    loadgen_bridge: int | None = None
+    loadgen_paired: int | None = None  # None: let the scheduler place it
+    text: str = "off"
+
+    def cores(self) -> list[int]:
+        return sorted(
+            {
+                c
+                for c in (self.sandbox, self.bridge, self.loadgen_direct, self.loadgen_bridge)
+                if c is not None
+            }
+        )
+
+
+def plan_layout(pin: bool, cpus: list[int]) -> Layout:
+    if not pin or len(cpus) < 2:
+        return Layout()
+    if len(cpus) >= 3:
+        c0, c1, c2 = cpus[:3]
+        return Layout(
+            c0, c1, c2, c2, c2, f"sandbox cpu{c0}, bridge cpu{c1}, load generator cpu{c2}"
+        )
+    c0, c1 = cpus[:2]
+    # Two cores for three busy processes. The direct reader plays the bridge's part, so under
+    # load it gets the bridge's (then idle) core; in the bridge phase the websocket clients share
+    # the sandbox's core (per-process CPU% is reported, so a starved sandbox shows). For the
+    # unloaded paired requests the load generator (tap + readers) floats: pinned next to either
+    # server it would delay that server's reads during a burst.
+    return Layout(
+        c0,
+        c1,
+        c1,
+        c0,
+        None,
+        f"sandbox cpu{c0}, bridge cpu{c1}; load generator on cpu{c1} for direct load "
+        f"(the bridge's idle core), on cpu{c0} (with the sandbox) for bridge load, unpinned "
+        "for the paired requests",
+    )
+
+
+def set_own_cpu(cpu: int | None, all_cpus: list[int]) -> None:
+    os.sched_setaffinity(0, {cpu} if cpu is not None else set(all_cpus))
+
+
+@dataclass
+class Stack:
+    sandbox: ServerProc
+    bridge: ServerProc
+    sandbox_url: str  # the sandbox itself
+    upstream_url: str  # what the bridge and the direct client use: the tap when there is one
+    bridge_url: str
+    tap: Tap | None = None
+
+
+@dataclass
+class Live:
+    """Everything a run has started, so that every exit path can stop all of it."""
+
+    servers: list[ServerProc] = field(default_factory=list)
+    taps: list[Tap] = field(default_factory=list)
+    clients: list[Any] = field(default_factory=list)
+    conns: list[ClientConnection] = field(default_factory=list)
+
+    async def close(self) -> None:
+        await close_all(self.conns, timeout=5.0)
+        self.conns.clear()
+        for c in self.clients:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(10):
+                    await c.close()
+        self.clients.clear()
+        for srv in reversed(self.servers):  # bridges before their sandboxes
+            with contextlib.suppress(Exception):
+                await srv.stop()  # SIGTERM, then SIGKILL after hub_bench.STOP_TIMEOUT
+        self.servers.clear()
+        for tap in self.taps:
+            await tap.stop()
+        self.taps.clear()
+
+
+async def start_stack(
+    args: argparse.Namespace,
+    tmp: Path,
+    src: Path,
+    tag: str,
+    token_delay: float,
+    layout: Layout,
+    live: Live,
+    nofile: int,
+    *,
+    tap: bool,
+    profile: Path | None = None,
+) -> Stack:
+    sb_cfg = sandbox_config(tmp, tag, token_delay)
+    cmd = [sys.executable, "-m", "bridge.cli", "sandbox", "--config", str(sb_cfg)]
+    sandbox = ServerProc(
+        f"sandbox[{tag}]",
+        [*cmd, "--port", str(free_port())],
+        cwd=src,
+        log_path=tmp / f"sandbox-{tag}.log",
+        nofile=nofile,
+        cpu=layout.sandbox,
+    )
+    live.servers.append(sandbox)
+    sandbox_url = await sandbox.wait_ready("sandbox.listening", READY_TIMEOUT)
+    upstream = sandbox_url
+    relay: Tap | None = None
+    if tap:
+        relay = Tap(sandbox_url)
+        live.taps.append(relay)
+        upstream = await relay.start()
+    email = f"bench-bridge-{tag}@bench.local"
+    await sign_up(sandbox_url, email)
+    port = free_port()
+    br_cfg = bridge_config(
+        tmp, tag, port=port, base_url=upstream, email=email, log_level=args.bridge_log_level
+    )
+    cmd = [sys.executable]
+    if profile is not None:
+        cmd += ["-m", "cProfile", "-o", str(profile)]
+    cmd += ["-m", "bridge.cli", "serve", "--config", str(br_cfg)]
+    bridge = ServerProc(
+        f"bridge[{tag}]",
+        cmd,
+        cwd=src,
+        log_path=tmp / f"bridge-{tag}.log",
+        nofile=nofile,
+        cpu=layout.bridge,
+    )
+    live.servers.append(bridge)
+    await wait_http_ready(bridge, f"http://{HOST}:{port}/healthz")
+    return Stack(sandbox, bridge, sandbox_url, upstream, f"ws://{HOST}:{port}/api/gateway", relay)
+
+
+async def direct_client(base_url: str, sandbox_url: str, tag: str, live: Live) -> Any:
+    from adapters.momohub.client import MomoHubClient
+    from bridge.config import MomoHubConfig
+
+    email = f"bench-direct-{tag}@bench.local"
+    await sign_up(sandbox_url, email)
+    client = MomoHubClient(MomoHubConfig(base_url=base_url, email=email, password=PASSWORD))
+    live.clients.append(client)
+    async with asyncio.timeout(HTTP_TIMEOUT * 2):
+        await client.start()
+    return client
+
+
+async def run(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
+
+    src = resolve_src(args.src)
+    if str(src) not in sys.path:
+        sys.path.insert(0, str(src))
+    from adapters.momohub.sandbox.entities import DEMO_CHARACTERS
+    from bridge.logging import configure_logging
+
+    # The direct client logs through structlog; keep it to warnings on stderr.
+    configure_logging("warning", "json")
+    momo = next(c.id for c in DEMO_CHARACTERS if c.name == MOMO_NAME)
+
+    orig_soft, orig_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    own_soft, _ = raise_own_nofile(args.users * 3 + 256)
+    cpus = sorted(os.sched_getaffinity(0))
+    layout = plan_layout(args.pin, cpus)
+    tokens = args.words + 3
+
+    print("MomoBridge streaming benchmark (bridge vs MomoHub direct)")
+    print(
+        f"machine : nproc={len(cpus)} (os.cpu_count={os.cpu_count()}) cpu={cpu_model()!r} "
+        f"mem={mem_total_gib():.1f} GiB kernel={platform.release()} loadavg={load_avg()}"
+    )
+    print(
+        f"software: python={platform.python_version()} websockets={websockets.__version__} "
+        f"aiohttp={aiohttp.__version__} ({sys.executable})"
+    )
+    print(f"source  : {src} at {source_state(src)}")
+    print(
+        f"settings: {'QUICK ' if args.quick else ''}users={args.users} rounds={args.rounds} "
+        f"repeats={args.repeats} words={args.words} (=> {tokens} tokens/reply); paired samples: "
+        f"{args.samples} burst, {args.paced_samples} paced at {args.paced_ms:g} ms; bridge log "
+        f"level={args.bridge_log_level}"
+    )
+    print(f"pinning : {layout.text}")
+    if args.profile_bridge:
+        print("profile : the loaded bridge runs under cProfile: its numbers are slowed down")
+    print(
+        f"fds     : shell RLIMIT_NOFILE soft={orig_soft} hard={orig_hard}; "
+        f"load generator raised to soft={own_soft}"
+    )
+    sys.stdout.flush()
+
+    tmp = Path(tempfile.mkdtemp(prefix="stream_bench-"))
+    live = Live()
+    results: dict[str, Any] = {}
+    findings: list[str] = []
+    nofile = args.users * 3 + 1024
+    texts = [make_text(args.words, seed=i) for i in range(args.users)]
+    pair_text = make_text(args.words, seed=10_000)
+    prof = tmp / "bridge.prof" if args.profile_bridge else None
+    runs: dict[str, list[LoadResult]] = {"direct": [], "bridge": []}
+    pairs: list[PairedResult] = []
+    t_start = time.perf_counter()
+    try:
+        # ---------------- load: sandbox (token_delay 0) + bridge, no tap ----------------
+        stack = await start_stack(
+            args, tmp, src, "load", 0.0, layout, live, nofile, tap=False, profile=prof
+        )
+        print(
+            f"\n[setup] sandbox pid {stack.sandbox.pid} at {stack.sandbox_url}; bridge pid "
+            f"{stack.bridge.pid} at {stack.bridge_url}",
+            flush=True,
+        )
+        client = await direct_client(stack.upstream_url, stack.sandbox_url, "load", live)
+        async with asyncio.timeout(HTTP_TIMEOUT * 3):
+            chats = [
+                (await client.create_chat(momo, name=f"direct {i}")).id for i in range(args.users)
+            ]
+        conns = await open_many(stack.bridge_url, args.users, False, "streamer", stack.bridge)
+        live.conns.extend(conns)
+
+        # Warm-up (not measured): the bridge creates each user's MomoHub chat on first use, and
+        # both paths get their code warm and their connection pools filled.
+        set_own_cpu(layout.loadgen_bridge, cpus)
+        await run_users(
+            [
+                bridge_reply(ws, f"warm-u{i}", momo, "warm up", wait_push=True)
+                for i, ws in enumerate(conns)
+            ],
+            REPLY_TIMEOUT + 30,
+        )
+        set_own_cpu(layout.loadgen_direct, cpus)
+        await run_users([direct_reply(client, c, "warm up") for c in chats], REPLY_TIMEOUT + 30)
+
+        # Alternating repeats (direct first on even ones); the median repeat of each is reported.
+        procs = {"sandbox": stack.sandbox, "bridge": stack.bridge}
+        print(
+            f"[load] {args.users} users x {args.rounds} rounds, {args.repeats} alternating "
+            "repeat(s); direct = MomoHubClient.send_message, bridge = hub onebot/message",
+            flush=True,
+        )
+        for rep in range(args.repeats):
+            order = ("direct", "bridge") if rep % 2 == 0 else ("bridge", "direct")
+            for mode in order:
+                window = CpuWindow(procs, layout.cores())
+                if mode == "direct":
+                    set_own_cpu(layout.loadgen_direct, cpus)
+                    replies, secs = await direct_load(client, chats, texts, args.rounds, window)
+                else:
+                    set_own_cpu(layout.loadgen_bridge, cpus)
+                    replies, secs = await bridge_load(
+                        conns, momo, texts, args.rounds, window, f"load{rep}"
+                    )
+                res = summarize(mode, args.users, args.rounds, replies, secs, window.pct)
+                runs[mode].append(res)
+                print(
+                    f"    repeat {rep + 1} {mode:6}: {res.rate:,.0f} chunks/s, "
+                    f"{res.frame_rate:,.0f} frames/s ({res.frames:,} frames in {secs:.2f} s; "
+                    f"cpu sandbox {res.cpu_pct['sandbox']:.0f}% bridge "
+                    f"{res.cpu_pct['bridge']:.0f}% loadgen {res.cpu_pct['loadgen']:.0f}%)",
+                    flush=True,
+                )
+        await live.close()  # the profiled bridge writes its profile as it exits
+
+        # ---------------- paired, unloaded: fresh sandbox + bridge behind a tap ----------------
+        plans = [("token_delay=0", 0.0, args.samples)]
+        if args.paced_ms > 0 and args.paced_samples > 0:
+            plans.append(
+                (f"token_delay={args.paced_ms:g}ms", args.paced_ms / 1000, args.paced_samples)
+            )
+        for n, (label, delay, samples) in enumerate(plans):
+            tag = f"pair{n}"
+            stack = await start_stack(args, tmp, src, tag, delay, layout, live, nofile, tap=True)
+            assert stack.tap is not None
+            client = await direct_client(stack.upstream_url, stack.sandbox_url, tag, live)
+            async with asyncio.timeout(HTTP_TIMEOUT):
+                chat = (await client.create_chat(momo, name="paired")).id
+            conns = await open_many(stack.bridge_url, 1, False, tag, stack.bridge)
+            live.conns.extend(conns)
+            print(
+                f"[paired] {label}: {samples} unloaded request pairs through a tap "
+                f"(sandbox pid {stack.sandbox.pid}, bridge pid {stack.bridge.pid}) ...",
+                flush=True,
+            )
+            set_own_cpu(layout.loadgen_paired, cpus)
+            for w in range(2):
+                await bridge_reply(conns[0], f"{tag}-warm{w}", momo, pair_text, wait_push=True)
+                await direct_reply(client, chat, pair_text)
+            res_p = await paired(
+                label, stack.tap, conns[0], momo, client, chat, pair_text, samples, tag
+            )
+            pairs.append(res_p)
+            print(
+                f"    added per chunk: request-anchored p50={res_p.added_p50_ms:.3f} ms, "
+                f"tap-anchored p50={res_p.tap_added_p50_ms:.3f} ms",
+                flush=True,
+            )
+            await live.close()
+    except Exception:
+        for srv in live.servers:
+            srv.check_alive()  # a dead server explains the failure better (BenchError + its log)
+        raise
+    finally:
+        await live.close()
+        set_own_cpu(None, cpus)
+        if prof is not None and prof.is_file():
+            saved = Path(tempfile.gettempdir()) / "stream_bench-bridge.prof"
+            shutil.copyfile(prof, saved)
+            prof = saved
+        if args.keep:
+            print(f"\n(kept logs and data in {tmp})")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    direct = sorted(runs["direct"], key=lambda r: r.rate)[len(runs["direct"]) // 2]
+    bridge = sorted(runs["bridge"], key=lambda r: r.rate)[len(runs["bridge"]) // 2]
+    results["load"] = {"direct": asdict(direct), "bridge": asdict(bridge)}
+    results["load_rates"] = {m: [r.rate for r in rs] for m, rs in runs.items()}
+    results["paired"] = [asdict(p) for p in pairs]
+    total = time.perf_counter() - t_start
+    ok = report(args, layout, runs, direct, bridge, pairs, findings, results)
+    if prof is not None:
+        print_profile(prof)
+    print(f"\ntotal time {total:.0f} s; all targets {'met' if ok else 'NOT met'}")
+    if args.json:
+        results["machine"] = {
+            "nproc": len(cpus),
+            "cpu": cpu_model(),
+            "python": platform.python_version(),
+            "layout": layout.text,
+        }
+        results["findings"] = findings
+        write_json(args.json, results)
+    return 1 if (args.strict and not ok) else 0
+
+
+EXPLANATION = """
+what is measured (every timestamp is taken in the load generator, one perf_counter clock):
+  * chunk = one token of reply text (split as the echo responder does), timed when the frame
+    carrying it arrived: an `update` frame on the hub websocket (bridge), a StreamDelta yielded by
+    MomoHubClient.send_message (direct). Today each frame carries exactly one token, so chunks/s
+    == frames/s; counting tokens keeps the comparison fair should the bridge ever merge deltas.
+  * chunks/s = chunks of all replies / wall time from the first send to the last `completed`
+    (bridge) or `done` (direct). Closed loop: the bridge's per-reply work (storing the messages,
+    the id look-up after `done`, the finished-reply push) delays each user's next message too.
+  * paired (unloaded; one request at a time; same text; order alternating; both paths through
+    the same tap, whose extra hop therefore cancels out). Inside the bridge is not observed.
+    request-anchored, added_k = (bridge chunk k - bridge send) - (direct chunk k - direct send):
+      ttfc+  = added for chunk 0: the bridge's per-message work before its upstream POST
+               (parse, store, route, chat look-up, ack, pending) plus relaying the first chunk
+      relay+ = added_k minus its request's ttfc+: how much further behind chunk k falls
+      last+  = added for the final chunk (how much later the whole text is there)
+      With a paced source this anchor also carries the sandbox's timer jitter, which adds up
+      over a reply (hence the wide p99 / negative values there): read the tap-anchored table.
+    tap-anchored, latency_k = chunk k at the user - the moment the tap forwarded delta k to the
+      reader (the bridge, or the direct client); added = bridge latency_k - direct latency_k.
+      This is the "SSE delta reaches the bridge -> update frame at the user" time (+1 loopback
+      hop), compared with what the direct reader itself needs to parse the same delta.
+    token_delay=0: the sandbox writes a reply in one burst, so chunk k also waits until chunks
+      0..k-1 are relayed: `added` mixes latency with per-chunk CPU cost (the worst case; the
+      request-anchored p50 of this one is judged against the target).
+    paced: tokens arrive one by one as from a model; each crosses the bridge on its own.
+  * under load nothing is paired: the table compares the two runs' distributions (ttfc; gap =
+    time between consecutive chunks of one reply; chunk@ = every chunk's offset from its send;
+    reply = send to completed/done), so differences include queueing at the bottleneck."""
+
+
+def report(
+    args: argparse.Namespace,
+    layout: Layout,
+    runs: dict[str, list[LoadResult]],
+    direct: LoadResult,
+    bridge: LoadResult,
+    pairs: list[PairedResult],
+    findings: list[str],
+    results: dict[str, Any],
+) -> bool:
+    ok = True
+    tokens = args.words + 3
+    print("\n" + "=" * 78)
+    print("RESULTS")
+    print("=" * 78)
+    ratio = bridge.rate / direct.rate if direct.rate else float("nan")
+    results["ratio"] = ratio
+    hit = ratio >= args.target_ratio
+    ok &= hit
+    print(
+        f"throughput ({args.users} users x {args.rounds} rounds, {tokens} chunks/reply, median of "
+        f"{args.repeats}): bridge={bridge.rate:,.0f} chunks/s direct={direct.rate:,.0f} chunks/s "
+        f"ratio={ratio:.2f} (target >= {args.target_ratio:g}) {verdict(hit)}"
+    )
+    print(
+        f"  frames/s: bridge={bridge.frame_rate:,.0f} update frames/s, "
+        f"direct={direct.frame_rate:,.0f} StreamDelta/s"
+    )
+    if args.repeats > 1:
+        per = [
+            f"{b.rate / d.rate:.2f}" for b, d in zip(runs["bridge"], runs["direct"], strict=True)
+        ]
+        print(f"  per-repeat ratios: {' '.join(per)}")
+    b_cpu, d_cpu = bridge.cpu_pct, direct.cpu_pct
+    b_eff = bridge.rate / max(b_cpu["bridge"], 1e-9) * 100
+    d_eff = direct.rate / max(d_cpu["loadgen"], 1e-9) * 100
+    print(
+        f"  per CPU-second of the relaying process: bridge={b_eff:,.0f} chunks (bridge process) "
+        f"direct={d_eff:,.0f} chunks (load generator running MomoHubClient) "
+        f"ratio={b_eff / d_eff:.2f}"
+    )
+    burst = pairs[0]
+    hit = burst.added_p50_ms < args.target_added_ms
+    ok &= hit
+    print(
+        f"added latency per chunk ({burst.label}, paired, request-anchored): "
+        f"p50={burst.added_p50_ms:.3f} ms p99={burst.added_p99_ms:.3f} ms "
+        f"(target p50 < {args.target_added_ms:g} ms) {verdict(hit)}"
+    )
+    for p in pairs:
+        state = "within" if p.tap_added_p50_ms < args.target_added_ms else "above"
+        print(
+            f"  tap-anchored ({p.label}): added p50={p.tap_added_p50_ms:.3f} ms "
+            f"p99={p.tap_added_p99_ms:.3f} ms ({state} the target; informative)"
+        )
+
+    print("\nunder load (unpaired: distributions of the median runs; ms):")
+    print(
+        f"  {'':7} {'chunks/s':>9} {'ttfc p50':>9} {'ttfc p99':>9} {'gap p50':>8} {'gap p99':>8} "
+        f"{'chunk@ p50':>10} {'chunk@ p99':>10} {'reply p50':>9} {'reply p99':>9}"
+    )
+    for r in (direct, bridge):
+        print(
+            f"  {r.mode:7} {r.rate:9,.0f} {r.ttfc_p50_ms:9.2f} {r.ttfc_p99_ms:9.2f} "
+            f"{r.gap_p50_ms:8.3f} {r.gap_p99_ms:8.3f} {r.offset_p50_ms:10.2f} "
+            f"{r.offset_p99_ms:10.2f} {r.reply_p50_ms:9.2f} {r.reply_p99_ms:9.2f}"
+        )
+    print(
+        f"  {'b - d':7} {'':9} {bridge.ttfc_p50_ms - direct.ttfc_p50_ms:9.2f} "
+        f"{bridge.ttfc_p99_ms - direct.ttfc_p99_ms:9.2f} "
+        f"{bridge.gap_p50_ms - direct.gap_p50_ms:8.3f} {bridge.gap_p99_ms - direct.gap_p99_ms:8.3f} "
+        f"{bridge.offset_p50_ms - direct.offset_p50_ms:10.2f} "
+        f"{bridge.offset_p99_ms - direct.offset_p99_ms:10.2f} "
+        f"{bridge.reply_p50_ms - direct.reply_p50_ms:9.2f} "
+        f"{bridge.reply_p99_ms - direct.reply_p99_ms:9.2f}"
+    )
+    for r in (direct, bridge):
+        cpu = " ".join(f"{k}={v:.0f}%" for k, v in r.cpu_pct.items())
+        print(f"  cpu during {r.mode:6}: {cpu}")
+
+    print("\npaired, unloaded, request-anchored (ms; bridge - direct, per chunk):")
+    print(
+        f"  {'':17} {'added p50':>9} {'added p99':>9} {'ttfc+ p50':>9} {'ttfc+ p99':>9} "
+        f"{'relay+ p50':>10} {'relay+ p99':>10} {'last+ p50':>9} | {'ttfc d/b':>13} "
+        f"{'reply d/b':>15}"
+    )
+    for p in pairs:
+        print(
+            f"  {p.label:17} {p.added_p50_ms:9.3f} {p.added_p99_ms:9.3f} "
+            f"{p.ttfc_added_p50_ms:9.3f} {p.ttfc_added_p99_ms:9.3f} {p.relay_added_p50_ms:10.3f} "
+            f"{p.relay_added_p99_ms:10.3f} {p.last_added_p50_ms:9.3f} | "
+            f"{p.direct_ttfc_p50_ms:6.2f}/{p.bridge_ttfc_p50_ms:<6.2f} "
+            f"{p.direct_reply_p50_ms:7.2f}/{p.bridge_reply_p50_ms:<7.2f}"
+        )
+    print("paired, unloaded, tap-anchored (ms; chunk at the user - delta leaving the tap):")
+    print(
+        f"  {'':17} {'bridge p50':>10} {'bridge p99':>10} {'direct p50':>10} {'direct p99':>10} "
+        f"{'added p50':>9} {'added p99':>9} | {'chunk 0 b/d':>13}"
+    )
+    for p in pairs:
+        print(
+            f"  {p.label:17} {p.tap_bridge_p50_ms:10.3f} {p.tap_bridge_p99_ms:10.3f} "
+            f"{p.tap_direct_p50_ms:10.3f} {p.tap_direct_p99_ms:10.3f} {p.tap_added_p50_ms:9.3f} "
+            f"{p.tap_added_p99_ms:9.3f} | "
+            f"{p.tap_first_bridge_p50_ms:6.3f}/{p.tap_first_direct_p50_ms:<6.3f}"
+        )
+    print(EXPLANATION)
+
+    # ---------------- findings ----------------
+    if b_cpu["bridge"] >= 85:
+        findings.append(
+            f"bridge phase: the bridge process was the bottleneck ({b_cpu['bridge']:.0f}% of its "
+            f"core; sandbox {b_cpu['sandbox']:.0f}%, load generator {b_cpu['loadgen']:.0f}%): "
+            f"{1e6 / b_eff:.0f} us of bridge CPU per chunk vs {1e6 / d_eff:.0f} us for the "
+            "direct reader (same MomoHubClient code, no hub)"
+        )
+    elif b_cpu["loadgen"] >= 90:
+        findings.append(
+            f"bridge phase: the load generator was saturated ({b_cpu['loadgen']:.0f}%) while the "
+            f"bridge was at {b_cpu['bridge']:.0f}%: the bridge's rate is a lower bound"
+        )
+    if d_cpu["sandbox"] >= 90:
+        findings.append(
+            f"direct phase: the sandbox was at {d_cpu['sandbox']:.0f}% of its core (direct reader "
+            f"{d_cpu['loadgen']:.0f}%): direct is bound by the token source, so the direct rate "
+            "is a lower bound and the throughput ratio flatters the bridge"
+        )
+    elif d_cpu["loadgen"] >= 90:
+        findings.append(
+            f"direct phase: bound by the direct reader ({d_cpu['loadgen']:.0f}% of its core)"
+        )
+    if layout.sandbox is not None and layout.loadgen_bridge == layout.sandbox:
+        busy = b_cpu.get(f"cpu{layout.sandbox}_busy", 0.0)
+        if busy >= 95:
+            findings.append(
+                f"bridge phase: cpu{layout.sandbox} (sandbox + load generator) was {busy:.0f}% "
+                "busy: the layout may have held the bridge back; rerun on >= 3 cores"
+            )
+    if args.users > 100:
+        findings.append(
+            "more than 100 users: aiohttp's default connector allows 100 connections per "
+            "ClientSession, so the bridge and the direct client both queue streams beyond that"
+        )
+    if findings:
+        print("\nfindings:")
+        for f in findings:
+            print(f"  - {f}")
+    return ok
+
+
+def print_profile(path: Path, top: int = 30) -> None:
+    if not path.is_file():
+        print(f"\n(no bridge profile at {path}: the bridge did not exit cleanly)")
+        return
+    print(f"\nbridge cProfile, warm-up + load phases (top {top} by own time; {path}):")
+    stats = pstats.Stats(str(path), stream=sys.stdout)
+    stats.strip_dirs().sort_stats("tottime").print_stats(top)
+    print(f"bridge cProfile (top {top} by cumulative time):")
+    stats.sort_stats("cumulative").print_stats(top)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="stream_bench.py",
+        description="Bridge vs MomoHub-direct streaming: chunks/s and per-chunk added latency.",
+    )
+    p.add_argument("--quick", action="store_true", help="smoke run: 10 users, 1 round, few samples")
+    p.add_argument("--users", type=int, help="concurrent users (default 100, quick 10)")
+    p.add_argument("--rounds", type=int, help="messages per user, closed loop (default 3, quick 1)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        help="alternating direct/bridge load repeats; the median is reported (default 3, quick 1)",
+    )
+    p.add_argument(
+        "--words", type=int, default=197, help="words per message (reply = words + 3 tokens)"
+    )
+    p.add_argument("--samples", type=int, help="paired burst samples (default 20, quick 5)")
+    p.add_argument(
+        "--paced-ms",
+        type=float,
+        default=2.0,
+        help="token delay of the paced paired measurement (default 2; 0 = skip it)",
+    )
+    p.add_argument("--paced-samples", type=int, help="paced paired samples (default 10, quick 3)")
+    p.add_argument("--src", default=str(REPO), help="source tree the servers run from")
+    p.add_argument(
+        "--bridge-log-level",
+        default="warning",
+        choices=("debug", "info", "warning", "error"),
+        help="bridge [log] level (default warning)",
+    )
+    p.add_argument("--no-pin", dest="pin", action="store_false", help="no CPU pinning")
+    p.add_argument(
+        "--profile-bridge",
+        action="store_true",
+        help="run the loaded bridge under cProfile and print its top costs",
+    )
+    p.add_argument("--target-ratio", type=float, default=0.5)
+    p.add_argument("--target-added-ms", type=float, default=1.0)
+    p.add_argument("--json", help="also write the results as JSON here")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (server logs, dbs)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    a = p.parse_args(argv)
+    q = a.quick
+    a.users = a.users if a.users is not None else (10 if q else 100)
+    a.rounds = a.rounds if a.rounds is not None else (1 if q else 3)
+    a.repeats = a.repeats if a.repeats is not None else (1 if q else 3)
+    a.samples = a.samples if a.samples is not None else (5 if q else 20)
+    a.paced_samples = a.paced_samples if a.paced_samples is not None else (3 if q else 10)
+    if min(a.users, a.rounds, a.words, a.samples, a.repeats) < 1 or a.paced_samples < 0:
+        p.error("--users, --rounds, --words, --samples and --repeats must be positive")
+    if a.paced_ms < 0:
+        p.error("--paced-ms must be >= 0")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    try:
+        return asyncio.run(run(args))
+    except BenchError as e:
+        print(f"\nbenchmark failed: {e}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
