@@ -166,7 +166,12 @@ class Sessions:
             else:
                 await self._notify(reply, outcome)
         except asyncio.CancelledError:
-            await self._notify(reply, Failed(ErrorCode.CANCELLED, "the message was recalled"))
+            why = (
+                "the message was recalled"
+                if reply.cancelled_by_recall
+                else "the bridge is shutting down"
+            )
+            await self._notify(reply, Failed(ErrorCode.CANCELLED, why))
             raise
         except BridgeError as e:
             await self._notify(reply, Failed(e.code, e.reason))
