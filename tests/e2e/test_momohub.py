@@ -194,6 +194,7 @@ async def test_recall_during_generation_cancels_it(hub: Bridge) -> None:
     assert f["code"] == 0
     frames = await c.stream(rid)
     assert frames[-1]["code"] == 1 and frames[-1]["data"]["error"] == "CANCELLED"
+    assert "recalled" in frames[-1]["data"]["reason"]
 
     async def upstream_closed() -> bool:
         return (await sandbox.stats())["open_streams"] == 0
@@ -406,3 +407,19 @@ async def test_stream_limit_per_user(bridge_factory) -> None:
     assert f["data"]["error"] == "BUSY"
     for r in (r1, r2):
         await c.request("openai", "abort", {"request_id": r})
+
+
+async def test_shutdown_mid_reply_closes_cleanly(hub: Bridge) -> None:
+    c = await hub.client("vic")
+    rid = await c.send("onebot", "message", text("long one /slow"), id=MOMO)
+    await c.wait_for(lambda f: f.get("request_id") == rid and f.get("message") == "update")
+    await hub.app.stop()
+    assert await c.wait_closed() == 1001
+    # Everything was released on the way down, and no half reply was stored or queued.
+    assert hub.app.storage is None and hub.app.sandbox is None
+    hub.clients.clear()
+    hub.app = type(hub.app)(hub.config)
+    await hub.app.start()
+    c2 = await hub.client("vic")
+    await c2.request("system", "heartbeat", {})
+    assert c2.pushes() == []
