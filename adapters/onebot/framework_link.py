@@ -97,6 +97,10 @@ class FrameworkLink:
                 self.last_error = f"handshake rejected with HTTP {status} ({why})"
             except (OSError, TimeoutError, WebSocketException) as e:
                 self.last_error = f"{type(e).__name__}: {e}"
+            except Exception as e:
+                # A bug must not end the link for good: log it and keep redialing.
+                log.exception("onebot.link_crashed", url=self.config.url)
+                self.last_error = f"internal error: {type(e).__name__}"
             finally:
                 self._set_ws(None)
             if loop.time() - started > HEALTHY_AFTER:
