@@ -137,9 +137,7 @@ async def test_chat_session(bridge: Bridge, chats: Callable[..., Awaitable[Chat]
     failed = await chat.command("hello", lambda s: s.startswith("! "))
     assert failed.startswith("! onebot/message failed: NOT_FOUND:") and "nobody" in failed
 
-    await chat.send("/quit")
-    # EOF too: the client only exits once its stdin reader thread returns.
-    chat.close_stdin()
+    await chat.send("/quit")  # stdin stays open, as in a terminal
     assert await chat.wait_exit() == 0
     assert "Traceback" not in await chat.stderr()
 
@@ -161,8 +159,7 @@ async def test_login_failure_exits_nonzero(
     line = await chat.expect(lambda s: s.startswith("! "))
     assert line == "! system/login failed: LOGIN_FAILED: invalid code"
     await chat.expect(lambda s: s.startswith("* connection closed (4001"))
-    chat.close_stdin()  # see test_quit_exits_without_end_of_input
-    assert await chat.wait_exit() == 1
+    assert await chat.wait_exit() == 1  # without waiting for end of input
 
 
 async def test_unreachable_server_exits_2(chats: Callable[..., Awaitable[Chat]]) -> None:
@@ -170,8 +167,7 @@ async def test_unreachable_server_exits_2(chats: Callable[..., Awaitable[Chat]])
         s.bind(("127.0.0.1", 0))  # bound but not listening: connections are refused
         port = s.getsockname()[1]
         chat = await chats("--url", f"ws://127.0.0.1:{port}/api/gateway", "--id", "x")
-        chat.close_stdin()  # see test_quit_exits_without_end_of_input
-        assert await chat.wait_exit() == 2
+        assert await chat.wait_exit() == 2  # without waiting for end of input
     assert "cannot connect" in await chat.stderr()
 
 
