@@ -72,10 +72,15 @@ def _document_type(protocol: str, data: Any) -> str | None:
     return None
 
 
+def _reject_constant(name: str) -> Any:
+    # Python's json accepts NaN/Infinity, which are not JSON: echoing one back would break clients.
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def parse_frame(raw: str | bytes) -> Request:
     try:
-        obj = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        obj = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
         raise FrameError(ErrorCode.BAD_FRAME, f"frame is not valid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise FrameError(

@@ -589,3 +589,16 @@ def test_dumps_is_compact_utf8_and_round_trips() -> None:
     text = P.dumps(f)
     assert "桃" in text and ", " not in text and ": " not in text
     assert json.loads(text) == f
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"request_id": NaN, "protocol": "system", "type": "heartbeat"}',
+        '{"request_id": 1, "protocol": "system", "type": "heartbeat", "data": {"timestamp": Infinity}}',
+    ],
+)
+def test_non_json_constants_are_bad_frames(raw: str) -> None:
+    with pytest.raises(P.FrameError) as e:
+        P.parse_frame(raw)
+    assert e.value.code == ErrorCode.BAD_FRAME and "not valid JSON" in e.value.reason
