@@ -1028,21 +1028,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return a
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_bare"]:
-        return bare_main(argv[1:])
-    if argv[:1] == ["_exec"]:
-        return exec_main(argv[1:])
-    args = parse_args(argv)
+def run_bench(coro: Any) -> int:
+    """Run a benchmark's main coroutine; failures and Ctrl-C become exit codes, not tracebacks."""
     try:
-        return asyncio.run(run(args))
+        return asyncio.run(coro)
     except BenchError as e:
         print(f"\nbenchmark failed: {e}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("\ninterrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_bare"]:
+        return bare_main(argv[1:])
+    if argv[:1] == ["_exec"]:
+        return exec_main(argv[1:])
+    return run_bench(run(parse_args(argv)))
 
 
 if __name__ == "__main__":

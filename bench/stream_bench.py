@@ -90,6 +90,7 @@ from hub_bench import (
     percentile,
     raise_own_nofile,
     resolve_src,
+    run_bench,
     write_json,
 )
 
@@ -1353,16 +1354,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    try:
-        return asyncio.run(run(args))
-    except BenchError as e:
-        print(f"\nbenchmark failed: {e}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    return run_bench(run(parse_args(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":
