@@ -45,6 +45,8 @@ class _Reply:
     stream_request_id: str | int | float | None = None
     cancelled_by_recall: bool = False
     text: list[str] = field(default_factory=list)
+    # Set once the user's message is stored (the reply may start before that; see send()).
+    stored: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,20 +76,35 @@ class Sessions:
         target = self._router.contact_target(contact)
         contact = target.canonical(contact)
         await target.check_available(contact)
-        row = await self._storage.messages.add(
-            user.id, contact, "in", [s.to_json() for s in segments]
-        )
-        msg = ChatMessage(
-            conversation=ConversationKey(user.id, contact, thread),
-            sender=user,
-            segments=segments,
-            message_id=row.id,
-            time=row.time,
-        )
+        key = ConversationKey(user.id, contact, thread)
+        content = [s.to_json() for s in segments]
+        if getattr(target, "replies_need_message_id", True):
+            row = await self._storage.messages.add(user.id, contact, "in", content)
+            msg = ChatMessage(key, user, segments, message_id=row.id, time=row.time)
+            stream = await target.deliver(msg)
+            if stream is None:
+                return Accepted(row.id, streaming=False)
+            self._start_reply(user, contact, row.id, stream, listener, stream_request_id)
+            return Accepted(row.id, streaming=True)
+        # The target's reply does not depend on our message id: start it first and store the
+        # message meanwhile, so the upstream request is not kept waiting on the database.
+        msg = ChatMessage(key, user, segments, message_id=0, time=time.time())
         stream = await target.deliver(msg)
         if stream is None:
+            row = await self._storage.messages.add(user.id, contact, "in", content)
             return Accepted(row.id, streaming=False)
-        self._start_reply(user, contact, row.id, stream, listener, stream_request_id)
+        reply = self._start_reply(user, contact, 0, stream, listener, stream_request_id)
+        try:
+            row = await self._storage.messages.add(user.id, contact, "in", content)
+        except BaseException:
+            assert reply.task is not None
+            reply.task.cancel()
+            raise
+        reply.message_id = row.id
+        assert reply.task is not None
+        if not reply.task.done():  # a reply that already failed must not linger in the table
+            self._replies[row.id] = reply
+        reply.stored.set()
         return Accepted(row.id, streaming=True)
 
     async def forward(
@@ -124,12 +141,15 @@ class Sessions:
         stream: AsyncIterator[ReplyEvent],
         listener: Listener | None,
         stream_request_id: str | int | float | None,
-    ) -> None:
+    ) -> _Reply:
         reply = _Reply(
             user, contact, message_id, listener=listener, stream_request_id=stream_request_id
         )
-        self._replies[message_id] = reply
+        if message_id:
+            self._replies[message_id] = reply
+            reply.stored.set()
         reply.task = self._tasks.spawn(self._run(reply, stream), name=f"reply-{message_id}")
+        return reply
 
     def detach_listener(self, listener: Listener) -> None:
         for r in self._replies.values():
@@ -185,6 +205,8 @@ class Sessions:
             self._replies.pop(reply.message_id, None)
 
     async def _finish(self, reply: _Reply, done: Done) -> None:
+        async with asyncio.timeout(30):  # the reply is stored after (and linked to) the request
+            await reply.stored.wait()
         text = "".join(reply.text)
         segs = [Segment.text(text).to_json()] if text else []
         row = await self._storage.messages.add(

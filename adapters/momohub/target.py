@@ -58,6 +58,10 @@ def _bare(contact: str) -> str:
 
 
 class CharacterTarget:
+    # The reply is built from the message's content alone, so Sessions may start it before the
+    # message is stored and has an id.
+    replies_need_message_id = False
+
     def __init__(self, config: MomoHubConfig, client: MomoHubClient, storage: Storage) -> None:
         self._config = config
         self._client = client
