@@ -14,7 +14,7 @@ import structlog
 
 from adapters.onebot import protocol as P
 from adapters.onebot.message import ForwardNode, normalize_message, segments_to_json
-from adapters.onebot.segments import from_hub, to_hub, to_onebot
+from adapters.onebot.segments import from_hub, refused_image, to_hub, to_onebot
 from bridge.config import Config
 from bridge.models import Segment
 from bridge.outbox import Outbox, Push
@@ -23,6 +23,8 @@ from storage import Storage
 log = structlog.get_logger(__name__)
 
 VERSION = "0.1.0"
+# How protocol.validate_params words an empty `message` / `messages`.
+EMPTY_MESSAGE = ("message: is empty", "messages: is empty")
 
 
 class ActionFailed(Exception):
@@ -32,10 +34,52 @@ class ActionFailed(Exception):
         self.message = message
 
 
+class NumberBook:
+    """Hub user ↔ QQ number, remembered: storage never changes a number once given out, and
+    every event and reply needs one (it was a third of the database round trips per message)."""
+
+    LIMIT = 100_000  # past this many users the book starts afresh rather than grow forever
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._numbers: dict[str, int] = {}
+        self._users: dict[int, str] = {}
+
+    def _remember(self, user_id: str, number: int) -> None:
+        if len(self._numbers) >= self.LIMIT:
+            self._numbers.clear()
+            self._users.clear()
+        self._numbers[user_id] = number
+        self._users[number] = user_id
+
+    async def number_for(self, user_id: str) -> int:
+        number = self._numbers.get(user_id)
+        if number is None:
+            number = await self._storage.users.number_for(user_id)
+            self._remember(user_id, number)
+        return number
+
+    async def user_for_number(self, number: int) -> str | None:
+        user = self._users.get(number)
+        if user is None:
+            user = await self._storage.users.user_for_number(number)
+            if user is not None:
+                self._remember(user, number)
+        return user
+
+
 class FrameworkActions:
-    def __init__(self, config: Config, storage: Storage, outbox: Outbox, self_id: int) -> None:
+    def __init__(
+        self,
+        config: Config,
+        storage: Storage,
+        outbox: Outbox,
+        self_id: int,
+        numbers: NumberBook | None = None,
+    ) -> None:
         self._config = config
         self._storage = storage
+        self.numbers = numbers or NumberBook(storage)
         self._outbox = outbox
         self.self_id = self_id
         self.nickname = config.server.title
@@ -79,6 +123,10 @@ class FrameworkActions:
             params = P.validate_params(action, req.params)
             data = await handler(params if params is not None else req.params)
         except P.ProtocolError as e:
+            if e.message.startswith(EMPTY_MESSAGE):
+                # Well-formed but nothing to send: a bad value, not a bad request (go-cqhttp
+                # and NapCat answer 100 here too).
+                return req.failed(P.RetCode.BAD_PARAMS, e.message)
             return req.failed(e.retcode, e.message)
         except ActionFailed as e:
             return req.failed(e.retcode, e.message)
@@ -92,7 +140,7 @@ class FrameworkActions:
     async def number_of(self, user_id: str, is_admin: bool) -> int:
         if is_admin:
             return int(self._config.auth.admin_qq)
-        return await self._storage.users.number_for(user_id)
+        return await self.numbers.number_for(user_id)
 
     async def users_for(self, number: int) -> list[str]:
         """The hub users a QQ number stands for (the admin number stands for every admin)."""
@@ -100,7 +148,7 @@ class FrameworkActions:
             admins = await self._storage.users.admins()
             if admins:
                 return admins
-        user = await self._storage.users.user_for_number(number)
+        user = await self.numbers.user_for_number(number)
         if user is None:
             raise ActionFailed(P.RetCode.BAD_PARAMS, f"unknown user_id {number}: no such friend")
         return [user]
@@ -128,15 +176,15 @@ class FrameworkActions:
         return first_id
 
     async def _send_private(self, p: P.SendPrivateMsgParams) -> dict[str, Any]:
-        return {"message_id": await self.deliver_to(p.user_id, to_hub(p.message))}
+        return {"message_id": await self.deliver_to(p.user_id, hub_segments(p.message))}
 
     async def _send_group(self, p: P.SendGroupMsgParams) -> dict[str, Any]:
-        return {"message_id": await self.deliver_to(p.group_id, to_hub(p.message))}
+        return {"message_id": await self.deliver_to(p.group_id, hub_segments(p.message))}
 
     async def _send_msg(self, p: P.SendMsgParams) -> dict[str, Any]:
         number = p.group_id if p.message_type == "group" else p.user_id
         assert number is not None
-        return {"message_id": await self.deliver_to(number, to_hub(p.message))}
+        return {"message_id": await self.deliver_to(number, hub_segments(p.message))}
 
     async def _nodes(self, nodes: list[ForwardNode]) -> list[dict[str, Any]]:
         out = []
@@ -153,7 +201,7 @@ class FrameworkActions:
             else:
                 out.append(
                     {
-                        "message": to_hub(node.content or []),
+                        "message": hub_segments(node.content or []),
                         "sender": {"id": node.user_id, "name": node.nickname},
                     }
                 )
@@ -214,7 +262,7 @@ class FrameworkActions:
             "message": segments_to_json(segs),
         }
         if group:
-            out["group_id"] = await self._storage.users.number_for(row.user_id)
+            out["group_id"] = await self.numbers.number_for(row.user_id)
         return out
 
     async def _get_forward_msg(self, p: P.GetForwardMsgParams) -> dict[str, Any]:
@@ -222,22 +270,44 @@ class FrameworkActions:
         nodes_seg = next((s for s in row.content if s.get("type") == "nodes"), None)
         if nodes_seg is None:
             raise ActionFailed(P.RetCode.BAD_PARAMS, f"message {row.id} is not a forward message")
-        messages = []
+        nodes = []
         for node in (nodes_seg.get("data") or {}).get("messages") or []:
-            content = to_onebot(from_hub(node.get("message") or []))
-            sender = node.get("sender") or {}
-            uid = str(sender.get("id") or "")
-            messages.append(
+            content = segments_to_json(to_onebot(from_hub(node.get("message") or [])))
+            user_id, nickname = await self._node_sender(node, row.user_id)
+            nodes.append(
                 {
                     "type": "node",
-                    "data": {
-                        "user_id": uid if uid.isdigit() else str(self.self_id),
-                        "nickname": str(sender.get("name") or uid or self.nickname),
-                        "content": segments_to_json(content),
-                    },
+                    "data": {"user_id": str(user_id), "nickname": nickname, "content": content},
+                    # Readers differ: the spec's node segments above, go-cqhttp's
+                    # {sender, time, content}, NapCat's get_msg-like {message}. One item serves all.
+                    "sender": {"user_id": user_id, "nickname": nickname},
+                    "time": int(row.time),
+                    "content": content,
+                    "message": content,
                 }
             )
-        return {"messages": messages}
+        return {"messages": nodes, "message": nodes}
+
+    async def _node_sender(self, node: dict[str, Any], owner: str) -> tuple[int, str]:
+        """Who wrote one forwarded node, as a QQ number and a nickname."""
+        sender = node.get("sender") or {}
+        uid = str(sender.get("id") or "")
+        name = str(sender.get("name") or "")
+        if uid.isdigit() and 0 < int(uid) <= P.INT32_MAX:
+            return int(uid), name or uid
+        # A hub user forwarding their own chat: the nodes name stored messages, not senders.
+        ref = node.get("message_id")
+        if isinstance(ref, int) and not isinstance(ref, bool) and 0 < ref <= P.INT32_MAX:
+            row = await self._storage.messages.get(ref)
+            # Only the forwarder's own messages: another user's id would leak who they are.
+            if (
+                row is not None
+                and row.user_id == owner
+                and (row.direction == "in" or row.contact == self.contact)
+            ):
+                who = await self._sender(row)
+                return int(who["user_id"]), str(who["nickname"])
+        return self.self_id, name or uid or self.nickname
 
     # ----- account and contacts ------------------------------------------------------------------
 
@@ -272,7 +342,7 @@ class FrameworkActions:
             raise ActionFailed(
                 P.RetCode.BAD_PARAMS, f"unknown group_id {group_id} (the link runs in private mode)"
             )
-        user = await self._storage.users.user_for_number(group_id)
+        user = await self.numbers.user_for_number(group_id)
         if user is None:
             raise ActionFailed(P.RetCode.BAD_PARAMS, f"unknown group_id {group_id}")
         return user
@@ -289,7 +359,7 @@ class FrameworkActions:
         if self._config.onebot.user_message_type != "group":
             return []
         return [
-            self._group(await self._storage.users.number_for(u.id), u.id)
+            self._group(await self.numbers.number_for(u.id), u.id)
             for u in await self._storage.users.list()
         ]
 
@@ -318,9 +388,14 @@ class FrameworkActions:
 
     async def _member_list(self, p: P.GetGroupMemberListParams) -> list[dict[str, Any]]:
         user = await self._group_of(p.group_id)
+        row = await self._storage.users.get(user)
+        admin = bool(row and row.is_admin)
+        # As in the message events: the owner's hub account appears as admin_qq and owns it.
         return [
-            self._member(p.group_id, p.group_id, user, "member"),
-            self._member(p.group_id, self.self_id, self.nickname, "owner"),
+            self._member(
+                p.group_id, await self.number_of(user, admin), user, "owner" if admin else "member"
+            ),
+            self._member(p.group_id, self.self_id, self.nickname, "admin" if admin else "owner"),
         ]
 
     async def _member_info(self, p: P.GetGroupMemberInfoParams) -> dict[str, Any]:
@@ -349,7 +424,7 @@ class FrameworkActions:
             segs = [Segment("at", {"qq": str(ctx["user_id"])}), Segment.text(" "), *segs]
         number = ctx.get("group_id") if group else ctx.get("user_id")
         try:
-            await self.deliver_to(int(number), to_hub(segs))
+            await self.deliver_to(int(number), hub_segments(segs))
         except (TypeError, ValueError):
             raise ActionFailed(
                 P.RetCode.BAD_PARAMS, "context has no user_id/group_id to reply to"
@@ -359,3 +434,12 @@ class FrameworkActions:
 
 def _normalize(message: Any, auto_escape: bool) -> list[Segment]:
     return normalize_message(message, auto_escape=auto_escape)
+
+
+def hub_segments(segments: list[Segment]) -> list[dict[str, Any]]:
+    """A framework's message as hub segments, logging each image that could not be carried."""
+    for seg in segments:
+        why = refused_image(seg)
+        if why:
+            log.warning("onebot.image_refused", reason=why)
+    return to_hub(segments)

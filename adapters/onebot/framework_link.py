@@ -2,6 +2,10 @@
 
 The bridge dials the framework (NoneBot, Koishi, Yunzai, AstrBot) and keeps dialing: capped
 exponential backoff with jitter, exactly one connection per framework at a time.
+
+The bridge never calls actions on the framework (it is the implementation: the framework calls
+it), so there are no pending requests to fail on a disconnect; every send has a deadline instead,
+and a peer that stops reading is dropped and redialed rather than waited on forever.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import json
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
@@ -25,6 +30,36 @@ log = structlog.get_logger(__name__)
 ActionHandler = Callable[[str | bytes], Awaitable[dict[str, Any] | None]]
 # A connection that lasted this long counts as healthy: the next failure starts backoff afresh.
 HEALTHY_AFTER = 10.0
+# Protocol-level pings find a framework whose host vanished (no FIN, no RST) long before TCP
+# would; every framework's WebSocket server answers them without any code of its own.
+PING_INTERVAL = 20.0
+PING_TIMEOUT = 20.0
+# Below websockets' write limit (32 KiB): such a frame into an empty buffer never waits to drain.
+FAST_SEND_BYTES = 16 * 1024
+
+
+def backoff_delay(
+    attempt: int,
+    base: float,
+    cap: float,
+    uniform: Callable[[float, float], float] = random.uniform,
+) -> float:
+    """Seconds to wait before redial number ``attempt`` (0-based): doubling from ``base``, capped
+    at ``cap``, with ±20 % jitter so many bridges restarted together do not redial in lockstep."""
+    delay = min(base * 2 ** min(attempt, 30), cap)
+    return delay * uniform(0.8, 1.2)
+
+
+def safe_url(url: str) -> str:
+    """The URL without credentials, for logs and error texts (a token may ride in the query)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 class FrameworkLink:
@@ -37,29 +72,38 @@ class FrameworkLink:
     ) -> None:
         self.config = config
         self.self_id = self_id
+        self.name = safe_url(config.url)
         self._handle_action = handle_action
         self._on_change = on_change
         self._ws: ClientConnection | None = None
-        self._tasks = TaskSet(f"onebot-link {config.url}")
+        self._tasks = TaskSet(f"onebot-link {self.name}")
         self._runner: asyncio.Task[None] | None = None
         self.connects = 0
         self.last_error = ""
+        self._stuck = ""  # why this bridge cut the current connection itself, if it did
+        self._closing = False
 
     @property
     def connected(self) -> bool:
         return self._ws is not None
 
     def start(self) -> None:
-        self._runner = self._tasks.spawn(self._run(), name=f"onebot-link {self.config.url}")
+        if self._runner is not None:
+            return  # one runner, so never two connections to one framework
+        self._runner = self._tasks.spawn(self._run(), name=f"onebot-link {self.name}")
 
     async def close(self) -> None:
+        self._closing = True  # the runner ends quietly instead of reporting the link down
         ws = self._ws
+        self._set_ws(None)
         if ws is not None:
+            # Bounded by close_timeout: a peer that never answers the close is cut off.
             await ws.close(1001, "bridge shutting down")
         await self._tasks.cancel_all()
-        self._set_ws(None)
 
     def _set_ws(self, ws: ClientConnection | None) -> None:
+        if ws is self._ws:
+            return
         self._ws = ws
         self._on_change()
 
@@ -69,6 +113,7 @@ class FrameworkLink:
             "X-Client-Role": "Universal",
             "User-Agent": "MomoBridge/OneBot v11",
         }
+        # Only with a token: some frameworks treat an empty "Bearer " as a wrong token.
         if self.config.access_token:
             headers["Authorization"] = f"Bearer {self.config.access_token}"
         return headers
@@ -78,75 +123,121 @@ class FrameworkLink:
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
+            opened = False
+            self._stuck = ""
             try:
                 async with connect(
                     self.config.url,
                     additional_headers=self._headers(),
                     open_timeout=self.config.connect_timeout,
-                    ping_interval=None,
+                    ping_interval=PING_INTERVAL,
+                    ping_timeout=PING_TIMEOUT,
                     max_size=16 << 20,
                     close_timeout=2,
                 ) as ws:
+                    opened = True
                     self.connects += 1
-                    log.info("onebot.link_connected", url=self.config.url, connects=self.connects)
+                    log.info("onebot.link_connected", url=self.name, connects=self.connects)
                     await self._serve(ws)
-                    self.last_error = f"closed ({ws.close_code} {ws.close_reason})"
+                    reason = f" {ws.close_reason}" if ws.close_reason else ""
+                    self.last_error = self._stuck or f"connection closed ({ws.close_code}{reason})"
             except InvalidStatus as e:
                 status = e.response.status_code
                 why = "wrong or missing access_token" if status in (401, 403) else "refused"
                 self.last_error = f"handshake rejected with HTTP {status} ({why})"
-            except (OSError, TimeoutError, WebSocketException) as e:
+            except TimeoutError:
+                self.last_error = (
+                    f"TimeoutError: no handshake answer within {self.config.connect_timeout:g} s"
+                    if not opened
+                    else self._stuck or "TimeoutError"
+                )
+            except (OSError, WebSocketException) as e:
                 self.last_error = f"{type(e).__name__}: {e}"
             except Exception as e:
                 # A bug must not end the link for good: log it and keep redialing.
-                log.exception("onebot.link_crashed", url=self.config.url)
+                log.exception("onebot.link_crashed", url=self.name)
                 self.last_error = f"internal error: {type(e).__name__}"
             finally:
                 self._set_ws(None)
+            if self._closing:
+                return
             if loop.time() - started > HEALTHY_AFTER:
                 attempt = 0
-            delay = min(
-                self.config.reconnect_interval * 2**attempt, self.config.max_reconnect_interval
+            delay = backoff_delay(
+                attempt, self.config.reconnect_interval, self.config.max_reconnect_interval
             )
-            delay *= random.uniform(0.8, 1.2)  # jitter: many bridges must not redial in lockstep
-            attempt = min(attempt + 1, 30)
+            attempt += 1
             log.warning(
                 "onebot.link_down",
-                url=self.config.url,
+                url=self.name,
                 reason=self.last_error,
+                attempt=attempt,
                 retry_in=round(delay, 2),
             )
             await asyncio.sleep(delay)
 
+    async def _send(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
+        """Send with a deadline; a peer that stops reading is dropped (the link then redials)."""
+        data = json.dumps(frame, ensure_ascii=False)
+        transport = ws.transport
+        if (
+            len(data) < FAST_SEND_BYTES
+            and transport is not None
+            and not transport.get_write_buffer_size()
+        ):
+            # Nothing queued and a small frame: this send cannot block, so skip arming a timer.
+            await ws.send(data)
+            return
+        try:
+            async with asyncio.timeout(self.config.action_timeout):
+                await ws.send(data)
+        except TimeoutError:
+            self._stuck = (
+                f"the framework stopped reading (a send made no progress in "
+                f"{self.config.action_timeout:g} s); dropped and redialing"
+            )
+            log.warning("onebot.link_stuck", url=self.name, timeout=self.config.action_timeout)
+            # abort, not close: a close handshake would queue behind the same full buffer.
+            if ws.transport is not None:
+                ws.transport.abort()
+            raise
+
     async def _serve(self, ws: ClientConnection) -> None:
-        # lifecycle/connect must be the very first frame: NoneBot ignores everything before it.
-        await ws.send(json.dumps(P.lifecycle_connect(self.self_id)))
+        # lifecycle/connect must be the very first frame: NoneBot ignores everything before it,
+        # so the link only counts as connected (and takes events) once it is out.
+        await self._send(ws, P.lifecycle_connect(self.self_id))
         self._set_ws(ws)
-        beat = self._tasks.spawn(self._heartbeat(ws), name="onebot-heartbeat")
+        beat = self._tasks.spawn(self._heartbeat(ws), name=f"onebot-heartbeat {self.name}")
         try:
             async for raw in ws:
-                # Actions are answered in arrival order so a framework's replies keep their order.
+                # Answered in arrival order, so a framework's replies keep their order.
                 response = await self._handle_action(raw)
                 if response is not None:
-                    await ws.send(json.dumps(response, ensure_ascii=False))
+                    await self._send(ws, response)
         except ConnectionClosed:
             pass
         finally:
+            # Not connected any more from here on: no event may be sent into a dying socket.
+            self._set_ws(None)
             beat.cancel()
 
     async def _heartbeat(self, ws: ClientConnection) -> None:
         interval = self.config.heartbeat_interval
-        while True:
-            await asyncio.sleep(interval)
-            await ws.send(json.dumps(P.heartbeat_event(self.self_id, int(interval * 1000))))
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                await self._send(ws, P.heartbeat_event(self.self_id, int(interval * 1000)))
+        except (ConnectionClosed, TimeoutError):
+            pass  # the reader sees the same end and redials
 
     async def send_event(self, event: dict[str, Any]) -> bool:
+        """Send one event; False when not connected or the send failed (not retried: the event
+        would arrive late and out of order, and a framework answers a late message anyway)."""
         ws = self._ws
         if ws is None:
             return False
         try:
-            async with asyncio.timeout(self.config.action_timeout):
-                await ws.send(json.dumps(event, ensure_ascii=False))
+            await self._send(ws, event)
         except (ConnectionClosed, TimeoutError):
             return False
         return True

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 import structlog
 
 from adapters.onebot import protocol as P
-from adapters.onebot.framework_actions import FrameworkActions
-from adapters.onebot.framework_link import FrameworkLink
+from adapters.onebot.framework_actions import FrameworkActions, NumberBook
+from adapters.onebot.framework_link import FrameworkLink, safe_url
 from adapters.onebot.segments import to_onebot
 from bridge.config import Config
 from bridge.errors import BridgeError, ErrorCode
@@ -26,25 +26,37 @@ log = structlog.get_logger(__name__)
 
 
 class FrameworkTarget:
+    # The event carries the stored id: the framework quotes, fetches and recalls by it.
+    replies_need_message_id = True
+
     def __init__(self, config: Config, storage: Storage, outbox: Outbox) -> None:
         self._config = config
         self._storage = storage
         self.contact = config.auth.bot_qq
         self._changed = asyncio.Event()
+        self._numbers = NumberBook(storage)  # one book for every link: they share the users
         self._links: list[FrameworkLink] = []
+        seen: set[tuple[str, int]] = set()
         for link_cfg in config.onebot.frameworks:
             self_id = int(link_cfg.self_id or config.auth.bot_qq)
-            actions = FrameworkActions(config, storage, outbox, self_id)
+            if (link_cfg.url, self_id) in seen:
+                # Two links to one framework as one account would answer every message twice.
+                log.warning("onebot.duplicate_framework_ignored", url=safe_url(link_cfg.url))
+                continue
+            seen.add((link_cfg.url, self_id))
+            actions = FrameworkActions(config, storage, outbox, self_id, self._numbers)
             self._links.append(FrameworkLink(link_cfg, self_id, actions.handle, self._notify))
-        self._actions = FrameworkActions(config, storage, outbox, int(config.auth.bot_qq))
+        self._actions = FrameworkActions(
+            config, storage, outbox, int(config.auth.bot_qq), self._numbers
+        )
 
     async def start(self) -> None:
+        """Start one connector per framework; returns at once (links connect in the background)."""
         for link in self._links:
             link.start()
 
     async def close(self) -> None:
-        for link in self._links:
-            await link.close()
+        await asyncio.gather(*(link.close() for link in self._links))
 
     def connected_count(self) -> int:
         return sum(1 for link in self._links if link.connected)
@@ -55,6 +67,7 @@ class FrameworkTarget:
         self._changed = asyncio.Event()
 
     async def wait_connected(self, n: int = 1) -> None:
+        """Until ``n`` links are up (no deadline of its own: callers wrap it in a timeout)."""
         while self.connected_count() < n:
             await self._changed.wait()
 
@@ -72,7 +85,7 @@ class FrameworkTarget:
     async def check_available(self, contact: str) -> None:
         if not self.connected_count():
             reasons = "; ".join(
-                f"{link.config.url}: {link.last_error or 'connecting'}" for link in self._links
+                f"{link.name}: {link.last_error or 'connecting'}" for link in self._links
             )
             raise BridgeError(ErrorCode.UNAVAILABLE, f"no bot framework is connected ({reasons})")
 
@@ -80,35 +93,41 @@ class FrameworkTarget:
         number = await self._actions.number_of(user.id, user.is_admin)
         segs = to_onebot(segments, forward_id=message_id)
         now = int(time.time())
+        nickname = user.name or user.id
         if self._config.onebot.user_message_type == "group":
             # Frameworks that ignore non-friends still answer an @ in a group.
             segs = [Segment("at", {"qq": self.contact}), Segment.text(" "), *segs]
-            group_id = await self._storage.users.number_for(user.id)
+            group_id = await self._numbers.number_for(user.id)
             return P.group_message_event(
                 int(self.contact),
                 number,
                 message_id,
                 segs,
-                user.id,
+                nickname,
                 now,
                 group_id=group_id,
                 role="owner" if user.is_admin else "member",
             )
-        return P.private_message_event(int(self.contact), number, message_id, segs, user.id, now)
+        return P.private_message_event(int(self.contact), number, message_id, segs, nickname, now)
 
     async def _broadcast(self, event: dict) -> int:
-        sent = 0
-        for link in self._links:
-            # Each framework may know the account under its own self_id.
-            ev = dict(event, self_id=link.self_id)
-            if await link.send_event(ev):
-                sent += 1
-        return sent
+        # Concurrently: one framework that is slow to read must not hold up the others.
+        # Each framework may know the account under its own self_id.
+        results = await asyncio.gather(
+            *(link.send_event(dict(event, self_id=link.self_id)) for link in self._links)
+        )
+        return sum(1 for ok in results if ok)
 
     async def deliver(self, message: ChatMessage) -> AsyncIterator[ReplyEvent] | None:
         event = await self._event(message.sender, message.message_id, message.segments)
         if not await self._broadcast(event):
+            # Every link dropped between check_available and now. Say so rather than ack a
+            # message nobody will answer; the stored copy is withdrawn so a resend is not a dupe.
+            await self._storage.messages.mark_deleted(message.message_id)
             log.warning("onebot.not_delivered", message_id=message.message_id)
+            raise BridgeError(
+                ErrorCode.UNAVAILABLE, "the bot framework disconnected; send the message again"
+            )
         return None
 
     async def recall(
@@ -116,12 +135,17 @@ class FrameworkTarget:
     ) -> None:
         number = await self._actions.number_of(user.id, user.is_admin)
         if self._config.onebot.user_message_type == "group":
-            group_id = await self._storage.users.number_for(user.id)
-            operator = number if not outgoing else int(self.contact)
+            group_id = await self._numbers.number_for(user.id)
+            # The hub user recalled it, whoever wrote it (a user may recall the bot's reply).
+            operator = number
             author = int(self.contact) if outgoing else number
             event = P.group_recall_notice(int(self.contact), group_id, author, operator, message_id)
         else:
             event = P.friend_recall_notice(
                 int(self.contact), int(self.contact) if outgoing else number, message_id
             )
-        await self._broadcast(event)
+        if not await self._broadcast(event):
+            # The hub still recalls it; Sessions logs this so the gap is visible.
+            raise BridgeError(
+                ErrorCode.UNAVAILABLE, "no bot framework is connected to hear the recall"
+            )

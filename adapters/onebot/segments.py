@@ -35,13 +35,35 @@ def _image_url(d: JSON) -> str | None:
         if v.startswith(("http://", "https://", "data:")):
             return v
         if v.startswith("base64://"):
-            raw = v[len("base64://") :]
+            # Some encoders wrap lines; a browser's data: URL must not contain them.
+            raw = "".join(v[len("base64://") :].split())
             try:
-                head = base64.b64decode(raw[:24] + "=" * (-len(raw[:24]) % 4))
+                # Decoded in full (C speed): a broken payload is refused here, not shown broken.
+                body = base64.b64decode(raw, validate=True)
             except (binascii.Error, ValueError):
                 return None
-            return f"data:{_sniff(head)};base64,{raw}"
+            if not body:
+                return None
+            return f"data:{_sniff(body[:16])};base64,{raw}"
     return None
+
+
+def refused_image(seg: Segment) -> str:
+    """Why an image segment from a framework cannot reach the hub ("" when it can).
+
+    Names the kind of source only: the value itself may be a long base64 blob or a local path.
+    """
+    if seg.type != "image" or _image_url(seg.data) is not None:
+        return ""
+    source = next((v for k in ("url", "file") if isinstance(v := seg.data.get(k), str) and v), "")
+    if not source:
+        return "image segment has neither url nor file"
+    if source.startswith("file:") or source.startswith(("/", "\\")) or source[1:3] == ":\\":
+        return "local file paths are never read (it would expose this machine's files); send base64:// or a URL"
+    if source.startswith("base64://"):
+        return "base64:// payload is empty or not valid base64"
+    scheme = source.split("://", 1)[0] if "://" in source else "a bare name"
+    return f"unsupported image source ({scheme}); send base64:// or an http(s) URL"
 
 
 def _sniff(head: bytes) -> str:

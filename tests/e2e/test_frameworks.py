@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from tests.support.frameworks import FrameworkProcess
 from tests.support.hub_client import HubClient, eventually
 
 BOT = "10000"
+WAIT = 30.0  # generous: a framework subprocess on a loaded 2-core machine
 TOKEN = "fw-token"
 
 
@@ -47,7 +49,8 @@ def link(fw: FrameworkProcess, **kw) -> dict:
 
 async def linked(bridge_factory, *fws: FrameworkProcess, **onebot) -> Bridge:
     b = await bridge_factory(onebot={"frameworks": [link(f) for f in fws], **onebot})
-    await b.app.frameworks.wait_connected(len(fws))
+    async with asyncio.timeout(WAIT):
+        await b.app.frameworks.wait_connected(len(fws))
     return b
 
 
@@ -192,7 +195,8 @@ async def test_framework_restart_is_survived(bridge_factory, nonebot: FrameworkP
     f = await c.request("onebot", "message", text("while down"), id=BOT)
     assert f["code"] == 1 and f["data"]["error"] == "UNAVAILABLE"
     await nonebot.start()
-    await target.wait_connected(1)
+    async with asyncio.timeout(WAIT):
+        await target.wait_connected(1)
     await say(c, "after")
     await c.wait_for(lambda _: len(bot_texts(c)) >= 2)
     await c.request("system", "heartbeat", {})

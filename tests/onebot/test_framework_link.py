@@ -8,85 +8,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from websockets.asyncio.server import ServerConnection, serve
 
-from tests.conftest import Bridge
+from tests.support.fake_framework import FakeFramework, linked
 from tests.support.hub_client import eventually
 
 BOT = "10000"
-
-
-class FakeFramework:
-    """Accepts the bridge's connection, records what it sends, lets a test send actions."""
-
-    def __init__(self, token: str = "") -> None:
-        self.token = token
-        self.connections: list[ServerConnection] = []
-        self.frames: list[dict[str, Any]] = []
-        self.raw: list[str] = []
-        self.headers: list[dict[str, str]] = []
-        self.concurrent = 0
-        self.max_concurrent = 0
-        self._changed = asyncio.Condition()
-        self.server: Any = None
-
-    async def start(self) -> str:
-        self.server = await serve(self._handle, "127.0.0.1", 0, process_request=self._auth)
-        port = self.server.sockets[0].getsockname()[1]
-        return f"ws://127.0.0.1:{port}/onebot/v11/ws"
-
-    def _auth(self, conn: ServerConnection, request: Any) -> Any:
-        self.headers.append(dict(request.headers.raw_items()))
-        if self.token and request.headers.get("Authorization") != f"Bearer {self.token}":
-            return conn.respond(403, "bad token\n")
-        return None
-
-    async def _handle(self, ws: ServerConnection) -> None:
-        self.concurrent += 1
-        self.max_concurrent = max(self.max_concurrent, self.concurrent)
-        async with self._changed:
-            self.connections.append(ws)
-            self._changed.notify_all()
-        try:
-            async for raw in ws:
-                async with self._changed:
-                    self.raw.append(raw)
-                    self.frames.append(json.loads(raw))
-                    self._changed.notify_all()
-        finally:
-            self.concurrent -= 1
-
-    async def wait(self, pred, timeout: float = 10.0) -> dict[str, Any]:
-        async with asyncio.timeout(timeout):
-            async with self._changed:
-                while True:
-                    for f in self.frames:
-                        if pred(f):
-                            return f
-                    await self._changed.wait()
-
-    async def wait_connections(self, n: int) -> ServerConnection:
-        async with asyncio.timeout(10):
-            async with self._changed:
-                await self._changed.wait_for(lambda: len(self.connections) >= n)
-        return self.connections[n - 1]
-
-    async def call(
-        self, action: Any, params: Any = None, echo: Any = "e", raw: str | None = None
-    ) -> dict:
-        ws = self.connections[-1]
-        if raw is not None:
-            await ws.send(raw)
-            return {}
-        frame: dict[str, Any] = {"action": action, "echo": echo}
-        if params is not None:
-            frame["params"] = params
-        await ws.send(json.dumps(frame))
-        return await self.wait(lambda f: "status" in f and f.get("echo") == echo)
-
-    async def stop(self) -> None:
-        self.server.close()
-        await self.server.wait_closed()
 
 
 @pytest.fixture
@@ -94,27 +20,6 @@ async def fw() -> AsyncIterator[FakeFramework]:
     f = FakeFramework(token="tok")
     yield f
     await f.stop()
-
-
-async def linked(bridge_factory, fw: FakeFramework, **kw) -> Bridge:
-    url = await fw.start()
-    b = await bridge_factory(
-        onebot={
-            "frameworks": [
-                {
-                    "url": url,
-                    "access_token": fw.token,
-                    "reconnect_interval": 0.05,
-                    "max_reconnect_interval": 0.2,
-                    "heartbeat_interval": 0.2,
-                    **kw,
-                }
-            ]
-        }
-    )
-    await b.app.frameworks.wait_connected(1)
-    await fw.wait_connections(1)
-    return b
 
 
 async def test_handshake_lifecycle_first_and_heartbeats(bridge_factory, fw: FakeFramework) -> None:
@@ -184,7 +89,9 @@ async def test_state_queries(bridge_factory, fw: FakeFramework) -> None:
     ("action", "params", "retcode", "words"),
     [
         ("send_private_msg", {"user_id": "abc", "message": "x"}, 1400, "user_id"),
-        ("send_private_msg", {"user_id": 1, "message": []}, 1400, "empty"),
+        ("send_private_msg", {"user_id": 1, "message": []}, 100, "empty"),
+        ("send_private_msg", {"user_id": 1, "message": ""}, 100, "empty"),
+        ("send_private_forward_msg", {"user_id": 1, "messages": []}, 100, "empty"),
         ("send_private_msg", {"user_id": 424242, "message": "x"}, 100, "unknown user_id"),
         ("send_group_msg", {"group_id": 5, "message": "x"}, 100, "unknown user_id"),
         ("get_msg", {"message_id": 99999}, 100, "unknown message_id"),

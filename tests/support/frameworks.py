@@ -44,18 +44,24 @@ class FrameworkProcess:
             stderr=log,
         )
         log.close()
-        async with asyncio.timeout(timeout):
-            while True:
-                if self.proc.returncode is not None:
-                    raise RuntimeError(f"{self.script.name} exited: {self.log.read_text()[-2000:]}")
-                try:
-                    _, w = await asyncio.open_connection("127.0.0.1", self.port)
-                except OSError:
-                    await asyncio.sleep(0.1)
-                    continue
-                w.close()
-                await w.wait_closed()
-                return
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    if self.proc.returncode is not None:
+                        raise RuntimeError(
+                            f"{self.script.name} exited: {self.log.read_text()[-2000:]}"
+                        )
+                    try:
+                        _, w = await asyncio.open_connection("127.0.0.1", self.port)
+                    except OSError:
+                        await asyncio.sleep(0.1)  # polling a port: nothing to wait on
+                        continue
+                    w.close()
+                    await w.wait_closed()
+                    return
+        except BaseException:
+            await self.stop()  # never leave a half-started framework running
+            raise
 
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
