@@ -273,7 +273,3 @@ class Sessions:
 
     async def close(self) -> None:
         await self._tasks.cancel_all()
-
-    @staticmethod
-    def now() -> float:
-        return time.time()

@@ -202,64 +202,40 @@ class _Client:
             await self.send(P.failure(e.request_id, e.protocol, e.type, e.code, e.reason))
             return
         if self.user is None and (req.protocol, req.type) != ("system", "login"):
-            await self.send(
-                P.failure(
-                    req.request_id,
-                    req.protocol,
-                    req.type,
-                    ErrorCode.UNAUTHENTICATED,
-                    "log in first (system/login)",
-                )
-            )
+            await self._fail(req, ErrorCode.UNAUTHENTICATED, "log in first (system/login)")
             return
         types = HANDLERS.get(req.protocol)
         if types is None:
-            await self.send(
-                P.failure(
-                    req.request_id,
-                    req.protocol,
-                    req.type,
-                    ErrorCode.UNKNOWN_PROTOCOL,
-                    f"unknown protocol {req.protocol!r}; expected one of {sorted(HANDLERS)}",
-                )
+            await self._fail(
+                req,
+                ErrorCode.UNKNOWN_PROTOCOL,
+                f"unknown protocol {req.protocol!r}; expected one of {sorted(HANDLERS)}",
             )
             return
         handler = types.get(req.type)
         if handler is None:
-            await self.send(
-                P.failure(
-                    req.request_id,
-                    req.protocol,
-                    req.type,
-                    ErrorCode.UNKNOWN_TYPE,
-                    f"unknown type {req.type!r} for protocol {req.protocol!r}",
-                )
+            await self._fail(
+                req,
+                ErrorCode.UNKNOWN_TYPE,
+                f"unknown type {req.type!r} for protocol {req.protocol!r}",
             )
             return
         try:
             await handler(self, req)
         except (BridgeError, P.FrameError) as e:
-            await self.send(P.failure(req.request_id, req.protocol, req.type, e.code, e.reason))
-        except (ValidationError, ValueError, TypeError) as e:
-            reason = (
-                P.validation_reason(e) if isinstance(e, ValidationError | ValueError) else str(e)
-            )
-            await self.send(
-                P.failure(req.request_id, req.protocol, req.type, ErrorCode.INVALID_DATA, reason)
-            )
+            await self._fail(req, e.code, e.reason)
+        except (ValidationError, ValueError) as e:
+            await self._fail(req, ErrorCode.INVALID_DATA, P.validation_reason(e))
+        except TypeError as e:
+            await self._fail(req, ErrorCode.INVALID_DATA, str(e))
         except ConnectionClosed:
             raise
         except Exception as e:
             log.exception("hub.handler_crashed", protocol=req.protocol, type=req.type)
-            await self.send(
-                P.failure(
-                    req.request_id,
-                    req.protocol,
-                    req.type,
-                    ErrorCode.INTERNAL,
-                    f"internal error: {type(e).__name__}",
-                )
-            )
+            await self._fail(req, ErrorCode.INTERNAL, f"internal error: {type(e).__name__}")
+
+    async def _fail(self, req: P.Request, code: ErrorCode, reason: str) -> None:
+        await self.send(P.failure(req.request_id, req.protocol, req.type, code, reason))
 
     # ----- system -----------------------------------------------------------------------------
 

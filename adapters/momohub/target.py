@@ -39,7 +39,6 @@ from bridge.models import (
     Segment,
     ToolCall,
     UserRef,
-    plain_text,
 )
 from bridge.tasks import TaskSet
 from storage import Storage
@@ -338,7 +337,3 @@ async def _aclose(stream: Any) -> None:
 
 async def _single(event: ReplyEvent) -> AsyncIterator[ReplyEvent]:
     yield event
-
-
-def text_of(segments: list[Segment]) -> str:
-    return plain_text(segments)
