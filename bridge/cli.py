@@ -9,10 +9,22 @@ import sys
 
 import structlog
 
-from bridge.config import ConfigError, load_config
+from bridge.config import Config, ConfigError, load_config
 from bridge.logging import configure_logging
 
 DEFAULT_CONFIG = "config.toml"
+# Exit status for a config that cannot be used (argparse uses 2 for usage errors too).
+EXIT_BAD_CONFIG = 2
+
+
+def _load(path: str, *, must_exist: bool = False) -> tuple[Config, bool] | None:
+    """The one way every command loads its config: the same validation everywhere. On a bad
+    config prints one paragraph naming the key to stderr and returns None."""
+    try:
+        return load_config(path, must_exist=must_exist)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return None
 
 
 def raise_fd_limit() -> int:
@@ -37,11 +49,10 @@ async def _serve(config_path: str) -> int:
     from bridge.app import App
 
     log = structlog.get_logger("momobridge")
-    try:
-        config, found = load_config(config_path)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    loaded = _load(config_path)
+    if loaded is None:
+        return EXIT_BAD_CONFIG
+    config, found = loaded
     configure_logging(config.log.level, config.log.format)
     if found:
         log.info("config.loaded", path=config_path)
@@ -69,11 +80,10 @@ async def _serve(config_path: str) -> int:
 async def _sandbox(config_path: str, host: str | None, port: int | None) -> int:
     from bridge.app import run_sandbox_command
 
-    try:
-        config, _ = load_config(config_path)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    loaded = _load(config_path)
+    if loaded is None:
+        return EXIT_BAD_CONFIG
+    config, _ = loaded
     configure_logging(config.log.level, config.log.format)
     sandbox = config.sandbox.model_copy()
     sandbox.host = host or sandbox.host
@@ -91,14 +101,18 @@ async def _sandbox(config_path: str, host: str | None, port: int | None) -> int:
     return 0
 
 
-def _check_config(path: str) -> int:
-    try:
-        config, _ = load_config(path, must_exist=True)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 1
+def _check_config(path: str | None) -> int:
+    """Exactly what `serve` runs. A named file must exist; without one, ./config.toml is
+    checked and, like `serve`, its absence means built-in defaults (plus the environment)."""
+    loaded = _load(path or DEFAULT_CONFIG, must_exist=path is not None)
+    if loaded is None:
+        return EXIT_BAD_CONFIG
+    config, found = loaded
+    where = path or DEFAULT_CONFIG
+    if not found:
+        where = f"{where} not found, built-in defaults"
     print(
-        f"{path}: ok ({len(config.openai.providers)} OpenAI providers, "
+        f"{where}: ok ({len(config.openai.providers)} OpenAI providers, "
         f"{len(config.onebot.frameworks)} framework links, "
         f"momohub: {config.momohub.base_url or 'embedded sandbox'})"
     )
@@ -110,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="run the bridge")
     p.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config (default ./config.toml)")
-    p = sub.add_parser("check-config", help="validate a config file")
-    p.add_argument("path")
+    p = sub.add_parser("check-config", help="validate a config file exactly as serve does")
+    p.add_argument(
+        "path", nargs="?", default=None, help="TOML config (default ./config.toml, may be absent)"
+    )
     p = sub.add_parser("sandbox", help="run the MomoHub-compatible sandbox server on its own")
     p.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config ([sandbox] section)")
     p.add_argument("--host", default=None)

@@ -2,18 +2,87 @@
 
 Env vars: ``MOMOBRIDGE_<SECTION>__<KEY>`` (e.g. ``MOMOBRIDGE_AUTH__ADMIN_CODE``) override any scalar key,
 so secrets never have to live in the file.
+
+All validation, cross-field rules included, lives in the models (``Config``'s model validator), so
+``momobridge serve`` and ``momobridge check-config`` cannot disagree about a file.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import tomllib
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "MOMOBRIDGE_"
+
+# QQ numbers are kept as canonical decimal strings (the hub shows them as contact ids; the OneBot
+# side converts with int()). A number is positive and fits a signed 64-bit integer.
+QQ_MAX = (1 << 63) - 1
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def _qq_number(value: Any) -> str:
+    if isinstance(value, bool):
+        raise ValueError(f"must be a QQ number (a positive integer), got {value!r}")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        number = int(value.strip())
+    else:
+        raise ValueError(f"must be a QQ number (a positive integer), got {value!r}")
+    if not 1 <= number <= QQ_MAX:
+        raise ValueError(f"must be a QQ number between 1 and {QQ_MAX}, got {value!r}")
+    return str(number)
+
+
+def _optional_qq_number(value: Any) -> str:
+    if isinstance(value, str) and not value.strip():
+        return ""
+    return _qq_number(value)
+
+
+QQNumber = Annotated[str, BeforeValidator(_qq_number)]
+OptionalQQNumber = Annotated[str, BeforeValidator(_optional_qq_number)]
+
+
+def _url_checker(schemes: tuple[str, ...], *, allow_empty: bool) -> AfterValidator:
+    def check(value: str) -> str:
+        if not value and allow_empty:
+            return value
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as e:
+            raise ValueError(f"not a valid URL ({e}): {value!r}") from None
+        if parts.scheme.lower() not in schemes or not parts.hostname:
+            wanted = " or ".join(f"{s}://" for s in schemes)
+            raise ValueError(
+                f"must be a URL starting with {wanted} and naming a host, got {value!r}"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+HttpURL = Annotated[str, _url_checker(("http", "https"), allow_empty=False)]
+OptionalHttpURL = Annotated[str, _url_checker(("http", "https"), allow_empty=True)]
+WebSocketURL = Annotated[str, _url_checker(("ws", "wss"), allow_empty=False)]
 
 
 class _Section(BaseModel):
@@ -23,19 +92,21 @@ class _Section(BaseModel):
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(3080, ge=0, le=65535)
-    public_url: str = ""
+    public_url: OptionalHttpURL = ""
     max_frame_bytes: int = Field(1 << 20, ge=1024)
     idle_timeout: float = Field(90.0, gt=0)
     compression: bool = False
     max_connections: int = Field(10000, ge=1)
     title: str = "MomoBridge"
+    send_timeout: float = Field(10.0, gt=0)
+    max_send_queue: int = Field(8 << 20, ge=64 << 10)
 
 
 class AuthConfig(_Section):
     admin_code: str = ""
     user_code: str = ""
-    admin_qq: str = "10001"
-    bot_qq: str = "10000"
+    admin_qq: QQNumber = "10001"
+    bot_qq: QQNumber = "10000"
     login_timeout: float = Field(10.0, gt=0)
 
 
@@ -46,6 +117,15 @@ class StorageConfig(_Section):
 class LimitsConfig(_Section):
     streams_per_user: int = Field(4, ge=1)
     outbox_per_user: int = Field(1000, ge=1)
+    conversations_per_user: int = Field(50, ge=1)
+    frames_in_flight: int = Field(32, ge=1)
+
+
+class ShareConfig(_Section):
+    max_bytes: int = Field(16384, ge=1)
+    per_minute: int = Field(10, ge=1)
+    ttl_days: int = Field(30, ge=1)
+    max_total: int = Field(10000, ge=1)
 
 
 class LogConfig(_Section):
@@ -55,7 +135,7 @@ class LogConfig(_Section):
 
 class MomoHubConfig(_Section):
     enabled: bool = True
-    base_url: str = ""
+    base_url: OptionalHttpURL = ""
     email: str = ""
     password: str = ""
     access_token: str = ""
@@ -87,8 +167,8 @@ class SandboxConfig(_Section):
 
 
 class OpenAIProvider(_Section):
-    name: str
-    base_url: str
+    name: str = Field(min_length=1)
+    base_url: HttpURL
     api_key: str = ""
     models: list[str] = Field(default_factory=list)
     timeout: float = Field(60.0, gt=0)
@@ -110,11 +190,13 @@ class OpenAIConfig(_Section):
 
 
 class FrameworkLink(_Section):
-    url: str
+    url: WebSocketURL
     access_token: str = ""
-    self_id: str = ""
+    self_id: OptionalQQNumber = ""
     reconnect_interval: float = Field(1.0, gt=0)
     max_reconnect_interval: float = Field(60.0, gt=0)
+    # The longest wait between redials: a framework that comes back is relinked within it.
+    reconnect_max: float = Field(10.0, gt=0)
     heartbeat_interval: float = Field(30.0, gt=0)
     action_timeout: float = Field(30.0, gt=0)
     connect_timeout: float = Field(10.0, gt=0)
@@ -135,40 +217,207 @@ class Config(_Section):
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
     onebot: OneBotConfig = Field(default_factory=OneBotConfig)
+    share: ShareConfig = Field(default_factory=ShareConfig)
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> Config:
+        problems: list[Problem] = []
+        auth = self.auth
+        if auth.admin_qq == auth.bot_qq:
+            problems.append(
+                Problem(
+                    (("auth", "bot_qq"), ("auth", "admin_qq")),
+                    f"must differ from auth.admin_qq (both are {auth.bot_qq})",
+                )
+            )
+        for i, link in enumerate(self.onebot.frameworks):
+            if link.self_id and link.self_id == auth.admin_qq:
+                problems.append(
+                    Problem(
+                        (("onebot", "frameworks", i, "self_id"), ("auth", "admin_qq")),
+                        f"the bot account must differ from auth.admin_qq ({auth.admin_qq})",
+                    )
+                )
+        problems.extend(self._sandbox_problems())
+        if problems:
+            raise CrossFieldError(problems)
+        return self
+
+    def _sandbox_problems(self) -> list[Problem]:
+        sandbox, providers = self.sandbox, self.openai.providers
+        by_name = {p.name: p for p in providers}
+        names = ", ".join(repr(n) for n in by_name) or "none configured"
+        if sandbox.openai_provider and sandbox.openai_provider not in by_name:
+            return [
+                Problem(
+                    (("sandbox", "openai_provider"),),
+                    f"no [[openai.providers]] entry named {sandbox.openai_provider!r} "
+                    f"(known: {names})",
+                )
+            ]
+        if sandbox.responder != "openai":
+            return []
+        if not providers:
+            return [
+                Problem(
+                    (("sandbox", "responder"),),
+                    "'openai' needs at least one [[openai.providers]] entry",
+                )
+            ]
+        provider = by_name.get(sandbox.openai_provider) or providers[0]
+        if not sandbox.openai_model and not provider.models:
+            return [
+                Problem(
+                    (("sandbox", "openai_model"),),
+                    f"empty, and provider {provider.name!r} lists no models; name a model",
+                )
+            ]
+        return []
 
 
 class ConfigError(Exception):
     """A config problem, phrased so a person can fix the file: names the key and why."""
 
 
-def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> None:
-    """Apply MOMOBRIDGE_A__B__C=value; a numeric part indexes a list (providers, frameworks)."""
+class Problem(typing.NamedTuple):
+    """A cross-field rule broken: the keys involved (the first is reported) and why."""
+
+    keys: tuple[tuple[str | int, ...], ...]
+    message: str
+
+    def __str__(self) -> str:
+        return f"{_dotted(self.keys[0])}: {self.message}"
+
+
+class CrossFieldError(ValueError):
+    """Raised by ``Config``'s model validator; keeps each problem's keys for the error message."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(str(p) for p in problems))
+        self.problems = problems
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+_SECRET_PARTS = ("code", "password", "token", "key", "secret")
+
+
+def _shown(name: str, value: str) -> str:
+    """``NAME=value`` for an error message; secrets and long values are not echoed."""
+    key = name.rsplit("__", 1)[-1].lower()
+    if any(part in key for part in _SECRET_PARTS):
+        value = "***"
+    elif len(value) > 60:
+        value = value[:57] + "..."
+    return f"{name}={value}"
+
+
+def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> dict[tuple[str | int, ...], str]:
+    """Apply MOMOBRIDGE_A__B__C=value; a numeric part indexes a list (providers, frameworks).
+
+    Returns the key path each variable set, mapped to ``NAME=value`` for error messages.
+    """
+    applied: dict[tuple[str | int, ...], str] = {}
     for name, value in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        loc: list[str | int] = []
         node: Any = raw
         for part in path[:-1]:
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
                     raise ConfigError(f"{name}: no list entry {part} to override")
                 node = node[int(part)]
+                loc.append(int(part))
             elif isinstance(node, dict):
-                node = node.setdefault(part, {})
+                if part.isdigit() and part not in node:  # no section has numeric keys
+                    raise ConfigError(f"{name}: no list entry {part} to override")
+                loc.append(part)
+                if part not in node:  # a section only this variable mentions
+                    node[part] = {}
+                    applied.setdefault(tuple(loc), _shown(name, value))
+                node = node[part]
             else:
                 raise ConfigError(f"{name}: {part} is not a section")
         if isinstance(node, dict):
             node[path[-1]] = value
+            applied[(*loc, path[-1])] = _shown(name, value)
         else:
             raise ConfigError(f"{name}: cannot set {path[-1]} here")
+    return applied
 
 
-def _describe(err: ValidationError) -> str:
-    lines = []
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that holds the keys at ``loc`` (for "did you mean" suggestions)."""
+    annotation: Any = Config
+    for part in loc:
+        if isinstance(part, int):
+            if typing.get_origin(annotation) is not list:
+                return None
+            annotation = typing.get_args(annotation)[0]
+        else:
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                return None
+            field = annotation.model_fields.get(part)
+            if field is None:
+                return None
+            annotation = field.annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _unknown_key(loc: tuple[Any, ...]) -> str:
+    model = _model_at(loc[:-1])
+    key = str(loc[-1])
+    if model is not None:
+        known = list(model.model_fields)
+        close = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.6)
+        # A shortened key ("ttl" for "ttl_days") is too short for difflib's ratio.
+        close = close or [k for k in known if k.startswith(key.lower()) and len(key) >= 3][:1]
+        if close:
+            return f"unknown key, did you mean {close[0]!r}?"
+    return "unknown key"
+
+
+def _error_text(e: Any) -> str:
+    if e["type"] == "extra_forbidden":
+        return _unknown_key(tuple(e["loc"]))
+    msg = str(e["msg"])
+    return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+def _env_source(keys: tuple[tuple[Any, ...], ...], env: dict[tuple[Any, ...], str]) -> str | None:
+    """The variable that set one of ``keys`` (or created a section above it), if any did."""
+    for key in keys:
+        for n in range(len(key), 0, -1):
+            if key[:n] in env:
+                return env[key[:n]]
+    return None
+
+
+def _describe(err: ValidationError, file: str | None, env: dict[tuple[Any, ...], str]) -> str:
+    """One paragraph: every problem with its key, grouped by where the value came from."""
+    by_source: dict[str | None, list[str]] = {}
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"{key}: {e['msg']}")
-    return "; ".join(lines)
+        ctx = e.get("ctx") or {}
+        error = ctx.get("error")
+        if isinstance(error, CrossFieldError):
+            items = [(p.keys, str(p)) for p in error.problems]
+        else:
+            loc = tuple(e["loc"])
+            items = [((loc,), f"{_dotted(loc)}: {_error_text(e)}")]
+        for keys, text in items:
+            source = _env_source(keys, env) or file
+            by_source.setdefault(source, []).append(text)
+    parts = []
+    for source, texts in by_source.items():
+        joined = "; ".join(texts)
+        parts.append(f"{source}: {joined}" if source else joined)
+    return "; ".join(parts)
 
 
 def load_config(
@@ -177,7 +426,8 @@ def load_config(
     """Load config from ``path`` (TOML) plus env overrides.
 
     Returns the config and whether the file existed. A missing file means built-in defaults
-    unless ``must_exist``.
+    unless ``must_exist``. Every problem is a ``ConfigError`` naming the key (and the variable,
+    when an environment override caused it).
     """
     raw: dict[str, Any] = {}
     found = False
@@ -193,9 +443,9 @@ def load_config(
                 raise ConfigError(f"{p}: not UTF-8 text: {e}") from e
         elif must_exist:
             raise ConfigError(f"{p}: no such file")
-    _apply_env(raw, dict(os.environ if environ is None else environ))
+    env = _apply_env(raw, dict(os.environ if environ is None else environ))
     try:
         return Config.model_validate(raw), found
     except ValidationError as e:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{_describe(e)}") from e
+        file = str(path) if path is not None and found else None
+        raise ConfigError(_describe(e, file, env)) from e
