@@ -15,6 +15,7 @@ from adapters.momohub.client import MomoHubClient
 from adapters.momohub.sandbox import SandboxServer
 from adapters.momohub.target import CharacterTarget
 from bridge.config import Config, MomoHubConfig, OpenAIProvider, SandboxConfig
+from bridge.engine import Engine
 from bridge.outbox import Outbox
 from bridge.router import Router
 from bridge.sessions import Sessions
@@ -109,7 +110,12 @@ class App:
             log.info("momohub.embedded_sandbox", url=base_url)
         self.momohub = MomoHubClient(cfg)
         await self.momohub.start()
-        target = CharacterTarget(cfg, self.momohub, self.storage)
+        target = CharacterTarget(
+            cfg,
+            self.momohub,
+            self.storage,
+            max_chats_per_user=self.config.limits.conversations_per_user,
+        )
         await target.start()
         self._closers.append(target.close)
         self.router.add_contact_target(target)
@@ -144,7 +150,7 @@ class App:
         try:
             admin_code = await asyncio.to_thread(_load_or_create_admin_code, cfg)
             self.outbox = Outbox(self.storage.outbox, cfg.limits.outbox_per_user)
-            self.sessions = Sessions(self.storage, self.router, self.outbox)
+            self.sessions = Sessions(self.storage, self.router, self.outbox, Engine())
             if cfg.momohub.enabled:
                 await self._start_momohub(admin_code)
             await self._start_openai()

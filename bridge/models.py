@@ -44,11 +44,19 @@ class UserRef:
 
 @dataclass(frozen=True, slots=True)
 class ConversationKey:
-    """(user, contact, thread): one conversation of one user with one contact."""
+    """One conversation, whatever edge it came from.
+
+    ``user_id`` is who owns it (a hub user today; a QQ account with a group or a user, or a
+    scheduled job later), ``contact`` the character, model or bot it talks to, ``thread`` which of
+    that pair's conversations.
+    """
 
     user_id: str
     contact: str
     thread: str = "default"
+
+    def __str__(self) -> str:
+        return f"{self.user_id}/{self.contact}/{self.thread}"
 
 
 @dataclass(slots=True)
@@ -58,6 +66,24 @@ class ChatMessage:
     segments: list[Segment]
     message_id: int
     time: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecallRequest:
+    """Remove one stored message from a target, by the ids the target's system gave it.
+
+    ``refs`` are the ids recorded for the message. ``unresolved`` means the message's turn was
+    stopped before those ids could be learned: the target may find them from what it knows of
+    the conversation, but never by matching text.
+    """
+
+    user: UserRef
+    conversation: ConversationKey
+    message_id: int
+    segments: list[Segment]
+    outgoing: bool
+    refs: list[str] = field(default_factory=list)
+    unresolved: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +145,8 @@ class Done:
     request_ref: str | None = None
     reply_ref: str | None = None
     sender_name: str = ""
+    # The whole reply, when it is known at once (recovered after a crash) rather than streamed.
+    text: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,24 +1,29 @@
-"""Pushes to users: fan out to every live connection, or keep them until the next login.
+"""Pushes to users with confirmed delivery.
 
-A push is neutral (a message or a recall to one user); each edge renders it in its own format.
-Per-user locking makes the order explicit: a login first drains the stored pushes and only then
-joins the live set, and a push that races with it waits, so nothing is reordered or sent twice.
+Every push is stored first and gets a per-user increasing ``seq``; it is offered to each live
+connection of the user and leaves the store only when a peer confirms it (an explicit ack, or a
+WebSocket pong that came back after the push was written). Whatever is unconfirmed when a
+connection dies is offered again, in order and with the same seq, at the next login: delivery is
+at least once, and clients drop duplicates by message id.
+
+A per-user lock makes the order explicit: a login first replays the stored pushes and only then
+joins the live set, and a push that races with it waits, so nothing is reordered or skipped.
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
 import structlog
 
+from bridge.locks import KeyedLocks
 from storage.outbox import OutboxRepo
 
 log = structlog.get_logger(__name__)
+
+# A push waits this long for its user's lock (a login replaying a long backlog holds it).
+LOCK_TIMEOUT = 30.0
 
 
 @dataclass(slots=True)
@@ -32,20 +37,29 @@ class Push:
     sender_name: str = ""
     stream_request_id: str | int | float | None = None
     push_id: str = ""
+    seq: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("seq")  # the store's own key is the seq
+        return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Push:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+    def from_json(cls, d: dict[str, Any], seq: int = 0) -> Push:
+        p = cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "seq"})
+        p.seq = seq
+        return p
 
 
 class Sink(Protocol):
     """One live connection of a user."""
 
-    async def deliver(self, push: Push) -> bool:
-        """Send the push; False when the connection is gone (the push must not be lost)."""
+    def offer(self, push: Push) -> bool:
+        """Queue the push for sending without waiting; False when the connection is gone."""
+        ...
+
+    def note(self, seq: int) -> None:
+        """The connection already knows this push (it caused it): confirm it with the rest."""
         ...
 
 
@@ -53,13 +67,11 @@ class Outbox:
     def __init__(self, repo: OutboxRepo, limit_per_user: int) -> None:
         self._repo = repo
         self._limit = limit_per_user
-        self._sinks: dict[str, set[Sink]] = defaultdict(set)
-        self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        # Seeded from the clock so push ids stay unique across restarts (stored pushes keep theirs).
-        self._ids = itertools.count(int(time.time() * 1000))
+        self._sinks: dict[str, set[Sink]] = {}
+        self._locks = KeyedLocks()
 
     def next_push_id(self) -> str:
-        return f"s-{next(self._ids)}"
+        return f"s-{self._repo.next_id()}"
 
     def online(self, user_id: str) -> bool:
         return bool(self._sinks.get(user_id))
@@ -67,47 +79,50 @@ class Outbox:
     def connections(self, user_id: str) -> int:
         return len(self._sinks.get(user_id, ()))
 
+    @property
+    def tracked_users(self) -> int:
+        return len(self._sinks) + len(self._locks)
+
     async def attach(self, user_id: str, sink: Sink) -> int:
-        """Deliver stored pushes in order, then join the live set. Returns how many were sent."""
-        async with self._locks[user_id]:
-            sent = 0
+        """Offer the unconfirmed pushes in order, then join the live set. Returns how many."""
+        async with self._locks.hold(user_id, LOCK_TIMEOUT):
             pending = await self._repo.pending(user_id)
-            last_seq = 0
             for seq, data in pending:
-                if not await sink.deliver(Push.from_json(data)):
-                    break
-                last_seq = seq
-                sent += 1
-            if last_seq:
-                await self._repo.ack(user_id, last_seq)
-            if sent == len(pending):
-                self._sinks[user_id].add(sink)
-            return sent
+                if not sink.offer(Push.from_json(data, seq)):
+                    return 0
+            self._sinks.setdefault(user_id, set()).add(sink)
+            return len(pending)
 
     def detach(self, user_id: str, sink: Sink) -> None:
         sinks = self._sinks.get(user_id)
         if sinks is not None:
             sinks.discard(sink)
             if not sinks:
-                # The user's lock stays: a push may already be waiting on it, and a second lock
-                # for the same user would let that push slip past the next login's drain.
                 del self._sinks[user_id]
 
     async def push(self, user_id: str, push: Push, *, exclude: Sink | None = None) -> int:
-        """Deliver to every live connection (but ``exclude``); store it if none took it.
+        """Store the push, then offer it to every live connection of the user.
 
-        Returns the number of connections that received it (0 means it went to the outbox).
+        ``exclude`` (the connection that caused it) is not sent the push but confirms it like
+        one it received. Returns how many connections it was offered to.
         """
         if not push.push_id:
             push.push_id = self.next_push_id()
-        async with self._locks[user_id]:
-            targets = [s for s in self._sinks.get(user_id, ()) if s is not exclude]
-            delivered = 0
-            if targets:
-                results = await asyncio.gather(*(s.deliver(push) for s in targets))
-                delivered = sum(1 for r in results if r)
-            if delivered == 0 and not (exclude is not None and self.online(user_id)):
-                dropped = await self._repo.push(user_id, push.to_json(), self._limit)
-                if dropped:
-                    log.warning("outbox.dropped_oldest", user=user_id, dropped=dropped)
-            return delivered
+        async with self._locks.hold(user_id, LOCK_TIMEOUT):
+            push.seq, dropped = await self._repo.push(user_id, push.to_json(), self._limit)
+            if dropped:
+                log.warning("outbox.dropped_oldest", user=user_id, dropped=dropped)
+            offered = 0
+            for sink in list(self._sinks.get(user_id, ())):
+                if sink is exclude:
+                    sink.note(push.seq)
+                elif sink.offer(push):
+                    offered += 1
+            return offered
+
+    async def confirm(self, user_id: str, seq: int) -> None:
+        """A peer of this user has everything up to ``seq``."""
+        await self._repo.ack(user_id, seq)
+
+    async def pending_count(self, user_id: str) -> int:
+        return await self._repo.count(user_id)

@@ -15,8 +15,8 @@ from bridge.models import (
     CompletionRequest,
     Contact,
     ModelGroup,
+    RecallRequest,
     ReplyEvent,
-    Segment,
     UserRef,
 )
 
@@ -45,9 +45,7 @@ class ContactTarget(Protocol):
         A forwarded bundle arrives as one message whose only segment is `nodes`."""
         ...
 
-    async def recall(
-        self, user: UserRef, contact: str, message_id: int, segments: list[Segment], outgoing: bool
-    ) -> None:
+    async def recall(self, request: RecallRequest) -> None:
         """Remove a stored message (the user's, or a reply when ``outgoing``) from the target."""
         ...
 

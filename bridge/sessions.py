@@ -1,8 +1,10 @@
-"""Conversations: a user's message is stored, handed to its target, and the reply is run to the end.
+"""Conversations: a user's message is stored, handed to its target as a turn, and the reply is
+run to the end.
 
-A reply to a chat message belongs to the conversation, not to the connection that asked: it keeps
-running when that connection closes, is stored, and reaches the user as a push (live or outbox).
-The requesting connection may watch the stream while it lasts (a listener).
+Turns go through the conversation engine, so one conversation's messages reach its target one
+at a time in order. A reply belongs to the conversation, not to the connection that asked: it
+keeps running when that connection closes, is stored, and reaches the user as a push. The
+requesting connection may watch the stream while it lasts (a listener).
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
+from bridge.engine import Engine, Turn
 from bridge.errors import BridgeError, ErrorCode
 from bridge.models import (
     ChatMessage,
@@ -21,32 +25,37 @@ from bridge.models import (
     Delta,
     Done,
     Failed,
+    RecallRequest,
     ReplyEvent,
     Segment,
     UserRef,
 )
-from bridge.outbox import Outbox, Push
-from bridge.router import Router
-from bridge.tasks import TaskSet
+from bridge.outbox import Outbox, Push, Sink
+from bridge.router import ContactTarget, Router
 from storage import Storage
 
 log = structlog.get_logger(__name__)
 
 Listener = Callable[[ReplyEvent], Awaitable[None]]
 
+# How long an edge waits for a turn that answers without streaming (a bot framework hand-off).
+HANDOFF_TIMEOUT = 30.0
+# How long a finished reply waits for its request to be stored (they are written concurrently).
+STORE_TIMEOUT = 30.0
+
 
 @dataclass(slots=True)
 class _Reply:
     user: UserRef
-    contact: str
-    message_id: int
-    task: asyncio.Task[None] | None = None
+    key: ConversationKey
+    message_id: int = 0
     listener: Listener | None = None
     stream_request_id: str | int | float | None = None
-    cancelled_by_recall: bool = False
     text: list[str] = field(default_factory=list)
     # Set once the user's message is stored (the reply may start before that; see send()).
     stored: asyncio.Event = field(default_factory=asyncio.Event)
+    # A failure before the message was stored withdraws it: nothing half-stored.
+    withdrawn: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,13 +64,26 @@ class Accepted:
     streaming: bool
 
 
+def _rid(value: str | int | float | None) -> str | None:
+    return None if value is None else str(value)
+
+
 class Sessions:
-    def __init__(self, storage: Storage, router: Router, outbox: Outbox) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        router: Router,
+        outbox: Outbox,
+        engine: Engine | None = None,
+    ) -> None:
         self._storage = storage
         self._router = router
         self._outbox = outbox
-        self._tasks = TaskSet("sessions")
-        self._replies: dict[int, _Reply] = {}
+        self.engine = engine or Engine()
+        # Replies a connection watches, so it can stop watching when it closes.
+        self._watched: dict[int, _Reply] = {}
+
+    # ----- sending ---------------------------------------------------------------------------
 
     async def send(
         self,
@@ -78,34 +100,71 @@ class Sessions:
         await target.check_available(contact)
         key = ConversationKey(user.id, contact, thread)
         content = [s.to_json() for s in segments]
-        if getattr(target, "replies_need_message_id", True):
-            row = await self._storage.messages.add(user.id, contact, "in", content)
-            msg = ChatMessage(key, user, segments, message_id=row.id, time=row.time)
-            stream = await target.deliver(msg)
-            if stream is None:
-                return Accepted(row.id, streaming=False)
-            self._start_reply(user, contact, row.id, stream, listener, stream_request_id)
-            return Accepted(row.id, streaming=True)
-        # The target's reply does not depend on our message id: start it first and store the
-        # message meanwhile, so the upstream request is not kept waiting on the database.
         msg = ChatMessage(key, user, segments, message_id=0, time=time.time())
-        stream = await target.deliver(msg)
-        if stream is None:
-            row = await self._storage.messages.add(user.id, contact, "in", content)
-            return Accepted(row.id, streaming=False)
-        reply = self._start_reply(user, contact, 0, stream, listener, stream_request_id)
+        if not getattr(target, "replies_stream", True):
+            return await self._hand_off(target, msg, content)
+        reply = _Reply(user, key, listener=listener, stream_request_id=stream_request_id)
+
+        async def job(turn: Turn) -> None:
+            await self._run(turn, reply, target, msg)
+
+        store = self._storage.messages.add
+        store_args: dict[str, Any] = {
+            "thread": thread,
+            "inflight": True,
+            "stream_request_id": _rid(stream_request_id),
+        }
+        if getattr(target, "replies_need_message_id", True):
+            row = await store(user.id, contact, "in", content, **store_args)
+            msg.message_id = reply.message_id = row.id
+            reply.stored.set()
+            self._watch(reply)
+            self.engine.submit(key, job, message_id=row.id)
+            return Accepted(row.id, streaming=True)
+        # The target's reply does not depend on our message id: queue it first and store the
+        # message meanwhile, so an idle conversation's upstream request is not kept waiting.
+        turn = self.engine.submit(key, job)
         try:
-            row = await self._storage.messages.add(user.id, contact, "in", content)
+            row = await store(user.id, contact, "in", content, **store_args)
         except BaseException:
-            assert reply.task is not None
-            reply.task.cancel()
+            reply.withdrawn = True
+            reply.stored.set()
+            await self.engine.stop(turn, "the message could not be stored")
             raise
-        reply.message_id = row.id
-        assert reply.task is not None
-        if not reply.task.done():  # a reply that already failed must not linger in the table
-            self._replies[row.id] = reply
+        turn.message_id = msg.message_id = reply.message_id = row.id
+        self._watch(reply)
         reply.stored.set()
+        if turn.finished.is_set():  # it failed before the message was stored: nothing in flight
+            await self._storage.inflight.remove(row.id)
         return Accepted(row.id, streaming=True)
+
+    async def _hand_off(
+        self, target: ContactTarget, msg: ChatMessage, content: list[dict[str, Any]]
+    ) -> Accepted:
+        """A target that answers later on its own: the turn is the hand-off itself."""
+        key = msg.conversation
+        row = await self._storage.messages.add(key.user_id, key.contact, "in", content)
+        msg.message_id = row.id
+
+        async def job(turn: Turn) -> None:
+            await target.deliver(msg)
+
+        turn = self.engine.submit(key, job, message_id=row.id)
+        try:
+            await turn.wait(HANDOFF_TIMEOUT)
+        except TimeoutError:
+            await self.engine.stop(turn, "the hand-off timed out")
+            await self._storage.messages.mark_deleted(row.id)
+            raise BridgeError(ErrorCode.UPSTREAM_TIMEOUT, "the hand-off timed out") from None
+        if turn.state == "dropped" or turn.task is None or turn.task.cancelled():
+            await self._storage.messages.mark_deleted(row.id)
+            raise BridgeError(ErrorCode.CANCELLED, turn.stop_reason or "the send was cancelled")
+        if turn.error is not None:
+            await self._storage.messages.mark_deleted(row.id)
+            if isinstance(turn.error, BridgeError):
+                raise turn.error
+            raise BridgeError(ErrorCode.INTERNAL, f"internal error: {type(turn.error).__name__}")
+        return Accepted(row.id, streaming=False)
 
     async def forward(
         self,
@@ -121,7 +180,7 @@ class Sessions:
         for message_id, segments in items:
             if not segments and message_id is not None:
                 row = await self._storage.messages.get(message_id)
-                if row is None or row.user_id != user.id:
+                if row is None or row.user_id != user.id or row.deleted:
                     raise BridgeError(ErrorCode.NOT_FOUND, f"no message {message_id} to forward")
                 segments = [Segment(s["type"], s.get("data", {})) for s in row.content]
             nodes.append({"message_id": message_id, "message": [s.to_json() for s in segments]})
@@ -133,28 +192,17 @@ class Sessions:
             stream_request_id=stream_request_id,
         )
 
-    def _start_reply(
-        self,
-        user: UserRef,
-        contact: str,
-        message_id: int,
-        stream: AsyncIterator[ReplyEvent],
-        listener: Listener | None,
-        stream_request_id: str | int | float | None,
-    ) -> _Reply:
-        reply = _Reply(
-            user, contact, message_id, listener=listener, stream_request_id=stream_request_id
-        )
-        if message_id:
-            self._replies[message_id] = reply
-            reply.stored.set()
-        reply.task = self._tasks.spawn(self._run(reply, stream), name=f"reply-{message_id}")
-        return reply
+    # ----- listeners -------------------------------------------------------------------------
+
+    def _watch(self, reply: _Reply) -> None:
+        if reply.listener is not None:
+            self._watched[reply.message_id] = reply
 
     def detach_listener(self, listener: Listener) -> None:
-        for r in self._replies.values():
+        for message_id, r in list(self._watched.items()):
             if r.listener is listener:
                 r.listener = None
+                del self._watched[message_id]
 
     async def _notify(self, reply: _Reply, event: ReplyEvent) -> None:
         if reply.listener is None:
@@ -166,10 +214,21 @@ class Sessions:
             log.warning("reply.listener_failed", message_id=reply.message_id, exc_info=True)
             reply.listener = None
 
-    async def _run(self, reply: _Reply, stream: AsyncIterator[ReplyEvent]) -> None:
-        structlog.contextvars.bind_contextvars(user=reply.user.id, conversation=reply.contact)
+    # ----- the reply -------------------------------------------------------------------------
+
+    async def _run(
+        self, turn: Turn, reply: _Reply, target: ContactTarget, msg: ChatMessage
+    ) -> None:
+        structlog.contextvars.bind_contextvars(
+            user=reply.user.id, conversation=str(reply.key), message_id=reply.message_id
+        )
         outcome: ReplyEvent | None = None
+        stream: AsyncIterator[ReplyEvent] | None = None
+        forget = True  # the in-flight record goes, unless a restart must pick this reply up
         try:
+            stream = await target.deliver(msg)
+            if stream is None:
+                raise BridgeError(ErrorCode.INTERNAL, "the target returned no reply stream")
             async for event in stream:
                 if isinstance(event, Delta) and event.text:
                     reply.text.append(event.text)
@@ -182,15 +241,15 @@ class Sessions:
                     ErrorCode.UPSTREAM_ERROR, "the reply stream ended without a result"
                 )
             if isinstance(outcome, Done):
+                forget = False  # _finish clears it once the reply is safely in the outbox
                 await self._finish(reply, outcome)
             else:
                 await self._notify(reply, outcome)
         except asyncio.CancelledError:
-            why = (
-                "the message was recalled"
-                if reply.cancelled_by_recall
-                else "the bridge is shutting down"
-            )
+            # A recall says why; otherwise it is shutdown, and the next start reports the reply
+            # as interrupted.
+            forget = bool(turn.stop_reason)
+            why = turn.stop_reason or "the bridge is shutting down"
             await self._notify(reply, Failed(ErrorCode.CANCELLED, why))
             raise
         except BridgeError as e:
@@ -199,18 +258,25 @@ class Sessions:
             log.exception("reply.crashed", message_id=reply.message_id)
             await self._notify(reply, Failed(ErrorCode.INTERNAL, f"internal error: {e}"))
         finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            self._replies.pop(reply.message_id, None)
+            if stream is not None:
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            self._watched.pop(reply.message_id, None)
+            reply.listener = None
+            if forget and reply.message_id:
+                await asyncio.shield(self._storage.inflight.remove(reply.message_id))
 
     async def _finish(self, reply: _Reply, done: Done) -> None:
-        async with asyncio.timeout(30):  # the reply is stored after (and linked to) the request
+        async with asyncio.timeout(STORE_TIMEOUT):
             await reply.stored.wait()
+        if reply.withdrawn:
+            return
         text = "".join(reply.text)
         segs = [Segment.text(text).to_json()] if text else []
+        key = reply.key
         row = await self._storage.messages.add(
-            reply.user.id, reply.contact, "out", segs, reply_to=reply.message_id
+            key.user_id, key.contact, "out", segs, reply_to=reply.message_id, thread=key.thread
         )
         if done.ref_system:
             if done.request_ref:
@@ -221,55 +287,76 @@ class Sessions:
                 await self._storage.messages.link(row.id, done.ref_system, done.reply_ref)
         await self._notify(reply, done)
         await self._outbox.push(
-            reply.user.id,
+            key.user_id,
             Push(
                 kind="message",
-                contact=reply.contact,
+                contact=key.contact,
                 message_id=row.id,
                 segments=segs,
                 time=int(row.time),
-                sender_id=reply.contact,
-                sender_name=done.sender_name or reply.contact,
+                sender_id=key.contact,
+                sender_name=done.sender_name or key.contact,
                 stream_request_id=reply.stream_request_id,
             ),
         )
+        await self._storage.inflight.remove(reply.message_id)
 
-    async def recall(self, user: UserRef, message_id: int, *, exclude_sink: object = None) -> str:
+    # ----- recall ----------------------------------------------------------------------------
+
+    async def recall(
+        self, user: UserRef, message_id: int, *, exclude_sink: Sink | None = None
+    ) -> str:
         """Recall a message everywhere; recalling a user's message also recalls its replies and
-        stops a reply still being generated. Returns the contact it belonged to."""
+        stops a reply still queued or being generated. Returns the contact it belonged to."""
         row = await self._storage.messages.get(message_id)
         if row is None or row.user_id != user.id or row.deleted:
             raise BridgeError(ErrorCode.NOT_FOUND, f"no message {message_id} to recall")
-        running = self._replies.get(message_id)
-        if running is not None and running.task is not None:
-            running.cancelled_by_recall = True
-            running.task.cancel()
-            # Let it finish unwinding so the upstream request is closed before we delete there.
-            await asyncio.wait([running.task], timeout=10)
+        # Claimed atomically: a recall of the same message from another tab gets NOT_FOUND.
+        if not await self._storage.messages.mark_deleted(row.id):
+            raise BridgeError(ErrorCode.NOT_FOUND, f"message {message_id} was already recalled")
+        key = ConversationKey(row.user_id, row.contact, row.thread)
+        unresolved = False
+        if row.direction == "in":
+            outcome = await self.engine.recall(key, row.id)
+            # A turn stopped while running never learned its upstream ids.
+            unresolved = outcome == "cancelled"
+            if outcome != "finished":
+                await self._storage.inflight.remove(row.id)
+            watched = self._watched.pop(row.id, None)
+            if outcome == "dropped" and watched is not None:
+                # It never started, so nothing else will end its stream.
+                await self._notify(watched, Failed(ErrorCode.CANCELLED, "the message was recalled"))
         rows = [row]
         if row.direction == "in":
-            rows += [
-                r for r in await self._storage.messages.replies_to(message_id) if not r.deleted
-            ]
+            for r in await self._storage.messages.replies_to(row.id):
+                if await self._storage.messages.mark_deleted(r.id):
+                    rows.append(r)
         try:
-            target = self._router.contact_target(row.contact)
+            target: ContactTarget | None = self._router.contact_target(row.contact)
         except BridgeError:
             target = None
         for r in rows:
-            await self._storage.messages.mark_deleted(r.id)
             if target is not None:
-                segs = [Segment(s["type"], s.get("data", {})) for s in r.content]
+                request = RecallRequest(
+                    user=user,
+                    conversation=key,
+                    message_id=r.id,
+                    segments=[Segment(s["type"], s.get("data", {})) for s in r.content],
+                    outgoing=r.direction == "out",
+                    refs=await self._storage.messages.refs(r.id),
+                    unresolved=unresolved and r.id == row.id,
+                )
                 try:
-                    await target.recall(user, r.contact, r.id, segs, r.direction == "out")
+                    await target.recall(request)
                 except BridgeError as e:
                     log.warning("recall.upstream_failed", message_id=r.id, reason=e.reason)
             await self._outbox.push(
                 user.id,
                 Push(kind="recall", contact=r.contact, message_id=r.id),
                 # The connection that asked knows about its own message; replies it may not.
-                exclude=exclude_sink if r.id == message_id else None,  # type: ignore[arg-type]
+                exclude=exclude_sink if r.id == message_id else None,
             )
         return row.contact
 
     async def close(self) -> None:
-        await self._tasks.cancel_all()
+        await self.engine.close()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from storage.conversations import ConversationRepo
 from storage.db import Database
+from storage.inflight import InflightRepo
 from storage.messages import MessageRepo
 from storage.outbox import OutboxRepo
 from storage.shares import ShareRepo
@@ -20,6 +21,7 @@ class Storage:
     outbox: OutboxRepo
     shares: ShareRepo
     conversations: ConversationRepo
+    inflight: InflightRepo
 
     @classmethod
     async def open(cls, path: str) -> Storage:
@@ -31,6 +33,7 @@ class Storage:
             outbox=OutboxRepo(db),
             shares=ShareRepo(db),
             conversations=ConversationRepo(db),
+            inflight=InflightRepo(db),
         )
 
     async def close(self) -> None:

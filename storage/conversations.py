@@ -33,3 +33,10 @@ class ConversationRepo:
             (user_id, contact, thread),
         )
         await self._db.conn.commit()
+
+    async def count(self, user_id: str) -> int:
+        async with self._db.conn.execute(
+            "SELECT COUNT(*) FROM conversations WHERE user_id = ?", (user_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0

@@ -22,6 +22,7 @@ class MessageRow:
     time: float
     reply_to: int | None
     deleted: bool
+    thread: str = "default"
 
 
 def _row(r: Any) -> MessageRow:
@@ -34,10 +35,11 @@ def _row(r: Any) -> MessageRow:
         time=float(r[5]),
         reply_to=r[6],
         deleted=bool(r[7]),
+        thread=str(r[8]),
     )
 
 
-_COLS = "id, user_id, contact, direction, content, time, reply_to, deleted"
+_COLS = "id, user_id, contact, direction, content, time, reply_to, deleted, thread"
 
 
 class MessageRepo:
@@ -53,20 +55,42 @@ class MessageRepo:
         *,
         at: float | None = None,
         reply_to: int | None = None,
+        thread: str = "default",
+        inflight: bool = False,
+        stream_request_id: str | None = None,
     ) -> MessageRow:
+        """Store a message. ``inflight`` also records, in the same commit, that a reply to it is
+        on its way (so a crash before it lands is noticed at the next start)."""
         when = time.time() if at is None else at
         cur = await self._db.conn.execute(
-            "INSERT INTO messages (user_id, contact, direction, content, time, reply_to) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (user_id, contact, direction, json.dumps(content, ensure_ascii=False), when, reply_to),
+            "INSERT INTO messages (user_id, contact, direction, content, time, reply_to, thread) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                user_id,
+                contact,
+                direction,
+                json.dumps(content, ensure_ascii=False),
+                when,
+                reply_to,
+                thread,
+            ),
         )
         new_id = int(cur.lastrowid or 0)
         if not 0 < new_id <= INT32_MAX:
             # AUTOINCREMENT never reuses ids; running past int32 would break every OneBot peer.
             await self._db.conn.rollback()
             raise RuntimeError("message id space exhausted (int32)")
+        if inflight:
+            await self._db.conn.execute(
+                "INSERT OR REPLACE INTO inflight "
+                "(message_id, user_id, contact, thread, stream_request_id, started) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (new_id, user_id, contact, thread, stream_request_id, when),
+            )
         await self._db.conn.commit()
-        return MessageRow(new_id, user_id, contact, direction, content, when, reply_to, False)
+        return MessageRow(
+            new_id, user_id, contact, direction, content, when, reply_to, False, thread
+        )
 
     async def get(self, message_id: int) -> MessageRow | None:
         async with self._db.conn.execute(
@@ -104,6 +128,14 @@ class MessageRepo:
             rows = await cur.fetchall()
         return [str(r[0]) for r in rows]
 
+    async def refs(self, message_id: int) -> list[str]:
+        """The ids of this message in other systems (whichever system its target is)."""
+        async with self._db.conn.execute(
+            "SELECT external_id FROM message_refs WHERE message_id = ?", (message_id,)
+        ) as cur:
+            rows = await cur.fetchall()
+        return [str(r[0]) for r in rows]
+
     async def by_external(self, system: str, external_id: str) -> MessageRow | None:
         async with self._db.conn.execute(
             f"SELECT {', '.join('m.' + c.strip() for c in _COLS.split(','))} FROM messages m "
@@ -112,3 +144,16 @@ class MessageRepo:
         ) as cur:
             r = await cur.fetchone()
         return _row(r) if r is not None else None
+
+    async def conversation_refs(
+        self, user_id: str, contact: str, thread: str, system: str
+    ) -> set[str]:
+        """Every id the other system gave to any message of this conversation (deleted ones too):
+        what a turn whose own ids were never learned can be told apart from."""
+        async with self._db.conn.execute(
+            "SELECT r.external_id FROM message_refs r JOIN messages m ON m.id = r.message_id "
+            "WHERE m.user_id = ? AND m.contact = ? AND m.thread = ? AND r.system = ?",
+            (user_id, contact, thread, system),
+        ) as cur:
+            rows = await cur.fetchall()
+        return {str(r[0]) for r in rows}

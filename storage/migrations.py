@@ -55,4 +55,16 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (user_id, contact, thread)
     );
     """,
+    # 2: the conversation thread of each message; replies still running (recovered after a crash).
+    """
+    ALTER TABLE messages ADD COLUMN thread TEXT NOT NULL DEFAULT 'default';
+    CREATE TABLE inflight (
+        message_id INTEGER PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        contact TEXT NOT NULL,
+        thread TEXT NOT NULL,
+        stream_request_id TEXT,
+        started REAL NOT NULL
+    );
+    """,
 ]

@@ -12,20 +12,33 @@ from storage.db import Database
 class OutboxRepo:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._last_id = 0
 
-    async def push(self, user_id: str, frame: dict[str, Any], limit: int) -> int:
-        """Append a frame; trim the oldest beyond ``limit``. Returns how many were dropped."""
-        await self._db.conn.execute(
+    def next_id(self) -> int:
+        # Seeded from the clock so ids stay unique across restarts (stored pushes keep theirs).
+        self._last_id = max(self._last_id + 1, int(time.time() * 1000))
+        return self._last_id
+
+    async def push(self, user_id: str, frame: dict[str, Any], limit: int) -> tuple[int, int]:
+        """Append a frame; trim the oldest beyond ``limit``.
+
+        Returns the frame's seq (increasing for each user, never reused) and how many were
+        dropped to make room.
+        """
+        cur = await self._db.conn.execute(
             "INSERT INTO outbox (user_id, frame, created) VALUES (?, ?, ?)",
             (user_id, json.dumps(frame, ensure_ascii=False), time.time()),
         )
+        seq = int(cur.lastrowid or 0)
+        # The (user_id, seq) index makes this a seek to the limit-th newest row, not a scan.
         cur = await self._db.conn.execute(
-            "DELETE FROM outbox WHERE user_id = ? AND seq NOT IN "
-            "(SELECT seq FROM outbox WHERE user_id = ? ORDER BY seq DESC LIMIT ?)",
+            "DELETE FROM outbox WHERE user_id = ? AND seq <= "
+            "(SELECT seq FROM outbox WHERE user_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
             (user_id, user_id, limit),
         )
+        dropped = max(cur.rowcount, 0)
         await self._db.conn.commit()
-        return max(cur.rowcount, 0)
+        return seq, dropped
 
     async def pending(self, user_id: str) -> list[tuple[int, dict[str, Any]]]:
         async with self._db.conn.execute(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from storage.db import Database
@@ -23,8 +25,21 @@ class UserRow:
 
 
 class UserRepo:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, reserved: Iterable[int | str] = ()) -> None:
         self._db = db
+        self._reserved: set[int] = set()
+        # One allocation at a time: two first messages from one user (two tabs) must agree.
+        self._allocating = asyncio.Lock()
+        self.reserve(*reserved)
+
+    def reserve(self, *numbers: int | str) -> None:
+        """Numbers that stand for the bridge's own identities (``auth.admin_qq``, ``auth.bot_qq``,
+        each framework link's ``self_id``): never any hub user's number, whatever their id."""
+        self._reserved.update(int(n) for n in numbers)
+
+    @property
+    def reserved(self) -> frozenset[int]:
+        return frozenset(self._reserved)
 
     async def touch(self, user_id: str, is_admin: bool) -> None:
         now = time.time()
@@ -45,43 +60,68 @@ class UserRepo:
         return UserRow(row[0], bool(row[1]), row[2], row[3])
 
     async def number_for(self, user_id: str) -> int:
-        """A stable positive int32 for a user: canonical numeric ids as they are (when free),
-        others mapped. Every number handed out is recorded, so no two users ever share one."""
+        """A stable positive int32 for a user: canonical numeric ids as they are (when free and
+        not reserved), others mapped. Every number handed out is recorded, so no two users ever
+        share one, and concurrent first calls for one user all get the same number."""
+        number = await self._recorded(user_id)
+        if number is not None and number not in self._reserved:
+            return number
+        async with self._allocating:
+            number = await self._recorded(user_id)  # a concurrent call may have just made it
+            if number is not None:
+                if number not in self._reserved:
+                    return number
+                # Given out before it was reserved (an older bridge, or auth.admin_qq changed):
+                # it stands for the bridge now, so this user moves to a number of their own.
+                await self._db.conn.execute(
+                    "DELETE FROM user_numbers WHERE user_id = ?", (user_id,)
+                )
+            return await self._allocate(user_id)
+
+    async def _recorded(self, user_id: str) -> int | None:
         async with self._db.conn.execute(
             "SELECT number FROM user_numbers WHERE user_id = ?", (user_id,)
         ) as cur:
             row = await cur.fetchone()
-        if row is not None:
-            return int(row[0])
+        return int(row[0]) if row is not None else None
+
+    async def _allocate(self, user_id: str) -> int:
         # Only the canonical spelling keeps its value: "0123" must not become user "123".
         if user_id.isdigit() and str(int(user_id)) == user_id and 0 < int(user_id) <= INT32_MAX:
-            if not await self._taken(int(user_id)):
-                await self._record(int(user_id), user_id)
-                return int(user_id)
+            own = int(user_id)
+            if own not in self._reserved:
+                number = await self._claim(own, user_id)
+                if number is not None:
+                    return number
         # Start from a hash so the same id tends to get the same number on a fresh database,
         # then probe linearly past numbers already given out.
         span = INT32_MAX - MAPPED_FLOOR
         candidate = MAPPED_FLOOR + zlib.crc32(user_id.encode()) % span
-        while await self._taken(candidate) or await self._reserved_numeric(candidate):
+        while True:
+            if candidate not in self._reserved and not await self._claimed_by_numeric_id(candidate):
+                number = await self._claim(candidate, user_id)
+                if number is not None:
+                    return number
             candidate = MAPPED_FLOOR + (candidate - MAPPED_FLOOR + 1) % span
-        await self._record(candidate, user_id)
-        return candidate
 
-    async def _taken(self, number: int) -> bool:
-        async with self._db.conn.execute(
-            "SELECT 1 FROM user_numbers WHERE number = ?", (number,)
-        ) as cur:
-            return await cur.fetchone() is not None
+    async def _claim(self, number: int, user_id: str) -> int | None:
+        """Record ``number`` for the user unless it is taken; the user's number if it now has
+        one (this or, when another connection won a race, that one), else None."""
+        cur = await self._db.conn.execute(
+            "INSERT INTO user_numbers (number, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (number, user_id),
+        )
+        inserted = cur.rowcount == 1
+        await cur.close()
+        await self._db.conn.commit()
+        if inserted:
+            return number
+        mine = await self._recorded(user_id)
+        return mine if mine is not None and mine not in self._reserved else None
 
-    async def _reserved_numeric(self, number: int) -> bool:
+    async def _claimed_by_numeric_id(self, number: int) -> bool:
         # A user whose id is this very number, known but not yet numbered, keeps first claim.
         return await self.get(str(number)) is not None
-
-    async def _record(self, number: int, user_id: str) -> None:
-        await self._db.conn.execute(
-            "INSERT INTO user_numbers (number, user_id) VALUES (?, ?)", (number, user_id)
-        )
-        await self._db.conn.commit()
 
     async def list(self, limit: int = 1000) -> list[UserRow]:
         async with self._db.conn.execute(
@@ -97,6 +137,9 @@ class UserRepo:
         return [str(r[0]) for r in rows]
 
     async def user_for_number(self, number: int) -> str | None:
+        """The hub user a number stands for; None for a reserved number (it is the bridge's)."""
+        if number in self._reserved:
+            return None
         async with self._db.conn.execute(
             "SELECT user_id FROM user_numbers WHERE number = ?", (number,)
         ) as cur:

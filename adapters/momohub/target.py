@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections import defaultdict
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,14 +27,17 @@ from adapters.momohub.types import (
 )
 from bridge.config import MomoHubConfig
 from bridge.errors import BridgeError, ErrorCode
+from bridge.locks import KeyedLocks
 from bridge.models import (
     ChatMessage,
     CompletionRequest,
     Contact,
+    ConversationKey,
     Delta,
     Done,
     Failed,
     ModelGroup,
+    RecallRequest,
     ReplyEvent,
     Segment,
     ToolCall,
@@ -61,17 +64,23 @@ class CharacterTarget:
     # message is stored and has an id.
     replies_need_message_id = False
 
-    def __init__(self, config: MomoHubConfig, client: MomoHubClient, storage: Storage) -> None:
+    def __init__(
+        self,
+        config: MomoHubConfig,
+        client: MomoHubClient,
+        storage: Storage,
+        *,
+        max_chats_per_user: int = 50,
+    ) -> None:
         self._config = config
         self._client = client
         self._storage = storage
         self._characters: dict[str, Character] = {}
-        self._chat_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # (user, character, thread) → chat id; the table is the truth, this saves a query a send.
-        self._chats: dict[tuple[str, str, str], str] = {}
-        self._create_locks: defaultdict[tuple[str, str, str], asyncio.Lock] = defaultdict(
-            asyncio.Lock
-        )
+        # Bounded: threads are named by users.
+        self._chats: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+        self._max_chats_per_user = max_chats_per_user
+        self._create_locks = KeyedLocks()
         self._tasks = TaskSet("momohub-target")
         self._loaded = asyncio.Event()
 
@@ -133,12 +142,26 @@ class CharacterTarget:
 
     # ----- ContactTarget --------------------------------------------------------------------------
 
+    def _named(self, name: str) -> list[Character]:
+        want = name.casefold()
+        return [c for c in self._characters.values() if c.name.casefold() == want]
+
     def owns(self, contact: str) -> bool:
         bare = _bare(contact)
-        return bare in self._characters or bool(UUID_RE.match(bare))
+        return bare in self._characters or bool(UUID_RE.match(bare)) or bool(self._named(bare))
 
     def canonical(self, contact: str) -> str:
-        return _bare(contact)
+        """A character's id, from its id or its name (case-insensitive, one match only)."""
+        bare = _bare(contact)
+        if bare in self._characters or UUID_RE.match(bare):
+            return bare
+        named = self._named(bare)
+        if len(named) > 1:
+            candidates = ", ".join(f"{c.name} ({c.id})" for c in named)
+            raise BridgeError(
+                ErrorCode.NOT_FOUND, f"{bare!r} names several characters: {candidates}; use an id"
+            )
+        return named[0].id if named else bare
 
     def contacts(self, user: UserRef) -> list[Contact]:
         default = self._default_id()
@@ -165,27 +188,63 @@ class CharacterTarget:
         key = message.conversation
         return self._converse(key.user_id, key.contact, key.thread, message.segments)
 
-    async def recall(
-        self, user: UserRef, contact: str, message_id: int, segments: list[Segment], outgoing: bool
-    ) -> None:
-        chat_id = await self._storage.conversations.get(user.id, contact, "default")
-        refs = await self._storage.messages.external_ids(message_id, SYSTEM)
+    async def recall(self, request: RecallRequest) -> None:
+        key = request.conversation
+        chat_id = await self._storage.conversations.get(key.user_id, key.contact, key.thread)
         if chat_id is None:
             return
-        async with self._chat_locks[chat_id]:
-            if not refs and not outgoing:
-                # Recalled before the reply finished: MomoHub stored the message but we never
-                # learned its id. Find the newest user message with the same text.
-                want = parts_text(to_content_parts(segments))
-                for m in reversed(await self._client.list_latest_messages(chat_id, limit=20)):
-                    if (
-                        m.senderType == "USER"
-                        and parts_text([p.model_dump() for p in m.content]) == want
-                    ):
-                        refs = [m.id]
-                        break
-            for ref in refs:
-                await self._client.delete_message(chat_id, ref)
+        refs = list(request.refs)
+        if not refs and request.unresolved and not request.outgoing:
+            refs = await self.turn_ids(key, chat_id)
+        for ref in refs:
+            await self._client.delete_message(chat_id, ref)
+
+    async def turn_ids(self, key: ConversationKey, chat_id: str) -> list[str]:
+        """The ids of a turn that ended before they were learned (recalled while running, or
+        cut short by a crash): the chat's messages after the newest one already recorded for
+        this conversation. The engine runs one turn at a time per conversation, so whatever
+        came after that belongs to this turn."""
+        known = await self._storage.messages.conversation_refs(
+            key.user_id, key.contact, key.thread, SYSTEM
+        )
+        latest = await self._client.list_latest_messages(chat_id, limit=20)
+        after = 0
+        for i, m in enumerate(latest):
+            if m.id in known:
+                after = i + 1
+        tail = latest[after:]
+        if after == 0 and len(latest) >= 20:
+            # Nothing recorded in view: only the newest user message and what followed it.
+            users = [i for i, m in enumerate(latest) if m.senderType == "USER"]
+            tail = latest[users[-1] :] if users else []
+        return [m.id for m in tail]
+
+    async def recover(self, key: ConversationKey) -> Done | None:
+        """After a crash: the reply MomoHub finished for the turn that was in flight, if any.
+        Returns a Done carrying the recovered text as ``sender_name``-free event plus ids."""
+        chat_id = await self._storage.conversations.get(key.user_id, key.contact, key.thread)
+        if chat_id is None:
+            return None
+        ids = await self.turn_ids(key, chat_id)
+        if not ids:
+            return None
+        latest = {m.id: m for m in await self._client.list_latest_messages(chat_id, limit=20)}
+        request = next((i for i in ids if latest.get(i) and latest[i].senderType == "USER"), None)
+        reply = next(
+            (i for i in ids if latest.get(i) and latest[i].senderType == "CHARACTER"), None
+        )
+        if reply is None:
+            return None
+        character = self._characters.get(key.contact)
+        text = parts_text([p.model_dump() for p in latest[reply].content])
+        return Done(
+            finish_reason="stop",
+            ref_system=SYSTEM,
+            request_ref=request,
+            reply_ref=reply,
+            sender_name=character.name if character else "",
+            text=text,
+        )
 
     # ----- ModelTarget ----------------------------------------------------------------------------
 
@@ -194,6 +253,14 @@ class CharacterTarget:
 
     def owns_model(self, model: str) -> bool:
         return model.startswith(PREFIX)
+
+    def conversation_key(self, request: CompletionRequest) -> ConversationKey:
+        """The same conversation as `onebot/message` to the character in that thread."""
+        try:
+            character_id = self.canonical(request.model)
+        except BridgeError:
+            character_id = _bare(request.model)
+        return ConversationKey(request.user.id, character_id, request.conversation_id)
 
     def complete(self, request: CompletionRequest) -> AsyncIterator[ReplyEvent]:
         text = ""
@@ -208,9 +275,13 @@ class CharacterTarget:
                 break
         if not text:
             return _single(Failed(ErrorCode.INVALID_DATA, "messages has no user message to send"))
+        try:
+            character_id = self.canonical(request.model)
+        except BridgeError as e:
+            return _single(Failed(e.code, e.reason))
         return self._converse(
             request.user.id,
-            _bare(request.model),
+            character_id,
             request.conversation_id,
             [Segment.text(text)],
             check=True,
@@ -221,19 +292,34 @@ class CharacterTarget:
     async def _chat_for(self, user_id: str, character_id: str, thread: str, *, fresh: bool) -> str:
         key = (user_id, character_id, thread)
         if not fresh and key in self._chats:
+            self._chats.move_to_end(key)
             return self._chats[key]
-        async with self._create_locks[key]:
+        async with self._create_locks.hold(key, timeout=self._config.connect_timeout * 2):
+            conversations = self._storage.conversations
             if not fresh:
-                existing = await self._storage.conversations.get(user_id, character_id, thread)
+                existing = await conversations.get(user_id, character_id, thread)
                 if existing is not None:
-                    self._chats[key] = existing
+                    self._remember(key, existing)
                     return existing
+                count = await conversations.count(user_id)
+                if count >= self._max_chats_per_user:
+                    raise BridgeError(
+                        ErrorCode.BUSY,
+                        f"at most {self._max_chats_per_user} conversations per user "
+                        "(limits.conversations_per_user); reuse a conversation_id",
+                    )
             name = f"MomoBridge {user_id}" + ("" if thread == "default" else f" ({thread})")
             chat = await self._client.create_chat(character_id, name=name)
-            await self._storage.conversations.set(user_id, character_id, thread, chat.id)
-            self._chats[key] = chat.id
+            await conversations.set(user_id, character_id, thread, chat.id)
+            self._remember(key, chat.id)
             log.info("momohub.chat_created", user=user_id, character=character_id, chat=chat.id)
             return chat.id
+
+    def _remember(self, key: tuple[str, str, str], chat_id: str) -> None:
+        self._chats[key] = chat_id
+        self._chats.move_to_end(key)
+        while len(self._chats) > 10_000:
+            self._chats.popitem(last=False)
 
     async def _converse(
         self,
@@ -252,20 +338,20 @@ class CharacterTarget:
                 yield Failed(ErrorCode.INVALID_DATA, "nothing to send: the message has no content")
                 return
             chat_id = await self._chat_for(user_id, character_id, thread, fresh=False)
-            async with self._chat_locks[chat_id]:
-                try:
-                    stream = self._client.send_message(chat_id, parts)
-                    first = await anext(aiter(stream), None)
-                except BridgeError as e:
-                    if e.code != ErrorCode.NOT_FOUND:
-                        raise
-                    # The chat was deleted on MomoHub's side: start a new one for this conversation.
-                    log.info("momohub.chat_gone", chat=chat_id)
-                    chat_id = await self._chat_for(user_id, character_id, thread, fresh=True)
-                    stream = self._client.send_message(chat_id, parts)
-                    first = await anext(aiter(stream), None)
-                async for event in self._events(first, stream, chat_id, character_id):
-                    yield event
+            # One turn at a time per conversation is the engine's job; a chat is one conversation.
+            try:
+                stream = self._client.send_message(chat_id, parts)
+                first = await anext(aiter(stream), None)
+            except BridgeError as e:
+                if e.code != ErrorCode.NOT_FOUND:
+                    raise
+                # The chat was deleted on MomoHub's side: start a new one for this conversation.
+                log.info("momohub.chat_gone", chat=chat_id)
+                chat_id = await self._chat_for(user_id, character_id, thread, fresh=True)
+                stream = self._client.send_message(chat_id, parts)
+                first = await anext(aiter(stream), None)
+            async for event in self._events(first, stream, chat_id, character_id):
+                yield event
         except BridgeError as e:
             yield Failed(e.code, f"MomoHub: {e.reason}")
 

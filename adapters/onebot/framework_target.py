@@ -18,7 +18,7 @@ from adapters.onebot.framework_link import FrameworkLink, safe_url
 from adapters.onebot.segments import to_onebot
 from bridge.config import Config
 from bridge.errors import BridgeError, ErrorCode
-from bridge.models import ChatMessage, Contact, ReplyEvent, Segment, UserRef
+from bridge.models import ChatMessage, Contact, RecallRequest, ReplyEvent, Segment, UserRef
 from bridge.outbox import Outbox
 from storage import Storage
 
@@ -28,27 +28,29 @@ log = structlog.get_logger(__name__)
 class FrameworkTarget:
     # The event carries the stored id: the framework quotes, fetches and recalls by it.
     replies_need_message_id = True
+    # Its answers come back later as pushes of their own, not as a stream on the request.
+    replies_stream = False
 
     def __init__(self, config: Config, storage: Storage, outbox: Outbox) -> None:
         self._config = config
         self._storage = storage
-        self.contact = config.auth.bot_qq
+        # Read defensively: a number in the config may be an int or a numeric string.
+        self.contact = str(config.auth.bot_qq)
         self._changed = asyncio.Event()
         self._numbers = NumberBook(storage)  # one book for every link: they share the users
         self._links: list[FrameworkLink] = []
         seen: set[tuple[str, int]] = set()
         for link_cfg in config.onebot.frameworks:
-            self_id = int(link_cfg.self_id or config.auth.bot_qq)
+            self_id = int(link_cfg.self_id or self.contact)
             if (link_cfg.url, self_id) in seen:
                 # Two links to one framework as one account would answer every message twice.
                 log.warning("onebot.duplicate_framework_ignored", url=safe_url(link_cfg.url))
                 continue
             seen.add((link_cfg.url, self_id))
             actions = FrameworkActions(config, storage, outbox, self_id, self._numbers)
-            self._links.append(FrameworkLink(link_cfg, self_id, actions.handle, self._notify))
-        self._actions = FrameworkActions(
-            config, storage, outbox, int(config.auth.bot_qq), self._numbers
-        )
+            self._links.append(FrameworkLink(link_cfg, self_id, actions.prepare, self._notify))
+        # Also reserves admin_qq, bot_qq and every link's self_id: no hub user is given them.
+        self._actions = FrameworkActions(config, storage, outbox, int(self.contact), self._numbers)
 
     async def start(self) -> None:
         """Start one connector per framework; returns at once (links connect in the background)."""
@@ -130,9 +132,8 @@ class FrameworkTarget:
             )
         return None
 
-    async def recall(
-        self, user: UserRef, contact: str, message_id: int, segments: list[Segment], outgoing: bool
-    ) -> None:
+    async def recall(self, request: RecallRequest) -> None:
+        user, message_id, outgoing = request.user, request.message_id, request.outgoing
         number = await self._actions.number_of(user.id, user.is_admin)
         if self._config.onebot.user_message_type == "group":
             group_id = await self._numbers.number_for(user.id)

@@ -1,0 +1,294 @@
+"""One hub WebSocket connection: a reader that never waits on work, and one writer.
+
+The reader takes frames off the socket and hands each to a task (bounded per connection; past
+the bound, `BUSY`), so a slow upstream never holds up a heartbeat, an abort or another
+conversation. Frames that touch one conversation still run in the order they arrived.
+
+Everything the connection sends goes through one bounded queue drained by one writer task, so
+nothing that produces frames (a reply stream, a push to this user) ever waits on this peer. A
+peer that stops reading for `server.send_timeout`, or lets the queue pass
+`server.max_send_queue` bytes, is aborted at the transport: no closing handshake that would
+itself wait behind the full buffer.
+
+The connection is also its user's push sink: it confirms pushes to the outbox when the peer
+acknowledges them (`system/ack`) or when a pong comes back for a ping sent after them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from adapters.miochat import protocol as P
+from bridge.errors import ErrorCode
+from bridge.models import UserRef
+from bridge.outbox import Push
+from bridge.tasks import TaskSet
+
+if TYPE_CHECKING:
+    from adapters.miochat.server import HubServer
+    from bridge.engine import Turn
+
+log = structlog.get_logger(__name__)
+
+CLOSE_LOGIN = 4001
+
+
+class StreamSlot:
+    """A running `openai/completions` of this connection: its turn, and its share of the
+    user's stream limit, released exactly once whatever ends it."""
+
+    __slots__ = ("_release", "aborted", "request_id", "turn")
+
+    def __init__(self, request_id: P.RequestId, release: Callable[[], None]) -> None:
+        self.request_id = request_id
+        self.turn: Turn | None = None
+        self.aborted = False
+        self._release: Callable[[], None] | None = release
+
+    def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
+class Connection:
+    def __init__(self, hub: HubServer, ws: ServerConnection) -> None:
+        cfg = hub.config
+        self.hub = hub
+        self.ws = ws
+        self.user: UserRef | None = None
+        self.tasks = TaskSet("hub-connection")
+        self.peer = "%s:%s" % (ws.remote_address[:2] if ws.remote_address else ("?", "?"))
+        self.streams: dict[P.RequestId, StreamSlot] = {}
+        # Listeners this connection registered with Sessions, detached when it closes.
+        self.listeners: set[Callable[..., Awaitable[None]]] = set()
+        self._in_flight = 0
+        self._max_in_flight = cfg.limits.frames_in_flight
+        self._chains: dict[Hashable, asyncio.Task[None]] = {}
+        # The send queue: (text, push seq or 0).
+        self._queue: deque[tuple[str, int]] = deque()
+        self._queued_bytes = 0
+        self._max_queue = cfg.server.max_send_queue
+        self._send_timeout = cfg.server.send_timeout
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._writer: asyncio.Task[None] | None = None
+        # Push confirmation: the highest seq written to this peer, and the highest confirmed.
+        self._sent_seq = 0
+        self._confirmed_seq = 0
+        self._confirming = False
+        self._drained: asyncio.Future[None] | None = None
+
+    # ----- sending -----------------------------------------------------------------------------
+
+    def start_writer(self) -> None:
+        self._writer = self.tasks.spawn(self._write_loop(), name="hub-writer")
+
+    def send_frame(self, frame: dict[str, Any], seq: int = 0) -> bool:
+        """Queue a frame; never waits. False when the connection is (now) gone."""
+        if self._closed:
+            return False
+        data = P.dumps(frame)
+        self._queue.append((data, seq))
+        self._queued_bytes += len(data)
+        if self._queued_bytes > self._max_queue:
+            self.abort("send queue overflow")
+            return False
+        self._wake.set()
+        return True
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        self.send_frame(frame)
+
+    def fail(self, req: P.Request, code: ErrorCode, reason: str) -> None:
+        self.send_frame(P.failure(req.request_id, req.protocol, req.type, code, reason))
+
+    def abort(self, why: str) -> None:
+        """Drop the peer at once; its reader sees the connection closed."""
+        if self._closed:
+            return
+        self._closed = True
+        log.warning("hub.peer_aborted", peer=self.peer, reason=why, queued=self._queued_bytes)
+        self._queue.clear()
+        self._queued_bytes = 0
+        transport = self.ws.transport
+        if transport is not None:
+            transport.abort()
+
+    async def _write_loop(self) -> None:
+        ws = self.ws
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._queue:
+                    data, seq = self._queue.popleft()
+                    self._queued_bytes -= len(data)
+                    transport = ws.transport
+                    if transport is not None and not transport.get_write_buffer_size():
+                        # Nothing queued in the kernel's way: this cannot block, skip the timer.
+                        await ws.send(data)
+                    else:
+                        async with asyncio.timeout(self._send_timeout):
+                            await ws.send(data)
+                    if seq > self._sent_seq:
+                        self._sent_seq = seq
+                if self._drained is not None and not self._drained.done():
+                    self._drained.set_result(None)
+                if self._sent_seq > self._confirmed_seq and not self._confirming:
+                    await self._confirm_by_ping()
+        except TimeoutError:
+            self.abort("peer stopped reading")
+        except ConnectionClosed:
+            self._closed = True
+
+    async def _confirm_by_ping(self) -> None:
+        """A pong to a ping written after the pushes means the peer read them."""
+        upto = self._sent_seq
+        self._confirming = True
+        waiter = await self.ws.ping()
+
+        def done(fut: asyncio.Future[float]) -> None:
+            self._confirming = False
+            if fut.cancelled() or fut.exception() is not None:
+                return
+            self.tasks.spawn(self._confirmed(upto), name="hub-confirm")
+            if self._sent_seq > upto:
+                self._wake.set()  # more pushes went out meanwhile: ping again
+
+        waiter.add_done_callback(done)
+
+    async def _confirmed(self, seq: int) -> None:
+        if seq <= self._confirmed_seq or self.user is None:
+            return
+        self._confirmed_seq = seq
+        await self.hub.outbox.confirm(self.user.id, seq)
+
+    async def ack(self, seq: int) -> None:
+        """`system/ack`: the peer has every push up to ``seq`` (capped at what it was sent)."""
+        await self._confirmed(min(seq, self._sent_seq))
+
+    # ----- the push sink ----------------------------------------------------------------------
+
+    def offer(self, push: Push) -> bool:
+        if push.kind == "recall":
+            frame = P.recall_push(push.push_id, push.contact, push.message_id)
+        else:
+            frame = P.message_push(
+                push.push_id,
+                push.contact,
+                push.segments,
+                push.message_id,
+                push.time,
+                push.sender_id,
+                push.sender_name,
+                push.stream_request_id,
+            )
+        frame["seq"] = push.seq
+        return self.send_frame(frame, push.seq)
+
+    def note(self, seq: int) -> None:
+        if seq > self._sent_seq and not self._closed:
+            self._sent_seq = seq
+            self._wake.set()
+
+    # ----- reading -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        from adapters.miochat import handlers
+
+        self.start_writer()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.hub.config.auth.login_timeout
+        creds = handlers.upgrade_credentials(self.ws.request)
+        if creds is not None:
+            await handlers.login(self, creds, self.hub.outbox.next_push_id(), pushed=True)
+        while not self._closed:
+            if self.user is None:
+                remaining = deadline - loop.time()
+                try:
+                    if remaining <= 0:
+                        raise TimeoutError
+                    async with asyncio.timeout(remaining):
+                        raw = await self.ws.recv()
+                except TimeoutError:
+                    log.info("hub.login_timeout", peer=self.peer)
+                    await self.close(CLOSE_LOGIN, "login timeout")
+                    return
+            else:
+                raw = await self.ws.recv()
+            await handlers.dispatch(self, raw)
+
+    def has_room(self, req: P.Request) -> bool:
+        """Whether another frame may start; if not, the frame is answered with BUSY."""
+        if self._in_flight < self._max_in_flight:
+            return True
+        self.fail(
+            req,
+            ErrorCode.BUSY,
+            f"{self._max_in_flight} requests of this connection are still being handled",
+        )
+        return False
+
+    def spawn_frame(
+        self, req: P.Request, work: Callable[[], Awaitable[None]], order: Hashable | None
+    ) -> None:
+        """Run a frame's work concurrently; after the previous frame with the same ``order``."""
+        self._in_flight += 1
+        before = self._chains.get(order) if order is not None else None
+
+        async def run() -> None:
+            try:
+                if before is not None and not before.done():
+                    await asyncio.wait([before])
+                await work()
+            finally:
+                self._in_flight -= 1
+
+        task = self.tasks.spawn(run(), name=f"frame-{req.protocol}/{req.type}")
+        if order is not None:
+            self._chains[order] = task
+            task.add_done_callback(lambda t: self._unchain(order, t))
+
+    def _unchain(self, order: Hashable, task: asyncio.Task[None]) -> None:
+        if self._chains.get(order) is task:
+            del self._chains[order]
+
+    async def close(self, code: int, reason: str) -> None:
+        """A polite close, after what is queued has gone out (bounded by the send timeout)."""
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                if self._queue and not self._closed:
+                    self._drained = asyncio.get_running_loop().create_future()
+                    self._wake.set()
+                    await self._drained
+                await self.ws.close(code, reason)
+        except TimeoutError:
+            self.abort("close timed out")
+        self._closed = True
+
+    async def cleanup(self) -> None:
+        self._closed = True
+        hub = self.hub
+        if self.user is not None:
+            hub.outbox.detach(self.user.id, self)
+            hub.drop_client(self.user.id, self)
+        for listener in self.listeners:
+            hub.sessions.detach_listener(listener)
+        self.listeners.clear()
+        # A closed connection closes its completions' upstream requests.
+        for slot in list(self.streams.values()):
+            slot.aborted = True
+            if slot.turn is not None:
+                hub.sessions.engine.stop_nowait(slot.turn, "the connection closed")
+        await self.tasks.cancel_all()
+        for slot in list(self.streams.values()):
+            slot.release()
+        self.streams.clear()

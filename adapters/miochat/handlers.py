@@ -1,0 +1,452 @@
+"""What the hub does with each request frame, dispatched by (protocol, type).
+
+Handlers that answer from memory (login, heartbeat, ack, abort) run as the frame is read, so they
+are answered at once whatever else is going on. The rest run as tasks of their connection;
+frames that touch one conversation are ordered by a key.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+import structlog
+from pydantic import ValidationError
+from websockets.http11 import Request as HttpRequest
+
+from adapters.miochat import protocol as P
+from adapters.miochat.connection import CLOSE_LOGIN, StreamSlot
+from adapters.miochat.streams import StreamRenderer
+from bridge.engine import Turn
+from bridge.errors import BridgeError, ErrorCode
+from bridge.models import CompletionRequest, ConversationKey, Failed, ReplyEvent, UserRef
+from bridge.sessions import Accepted
+
+if TYPE_CHECKING:
+    from adapters.miochat.connection import Connection
+
+log = structlog.get_logger(__name__)
+
+
+def _need_object(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ValueError("data must be an object")
+    return data
+
+
+def upgrade_credentials(request: HttpRequest | None) -> dict[str, Any] | None:
+    if request is None:
+        return None
+    query = parse_qs(urlsplit(request.path).query)
+    uid = request.headers.get("mio-chat-id") or (query.get("mio-chat-id") or [None])[0]
+    if uid is None:
+        return None
+    token = request.headers.get("mio-chat-token") or (query.get("mio-chat-token") or [""])[0]
+    return {"mio-chat-id": uid, "mio-chat-token": token}
+
+
+def _same(a: str, b: str) -> bool:
+    """Constant time, so a token cannot be guessed byte by byte from response times."""
+    return hmac.compare_digest(
+        a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass")
+    )
+
+
+# ----- dispatch ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    handler: Callable[..., Awaitable[None]]
+    # Answered from memory as the frame is read (never waits on storage or an upstream).
+    inline: bool = False
+    # Run as the frame is read; returns the ordering key (frames with the same key run in
+    # arrival order; None: no ordering) and what the handler gets as its third argument.
+    prepare: Callable[[Connection, P.Request], tuple[Hashable | None, Any]] | None = None
+
+
+async def dispatch(conn: Connection, raw: str | bytes) -> None:
+    try:
+        req = P.parse_frame(raw)
+    except P.FrameError as e:
+        conn.send_frame(P.failure(e.request_id, e.protocol, e.type, e.code, e.reason))
+        return
+    if conn.user is None and (req.protocol, req.type) != ("system", "login"):
+        conn.fail(req, ErrorCode.UNAUTHENTICATED, "log in first (system/login)")
+        return
+    types = ROUTES.get(req.protocol)
+    if types is None:
+        conn.fail(
+            req,
+            ErrorCode.UNKNOWN_PROTOCOL,
+            f"unknown protocol {req.protocol!r}; expected one of {sorted(ROUTES)}",
+        )
+        return
+    route = types.get(req.type)
+    if route is None:
+        conn.fail(
+            req, ErrorCode.UNKNOWN_TYPE, f"unknown type {req.type!r} for protocol {req.protocol!r}"
+        )
+        return
+    if route.inline:
+        await _guarded(conn, req, route.handler)
+        return
+    if not conn.has_room(req):
+        return
+    if route.prepare is None:
+        conn.spawn_frame(req, lambda: _guarded(conn, req, route.handler), None)
+        return
+    try:
+        order, extra = route.prepare(conn, req)
+    except BridgeError as e:
+        conn.fail(req, e.code, e.reason)
+        return
+    conn.spawn_frame(req, lambda: _guarded(conn, req, route.handler, extra), order)
+
+
+async def _guarded(
+    conn: Connection, req: P.Request, handler: Callable[..., Awaitable[None]], *extra: Any
+) -> None:
+    try:
+        await handler(conn, req, *extra)
+    except (BridgeError, P.FrameError) as e:
+        conn.fail(req, e.code, e.reason)
+    except (ValidationError, ValueError) as e:
+        conn.fail(req, ErrorCode.INVALID_DATA, P.validation_reason(e))
+    except TypeError as e:
+        conn.fail(req, ErrorCode.INVALID_DATA, str(e))
+    except TimeoutError:
+        conn.fail(req, ErrorCode.UPSTREAM_TIMEOUT, "timed out")
+    except Exception as e:
+        log.exception("hub.handler_crashed", protocol=req.protocol, type=req.type)
+        conn.fail(req, ErrorCode.INTERNAL, f"internal error: {type(e).__name__}")
+
+
+# ----- system --------------------------------------------------------------------------------
+
+
+async def login(
+    conn: Connection, raw: Any, request_id: P.RequestId, *, pushed: bool = False
+) -> None:
+    hub = conn.hub
+    auth = hub.config.auth
+    try:
+        if not isinstance(raw, dict):
+            raise ValueError("data must be an object with mio-chat-id and mio-chat-token")
+        data = P.LoginData.model_validate(raw)
+    except (ValidationError, ValueError) as e:
+        await _login_failed(conn, request_id, P.validation_reason(e))
+        return
+    if hub.admin_code and _same(data.token, hub.admin_code):
+        is_admin = True
+    elif auth.user_code and not _same(data.token, auth.user_code):
+        await _login_failed(conn, request_id, "invalid code")
+        return
+    else:
+        is_admin = False
+    if conn.user is not None:
+        hub.outbox.detach(conn.user.id, conn)
+        hub.drop_client(conn.user.id, conn)
+    conn.user = UserRef(data.user_id, is_admin)
+    structlog.contextvars.bind_contextvars(user=data.user_id)
+    await hub.storage.users.touch(data.user_id, is_admin)
+    hub.add_client(data.user_id, conn)
+    conn.send_frame(P.success(request_id, "system", "login", hub.login_payload(conn.user)))
+    log.info("hub.login", peer=conn.peer, user=data.user_id, admin=is_admin, pushed=pushed)
+    replayed = await hub.outbox.attach(data.user_id, conn)
+    if replayed:
+        log.info("hub.outbox_replayed", user=data.user_id, count=replayed)
+
+
+async def _login_failed(conn: Connection, request_id: P.RequestId, reason: str) -> None:
+    log.info("hub.login_failed", peer=conn.peer, reason=reason)
+    conn.send_frame(P.failure(request_id, "system", "login", ErrorCode.LOGIN_FAILED, reason))
+    await conn.close(CLOSE_LOGIN, "login failed")
+
+
+async def on_login(conn: Connection, req: P.Request) -> None:
+    await login(conn, req.data, req.request_id)
+
+
+async def on_heartbeat(conn: Connection, req: P.Request) -> None:
+    data = P.HeartbeatData.model_validate(req.data if isinstance(req.data, dict) else {})
+    now = time.time() * 1000
+    sent = data.millis()
+    delay = int(now - sent) if sent is not None else 0
+    conn.send_frame(
+        P.success(req.request_id, "system", "heartbeat", {"delay": delay, "revTime": int(now)})
+    )
+
+
+async def on_ack(conn: Connection, req: P.Request) -> None:
+    data = _need_object(req.data)
+    seq = data.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**63:
+        raise BridgeError(ErrorCode.INVALID_DATA, "data.seq must be a non-negative integer")
+    await conn.ack(seq)
+    conn.send_frame(P.success(req.request_id, "system", "ack"))
+
+
+async def on_share(conn: Connection, req: P.Request) -> None:
+    data = P.ShareData.model_validate(_need_object(req.data))
+    result = await conn.hub.http.create_share(data.contactor, conn.ws.request, conn.peer)
+    conn.send_frame(P.success(req.request_id, "system", "share", result))
+
+
+# ----- onebot --------------------------------------------------------------------------------
+
+
+def _contact_order(conn: Connection, req: P.Request) -> tuple[Hashable | None, None]:
+    contact = req.contact
+    if contact is None and isinstance(req.data, dict):
+        contact = req.data.get("id") if isinstance(req.data.get("id"), str) else None
+    return ("contact", contact), None
+
+
+async def on_message(conn: Connection, req: P.Request, _: None = None) -> None:
+    user = conn.user
+    assert user is not None
+    msg = P.parse_send_message(req)
+    await _send_streamed(
+        conn,
+        req,
+        lambda listener: conn.hub.sessions.send(
+            user, msg.contact, msg.segments, listener=listener, stream_request_id=req.request_id
+        ),
+    )
+
+
+async def on_forward(conn: Connection, req: P.Request, _: None = None) -> None:
+    user = conn.user
+    assert user is not None
+    fwd = P.parse_forward(req)
+    items = [(i.message_id, i.segments) for i in fwd.items]
+    await _send_streamed(
+        conn,
+        req,
+        lambda listener: conn.hub.sessions.forward(
+            user, fwd.contact, items, listener=listener, stream_request_id=req.request_id
+        ),
+    )
+
+
+async def _send_streamed(
+    conn: Connection,
+    req: P.Request,
+    submit: Callable[[Callable[[ReplyEvent], Awaitable[None]]], Awaitable[Accepted]],
+) -> None:
+    """Ack with the stored message id; a streamed reply then follows on the same request_id."""
+    renderer = StreamRenderer(conn, req.request_id, req.protocol, req.type, held=True)
+    conn.listeners.add(renderer)
+    try:
+        accepted = await submit(renderer)
+    except BaseException:
+        conn.listeners.discard(renderer)
+        raise
+    conn.send_frame(
+        P.success(req.request_id, req.protocol, req.type, {"message_id": accepted.message_id})
+    )
+    renderer.open(pending=accepted.streaming)
+    if not accepted.streaming:
+        conn.listeners.discard(renderer)
+
+
+async def on_del_message(conn: Connection, req: P.Request) -> None:
+    assert conn.user is not None
+    d = P.parse_del_message(req)
+    await conn.hub.sessions.recall(conn.user, d.message_id, exclude_sink=conn)
+    conn.send_frame(P.success(req.request_id, req.protocol, req.type))
+
+
+# ----- openai --------------------------------------------------------------------------------
+
+
+async def on_models(conn: Connection, req: P.Request) -> None:
+    hub = conn.hub
+    if not hub.router.has_models:
+        raise BridgeError(
+            ErrorCode.UNAVAILABLE,
+            "no model provider is configured (add [[openai.providers]] or [momohub])",
+        )
+    assert conn.user is not None
+    characters = [
+        {"id": c.id, "name": c.name, "avatar": c.avatar, "bio": c.bio}
+        for c in hub.router.contacts(conn.user)
+        if c.kind == "character"
+    ]
+    conn.send_frame(
+        P.success(
+            req.request_id,
+            req.protocol,
+            req.type,
+            {"models": [g.to_json() for g in hub.router.model_groups()], "characters": characters},
+        )
+    )
+
+
+def _reserve_stream(conn: Connection, req: P.Request) -> tuple[Hashable | None, StreamSlot]:
+    """Reserve the stream as the frame is read, so an abort in the same read finds it."""
+    assert conn.user is not None
+    hub = conn.hub
+    user_id = conn.user.id
+    if req.request_id in conn.streams:
+        raise BridgeError(
+            ErrorCode.INVALID_DATA, "a stream with this request_id is already running"
+        )
+    limit = hub.config.limits.streams_per_user
+    if hub.active_streams.get(user_id, 0) >= limit:
+        raise BridgeError(ErrorCode.BUSY, f"at most {limit} concurrent completions per user")
+    hub.active_streams[user_id] = hub.active_streams.get(user_id, 0) + 1
+
+    def release() -> None:
+        left = hub.active_streams.get(user_id, 0) - 1
+        if left > 0:
+            hub.active_streams[user_id] = left
+        else:
+            hub.active_streams.pop(user_id, None)
+
+    slot = conn.streams[req.request_id] = StreamSlot(req.request_id, release)
+    data = req.data if isinstance(req.data, dict) else {}
+    return ("completion", str(data.get("model")), str(data.get("conversation_id"))), slot
+
+
+async def on_completions(conn: Connection, req: P.Request, slot: StreamSlot) -> None:
+    assert conn.user is not None
+    hub = conn.hub
+    renderer = StreamRenderer(conn, req.request_id, req.protocol, req.type, held=False)
+    try:
+        if slot.aborted:
+            renderer.render(Failed(ErrorCode.CANCELLED, "the stream was aborted"))
+            return
+        data = P.CompletionsData.model_validate(_need_object(req.data))
+        model = data.model or hub.config.openai.default_model
+        if not model:
+            raise BridgeError(
+                ErrorCode.INVALID_DATA, "model is required (no openai.default_model set)"
+            )
+        target = hub.router.model_target(model)
+        request = CompletionRequest(
+            user=conn.user,
+            model=model,
+            messages=data.messages,
+            conversation_id=data.conversation_id,
+            temperature=data.temperature,
+            top_p=data.top_p,
+            presence_penalty=data.presence_penalty,
+            frequency_penalty=data.frequency_penalty,
+            max_tokens=data.max_tokens,
+            tools=data.tools,
+        )
+        key_of = getattr(target, "conversation_key", None)
+        key = (
+            key_of(request)
+            if key_of is not None
+            else ConversationKey(conn.user.id, f"model:{model}", data.conversation_id)
+        )
+
+        async def job(turn: Turn) -> None:
+            await _run_completion(conn, slot, renderer, target.complete(request), turn)
+
+        slot.turn = hub.sessions.engine.submit(key, job)
+        renderer.open()
+    finally:
+        if slot.turn is None:  # refused or aborted before it was queued: nothing else ends it
+            if conn.streams.get(req.request_id) is slot:
+                del conn.streams[req.request_id]
+            slot.release()
+
+
+async def _run_completion(
+    conn: Connection, slot: StreamSlot, renderer: StreamRenderer, stream: Any, turn: Turn
+) -> None:
+    try:
+        async for event in stream:
+            renderer.render(event)
+            if renderer.finished:
+                break
+        if not renderer.finished:
+            renderer.render(
+                Failed(ErrorCode.UPSTREAM_ERROR, "the model stream ended without a result")
+            )
+    except BaseException as e:
+        if isinstance(e, BridgeError):
+            renderer.render(Failed(e.code, e.reason))
+        elif isinstance(e, Exception):
+            log.exception("hub.completion_crashed", request_id=str(slot.request_id))
+            renderer.render(Failed(ErrorCode.INTERNAL, f"internal error: {type(e).__name__}"))
+        else:
+            renderer.render(
+                Failed(ErrorCode.CANCELLED, turn.stop_reason or "the stream was aborted")
+            )
+            raise
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        if conn.streams.get(slot.request_id) is slot:
+            del conn.streams[slot.request_id]
+        slot.release()
+
+
+async def on_abort(conn: Connection, req: P.Request) -> None:
+    assert conn.user is not None
+    data = P.AbortData.model_validate(_need_object(req.data))
+    slot = conn.streams.get(data.request_id)
+    if slot is None:
+        # Another tab of the same user may own it; never another user's.
+        for other in conn.hub.clients_of(conn.user.id):
+            slot = other.streams.get(data.request_id)
+            if slot is not None:
+                break
+    if slot is None:
+        raise BridgeError(
+            ErrorCode.NOT_FOUND, f"no running stream with request_id {data.request_id!r}"
+        )
+    slot.aborted = True
+    if slot.turn is not None:
+        outcome = conn.hub.sessions.engine.stop_nowait(slot.turn, "the stream was aborted")
+        if outcome == "dropped":
+            owner = next(
+                (
+                    c
+                    for c in conn.hub.clients_of(conn.user.id)
+                    if c.streams.get(data.request_id) is slot
+                ),
+                conn,
+            )
+            owner.send_frame(
+                P.failure(
+                    data.request_id,
+                    "openai",
+                    "completions",
+                    ErrorCode.CANCELLED,
+                    "the stream was aborted",
+                )
+            )
+            owner.streams.pop(data.request_id, None)
+            slot.release()
+    conn.send_frame(P.success(req.request_id, req.protocol, req.type))
+
+
+ROUTES: dict[str, dict[str, Route]] = {
+    "system": {
+        "login": Route(on_login, inline=True),
+        "heartbeat": Route(on_heartbeat, inline=True),
+        "ack": Route(on_ack, inline=True),
+        "share": Route(on_share),
+    },
+    "onebot": {
+        "message": Route(on_message, prepare=_contact_order),
+        "del_message": Route(on_del_message),
+        "forward_msg": Route(on_forward, prepare=_contact_order),
+    },
+    "openai": {
+        "models": Route(on_models, inline=True),
+        "completions": Route(on_completions, prepare=_reserve_stream),
+        "abort": Route(on_abort, inline=True),
+    },
+}

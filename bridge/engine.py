@@ -1,0 +1,167 @@
+"""The conversation engine: one owner per conversation key runs that conversation's turns.
+
+Every edge hands its turns here, keyed by an edge-neutral `ConversationKey`. The owner runs them
+one at a time in arrival order and knows each queued and running turn by its message id, so a
+recall can act on exactly that turn: a queued one is dropped before it reaches the upstream, the
+running one is cancelled. An owner with nothing left to run is dropped from memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import structlog
+
+from bridge.errors import BridgeError, ErrorCode
+from bridge.models import ConversationKey
+from bridge.tasks import TaskSet
+
+log = structlog.get_logger(__name__)
+
+TurnState = Literal["queued", "running", "done", "dropped"]
+Job = Callable[["Turn"], Awaitable[None]]
+
+
+@dataclass(eq=False, slots=True)
+class Turn:
+    """One message's trip to the target and back."""
+
+    key: ConversationKey
+    job: Job
+    # 0 until the message is stored; a turn may be queued (and even start) before that.
+    message_id: int = 0
+    state: TurnState = "queued"
+    # Why the turn was stopped early (set before it is cancelled), for the reply's failure.
+    stop_reason: str = ""
+    task: asyncio.Task[None] | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    error: BaseException | None = None
+
+    async def wait(self, timeout: float) -> None:
+        """Until the turn has run (or was dropped); TimeoutError past ``timeout``."""
+        async with asyncio.timeout(timeout):
+            await self.finished.wait()
+
+
+@dataclass(eq=False, slots=True)
+class _Owner:
+    key: ConversationKey
+    queue: deque[Turn] = field(default_factory=deque)
+    running: Turn | None = None
+    task: asyncio.Task[None] | None = None
+
+
+RecallOutcome = Literal["dropped", "cancelled", "finished"]
+
+
+class Engine:
+    def __init__(self, *, max_queued: int = 32, cancel_timeout: float = 10.0) -> None:
+        self._owners: dict[ConversationKey, _Owner] = {}
+        self._tasks = TaskSet("engine")
+        self._max_queued = max_queued
+        self._cancel_timeout = cancel_timeout
+        self._closing = False
+
+    def __len__(self) -> int:
+        """Owners in memory (conversations with a queued or running turn)."""
+        return len(self._owners)
+
+    def live_keys(self, user_id: str) -> int:
+        return sum(1 for k in self._owners if k.user_id == user_id)
+
+    def submit(self, key: ConversationKey, job: Job, *, message_id: int = 0) -> Turn:
+        """Queue a turn behind the conversation's others; it starts when they are done."""
+        if self._closing:
+            raise BridgeError(ErrorCode.UNAVAILABLE, "the bridge is shutting down")
+        owner = self._owners.get(key)
+        if owner is None:
+            owner = self._owners[key] = _Owner(key)
+        elif len(owner.queue) >= self._max_queued:
+            raise BridgeError(
+                ErrorCode.BUSY,
+                f"{self._max_queued} messages are already waiting in this conversation",
+            )
+        turn = Turn(key, job, message_id=message_id)
+        owner.queue.append(turn)
+        if owner.task is None:
+            owner.task = self._tasks.spawn(self._run_owner(owner), name=f"owner-{key}")
+        return turn
+
+    def find(self, key: ConversationKey, message_id: int) -> Turn | None:
+        owner = self._owners.get(key)
+        if owner is None:
+            return None
+        if owner.running is not None and owner.running.message_id == message_id:
+            return owner.running
+        return next((t for t in owner.queue if t.message_id == message_id), None)
+
+    async def recall(
+        self, key: ConversationKey, message_id: int, reason: str = "the message was recalled"
+    ) -> RecallOutcome:
+        """Stop the turn of ``message_id`` if it has not finished.
+
+        ``dropped``: it was still queued and never reached the target. ``cancelled``: it was
+        running and has now unwound (its upstream request is closed). ``finished``: the engine
+        no longer knows it; whatever it produced is recorded with the message.
+        """
+        turn = self.find(key, message_id)
+        if turn is None:
+            return "finished"
+        return await self.stop(turn, reason)
+
+    async def stop(self, turn: Turn, reason: str) -> RecallOutcome:
+        """Drop ``turn`` if queued, cancel it (and wait for it to unwind) if running."""
+        task = turn.task
+        outcome = self.stop_nowait(turn, reason)
+        if outcome == "cancelled" and task is not None and not task.done():
+            done, _ = await asyncio.wait([task], timeout=self._cancel_timeout)
+            if not done:
+                log.warning("engine.cancel_slow", conversation=str(turn.key), turn=turn.message_id)
+        return outcome
+
+    def stop_nowait(self, turn: Turn, reason: str) -> RecallOutcome:
+        """Like stop(), without waiting for a running turn to unwind."""
+        owner = self._owners.get(turn.key)
+        if turn.state == "queued" and owner is not None and turn in owner.queue:
+            owner.queue.remove(turn)
+            turn.state = "dropped"
+            turn.stop_reason = reason
+            turn.finished.set()
+            return "dropped"
+        if turn.state != "running":
+            return "finished"
+        turn.stop_reason = reason
+        if turn.task is not None:
+            turn.task.cancel()
+        return "cancelled"
+
+    async def _run_owner(self, owner: _Owner) -> None:
+        try:
+            while owner.queue:
+                turn = owner.queue.popleft()
+                owner.running = turn
+                turn.state = "running"
+                turn.task = self._tasks.spawn(turn.job(turn), name=f"turn-{turn.message_id}")
+                try:
+                    await asyncio.wait([turn.task])
+                    if not turn.task.cancelled() and turn.task.exception() is not None:
+                        turn.error = turn.task.exception()
+                finally:
+                    turn.state = "done"
+                    turn.finished.set()
+                    owner.running = None
+        finally:
+            # No await between the empty check above and this: nothing can slip into the queue.
+            if self._owners.get(owner.key) is owner:
+                del self._owners[owner.key]
+            for turn in owner.queue:  # only on shutdown
+                turn.state = "dropped"
+                turn.finished.set()
+
+    async def close(self) -> None:
+        self._closing = True
+        await self._tasks.cancel_all()
