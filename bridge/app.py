@@ -19,6 +19,7 @@ from bridge.engine import Engine
 from bridge.outbox import Outbox
 from bridge.router import Router
 from bridge.sessions import Sessions
+from bridge.tasks import TaskSet
 from storage import Storage
 
 log = structlog.get_logger(__name__)
@@ -81,6 +82,7 @@ class App:
         self.sandbox: SandboxServer | None = None
         self.momohub: MomoHubClient | None = None
         self._closers: list[Any] = []
+        self._tasks = TaskSet("app")
         self.frameworks: Any = None
 
     async def _start_momohub(self, admin_code: str) -> None:
@@ -159,6 +161,9 @@ class App:
                 cfg, self.storage, self.router, self.outbox, self.sessions, admin_code=admin_code
             )
             await self.hub.start()
+            # Replies a previous run left in flight: recovered or reported, in the background
+            # (the upstream may be slow or down; serving does not wait for it).
+            self._tasks.spawn(self.sessions.recover(), name="recover-inflight")
         except BaseException:
             await self.stop()
             raise
@@ -169,6 +174,7 @@ class App:
         return self.hub.port
 
     async def stop(self) -> None:
+        await self._tasks.cancel_all()
         if self.hub is not None:
             await self.hub.stop()
         if self.sessions is not None:

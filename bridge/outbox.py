@@ -37,6 +37,9 @@ class Push:
     sender_name: str = ""
     stream_request_id: str | int | float | None = None
     push_id: str = ""
+    # A notice standing in for a reply that was cut short (the bridge stopped while it ran).
+    interrupted: bool = False
+    reply_to: int | None = None
     seq: int = 0
 
     def to_json(self) -> dict[str, Any]:

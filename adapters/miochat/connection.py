@@ -179,7 +179,7 @@ class Connection:
 
     def offer(self, push: Push) -> bool:
         if push.kind == "recall":
-            frame = P.recall_push(push.push_id, push.contact, push.message_id)
+            frame = P.recall_push(push.push_id, push.contact, push.message_id, seq=push.seq)
         else:
             frame = P.message_push(
                 push.push_id,
@@ -190,8 +190,10 @@ class Connection:
                 push.sender_id,
                 push.sender_name,
                 push.stream_request_id,
+                seq=push.seq,
+                interrupted=push.interrupted,
+                reply_to=push.reply_to,
             )
-        frame["seq"] = push.seq
         return self.send_frame(frame, push.seq)
 
     def note(self, seq: int) -> None:

@@ -29,13 +29,9 @@ from bridge.sessions import Accepted
 if TYPE_CHECKING:
     from adapters.miochat.connection import Connection
 
+Frame = Any  # one of the typed request models of `protocol` (P.RequestFrame)
+
 log = structlog.get_logger(__name__)
-
-
-def _need_object(data: Any) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise ValueError("data must be an object")
-    return data
 
 
 def upgrade_credentials(request: HttpRequest | None) -> dict[str, Any] | None:
@@ -66,50 +62,36 @@ class Route:
     inline: bool = False
     # Run as the frame is read; returns the ordering key (frames with the same key run in
     # arrival order; None: no ordering) and what the handler gets as its third argument.
-    prepare: Callable[[Connection, P.Request], tuple[Hashable | None, Any]] | None = None
+    prepare: Callable[[Connection, Any], tuple[Hashable | None, Any]] | None = None
 
 
 async def dispatch(conn: Connection, raw: str | bytes) -> None:
-    try:
-        req = P.parse_frame(raw)
-    except P.FrameError as e:
-        conn.send_frame(P.failure(e.request_id, e.protocol, e.type, e.code, e.reason))
+    frame = P.parse_request(raw, logged_in=conn.user is not None)
+    if isinstance(frame, P.FrameError):
+        if frame.code == ErrorCode.LOGIN_FAILED:
+            await _login_failed(conn, frame.request_id, frame.reason)
+        else:
+            conn.send_frame(P.failure_from(frame))
         return
-    if conn.user is None and (req.protocol, req.type) != ("system", "login"):
-        conn.fail(req, ErrorCode.UNAUTHENTICATED, "log in first (system/login)")
-        return
-    types = ROUTES.get(req.protocol)
-    if types is None:
-        conn.fail(
-            req,
-            ErrorCode.UNKNOWN_PROTOCOL,
-            f"unknown protocol {req.protocol!r}; expected one of {sorted(ROUTES)}",
-        )
-        return
-    route = types.get(req.type)
-    if route is None:
-        conn.fail(
-            req, ErrorCode.UNKNOWN_TYPE, f"unknown type {req.type!r} for protocol {req.protocol!r}"
-        )
-        return
+    route = ROUTES[type(frame)]
     if route.inline:
-        await _guarded(conn, req, route.handler)
+        await _guarded(conn, frame, route.handler)
         return
-    if not conn.has_room(req):
+    if not conn.has_room(frame):
         return
     if route.prepare is None:
-        conn.spawn_frame(req, lambda: _guarded(conn, req, route.handler), None)
+        conn.spawn_frame(frame, lambda: _guarded(conn, frame, route.handler), None)
         return
     try:
-        order, extra = route.prepare(conn, req)
+        order, extra = route.prepare(conn, frame)
     except BridgeError as e:
-        conn.fail(req, e.code, e.reason)
+        conn.fail(frame, e.code, e.reason)
         return
-    conn.spawn_frame(req, lambda: _guarded(conn, req, route.handler, extra), order)
+    conn.spawn_frame(frame, lambda: _guarded(conn, frame, route.handler, extra), order)
 
 
 async def _guarded(
-    conn: Connection, req: P.Request, handler: Callable[..., Awaitable[None]], *extra: Any
+    conn: Connection, req: Frame, handler: Callable[..., Awaitable[None]], *extra: Any
 ) -> None:
     try:
         await handler(conn, req, *extra)
@@ -134,13 +116,16 @@ async def login(
 ) -> None:
     hub = conn.hub
     auth = hub.config.auth
-    try:
-        if not isinstance(raw, dict):
-            raise ValueError("data must be an object with mio-chat-id and mio-chat-token")
-        data = P.LoginData.model_validate(raw)
-    except (ValidationError, ValueError) as e:
-        await _login_failed(conn, request_id, P.validation_reason(e))
-        return
+    if isinstance(raw, P.LoginData):
+        data = raw
+    else:
+        try:
+            if not isinstance(raw, dict):
+                raise ValueError("data must be an object with mio-chat-id and mio-chat-token")
+            data = P.LoginData.model_validate(raw)
+        except (ValidationError, ValueError) as e:
+            await _login_failed(conn, request_id, P.validation_reason(e))
+            return
     if hub.admin_code and _same(data.token, hub.admin_code):
         is_admin = True
     elif auth.user_code and not _same(data.token, auth.user_code):
@@ -168,49 +153,37 @@ async def _login_failed(conn: Connection, request_id: P.RequestId, reason: str) 
     await conn.close(CLOSE_LOGIN, "login failed")
 
 
-async def on_login(conn: Connection, req: P.Request) -> None:
-    await login(conn, req.data, req.request_id)
+async def on_login(conn: Connection, f: P.LoginRequest) -> None:
+    await login(conn, f.data, f.request_id)
 
 
-async def on_heartbeat(conn: Connection, req: P.Request) -> None:
-    data = P.HeartbeatData.model_validate(req.data if isinstance(req.data, dict) else {})
-    now = time.time() * 1000
-    sent = data.millis()
-    delay = int(now - sent) if sent is not None else 0
-    conn.send_frame(
-        P.success(req.request_id, "system", "heartbeat", {"delay": delay, "revTime": int(now)})
-    )
+async def on_heartbeat(conn: Connection, f: P.HeartbeatRequest) -> None:
+    conn.send_frame(P.heartbeat_reply(f.request_id, f.data, time.time() * 1000))
 
 
-async def on_ack(conn: Connection, req: P.Request) -> None:
-    data = _need_object(req.data)
-    seq = data.get("seq")
-    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**63:
-        raise BridgeError(ErrorCode.INVALID_DATA, "data.seq must be a non-negative integer")
-    await conn.ack(seq)
-    conn.send_frame(P.success(req.request_id, "system", "ack"))
+async def on_ack(conn: Connection, f: P.AckRequest) -> None:
+    conn.send_frame(P.success(f.request_id, "system", "ack"))
+    await conn.ack(f.data.seq)
 
 
-async def on_share(conn: Connection, req: P.Request) -> None:
-    data = P.ShareData.model_validate(_need_object(req.data))
-    result = await conn.hub.http.create_share(data.contactor, conn.ws.request, conn.peer)
-    conn.send_frame(P.success(req.request_id, "system", "share", result))
+async def on_share(conn: Connection, f: P.ShareRequest) -> None:
+    result = await conn.hub.http.create_share(f.data.contactor, conn.ws.request, conn.peer)
+    conn.send_frame(P.success(f.request_id, "system", "share", result))
 
 
 # ----- onebot --------------------------------------------------------------------------------
 
 
-def _contact_order(conn: Connection, req: P.Request) -> tuple[Hashable | None, None]:
-    contact = req.contact
-    if contact is None and isinstance(req.data, dict):
-        contact = req.data.get("id") if isinstance(req.data.get("id"), str) else None
-    return ("contact", contact), None
+def _contact_order(
+    conn: Connection, f: P.MessageRequest | P.ForwardRequest
+) -> tuple[Hashable, None]:
+    return ("contact", f.data.contact), None
 
 
-async def on_message(conn: Connection, req: P.Request, _: None = None) -> None:
+async def on_message(conn: Connection, req: P.MessageRequest, _: None = None) -> None:
     user = conn.user
     assert user is not None
-    msg = P.parse_send_message(req)
+    msg = req.data
     await _send_streamed(
         conn,
         req,
@@ -220,10 +193,10 @@ async def on_message(conn: Connection, req: P.Request, _: None = None) -> None:
     )
 
 
-async def on_forward(conn: Connection, req: P.Request, _: None = None) -> None:
+async def on_forward(conn: Connection, req: P.ForwardRequest, _: None = None) -> None:
     user = conn.user
     assert user is not None
-    fwd = P.parse_forward(req)
+    fwd = req.data
     items = [(i.message_id, i.segments) for i in fwd.items]
     await _send_streamed(
         conn,
@@ -236,7 +209,7 @@ async def on_forward(conn: Connection, req: P.Request, _: None = None) -> None:
 
 async def _send_streamed(
     conn: Connection,
-    req: P.Request,
+    req: P.MessageRequest | P.ForwardRequest,
     submit: Callable[[Callable[[ReplyEvent], Awaitable[None]]], Awaitable[Accepted]],
 ) -> None:
     """Ack with the stored message id; a streamed reply then follows on the same request_id."""
@@ -255,17 +228,16 @@ async def _send_streamed(
         conn.listeners.discard(renderer)
 
 
-async def on_del_message(conn: Connection, req: P.Request) -> None:
+async def on_del_message(conn: Connection, req: P.DeleteMessageRequest) -> None:
     assert conn.user is not None
-    d = P.parse_del_message(req)
-    await conn.hub.sessions.recall(conn.user, d.message_id, exclude_sink=conn)
+    await conn.hub.sessions.recall(conn.user, req.data.message_id, exclude_sink=conn)
     conn.send_frame(P.success(req.request_id, req.protocol, req.type))
 
 
 # ----- openai --------------------------------------------------------------------------------
 
 
-async def on_models(conn: Connection, req: P.Request) -> None:
+async def on_models(conn: Connection, req: P.ModelsRequest) -> None:
     hub = conn.hub
     if not hub.router.has_models:
         raise BridgeError(
@@ -288,7 +260,7 @@ async def on_models(conn: Connection, req: P.Request) -> None:
     )
 
 
-def _reserve_stream(conn: Connection, req: P.Request) -> tuple[Hashable | None, StreamSlot]:
+def _reserve_stream(conn: Connection, req: P.CompletionsRequest) -> tuple[Hashable, StreamSlot]:
     """Reserve the stream as the frame is read, so an abort in the same read finds it."""
     assert conn.user is not None
     hub = conn.hub
@@ -310,11 +282,10 @@ def _reserve_stream(conn: Connection, req: P.Request) -> tuple[Hashable | None, 
             hub.active_streams.pop(user_id, None)
 
     slot = conn.streams[req.request_id] = StreamSlot(req.request_id, release)
-    data = req.data if isinstance(req.data, dict) else {}
-    return ("completion", str(data.get("model")), str(data.get("conversation_id"))), slot
+    return ("completion", req.data.model, req.data.conversation_id), slot
 
 
-async def on_completions(conn: Connection, req: P.Request, slot: StreamSlot) -> None:
+async def on_completions(conn: Connection, req: P.CompletionsRequest, slot: StreamSlot) -> None:
     assert conn.user is not None
     hub = conn.hub
     renderer = StreamRenderer(conn, req.request_id, req.protocol, req.type, held=False)
@@ -322,7 +293,7 @@ async def on_completions(conn: Connection, req: P.Request, slot: StreamSlot) -> 
         if slot.aborted:
             renderer.render(Failed(ErrorCode.CANCELLED, "the stream was aborted"))
             return
-        data = P.CompletionsData.model_validate(_need_object(req.data))
+        data = req.data
         model = data.model or hub.config.openai.default_model
         if not model:
             raise BridgeError(
@@ -392,9 +363,9 @@ async def _run_completion(
         slot.release()
 
 
-async def on_abort(conn: Connection, req: P.Request) -> None:
+async def on_abort(conn: Connection, req: P.AbortRequest) -> None:
     assert conn.user is not None
-    data = P.AbortData.model_validate(_need_object(req.data))
+    data = req.data
     slot = conn.streams.get(data.request_id)
     if slot is None:
         # Another tab of the same user may own it; never another user's.
@@ -432,21 +403,15 @@ async def on_abort(conn: Connection, req: P.Request) -> None:
     conn.send_frame(P.success(req.request_id, req.protocol, req.type))
 
 
-ROUTES: dict[str, dict[str, Route]] = {
-    "system": {
-        "login": Route(on_login, inline=True),
-        "heartbeat": Route(on_heartbeat, inline=True),
-        "ack": Route(on_ack, inline=True),
-        "share": Route(on_share),
-    },
-    "onebot": {
-        "message": Route(on_message, prepare=_contact_order),
-        "del_message": Route(on_del_message),
-        "forward_msg": Route(on_forward, prepare=_contact_order),
-    },
-    "openai": {
-        "models": Route(on_models, inline=True),
-        "completions": Route(on_completions, prepare=_reserve_stream),
-        "abort": Route(on_abort, inline=True),
-    },
+ROUTES: dict[type, Route] = {
+    P.LoginRequest: Route(on_login, inline=True),
+    P.HeartbeatRequest: Route(on_heartbeat, inline=True),
+    P.AckRequest: Route(on_ack, inline=True),
+    P.AbortRequest: Route(on_abort, inline=True),
+    P.ModelsRequest: Route(on_models, inline=True),
+    P.ShareRequest: Route(on_share),
+    P.MessageRequest: Route(on_message, prepare=_contact_order),
+    P.ForwardRequest: Route(on_forward, prepare=_contact_order),
+    P.DeleteMessageRequest: Route(on_del_message),
+    P.CompletionsRequest: Route(on_completions, prepare=_reserve_stream),
 }
