@@ -333,50 +333,117 @@ def f(i: int) -> dict[str, object]:
     return {"kind": "message", "message_id": i, "text": f"消息 {i}"}
 
 
+def increasing(seqs: list[int]) -> bool:
+    return seqs == sorted(set(seqs)) and all(s > 0 for s in seqs)
+
+
 async def test_outbox_push_pending_in_order_and_per_user(st: Storage) -> None:
+    seqs: dict[str, list[int]] = {"alice": [], "bob": []}
     for i in range(5):
-        assert await st.outbox.push("alice", f(i), limit=10) == 0
-        await st.outbox.push("bob", f(100 + i), limit=10)
-    pending = await st.outbox.pending("alice")
-    assert [frame for _, frame in pending] == [f(i) for i in range(5)]
-    seqs = [seq for seq, _ in pending]
-    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+        seq, dropped = await st.outbox.push("alice", f(i), limit=10)
+        assert dropped == 0
+        seqs["alice"].append(seq)
+        seq, dropped = await st.outbox.push("bob", f(100 + i), limit=10)
+        assert dropped == 0
+        seqs["bob"].append(seq)
+    # The seq push returns is the row's key: pending gives it back with the frame, in order.
+    assert await st.outbox.pending("alice") == [(s, f(i)) for i, s in enumerate(seqs["alice"])]
+    assert await st.outbox.pending("bob") == [(s, f(100 + i)) for i, s in enumerate(seqs["bob"])]
+    assert increasing(seqs["alice"]) and increasing(seqs["bob"])
+    assert not set(seqs["alice"]) & set(seqs["bob"])
     assert await st.outbox.count("alice") == 5 and await st.outbox.count("bob") == 5
     assert await st.outbox.pending("nobody") == [] and await st.outbox.count("nobody") == 0
 
 
 async def test_outbox_trim_drops_oldest_beyond_limit(st: Storage) -> None:
-    dropped = [await st.outbox.push("alice", f(i), limit=3) for i in range(6)]
+    pushed = [await st.outbox.push("alice", f(i), limit=3) for i in range(6)]
     await st.outbox.push("bob", f(99), limit=3)
-    assert dropped == [0, 0, 0, 1, 1, 1]
-    assert [fr["message_id"] for _, fr in await st.outbox.pending("alice")] == [3, 4, 5]
+    assert [dropped for _, dropped in pushed] == [0, 0, 0, 1, 1, 1]
+    kept = [(seq, f(i)) for i, (seq, _) in enumerate(pushed)][3:]
+    assert await st.outbox.pending("alice") == kept  # the survivors keep their seqs
     assert await st.outbox.count("bob") == 1  # other users are not trimmed
     # A smaller limit later trims several at once.
-    assert await st.outbox.push("alice", f(6), limit=2) == 2
-    assert [fr["message_id"] for _, fr in await st.outbox.pending("alice")] == [5, 6]
+    seq, dropped = await st.outbox.push("alice", f(6), limit=2)
+    assert dropped == 2 and seq > kept[-1][0]
+    assert await st.outbox.pending("alice") == [kept[-1], (seq, f(6))]
+    seq, dropped = await st.outbox.push("alice", f(7), limit=1)
+    assert dropped == 2 and await st.outbox.pending("alice") == [(seq, f(7))]
 
 
-async def test_outbox_ack_up_to_seq(st: Storage) -> None:
+async def test_outbox_ack_up_to_seq_only_for_that_user(st: Storage) -> None:
+    alice, bob = [], []
     for i in range(4):
-        await st.outbox.push("alice", f(i), limit=10)
-        await st.outbox.push("bob", f(i), limit=10)
-    seqs = [seq for seq, _ in await st.outbox.pending("alice")]
-    await st.outbox.ack("alice", seqs[1])
-    assert [fr["message_id"] for _, fr in await st.outbox.pending("alice")] == [2, 3]
+        alice.append((await st.outbox.push("alice", f(i), limit=10))[0])
+        bob.append((await st.outbox.push("bob", f(i), limit=10))[0])
+    await st.outbox.ack("alice", alice[1])
+    assert await st.outbox.pending("alice") == [(alice[2], f(2)), (alice[3], f(3))]
     assert await st.outbox.count("bob") == 4  # acking one user leaves others alone
-    await st.outbox.ack("alice", seqs[1])  # again: nothing more goes
-    assert await st.outbox.count("alice") == 2
-    await st.outbox.ack("alice", seqs[-1])
+    await st.outbox.ack("alice", alice[1])  # again: nothing more goes
+    await st.outbox.ack("alice", 0)
+    await st.outbox.ack("nobody", alice[-1] + bob[-1])
+    assert await st.outbox.count("alice") == 2 and await st.outbox.count("bob") == 4
+    await st.outbox.ack("alice", alice[-1])
     assert await st.outbox.count("alice") == 0
+    assert [seq for seq, _ in await st.outbox.pending("bob")] == bob
+
+
+async def test_outbox_seqs_are_never_reused(db_path: Path) -> None:
+    s = await Storage.open(str(db_path))
+    try:
+        first, _ = await s.outbox.push("alice", f(1), limit=5)
+        await s.outbox.ack("alice", first)
+        second, _ = await s.outbox.push("alice", f(2), limit=1)
+        third, dropped = await s.outbox.push("alice", f(3), limit=1)
+        assert dropped == 1 and first < second < third
+        await s.outbox.ack("alice", third)
+        assert await s.outbox.count("alice") == 0
+    finally:
+        await s.close()
+    s = await Storage.open(str(db_path))
+    try:
+        # The table is empty, yet the next seq still follows the last one given out.
+        fourth, _ = await s.outbox.push("alice", f(4), limit=5)
+        assert fourth > third
+    finally:
+        await s.close()
+
+
+async def test_outbox_concurrent_pushes_unique_seqs_and_exact_trim(st: Storage) -> None:
+    users = ("alice", "bob")
+    calls = [(u, i) for i in range(20) for u in users]
+    results = await asyncio.gather(*(st.outbox.push(u, f(i), limit=5) for u, i in calls))
+    assert len({seq for seq, _ in results}) == len(calls)
+    for user in users:
+        mine = [r for (u, _), r in zip(calls, results, strict=True) if u == user]
+        assert sum(dropped for _, dropped in mine) == 15  # each row dropped exactly once
+        newest = sorted(seq for seq, _ in mine)[-5:]
+        assert [seq for seq, _ in await st.outbox.pending(user)] == newest
+        assert await st.outbox.count(user) == 5
+
+
+async def test_outbox_next_id_increasing_and_clock_seeded(st: Storage) -> None:
+    import time
+
+    start = int(time.time() * 1000)
+    ids = [st.outbox.next_id() for _ in range(1000)]
+    assert ids == sorted(set(ids)) and ids[0] >= start
+    # A new repository (a restart) starts from the clock, not from 1.
+    assert type(st.outbox)(st.db).next_id() >= start
 
 
 async def test_outbox_survives_reopen(db_path: Path) -> None:
     s = await Storage.open(str(db_path))
-    await s.outbox.push("alice", f(1), limit=5)
-    await s.close()
+    try:
+        first, _ = await s.outbox.push("alice", f(1), limit=5)
+        second, _ = await s.outbox.push("alice", f(2), limit=5)
+        await s.outbox.push("bob", f(3), limit=5)
+        await s.outbox.ack("alice", first)
+    finally:
+        await s.close()
     s = await Storage.open(str(db_path))
     try:
-        assert [fr for _, fr in await s.outbox.pending("alice")] == [f(1)]
+        assert await s.outbox.pending("alice") == [(second, f(2))]
+        assert await s.outbox.count("bob") == 1
     finally:
         await s.close()
 
