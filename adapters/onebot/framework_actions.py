@@ -3,16 +3,24 @@
 Replies become stored hub messages pushed to the user; queries answer from stored state.
 Hub users are the account's friends; in group mode each user also has a two-member group whose
 number equals the user's own.
+
+Identities: only a hub admin (logged in with the admin code) appears as ``auth.admin_qq``, and
+only the bridge itself as ``auth.bot_qq`` / a link's ``self_id``. These numbers are reserved in
+storage, so a hub user whose id happens to be one of them gets a mapped number instead, and a
+reply to ``admin_qq`` reaches the admins only.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Hashable
+from functools import partial
 from typing import Any
 
 import structlog
 
 from adapters.onebot import protocol as P
+from adapters.onebot.framework_link import Job
 from adapters.onebot.message import ForwardNode, normalize_message, segments_to_json
 from adapters.onebot.segments import from_hub, refused_image, to_hub, to_onebot
 from bridge.config import Config
@@ -25,6 +33,59 @@ log = structlog.get_logger(__name__)
 VERSION = "0.1.0"
 # How protocol.validate_params words an empty `message` / `messages`.
 EMPTY_MESSAGE = ("message: is empty", "messages: is empty")
+# Actions addressed to one user or group, by where the framework names the target.
+TO_USER = frozenset({"send_private_msg", "send_private_forward_msg"})
+TO_GROUP = frozenset({"send_group_msg", "send_group_forward_msg"})
+TO_EITHER = frozenset({"send_msg", "send_forward_msg"})
+
+
+def reserved_numbers(config: Config) -> set[int]:
+    """The QQ numbers that are the bridge's own identities, never a hub user's."""
+    numbers = {int(config.auth.admin_qq), int(config.auth.bot_qq)}
+    numbers.update(int(link.self_id) for link in config.onebot.frameworks if link.self_id)
+    return numbers
+
+
+def _as_number(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _target(message_type: Any, user_id: Any, group_id: Any) -> int | None:
+    # As OneBot resolves it: without message_type, the presence of group_id decides.
+    if message_type == "group" or (message_type is None and group_id is not None):
+        return _as_number(group_id)
+    return _as_number(user_id)
+
+
+def order_key(action: str, params: dict[str, Any]) -> Hashable | None:
+    """What keeps a framework's actions in order: the number (user or group; in group mode the
+    same number) an action sends to. None for the rest, which may run in any order."""
+    if action in TO_USER:
+        return _as_number(params.get("user_id"))
+    if action in TO_GROUP:
+        return _as_number(params.get("group_id"))
+    if action in TO_EITHER:
+        return _target(params.get("message_type"), params.get("user_id"), params.get("group_id"))
+    if action == ".handle_quick_operation":
+        ctx = params.get("context")
+        if isinstance(ctx, dict):
+            return _target(ctx.get("message_type"), ctx.get("user_id"), ctx.get("group_id"))
+    return None
+
+
+async def _answer(response: dict[str, Any] | None) -> dict[str, Any] | None:
+    return response
 
 
 class ActionFailed(Exception):
@@ -83,7 +144,10 @@ class FrameworkActions:
         self._outbox = outbox
         self.self_id = self_id
         self.nickname = config.server.title
-        self.contact = config.auth.bot_qq
+        # Read defensively: a number in the config may be an int or a numeric string.
+        self.contact = str(config.auth.bot_qq)
+        self.admin_qq = int(config.auth.admin_qq)
+        storage.users.reserve(*reserved_numbers(config), self_id)
         self._handlers = {
             "send_private_msg": self._send_private,
             "send_group_msg": self._send_group,
@@ -108,13 +172,20 @@ class FrameworkActions:
             ".handle_quick_operation": self._quick,
         }
 
-    async def handle(self, raw: str | bytes) -> dict[str, Any] | None:
-        """One action frame in, its response out (None: unparseable and nothing to answer)."""
+    def prepare(self, raw: str | bytes) -> Job:
+        """One action frame, parsed and keyed for ordering; its Job's run() answers it."""
         try:
             req = P.parse_action(raw)
         except P.ProtocolError as e:
             log.warning("onebot.bad_action", reason=e.message)
-            return e.response() if e.echo is not P.NO_ECHO else None
+            return Job(None, partial(_answer, e.response() if e.echo is not P.NO_ECHO else None))
+        return Job(order_key(req.base_action, req.params), partial(self._run, req))
+
+    async def handle(self, raw: str | bytes) -> dict[str, Any] | None:
+        """One action frame in, its response out (None: unparseable and nothing to answer)."""
+        return await self.prepare(raw).run()
+
+    async def _run(self, req: P.ActionRequest) -> dict[str, Any]:
         action = req.base_action
         handler = self._handlers.get(action)
         if handler is None:
@@ -138,16 +209,26 @@ class FrameworkActions:
     # ----- ids --------------------------------------------------------------------------------
 
     async def number_of(self, user_id: str, is_admin: bool) -> int:
+        """A hub user's QQ number: ``admin_qq`` for an admin only, for anyone else their own
+        number (never a reserved one, even for a user whose id is ``admin_qq`` itself)."""
         if is_admin:
-            return int(self._config.auth.admin_qq)
+            return self.admin_qq
         return await self.numbers.number_for(user_id)
 
     async def users_for(self, number: int) -> list[str]:
-        """The hub users a QQ number stands for (the admin number stands for every admin)."""
-        if str(number) == self._config.auth.admin_qq:
+        """The hub users a QQ number stands for: ``admin_qq`` every admin and nobody else, any
+        other number exactly the one user it was given to."""
+        if number == self.admin_qq:
             admins = await self._storage.users.admins()
-            if admins:
-                return admins
+            if not admins:
+                raise ActionFailed(
+                    P.RetCode.BAD_PARAMS, f"user_id {number} is the admin, who has not logged in"
+                )
+            return admins
+        if number in self._storage.users.reserved:
+            raise ActionFailed(
+                P.RetCode.BAD_PARAMS, f"user_id {number} is the bot account itself, not a friend"
+            )
         user = await self.numbers.user_for_number(number)
         if user is None:
             raise ActionFailed(P.RetCode.BAD_PARAMS, f"unknown user_id {number}: no such friend")

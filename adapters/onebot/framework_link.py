@@ -1,7 +1,14 @@
 """One reverse-WebSocket connection to a bot framework, as a OneBot v11 Universal client.
 
-The bridge dials the framework (NoneBot, Koishi, Yunzai, AstrBot) and keeps dialing: capped
-exponential backoff with jitter, exactly one connection per framework at a time.
+The bridge dials the framework (NoneBot, Koishi, Yunzai, AstrBot) and keeps dialing: exponential
+backoff with jitter, never waiting longer than ``reconnect_max`` between attempts (so a framework
+that comes back is relinked within it, however often it failed before), exactly one connection
+per framework at a time.
+
+The framework's action calls run concurrently (a slow one, say waiting on storage, does not hold
+up the rest), one after another for actions addressed to the same user or group (their replies
+keep their order), and at most ``max_in_flight`` at once: past that the link stops reading, and
+the framework's own sends wait.
 
 The bridge never calls actions on the framework (it is the implementation: the framework calls
 it), so there are no pending requests to fail on a disconnect; every send has a deadline instead,
@@ -13,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -27,9 +35,23 @@ from bridge.tasks import TaskSet
 
 log = structlog.get_logger(__name__)
 
-ActionHandler = Callable[[str | bytes], Awaitable[dict[str, Any] | None]]
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One action frame, parsed: ``run()`` answers it (None: nothing to answer). Jobs with the
+    same ``key`` (the user or group the action is addressed to) run in arrival order; jobs
+    without one, and jobs for different keys, run concurrently."""
+
+    key: Hashable | None
+    run: Callable[[], Awaitable[dict[str, Any] | None]]
+
+
+# Parses one frame into a Job; pure and quick (the slow part is the Job's run).
+ActionHandler = Callable[[str | bytes], Job]
 # A connection that lasted this long counts as healthy: the next failure starts backoff afresh.
 HEALTHY_AFTER = 10.0
+# Actions running at once per connection; past this the link stops reading until one ends.
+MAX_IN_FLIGHT = 32
 # Protocol-level pings find a framework whose host vanished (no FIN, no RST) long before TCP
 # would; every framework's WebSocket server answers them without any code of its own.
 PING_INTERVAL = 20.0
@@ -44,10 +66,11 @@ def backoff_delay(
     cap: float,
     uniform: Callable[[float, float], float] = random.uniform,
 ) -> float:
-    """Seconds to wait before redial number ``attempt`` (0-based): doubling from ``base``, capped
-    at ``cap``, with ±20 % jitter so many bridges restarted together do not redial in lockstep."""
+    """Seconds to wait before redial number ``attempt`` (0-based): doubling from ``base`` up to
+    ``cap``, less up to 20 % jitter so many bridges restarted together do not redial in lockstep.
+    Never more than ``cap``: the cap is a promise (a framework back is relinked within it)."""
     delay = min(base * 2 ** min(attempt, 30), cap)
-    return delay * uniform(0.8, 1.2)
+    return delay * uniform(0.8, 1.0)
 
 
 def safe_url(url: str) -> str:
@@ -63,6 +86,8 @@ def safe_url(url: str) -> str:
 
 
 class FrameworkLink:
+    max_in_flight = MAX_IN_FLIGHT
+
     def __init__(
         self,
         config: LinkConfig,
@@ -73,13 +98,15 @@ class FrameworkLink:
         self.config = config
         self.self_id = self_id
         self.name = safe_url(config.url)
-        self._handle_action = handle_action
+        self._prepare = handle_action
         self._on_change = on_change
         self._ws: ClientConnection | None = None
         self._tasks = TaskSet(f"onebot-link {self.name}")
         self._runner: asyncio.Task[None] | None = None
         self.connects = 0
         self.last_error = ""
+        self.failures = 0  # consecutive failed or short-lived connections (the backoff step)
+        self.retry_in = 0.0  # the wait before the current redial, seconds
         self._stuck = ""  # why this bridge cut the current connection itself, if it did
         self._closing = False
 
@@ -118,8 +145,11 @@ class FrameworkLink:
             headers["Authorization"] = f"Bearer {self.config.access_token}"
         return headers
 
+    @property
+    def backoff_cap(self) -> float:
+        return min(self.config.max_reconnect_interval, self.config.reconnect_max)
+
     async def _run(self) -> None:
-        attempt = 0
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
@@ -162,16 +192,15 @@ class FrameworkLink:
             if self._closing:
                 return
             if loop.time() - started > HEALTHY_AFTER:
-                attempt = 0
-            delay = backoff_delay(
-                attempt, self.config.reconnect_interval, self.config.max_reconnect_interval
-            )
-            attempt += 1
+                self.failures = 0
+            delay = backoff_delay(self.failures, self.config.reconnect_interval, self.backoff_cap)
+            self.failures += 1
+            self.retry_in = delay
             log.warning(
                 "onebot.link_down",
                 url=self.name,
                 reason=self.last_error,
-                attempt=attempt,
+                attempt=self.failures,
                 retry_in=round(delay, 2),
             )
             await asyncio.sleep(delay)
@@ -208,18 +237,53 @@ class FrameworkLink:
         await self._send(ws, P.lifecycle_connect(self.self_id))
         self._set_ws(ws)
         beat = self._tasks.spawn(self._heartbeat(ws), name=f"onebot-heartbeat {self.name}")
+        slots = asyncio.Semaphore(self.max_in_flight)
+        # The last job started for each key: the next one for that key waits for it.
+        tails: dict[Hashable, asyncio.Task[None]] = {}
         try:
             async for raw in ws:
-                # Answered in arrival order, so a framework's replies keep their order.
-                response = await self._handle_action(raw)
-                if response is not None:
-                    await self._send(ws, response)
+                # Bounded: with every slot taken, stop reading (the framework's sends back up).
+                await slots.acquire()
+                try:
+                    job = self._prepare(raw)
+                except Exception:
+                    slots.release()
+                    log.exception("onebot.action_unparsed", url=self.name)
+                    continue
+                before = tails.get(job.key) if job.key is not None else None
+                task = self._tasks.spawn(
+                    self._answer(ws, job, before, slots), name=f"onebot-action {self.name}"
+                )
+                if job.key is not None:
+                    tails[job.key] = task
+                    task.add_done_callback(lambda t, key=job.key: _forget(tails, key, t))
         except ConnectionClosed:
             pass
         finally:
             # Not connected any more from here on: no event may be sent into a dying socket.
+            # Actions already running finish (a reply is stored and pushed even so); their
+            # answers have nowhere to go.
             self._set_ws(None)
             beat.cancel()
+
+    async def _answer(
+        self,
+        ws: ClientConnection,
+        job: Job,
+        before: asyncio.Task[None] | None,
+        slots: asyncio.Semaphore,
+    ) -> None:
+        try:
+            if before is not None:
+                # Only its end matters here, not how it ended (it reports that itself).
+                await asyncio.wait([before])
+            response = await job.run()
+            if response is not None:
+                await self._send(ws, response)
+        except (ConnectionClosed, TimeoutError):
+            pass  # the reader sees the same end and redials
+        finally:
+            slots.release()
 
     async def _heartbeat(self, ws: ClientConnection) -> None:
         interval = self.config.heartbeat_interval
@@ -241,3 +305,11 @@ class FrameworkLink:
         except (ConnectionClosed, TimeoutError):
             return False
         return True
+
+
+def _forget(
+    tails: dict[Hashable, asyncio.Task[None]], key: Hashable, task: asyncio.Task[None]
+) -> None:
+    # Only while it is still the newest for its key: a later job has taken its place otherwise.
+    if tails.get(key) is task:
+        del tails[key]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from adapters.onebot.framework_actions import order_key, reserved_numbers
 from adapters.onebot.framework_link import backoff_delay, safe_url
 from adapters.onebot.segments import from_hub, refused_image, to_hub, to_onebot
+from bridge.config import Config
 from bridge.models import Segment
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="
@@ -16,12 +18,14 @@ def test_backoff_doubles_then_caps() -> None:
     assert mid == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0]
 
 
-def test_backoff_jitter_stays_within_a_fifth() -> None:
+def test_backoff_jitter_stays_within_a_fifth_and_under_the_cap() -> None:
     lo = backoff_delay(3, 1.0, 60.0, uniform=lambda a, b: a)
     hi = backoff_delay(3, 1.0, 60.0, uniform=lambda a, b: b)
-    assert lo == pytest.approx(6.4) and hi == pytest.approx(9.6)
+    assert lo == pytest.approx(6.4) and hi == pytest.approx(8.0)
     for _ in range(200):
-        assert 0.8 * 60 <= backoff_delay(50, 1.0, 60.0) <= 1.2 * 60
+        # The cap is a promise: a framework that comes back is redialed within it.
+        assert 0.8 * 10 <= backoff_delay(50, 1.0, 10.0) <= 10.0
+        assert backoff_delay(3, 1.0, 5.0) <= 5.0
 
 
 def test_backoff_survives_huge_attempt_counts() -> None:
@@ -97,3 +101,44 @@ def test_refused_image_ignores_other_segments() -> None:
 def test_from_hub_round_trips_stored_content() -> None:
     stored = [{"type": "text", "data": {"text": "a"}}, {"type": "face", "data": {"id": "1"}}]
     assert [s.to_json() for s in from_hub(stored)] == stored
+
+
+@pytest.mark.parametrize(
+    ("action", "params", "key"),
+    [
+        ("send_private_msg", {"user_id": 42, "message": "x"}, 42),
+        ("send_private_msg", {"user_id": "42", "message": "x"}, 42),  # Koishi sends strings
+        ("send_private_forward_msg", {"user_id": 42, "messages": []}, 42),
+        ("send_group_msg", {"group_id": 7, "message": "x"}, 7),
+        ("send_group_forward_msg", {"group_id": "7", "messages": []}, 7),
+        ("send_msg", {"user_id": 42, "group_id": 7}, 7),  # group_id decides without a type
+        ("send_msg", {"message_type": "private", "user_id": 42, "group_id": 7}, 42),
+        ("send_msg", {"message_type": "group", "group_id": 7.0}, 7),
+        ("send_forward_msg", {"user_id": 42}, 42),
+        (".handle_quick_operation", {"context": {"message_type": "private", "user_id": 9}}, 9),
+        (".handle_quick_operation", {"context": {"message_type": "group", "group_id": 8}}, 8),
+        (".handle_quick_operation", {"context": "nonsense"}, None),
+        ("send_private_msg", {"user_id": "abc"}, None),
+        ("send_private_msg", {"user_id": True}, None),
+        ("get_msg", {"message_id": 42}, None),
+        ("delete_msg", {"message_id": 42}, None),
+        ("get_login_info", {}, None),
+    ],
+)
+def test_order_key_is_the_number_an_action_sends_to(action: str, params: dict, key: int) -> None:
+    assert order_key(action, params) == key
+
+
+def test_reserved_numbers_are_every_bridge_identity() -> None:
+    cfg = Config.model_validate(
+        {
+            "auth": {"admin_qq": "20001", "bot_qq": "20000"},
+            "onebot": {
+                "frameworks": [
+                    {"url": "ws://127.0.0.1:1/a"},
+                    {"url": "ws://127.0.0.1:2/b", "self_id": "20002"},
+                ]
+            },
+        }
+    )
+    assert reserved_numbers(cfg) == {20000, 20001, 20002}

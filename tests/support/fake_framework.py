@@ -28,13 +28,18 @@ class FakeFramework:
         self.close_codes: list[int | None] = []
         self.concurrent = 0
         self.max_concurrent = 0
+        # While set, every connection is closed right after its handshake: a framework that
+        # accepts and drops (starting up, crashing, refusing the self id after the upgrade).
+        self.dropping = False
         self._changed = asyncio.Condition()
         self.server: Any = None
+        self.port = 0
 
     async def start(self) -> str:
-        self.server = await serve(self._handle, "127.0.0.1", 0, process_request=self._auth)
-        port = self.server.sockets[0].getsockname()[1]
-        return f"ws://127.0.0.1:{port}/onebot/v11/ws"
+        """Listen (again on the same port after a stop, like a restarted framework)."""
+        self.server = await serve(self._handle, "127.0.0.1", self.port, process_request=self._auth)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return f"ws://127.0.0.1:{self.port}/onebot/v11/ws"
 
     def _auth(self, conn: ServerConnection, request: Any) -> Any:
         self.headers.append(dict(request.headers.raw_items()))
@@ -49,6 +54,9 @@ class FakeFramework:
             self.connections.append(ws)
             self._changed.notify_all()
         try:
+            if self.dropping:
+                await ws.close(1011, "not ready")
+                return
             async for raw in ws:
                 async with self._changed:
                     self.raw.append(raw)
@@ -77,18 +85,27 @@ class FakeFramework:
                 await self._changed.wait_for(lambda: len(self.connections) >= n)
         return self.connections[n - 1]
 
-    async def call(
-        self, action: Any, params: Any = None, echo: Any = "e", raw: str | None = None
-    ) -> dict:
-        ws = self.connections[-1]
-        if raw is not None:
-            await ws.send(raw)
-            return {}
+    async def send(self, action: Any, params: Any = None, echo: Any = "e") -> None:
+        """Call an action without waiting for its answer (see ``answer``)."""
         frame: dict[str, Any] = {"action": action, "echo": echo}
         if params is not None:
             frame["params"] = params
-        await ws.send(json.dumps(frame))
-        return await self.wait(lambda f: "status" in f and f.get("echo") == echo)
+        await self.connections[-1].send(json.dumps(frame))
+
+    async def answer(self, echo: Any, timeout: float = WAIT) -> dict[str, Any]:
+        return await self.wait(lambda f: "status" in f and f.get("echo") == echo, timeout)
+
+    def answered(self, echo: Any) -> bool:
+        return any("status" in f and f.get("echo") == echo for f in self.frames)
+
+    async def call(
+        self, action: Any, params: Any = None, echo: Any = "e", raw: str | None = None
+    ) -> dict:
+        if raw is not None:
+            await self.connections[-1].send(raw)
+            return {}
+        await self.send(action, params, echo)
+        return await self.answer(echo)
 
     async def wait_closed(self, n: int = 1) -> None:
         """Until ``n`` of the bridge's connections have ended."""
