@@ -16,7 +16,7 @@ from storage import Storage
 from storage.db import Database
 from storage.messages import INT32_MAX
 from storage.migrations import MIGRATIONS
-from storage.users import MAPPED_FLOOR
+from storage.users import MAPPED_FLOOR, UserRepo
 
 SPAN = INT32_MAX - MAPPED_FLOOR
 
@@ -226,6 +226,84 @@ async def test_numeric_id_in_mapped_range_does_not_share_a_number(st: Storage) -
     await st.users.touch(str(n), False)
     assert await st.users.number_for(str(n)) != n
     assert await st.users.user_for_number(n) == "alice"
+
+
+async def test_reserved_numbers_are_never_a_users_number(st: Storage) -> None:
+    # The bridge's own identities (admin_qq, bot_qq): a hub user with such an id is mapped.
+    st.users.reserve(10000, "10001")
+    assert st.users.reserved == {10000, 10001}
+    for user_id in ("10001", "10000"):
+        await st.users.touch(user_id, False)
+        n = await st.users.number_for(user_id)
+        assert n == hashed(user_id) and n >= MAPPED_FLOOR
+        assert await st.users.number_for(user_id) == n
+        assert await st.users.user_for_number(n) == user_id
+        # The reserved number names nobody, even though a user with that very id exists.
+        assert await st.users.user_for_number(int(user_id)) is None
+    assert await st.users.number_for("10002") == 10002  # other numeric ids are still their own
+
+
+async def test_reserved_numbers_given_to_the_repo_at_construction(st: Storage) -> None:
+    repo = UserRepo(st.db, reserved={"777", 778})
+    assert repo.reserved == {777, 778}
+    assert await repo.number_for("777") == hashed("777")
+    assert await repo.number_for("779") == 779
+
+
+async def test_a_number_given_out_before_it_was_reserved_is_taken_back(db_path: Path) -> None:
+    # An older bridge (or an admin_qq changed since) gave user "10001" the number 10001.
+    s = await Storage.open(str(db_path))
+    assert await s.users.number_for("10001") == 10001
+    await s.close()
+    s = await Storage.open(str(db_path))
+    try:
+        s.users.reserve(10001)
+        assert await s.users.user_for_number(10001) is None
+        n = await s.users.number_for("10001")
+        assert n == hashed("10001")
+        assert await scalar(s.db, "SELECT count(*) FROM user_numbers WHERE number = 10001") == 0
+        assert await s.users.user_for_number(n) == "10001"
+    finally:
+        await s.close()
+    s = await Storage.open(str(db_path))
+    try:
+        s.users.reserve(10001)
+        assert await s.users.number_for("10001") == n  # moved once, then stable
+    finally:
+        await s.close()
+
+
+async def test_concurrent_first_numbers_agree_and_never_collide(st: Storage) -> None:
+    # Two tabs of one new user send their first messages at once, many users at a time.
+    st.users.reserve(10001)
+    users = ["alice", "bob", "4242", "10001", "0123", "123", *(f"u{i}" for i in range(20))]
+    calls = [u for u in users for _ in range(8)]
+    got = await asyncio.gather(*(st.users.number_for(u) for u in calls))
+    numbers: dict[str, int] = {}
+    for user, n in zip(calls, got, strict=True):
+        assert numbers.setdefault(user, n) == n, user
+    assert len(set(numbers.values())) == len(users)
+    assert 10001 not in numbers.values() and numbers["4242"] == 4242
+    assert await scalar(st.db, "SELECT count(*) FROM user_numbers") == len(users)
+    for user, n in numbers.items():
+        assert await st.users.user_for_number(n) == user
+
+
+async def test_concurrent_first_numbers_agree_across_connections(db_path: Path) -> None:
+    # Two connections to one file (no shared lock): the INSERT ... ON CONFLICT settles it.
+    a = await Storage.open(str(db_path))
+    b = await Storage.open(str(db_path))
+    try:
+        users = [f"user-{i}" for i in range(10)]
+        got = await asyncio.gather(
+            *(repo.number_for(u) for u in users for repo in (a.users, b.users))
+        )
+        pairs = list(zip(got[::2], got[1::2], strict=True))
+        assert all(x == y for x, y in pairs)
+        assert len({x for x, _ in pairs}) == len(users)
+    finally:
+        await a.close()
+        await b.close()
 
 
 # ----- messages -----------------------------------------------------------------------------------
