@@ -1,4 +1,4 @@
-"""hub client ↔ bridge ↔ REAL bot frameworks (NoneBot2 + adapter-onebot, aiocqhttp)."""
+"""hub client ↔ bridge ↔ REAL bot frameworks (NoneBot2 + adapter-onebot, aiocqhttp, Koishi)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from storage.users import MAPPED_FLOOR
 from tests.conftest import ADMIN_CODE, Bridge
-from tests.support.frameworks import FrameworkProcess
+from tests.support.frameworks import FrameworkProcess, koishi_node
 from tests.support.hub_client import HubClient, eventually
 
 BOT = "10000"
+ADMIN_QQ = "10001"  # also the NoneBot bot's superuser
 WAIT = 30.0  # generous: a framework subprocess on a loaded 2-core machine
 TOKEN = "fw-token"
+# Koishi's first test may run `npm ci` (locked packages, tens of seconds on a slow network).
+KOISHI_TIMEOUT = 420
 
 
 def text(t: str) -> list[dict]:
@@ -32,6 +36,15 @@ async def nonebot(tmp_path: Path) -> AsyncIterator[FrameworkProcess]:
 @pytest.fixture
 async def aiocq(tmp_path: Path) -> AsyncIterator[FrameworkProcess]:
     fw = FrameworkProcess("aiocqhttp_bot.py", "/ws/", TOKEN, tmp_path / "aiocq")
+    await fw.start()
+    yield fw
+    await fw.stop()
+
+
+@pytest.fixture
+async def koishi(tmp_path: Path) -> AsyncIterator[FrameworkProcess]:
+    node = await koishi_node()
+    fw = FrameworkProcess("koishi/bot.js", "/onebot", TOKEN, tmp_path / "koishi", program=node)
     await fw.start()
     yield fw
     await fw.stop()
@@ -216,3 +229,69 @@ async def test_wrong_token_is_refused_and_hub_keeps_working(bridge_factory, none
         == (await c.request("onebot", "message", text("again"), id=BOT))["data"]["error"]
     )
     assert (await c.request("system", "heartbeat", {}))["code"] == 0
+
+
+async def test_nonebot_superuser_is_the_real_admin_only(bridge_factory, nonebot) -> None:
+    # A hub user whose id is auth.admin_qq must not become NoneBot's superuser, nor receive
+    # what the bot says to the real admin.
+    b = await linked(bridge_factory, nonebot)
+    admin = await b.client("boss", ADMIN_CODE)
+    impostor = await b.client(ADMIN_QQ)
+    await say(impostor, "whoami")
+    await impostor.wait_push()
+    [answer] = bot_texts(impostor)
+    role, number = answer.split()
+    assert role == "user" and int(number) >= MAPPED_FLOOR
+    await say(admin, "whoami")
+    await admin.wait_push()
+    assert bot_texts(admin) == [f"superuser {ADMIN_QQ}"]
+    await impostor.request("system", "heartbeat", {})
+    assert bot_texts(impostor) == [answer]
+
+
+@pytest.mark.timeout(KOISHI_TIMEOUT)
+async def test_koishi_echo_roundtrip(bridge_factory, koishi: FrameworkProcess) -> None:
+    b = await linked(bridge_factory, koishi)
+    c = await b.client("70001")
+    ack = await say(c, "hello <koishi> & co")
+    push = await c.wait_push(lambda f: f["data"]["id"] == BOT)
+    content = push["data"]["content"]
+    assert content["message"] == text("koishi: hello <koishi> & co")
+    assert content["sender"] == {"id": BOT, "name": "MomoBridge"}
+    assert content["message_id"] != ack["data"]["message_id"]
+    # A second user gets their own answer, not the first one's.
+    other = await b.client("alice-koishi")
+    await say(other, "second")
+    await other.wait_push()
+    assert bot_texts(other) == ["koishi: second"]
+    await c.request("system", "heartbeat", {})
+    assert bot_texts(c) == ["koishi: hello <koishi> & co"]
+
+
+@pytest.mark.timeout(KOISHI_TIMEOUT)
+async def test_koishi_wrong_token_is_refused(bridge_factory, koishi: FrameworkProcess) -> None:
+    b = await bridge_factory(onebot={"frameworks": [link(koishi, access_token="wrong")]})
+    link_obj = b.app.frameworks._links[0]
+    await eventually(lambda: "HTTP 401" in link_obj.last_error, what="the refusal", timeout=WAIT)
+    assert "access_token" in link_obj.last_error and link_obj.connects == 0
+    c = await b.client("70002")
+    f = await c.request("onebot", "message", text("anyone?"), id=BOT)
+    assert f["data"]["error"] == "UNAVAILABLE" and "HTTP 401" in f["data"]["reason"]
+
+
+@pytest.mark.timeout(KOISHI_TIMEOUT)
+async def test_koishi_unknown_self_id_is_dropped_and_redialed_within_the_cap(
+    bridge_factory, koishi: FrameworkProcess
+) -> None:
+    # Koishi accepts the upgrade, then closes 1008 for an account it does not know: a framework
+    # that accepts and drops. The bridge keeps redialing, never waiting past reconnect_max.
+    b = await bridge_factory(
+        onebot={"frameworks": [link(koishi, self_id="12345", reconnect_max=0.3)]}
+    )
+    link_obj = b.app.frameworks._links[0]
+    await eventually(
+        lambda: "invalid x-self-id" in link_obj.last_error and link_obj.connects >= 4,
+        what="repeated drops",
+        timeout=WAIT,
+    )
+    assert "1008" in link_obj.last_error and link_obj.retry_in <= 0.3

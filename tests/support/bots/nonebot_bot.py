@@ -5,6 +5,8 @@ Behaviour, keyed on the text it receives:
   "forward"      → a merged-forward reply (send_private_forward_msg) and then an image
   "selfdestruct" → sends "temporary" and recalls it with delete_msg
   a reply segment → NoneBot itself calls get_msg; answers "you replied to: <text>"
+  "whoami"       → "superuser <user_id>" for a superuser (QQ 10001, the bridge's default
+                   auth.admin_qq), "user <user_id>" for anyone else
   anything else  → "echo: <text>"
 A friend_recall notice → "recalled <message_id>".
 """
@@ -23,6 +25,7 @@ from nonebot.adapters.onebot.v11 import (
     MessageEvent,
     MessageSegment,
 )
+from nonebot.permission import SUPERUSER
 
 port, token = int(sys.argv[1]), sys.argv[2]
 nonebot.init(
@@ -32,6 +35,7 @@ nonebot.init(
     onebot_access_token=token,
     log_level="WARNING",
     command_start=[""],
+    superusers={"10001"},
 )
 nonebot.get_driver().register_adapter(Adapter)
 
@@ -63,6 +67,9 @@ async def answer(bot: Bot, event: MessageEvent) -> None:
         ]
         await bot.call_api("send_private_forward_msg", user_id=event.user_id, messages=nodes)
         await messages.finish(MessageSegment.image(f"base64://{PNG}"))
+    if text == "whoami":
+        role = "superuser" if await SUPERUSER(bot, event) else "user"
+        await messages.finish(f"{role} {event.user_id}")
     if text == "selfdestruct":
         sent = await bot.send(event, "temporary")
         await bot.delete_msg(message_id=sent["message_id"])
