@@ -16,6 +16,7 @@ from adapters.momohub.sandbox import SandboxServer
 from adapters.momohub.target import CharacterTarget
 from bridge.config import Config, MomoHubConfig, OpenAIProvider, SandboxConfig
 from bridge.engine import Engine
+from bridge.health import AUTH_FAILED, ERROR, OK, UNREACHABLE, Health
 from bridge.outbox import Outbox
 from bridge.router import Router
 from bridge.sessions import Sessions
@@ -23,6 +24,12 @@ from bridge.tasks import TaskSet
 from storage import Storage
 
 log = structlog.get_logger(__name__)
+
+# Start-up gives upstreams this long to get ready (so a login right after start sees MomoHub's
+# characters and the providers' models) and no longer: an upstream that is slow, down or
+# refusing our credentials never holds up the server. It serves at once, the upstream keeps
+# being retried in the background, and /readyz tells what is missing.
+STARTUP_GRACE = 0.5
 
 
 def _admin_code_file(config: Config) -> Path:
@@ -84,6 +91,9 @@ class App:
         self._closers: list[Any] = []
         self._tasks = TaskSet("app")
         self.frameworks: Any = None
+        self.health = Health()
+        # Upstream start-ups still running; start() waits on them for STARTUP_GRACE at most.
+        self._warming: list[asyncio.Task[Any]] = []
 
     async def _start_momohub(self, admin_code: str) -> None:
         assert self.storage is not None
@@ -110,18 +120,41 @@ class App:
                 }
             )
             log.info("momohub.embedded_sandbox", url=base_url)
-        self.momohub = MomoHubClient(cfg)
-        await self.momohub.start()
+        # Signs in in the background: wrong credentials or an unreachable MomoHub are logged,
+        # retried with backoff and reported (auth_failed / unreachable), never raised here.
+        self.momohub = MomoHubClient(cfg, on_state=self.health.reporter("momohub"))
+        await self.momohub.start(wait=False)
         target = CharacterTarget(
             cfg,
             self.momohub,
             self.storage,
             max_chats_per_user=self.config.limits.conversations_per_user,
         )
-        await target.start()
         self._closers.append(target.close)
         self.router.add_contact_target(target)
         self.router.add_model_target(target)
+        first_load = self._tasks.spawn(self._load_characters(target), name="momohub-first-load")
+        if self.sandbox is not None:
+            # The embedded sandbox runs in this process, it is no upstream to guard against:
+            # let a login right after start see its characters.
+            await asyncio.wait([first_load], timeout=cfg.connect_timeout)
+        else:
+            self._warming.append(first_load)
+
+    async def _load_characters(self, target: CharacterTarget) -> None:
+        """Until the first character list is in, or MomoHub is known to be down or refusing us.
+
+        (``target.start`` itself waits up to connect_timeout; it goes on in the background.)
+        """
+        loading = self._tasks.spawn(target.start(), name="momohub-target-start")
+        failed = self._tasks.spawn(
+            self.health.wait_for("momohub", lambda s: s in (AUTH_FAILED, UNREACHABLE)),
+            name="momohub-failed",
+        )
+        try:
+            await asyncio.wait([loading, failed], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            failed.cancel()
 
     async def _start_onebot(self) -> None:
         if not self.config.onebot.frameworks:
@@ -131,6 +164,10 @@ class App:
         assert self.storage is not None and self.outbox is not None
         target = FrameworkTarget(self.config, self.storage, self.outbox)
         self._closers.append(target.close)
+        target.health = self.health.set
+        target.report_links()
+        # Also read at each /readyz: a link that keeps failing to connect has a fresh reason.
+        self.health.add_probe(target.report_links)
         await target.start()
         self.frameworks = target
         self.router.add_contact_target(target)
@@ -141,14 +178,36 @@ class App:
         # Imported only when used: the OpenAI SDK is slow to import and most setups need none.
         from adapters.openai.target import OpenAITarget
 
-        target = OpenAITarget(self.config.openai)
+        for provider in self.config.openai.providers:
+            self.health.register(f"openai:{provider.name}")
+        target = OpenAITarget(
+            self.config.openai,
+            report=lambda name, state, detail: self.health.set(f"openai:{name}", state, detail),
+        )
         self._closers.append(target.close)
-        await target.start()
         self.router.add_model_target(target)
+        # Loads the model lists (waiting up to 5 s itself): only STARTUP_GRACE of it holds start.
+        self._warming.append(self._tasks.spawn(target.start(), name="openai-target-start"))
+
+    async def _probe_database(self) -> None:
+        storage = self.storage
+        if storage is None:
+            self.health.set("database", ERROR, "closed")
+            return
+        try:
+            async with asyncio.timeout(2.0):
+                async with storage.db.conn.execute("SELECT 1") as cur:
+                    await cur.fetchone()
+        except Exception as e:
+            self.health.set("database", ERROR, f"{type(e).__name__}: {e}")
+            return
+        self.health.set("database", OK)
 
     async def start(self) -> None:
         cfg = self.config
         self.storage = await Storage.open(cfg.storage.path)
+        self.health.set("database", OK)
+        self.health.add_probe(self._probe_database)
         try:
             admin_code = await asyncio.to_thread(_load_or_create_admin_code, cfg)
             self.outbox = Outbox(self.storage.outbox, cfg.limits.outbox_per_user)
@@ -157,9 +216,13 @@ class App:
                 await self._start_momohub(admin_code)
             await self._start_openai()
             await self._start_onebot()
+            if self._warming:
+                await asyncio.wait(self._warming, timeout=STARTUP_GRACE)
+                self._warming.clear()
             self.hub = HubServer(
                 cfg, self.storage, self.router, self.outbox, self.sessions, admin_code=admin_code
             )
+            self.hub.http.health = self.health
             await self.hub.start()
             # Replies a previous run left in flight: recovered or reported, in the background
             # (the upstream may be slow or down; serving does not wait for it).

@@ -67,4 +67,9 @@ MIGRATIONS: list[str] = [
         started REAL NOT NULL
     );
     """,
+    # 3: shares expire by age (deleted on write); the index keeps that delete and the count
+    # for the cap from reading every card (a card's text sits before `created` in each row).
+    """
+    CREATE INDEX shares_created ON shares (created);
+    """,
 ]

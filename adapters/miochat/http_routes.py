@@ -1,12 +1,25 @@
-"""The hub's HTTP side on the same port: health, base info and shared contact cards.
+"""The hub's HTTP side on the same port: health, readiness, base info and shared contact cards.
 
 websockets hands every request to `process_request`; a WebSocket upgrade on the hub's paths
 goes on to the WebSocket handler, anything else is answered here.
+
+Shares are open to anyone who can reach the port (no login), so they are bounded every way:
+a card's size (`share.max_bytes`, 413), shares per client address per minute (`share.per_minute`,
+429 with Retry-After; IPv6 clients count per /64), their age (`share.ttl_days`: an expired share
+is not served and is deleted by the next write) and their number (`share.max_total`: expired
+shares make room first; with that many live ones stored, new shares are refused with 503
+'share storage full' rather than dropping links people have already sent).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import math
+import re
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -18,7 +31,9 @@ from websockets.http11 import Request, Response
 
 from adapters.miochat import protocol as P
 from adapters.miochat.share_card import render_card
-from bridge.errors import ErrorCode
+from bridge.errors import BridgeError, ErrorCode
+from bridge.health import Health
+from storage.shares import ShareStorageFull
 
 if TYPE_CHECKING:
     from adapters.miochat.server import HubServer
@@ -26,6 +41,84 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 WS_PATHS = {"/", "/api/gateway"}
+DAY = 86400.0
+# Client addresses the share limiter remembers at most; past this the least recently seen is
+# forgotten (it starts afresh), so the table cannot grow with the number of addresses.
+LIMITER_MAX_KEYS = 4096
+# A Host header worth building a URL from: a DNS name or IPv4 address, or a bracketed IPv6
+# address, with an optional port. Anything else (a path, a quote, spaces) is ignored.
+_HOST_RE = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
+    r"[A-Za-z0-9])?)*\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+)
+_UNSPECIFIED = {"0.0.0.0", "::", "[::]", ""}
+
+
+class ShareRefused(BridgeError):
+    """A share the limits refuse: a BridgeError for the WebSocket (a failure frame), with the
+    HTTP status (and Retry-After) for `POST /api/share`."""
+
+    def __init__(
+        self, code: ErrorCode, reason: str, status: int, retry_after: int | None = None
+    ) -> None:
+        super().__init__(code, reason)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class RateLimiter:
+    """At most ``limit`` hits per ``window`` seconds per key (a sliding window), in bounded
+    memory: each key keeps at most ``limit`` timestamps, and at most ``max_keys`` keys are
+    kept, the least recently seen dropped first."""
+
+    def __init__(
+        self,
+        limit: int,
+        window: float = 60.0,
+        max_keys: int = LIMITER_MAX_KEYS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_keys = max_keys
+        self._clock = clock
+        self._hits: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._hits)
+
+    def hit(self, key: str) -> float:
+        """Count a hit for ``key``: 0.0 when allowed, else the seconds until one would be."""
+        now = self._clock()
+        hits = self._hits.get(key)
+        if hits is None:
+            hits = self._hits[key] = deque(maxlen=self.limit)
+            while len(self._hits) > self.max_keys:
+                self._hits.popitem(last=False)
+        else:
+            self._hits.move_to_end(key)
+        if len(hits) >= self.limit:
+            wait = hits[0] + self.window - now
+            if wait > 0:
+                return wait
+        hits.append(now)  # full: the oldest, outside the window, falls off
+        return 0.0
+
+
+def client_key(peer: str) -> str:
+    """The rate-limit key of a "host:port" peer: the host; for IPv6 its /64 (one client
+    usually holds a whole /64, and could otherwise take a fresh address per request)."""
+    host = peer.rsplit(":", 1)[0] if ":" in peer else peer
+    host = host.strip("[]")
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)
 
 
 def _need_object(data: Any) -> dict[str, Any]:
@@ -39,17 +132,66 @@ class HttpRoutes:
         self.hub = hub
         self.config = hub.config
         self.storage = hub.storage
+        # Set by the app: the registry behind /readyz (None: nothing to report, ready).
+        self.health: Health | None = None
+        self.share_limiter = RateLimiter(self.config.share.per_minute)
 
     def public_url(self, request: Request | None) -> str:
+        """Where clients reach this server: `server.public_url` if set, else the host the
+        request was sent to (for `system/share`, the WebSocket upgrade request's): a reverse
+        proxy's X-Forwarded-Host/-Proto, else the Host header. Never a wildcard address such
+        as 0.0.0.0 (the bind address in a container, or what a proxy forwards to): then the
+        bound address, or localhost. Only the requester sees the URL it gets, so trusting
+        these headers lets nobody mislead anyone else.
+        """
         if self.config.server.public_url:
             return self.config.server.public_url.rstrip("/")
-        host = request.headers.get("Host") if request is not None else None
-        return f"http://{host or f'{self.config.server.host}:{self.hub.port}'}"
+        scheme = "http"
+        host = _usable_host(_one_header(request, "X-Forwarded-Host"))
+        if host is not None:
+            proto = (_one_header(request, "X-Forwarded-Proto") or "").strip().lower()
+            scheme = proto if proto in ("http", "https") else scheme
+        else:
+            host = _usable_host(_one_header(request, "Host"))
+        if host is None:
+            bind = self.config.server.host
+            bind = "localhost" if bind in _UNSPECIFIED else bind
+            if ":" in bind and not bind.startswith("["):
+                bind = f"[{bind}]"
+            host = f"{bind}:{self.hub.port}"
+        return f"{scheme}://{host}"
 
     async def create_share(
         self, contactor: dict[str, Any], request: Request | None, peer: str = ""
     ) -> dict[str, str]:
-        share_id = await self.storage.shares.create(contactor)
+        """Store a card and return its URLs, within the limits of the module doc.
+
+        ``peer`` is the client's "host:port". Raises ShareRefused.
+        """
+        limits = self.config.share
+        size = len(json.dumps(contactor, ensure_ascii=False).encode())
+        if size > limits.max_bytes:
+            raise ShareRefused(
+                ErrorCode.INVALID_DATA,
+                f"contact card too large: {size} bytes, at most {limits.max_bytes}",
+                413,
+            )
+        wait = self.share_limiter.hit(client_key(peer))
+        if wait > 0:
+            seconds = max(1, math.ceil(wait))
+            raise ShareRefused(
+                ErrorCode.RATE_LIMITED,
+                f"too many shares: at most {limits.per_minute} a minute; try again in {seconds} s",
+                429,
+                retry_after=seconds,
+            )
+        try:
+            share_id = await self.storage.shares.create(
+                contactor, ttl=limits.ttl_days * DAY, max_total=limits.max_total
+            )
+        except ShareStorageFull:
+            log.warning("share.storage_full", max_total=limits.max_total)
+            raise ShareRefused(ErrorCode.UNAVAILABLE, "share storage full", 503) from None
         base = self.public_url(request)
         return {
             "shareUrl": f"{base}/share/{share_id}",
@@ -89,6 +231,12 @@ class HttpRoutes:
             return _cors(conn.respond(204, ""))
         if method == "GET" and path == "/healthz":
             return _json(conn, 200, {"status": "ok", "connections": self.hub.connection_count})
+        if method == "GET" and path == "/readyz":
+            if self.health is None:
+                body: dict[str, Any] = {"status": "ok", "components": {}}
+            else:
+                body = await self.health.snapshot()
+            return _json(conn, 200 if body["status"] == "ok" else 503, body)
         if method == "GET" and path == "/api/base_info":
             auth = self.config.auth
             return _json(
@@ -119,19 +267,19 @@ class HttpRoutes:
                     else f'body must be JSON {{"contactor": {{...}}}}: {e}'
                 )
                 return _json(conn, 400, _fail(reason, ErrorCode.INVALID_DATA))
-            return _json(
-                conn,
-                200,
-                {
-                    "code": 0,
-                    "message": "success",
-                    "data": await self.create_share(data.contactor, request, _peer(conn)),
-                },
-            )
+            try:
+                result = await self.create_share(data.contactor, request, _peer(conn))
+            except ShareRefused as e:
+                resp = _json(conn, e.status, _fail(e.reason, e.code))
+                if e.retry_after is not None:
+                    resp.headers["Retry-After"] = str(e.retry_after)
+                return resp
+            return _json(conn, 200, {"code": 0, "message": "success", "data": result})
         if method == "GET" and path.startswith("/share/"):
             rest = path[len("/share/") :]
             share_id, _, tail = rest.partition("/")
-            contactor = await self.storage.shares.get(share_id) if share_id else None
+            ttl = self.config.share.ttl_days * DAY
+            contactor = await self.storage.shares.get(share_id, ttl=ttl) if share_id else None
             if contactor is None:
                 return _json(conn, 404, _fail("no such share", ErrorCode.NOT_FOUND))
             if tail == "preview.svg":
@@ -175,5 +323,28 @@ def _json(conn: ServerConnection, status: int, body: Any) -> Response:
 
 
 def _peer(conn: ServerConnection) -> str:
+    """The client as "host:port", the way the WebSocket side names its peers."""
     addr = conn.remote_address
-    return str(addr[0]) if addr else ""
+    return f"{addr[0]}:{addr[1]}" if addr else ""
+
+
+def _one_header(request: Request | None, name: str) -> str | None:
+    """The header's value if the request has it exactly once (the first of a proxy chain's
+    comma-separated list: the client-facing one)."""
+    if request is None:
+        return None
+    values = request.headers.get_all(name)
+    return values[0].split(",", 1)[0] if len(values) == 1 else None
+
+
+def _usable_host(value: str | None) -> str | None:
+    """``host[:port]`` if it names a usable host (well formed, not a wildcard address)."""
+    if value is None:
+        return None
+    host = value.strip()
+    if not _HOST_RE.fullmatch(host):
+        return None
+    name = host[: host.rindex("]") + 1] if host.startswith("[") else host.partition(":")[0]
+    if name in _UNSPECIFIED:
+        return None
+    return host

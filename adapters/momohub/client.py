@@ -21,7 +21,7 @@ import asyncio
 import json as jsonlib
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
@@ -53,6 +53,7 @@ from adapters.momohub.types import (
 )
 from bridge.config import MomoHubConfig
 from bridge.errors import BridgeError, ErrorCode
+from bridge.health import AUTH_FAILED, OK, STARTING, UNREACHABLE
 
 __all__ = ["MomoHubAuthError", "MomoHubClient", "MomoHubError"]
 
@@ -223,9 +224,23 @@ class MomoHubClient:
     REFRESH_RETRY = 15.0
     MAX_GET_TRIES = 3
     MAX_RATE_WAITS = 3
+    # Background sign-in (``start(wait=False)``): first retry after this, doubling up to the cap.
+    MAX_CONNECT_BACKOFF = 300.0
 
-    def __init__(self, config: MomoHubConfig, *, base_url: str | None = None) -> None:
+    def __init__(
+        self,
+        config: MomoHubConfig,
+        *,
+        base_url: str | None = None,
+        on_state: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._config = config
+        # Reachability/auth as last seen: "starting", "ok", "auth_failed" or "unreachable";
+        # every report also goes to ``on_state(state, detail)`` (readiness).
+        self.state = STARTING
+        self.state_detail = ""
+        self._on_state = on_state
+        self.connect_backoff = 1.0
         self._base = (base_url if base_url is not None else config.base_url).rstrip("/")
         # First backoff step for GET retries (doubles each try, plus jitter); tests shrink it.
         self.retry_backoff = 0.25
@@ -242,12 +257,17 @@ class MomoHubClient:
 
     # ----- lifecycle ----------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, *, wait: bool = True) -> None:
         """Open the HTTP session and authenticate.
 
         Given tokens are used as they are (credentials stay as the fallback). Otherwise we sign in
         now; if MomoHub is unreachable the sign-in is deferred to the first request so the bridge
         can still start, but rejected credentials fail here, where the owner will see it.
+
+        With ``wait=False`` nothing here touches the network: the sign-in runs in an owned
+        background task that retries with backoff until it succeeds, reporting ``unreachable``
+        or ``auth_failed`` meanwhile (logged, never raised), so a server's start-up never waits
+        on MomoHub nor dies of a wrong password.
         """
         if self._session is not None:
             return
@@ -270,6 +290,10 @@ class MomoHubClient:
                     jwt_expiry(self._config.access_token),
                     how="config",
                 )
+            elif not wait and (
+                self._config.refresh_token or (self._config.email and self._config.password)
+            ):
+                self._spawn(self._connect_loop(), name="momohub-connect")
             elif self._config.refresh_token:
                 await self._renew(self._generation)
             elif self._config.email and self._config.password:
@@ -286,6 +310,32 @@ class MomoHubClient:
         except BaseException:
             await self.close()
             raise
+
+    async def _connect_loop(self) -> None:
+        """Sign in until it works: exponential backoff with jitter, capped; each failure logged."""
+        delay = self.connect_backoff
+        while not self._closed and not self._access:
+            try:
+                await self._renew(self._generation)
+                return
+            except MomoHubError as e:
+                wrong = isinstance(e, MomoHubAuthError)
+                (log.error if wrong else log.warning)(
+                    "momohub.sign_in_failed",
+                    state=AUTH_FAILED if wrong else UNREACHABLE,
+                    reason=e.reason,
+                    retry_in=round(delay, 1),
+                )
+            except Exception as e:  # a bug must not end the retries for good
+                log.exception("momohub.sign_in_crashed", retry_in=round(delay, 1))
+                self._report(UNREACHABLE, f"internal error: {type(e).__name__}")
+            await asyncio.sleep(delay * random.uniform(0.8, 1.0))
+            delay = min(delay * 2, self.MAX_CONNECT_BACKOFF)
+
+    def _report(self, state: str, detail: str = "") -> None:
+        self.state, self.state_detail = state, detail
+        if self._on_state is not None:
+            self._on_state(state, detail)
 
     async def close(self) -> None:
         """Stop the refresh job, cancel owned tasks, close the HTTP session (and open streams)."""
@@ -380,6 +430,17 @@ class MomoHubClient:
         self._install(result, how="sign-in")
 
     async def _do_renew(self) -> None:
+        """Renew the pair, reporting how that went (one place sees every sign-in's outcome)."""
+        try:
+            await self._renew_pair()
+        except MomoHubAuthError as e:
+            self._report(AUTH_FAILED, e.server_message)
+            raise
+        except MomoHubError as e:
+            self._report(UNREACHABLE, e.reason)
+            raise
+
+    async def _renew_pair(self) -> None:
         """Refresh the pair; if that fails sign in again; if that fails too, raise (no loop)."""
         refresh_failure: MomoHubError | None = None
         if self._refresh:
@@ -545,6 +606,7 @@ class MomoHubClient:
                     method, path, json=json, params=params, token=token or None
                 )
             except TimeoutError as e:
+                self._report(UNREACHABLE, f"no answer to {method} {path} in time")
                 raise MomoHubError(
                     f"MomoHub did not answer {method} {path} in time",
                     code=ErrorCode.UPSTREAM_TIMEOUT,
@@ -554,9 +616,10 @@ class MomoHubClient:
                     log.info("momohub.retry", method=method, path=path, error=type(e).__name__)
                     await self._backoff(tries - 1)
                     continue
+                self._report(UNREACHABLE, f"cannot reach MomoHub: {e or type(e).__name__}")
                 raise MomoHubError(f"cannot reach MomoHub: {e or type(e).__name__}") from e
             try:
-                return _interpret(status, body, reason)
+                data = _interpret(status, body, reason)
             except MomoHubError as e:
                 if e.status == 401 and auth and not renewed:
                     renewed = True
@@ -575,7 +638,11 @@ class MomoHubClient:
                     log.info("momohub.retry", method=method, path=path, status=e.status)
                     await self._backoff(tries - 1)
                     continue
+                if e.status in (502, 503, 504):
+                    self._report(UNREACHABLE, e.reason)
                 raise
+            self._report(OK)
+            return data
 
     async def _wait_rate_limit(
         self, error: MomoHubError, headers: Mapping[str, str], waits: int
@@ -831,9 +898,11 @@ class MomoHubClient:
                 ) from e
             except aiohttp.ClientError as e:
                 # Never retried: the message may have been stored before the connection broke.
+                self._report(UNREACHABLE, f"cannot reach MomoHub: {e or type(e).__name__}")
                 raise MomoHubError(f"cannot reach MomoHub: {e or type(e).__name__}") from e
             if 200 <= resp.status < 300 and resp.content_type != "application/json":
                 log.debug("momohub.stream_open", path=path, status=resp.status)
+                self._report(OK)
                 return resp, deadline
             try:
                 async with asyncio.timeout(self._config.request_timeout):

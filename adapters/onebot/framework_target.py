@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 
@@ -30,6 +30,8 @@ class FrameworkTarget:
     replies_need_message_id = True
     # Its answers come back later as pushes of their own, not as a stream on the request.
     replies_stream = False
+    # Readiness: (component, state, detail); set by the app, called on every link change.
+    health: Callable[[str, str, str], None] | None = None
 
     def __init__(self, config: Config, storage: Storage, outbox: Outbox) -> None:
         self._config = config
@@ -63,7 +65,17 @@ class FrameworkTarget:
     def connected_count(self) -> int:
         return sum(1 for link in self._links if link.connected)
 
+    def report_links(self) -> None:
+        """Each link's state as `framework:<url>`: ok while linked, else why not."""
+        report = self.health
+        if report is None:
+            return
+        for link in self._links:
+            why = "" if link.connected else link.last_error or "not linked yet"
+            report(f"framework:{link.name}", "ok" if link.connected else "disconnected", why)
+
     def _notify(self) -> None:
+        self.report_links()
         # Wake every waiter; each re-checks the count (an Event is settable from sync code).
         self._changed.set()
         self._changed = asyncio.Event()
