@@ -2,7 +2,7 @@
 
 Pure functions over plain data. Every refusal is a `FrameError` carrying the contract's error code:
 BAD_FRAME from `parse_frame` (answered with `request_id: null`), INVALID_DATA (`DataError`, also a
-ValueError) from the payload parsers. The contract is shared/spec/hub-protocol.md; where the real
+ValueError) from the payload parsers. The contract is docs/protocol.md; where the real
 mio-chat client differs from the document we accept both.
 """
 

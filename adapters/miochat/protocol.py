@@ -1,7 +1,7 @@
 """Sans-I/O core of the hub protocol (mio-chat envelope): frames in, typed requests out, and back.
 
 No sockets, no awaits: everything here is tested with plain data. The contract is
-shared/spec/hub-protocol.md; where the real mio-chat client differs from the document we accept both.
+docs/protocol.md; where the real mio-chat client differs from the document we accept both.
 
 This module is the one to import (`from adapters.miochat import protocol as P`); the code lives in
 `wire` (strict JSON in and out), `envelope` (parse_frame, payload models and parsers), `frames`

@@ -1,6 +1,6 @@
 """The sans-I/O hub protocol core, tested with plain data (no sockets).
 
-Contract: shared/spec/hub-protocol.md. The document's frames and the real mio-chat client's
+Contract: docs/protocol.md. The document's frames and the real mio-chat client's
 frames differ; both must parse. Builders must produce the contract's shapes exactly.
 """
 
