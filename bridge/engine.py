@@ -38,6 +38,8 @@ class Turn:
     # Why the turn was stopped early (set before it is cancelled), for the reply's failure.
     stop_reason: str = ""
     task: asyncio.Task[None] | None = None
+    # Whether the job has been called: a task cancelled before its first step never runs it.
+    started: bool = False
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     error: BaseException | None = None
 
@@ -137,6 +139,12 @@ class Engine:
         turn.stop_reason = reason
         if turn.task is not None:
             turn.task.cancel()
+        if not turn.started:
+            # Handed the conversation, but its task has not taken a step: the job will never
+            # run (nor its cleanup, which would end the reply), so it counts as dropped.
+            turn.state = "dropped"
+            turn.finished.set()
+            return "dropped"
         return "cancelled"
 
     async def _run_owner(self, owner: _Owner) -> None:
@@ -145,13 +153,14 @@ class Engine:
                 turn = owner.queue.popleft()
                 owner.running = turn
                 turn.state = "running"
-                turn.task = self._tasks.spawn(turn.job(turn), name=f"turn-{turn.message_id}")
+                turn.task = self._tasks.spawn(self._call(turn), name=f"turn-{turn.message_id}")
                 try:
                     await asyncio.wait([turn.task])
                     if not turn.task.cancelled() and turn.task.exception() is not None:
                         turn.error = turn.task.exception()
                 finally:
-                    turn.state = "done"
+                    if turn.state == "running":
+                        turn.state = "done"
                     turn.finished.set()
                     owner.running = None
         finally:
@@ -161,6 +170,11 @@ class Engine:
             for turn in owner.queue:  # only on shutdown
                 turn.state = "dropped"
                 turn.finished.set()
+
+    @staticmethod
+    async def _call(turn: Turn) -> None:
+        turn.started = True
+        await turn.job(turn)
 
     async def close(self) -> None:
         self._closing = True

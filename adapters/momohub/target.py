@@ -80,6 +80,8 @@ class CharacterTarget:
         # Bounded: threads are named by users.
         self._chats: OrderedDict[tuple[str, str, str], str] = OrderedDict()
         self._max_chats_per_user = max_chats_per_user
+        # user → chats being created now, not yet in the table (counted against the limit).
+        self._creating: dict[str, int] = {}
         self._create_locks = KeyedLocks()
         self._tasks = TaskSet("momohub-target")
         self._loaded = asyncio.Event()
@@ -202,8 +204,8 @@ class CharacterTarget:
     async def turn_ids(self, key: ConversationKey, chat_id: str) -> list[str]:
         """The ids of a turn that ended before they were learned (recalled while running, or
         cut short by a crash): the chat's messages after the newest one already recorded for
-        this conversation. The engine runs one turn at a time per conversation, so whatever
-        came after that belongs to this turn."""
+        this conversation, from the last user message on. The engine runs one turn at a time
+        per conversation, so that user message and what followed it belong to this turn."""
         known = await self._storage.messages.conversation_refs(
             key.user_id, key.contact, key.thread, SYSTEM
         )
@@ -213,10 +215,13 @@ class CharacterTarget:
             if m.id in known:
                 after = i + 1
         tail = latest[after:]
-        if after == 0 and len(latest) >= 20:
-            # Nothing recorded in view: only the newest user message and what followed it.
-            users = [i for i, m in enumerate(latest) if m.senderType == "USER"]
-            tail = latest[users[-1] :] if users else []
+        users = [i for i, m in enumerate(tail) if m.senderType == "USER"]
+        if users:
+            # Only the newest user message and what followed it: an earlier turn that failed
+            # left its user message unrecorded in the chat, and that one is not this turn's.
+            tail = tail[users[-1] :]
+        elif after == 0 and len(latest) >= 20:
+            tail = []  # nothing recorded in view and no user message: nothing to go by
         return [m.id for m in tail]
 
     async def recover(self, key: ConversationKey) -> Done | None:
@@ -301,19 +306,44 @@ class CharacterTarget:
                 if existing is not None:
                     self._remember(key, existing)
                     return existing
-                count = await conversations.count(user_id)
-                if count >= self._max_chats_per_user:
-                    raise BridgeError(
-                        ErrorCode.BUSY,
-                        f"at most {self._max_chats_per_user} conversations per user "
-                        "(limits.conversations_per_user); reuse a conversation_id",
-                    )
-            name = f"MomoBridge {user_id}" + ("" if thread == "default" else f" ({thread})")
-            chat = await self._client.create_chat(character_id, name=name)
-            await conversations.set(user_id, character_id, thread, chat.id)
+            # Distinct threads of one user are created concurrently (one lock per key), so the
+            # limit is checked, and a new chat stored, under a per-user lock that is never held
+            # across MomoHub; chats still being created count as made.
+            user_lock = ("user", user_id)
+            timeout = self._config.connect_timeout * 2
+            reserved = False
+            try:
+                if not fresh:
+                    async with self._create_locks.hold(user_lock, timeout=timeout):
+                        count = await conversations.count(user_id)
+                        if count + self._creating.get(user_id, 0) >= self._max_chats_per_user:
+                            raise BridgeError(
+                                ErrorCode.BUSY,
+                                f"at most {self._max_chats_per_user} conversations per user "
+                                "(limits.conversations_per_user); reuse a conversation_id",
+                            )
+                        self._creating[user_id] = self._creating.get(user_id, 0) + 1
+                        reserved = True
+                name = f"MomoBridge {user_id}" + ("" if thread == "default" else f" ({thread})")
+                chat = await self._client.create_chat(character_id, name=name)
+                async with self._create_locks.hold(user_lock, timeout=timeout):
+                    await conversations.set(user_id, character_id, thread, chat.id)
+                    self._unreserve(user_id, reserved)
+                    reserved = False
+            finally:
+                self._unreserve(user_id, reserved)
             self._remember(key, chat.id)
             log.info("momohub.chat_created", user=user_id, character=character_id, chat=chat.id)
             return chat.id
+
+    def _unreserve(self, user_id: str, reserved: bool) -> None:
+        if not reserved:
+            return
+        left = self._creating.get(user_id, 0) - 1
+        if left > 0:
+            self._creating[user_id] = left
+        else:
+            self._creating.pop(user_id, None)
 
     def _remember(self, key: tuple[str, str, str], chat_id: str) -> None:
         self._chats[key] = chat_id
