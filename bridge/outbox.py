@@ -65,6 +65,9 @@ class Sink(Protocol):
         """The connection already knows this push (it caused it): confirm it with the rest."""
         ...
 
+    # Optional, for a connection with a bounded send queue: `backlogged() -> bool` (it should
+    # take no more for now) and `async room() -> bool` (until it can; False once it is gone).
+
 
 class Outbox:
     def __init__(self, repo: OutboxRepo, limit_per_user: int) -> None:
@@ -87,14 +90,33 @@ class Outbox:
         return len(self._sinks) + len(self._locks)
 
     async def attach(self, user_id: str, sink: Sink) -> int:
-        """Offer the unconfirmed pushes in order, then join the live set. Returns how many."""
-        async with self._locks.hold(user_id, LOCK_TIMEOUT):
-            pending = await self._repo.pending(user_id)
-            for seq, data in pending:
-                if not sink.offer(Push.from_json(data, seq)):
-                    return 0
-            self._sinks.setdefault(user_id, set()).add(sink)
-            return len(pending)
+        """Offer the unconfirmed pushes in order, then join the live set. Returns how many.
+
+        A backlog longer than the sink's send queue goes out as the sink drains, without holding
+        the user's lock while it waits: pushes stored meanwhile are read back from the store
+        and follow in order, and the sink joins the live set only once it has them all.
+        """
+        backlogged = getattr(sink, "backlogged", None)
+        after = 0  # the last seq offered
+        offered = 0
+        while True:
+            async with self._locks.hold(user_id, LOCK_TIMEOUT):
+                waiting = False
+                for seq, data in await self._repo.pending(user_id):
+                    if seq <= after:
+                        continue
+                    if backlogged is not None and backlogged():
+                        waiting = True
+                        break
+                    if not sink.offer(Push.from_json(data, seq)):
+                        return 0
+                    after = seq
+                    offered += 1
+                if not waiting:
+                    self._sinks.setdefault(user_id, set()).add(sink)
+                    return offered
+            if not await sink.room():  # type: ignore[attr-defined]
+                return 0
 
     def detach(self, user_id: str, sink: Sink) -> None:
         sinks = self._sinks.get(user_id)

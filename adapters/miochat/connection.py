@@ -78,6 +78,9 @@ class Connection:
         self._max_queue = cfg.server.max_send_queue
         self._send_timeout = cfg.server.send_timeout
         self._wake = asyncio.Event()
+        # Set whenever the queue is at most half full (or the connection is gone).
+        self._room = asyncio.Event()
+        self._room.set()
         self._closed = False
         self._writer: asyncio.Task[None] | None = None
         # Push confirmation: the highest seq written to this peer, and the highest confirmed.
@@ -98,11 +101,26 @@ class Connection:
         data = P.dumps(frame)
         self._queue.append((data, seq))
         self._queued_bytes += len(data)
-        if self._queued_bytes > self._max_queue:
+        # One frame is always let in, however large: the send timeout guards it. A frame
+        # bigger than the bound would otherwise kill every connection it is replayed to.
+        if self._queued_bytes > self._max_queue and len(self._queue) > 1:
             self.abort("send queue overflow")
             return False
         self._wake.set()
         return True
+
+    def backlogged(self) -> bool:
+        """The send queue is over half full: a backlog replayed at login waits for `room`
+        instead of overflowing it."""
+        return self._queued_bytes > self._max_queue // 2
+
+    async def room(self) -> bool:
+        """Until the send queue is at most half full; False once the connection is gone (the
+        writer aborts a peer that stops reading, which ends the wait)."""
+        while not self._closed and self.backlogged():
+            self._room.clear()
+            await self._room.wait()
+        return not self._closed
 
     async def send(self, frame: dict[str, Any]) -> None:
         self.send_frame(frame)
@@ -118,6 +136,7 @@ class Connection:
         log.warning("hub.peer_aborted", peer=self.peer, reason=why, queued=self._queued_bytes)
         self._queue.clear()
         self._queued_bytes = 0
+        self._room.set()
         transport = self.ws.transport
         if transport is not None:
             transport.abort()
@@ -131,11 +150,20 @@ class Connection:
                 while self._queue:
                     data, seq = self._queue.popleft()
                     self._queued_bytes -= len(data)
+                    if self._queued_bytes <= self._max_queue // 2:
+                        self._room.set()
                     transport = ws.transport
-                    if transport is not None and not transport.get_write_buffer_size():
-                        # Nothing queued in the kernel's way: this cannot block, skip the timer.
+                    if (
+                        transport is not None
+                        and not transport.get_write_buffer_size()
+                        # UTF-8 takes at most 4 bytes a character; framing adds 14 at most.
+                        and 4 * len(data) + 14 <= transport.get_write_buffer_limits()[1]
+                    ):
+                        # Nothing in the kernel's way and the frame stays under the high-water
+                        # mark: the send cannot wait on the peer, skip the timer.
                         await ws.send(data)
                     else:
+                        # A large frame can fill the kernel's buffers by itself.
                         async with asyncio.timeout(self._send_timeout):
                             await ws.send(data)
                     if seq > self._sent_seq:
@@ -143,11 +171,14 @@ class Connection:
                 if self._drained is not None and not self._drained.done():
                     self._drained.set_result(None)
                 if self._sent_seq > self._confirmed_seq and not self._confirming:
-                    await self._confirm_by_ping()
+                    # The ping waits on the peer like any write.
+                    async with asyncio.timeout(self._send_timeout):
+                        await self._confirm_by_ping()
         except TimeoutError:
             self.abort("peer stopped reading")
         except ConnectionClosed:
             self._closed = True
+            self._room.set()
 
     async def _confirm_by_ping(self) -> None:
         """A pong to a ping written after the pushes means the peer read them."""
@@ -278,6 +309,7 @@ class Connection:
 
     async def cleanup(self) -> None:
         self._closed = True
+        self._room.set()
         hub = self.hub
         if self.user is not None:
             hub.outbox.detach(self.user.id, self)
