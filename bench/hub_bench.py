@@ -8,18 +8,28 @@ generator's event loop):
     ``system/heartbeat`` and waiting for its answer, through ``momobridge serve`` and through a bare
     ``websockets`` echo server driven by the same client code (compression off on both sides);
 (b) server RSS per idle logged-in connection (VmRSS before/after opening M connections), hub vs a
-    bare websockets server, with compression off and on (permessage-deflate negotiated by clients).
+    bare websockets server, with compression off and on (permessage-deflate negotiated by clients);
+(c) slow readers: heartbeat latency of N normal clients (closed loop, fixed window) through one hub,
+    once alone and once while K extra logged-in clients never read (their transports' reading is
+    paused, in a separate process) and keep asking for large answers (heartbeats whose request_id,
+    echoed back, is ~64 KB), so the hub's writes to them back up in the kernel buffers. Half of
+    them flood (the hub should abort them when their send queue passes ``server.max_send_queue``),
+    half trickle (aborted after ``server.send_timeout`` without progress). Reports p50/p99 of the
+    normal clients in both runs, p99(with slow)/p99(alone), and which slow clients the hub aborted,
+    when and why (from its ``hub.peer_aborted`` log lines).
 
 Usage (from the repository root)::
 
-    .venv/bin/python bench/hub_bench.py            # full run (~1.5 min)
-    .venv/bin/python bench/hub_bench.py --quick    # smoke run (< 30 s)
+    .venv/bin/python bench/hub_bench.py            # full run, every scenario (~2.5 min)
+    .venv/bin/python bench/hub_bench.py --quick    # smoke run (< 1 min)
+    .venv/bin/python bench/hub_bench.py --scenario slow-reader --quick   # (c) alone, ~15 s
     .venv/bin/python bench/hub_bench.py --help
 
 The hub runs as ``python -m bridge.cli serve --config <temp toml>`` from ``--src`` (default: this
 checkout). Servers are pinned to CPU 0 and the load generator to CPU 1 when there are >= 2 CPUs.
 Internal roles of this script (used for the subprocesses): ``_bare`` (echo server), ``_exec``
-(sets RLIMIT_NOFILE / CPU affinity / parent-death signal, then execs the real server).
+(sets RLIMIT_NOFILE / CPU affinity / parent-death signal, then execs the real server), ``_slow``
+(the slow-reader clients, driven over stdin/stdout; on the load generator's CPU).
 """
 
 from __future__ import annotations
@@ -41,7 +51,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +76,7 @@ HUB_PING_INTERVAL = 30.0  # what the hub uses with its default idle_timeout (90 
 HUB_PING_TIMEOUT = 60.0
 LOGIN_ID = "login"
 HEARTBEAT = '{"request_id":%d,"protocol":"system","type":"heartbeat","data":{"timestamp":%d}}'
+SCENARIOS = ("heartbeat", "idle", "slow-reader")
 
 
 class BenchError(Exception):
@@ -299,7 +312,14 @@ async def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
     return True
 
 
-def hub_config(tmp: Path, tag: str, *, compression: bool, log_level: str) -> Path:
+def hub_config(
+    tmp: Path,
+    tag: str,
+    *,
+    compression: bool,
+    log_level: str,
+    server_extra: dict[str, float | int] | None = None,
+) -> Path:
     data_dir = tmp / f"hub-{tag}"
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / "config.toml"
@@ -310,6 +330,7 @@ def hub_config(tmp: Path, tag: str, *, compression: bool, log_level: str) -> Pat
                 f'host = "{HOST}"',
                 "port = 0",
                 f"compression = {'true' if compression else 'false'}",
+                *(f"{k} = {v!r}" for k, v in (server_extra or {}).items()),
                 "[auth]",
                 'admin_code = "bench-admin-code"',
                 "[storage]",
@@ -332,11 +353,24 @@ class Ctx:
     src: Path
     server_cpu: int | None
     servers: list[ServerProc] = field(default_factory=list)
+    loadgen_cpu: int | None = None
 
     async def start_hub(
-        self, tag: str, *, compression: bool, nofile: int, profile: Path | None = None
+        self,
+        tag: str,
+        *,
+        compression: bool,
+        nofile: int,
+        profile: Path | None = None,
+        server_extra: dict[str, float | int] | None = None,
     ) -> ServerProc:
-        cfg = hub_config(self.tmp, tag, compression=compression, log_level=self.args.hub_log_level)
+        cfg = hub_config(
+            self.tmp,
+            tag,
+            compression=compression,
+            log_level=self.args.hub_log_level,
+            server_extra=server_extra,
+        )
         cmd = [sys.executable]
         if profile is not None:
             cmd += ["-m", "cProfile", "-o", str(profile)]
@@ -481,13 +515,15 @@ async def close_all(conns: list[ClientConnection], timeout: float = 10.0) -> Non
 
 
 class Meter:
-    __slots__ = ("count", "lat", "measuring", "stop")
+    __slots__ = ("count", "lat", "measuring", "opened", "starts", "stop")
 
     def __init__(self) -> None:
         self.count = 0
         self.measuring = False
         self.stop = False
         self.lat: list[float] = []
+        self.starts: list[float] = []  # perf_counter() at each measured request's send
+        self.opened = 0.0  # perf_counter() when the measured window opened
 
 
 async def heartbeat_loop(ws: ClientConnection, meter: Meter, cap: int) -> int:
@@ -504,6 +540,7 @@ async def heartbeat_loop(ws: ClientConnection, meter: Meter, cap: int) -> int:
         if meter.measuring:
             meter.count += 1
             meter.lat.append(pc() - t0)
+            meter.starts.append(t0)
     return n
 
 
@@ -533,6 +570,27 @@ async def heartbeat_phase(
     srv: ServerProc, clients: int, warmup: float, seconds: float, cap: int, core: int | None
 ) -> HeartbeatResult:
     conns = await open_many(srv.url, clients, False, "hb", srv)
+    try:
+        res, _ = await drive_heartbeats(srv, conns, warmup, seconds, cap, core)
+    finally:
+        await close_all(conns)
+    return res
+
+
+async def drive_heartbeats(
+    srv: ServerProc,
+    conns: list[ClientConnection],
+    warmup: float,
+    seconds: float,
+    cap: int,
+    core: int | None,
+    at_start: Callable[[], Awaitable[None]] | None = None,
+) -> tuple[HeartbeatResult, Meter]:
+    """Closed-loop heartbeats on ``conns``: ``warmup`` s, then ``seconds`` s measured.
+
+    ``at_start`` runs just before the measured window opens (the slow-reader scenario starts its
+    flood there). The connections stay open; the meter holds every measured sample."""
+    clients = len(conns)
     meter = Meter()
     tasks = [asyncio.create_task(heartbeat_loop(ws, meter, cap)) for ws in conns]
     try:
@@ -540,8 +598,11 @@ async def heartbeat_phase(
             done, _ = await asyncio.wait(tasks, timeout=warmup, return_when=asyncio.FIRST_EXCEPTION)
             for t in done:
                 t.result()
+            if at_start is not None:
+                await at_start()
             k0 = core_busy_seconds(core)
             c0, p0, t0 = srv.cpu_seconds(), time.process_time(), time.perf_counter()
+            meter.opened = t0
             meter.measuring = True
             done, _ = await asyncio.wait(
                 tasks, timeout=seconds, return_when=asyncio.FIRST_EXCEPTION
@@ -562,10 +623,9 @@ async def heartbeat_phase(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await close_all(conns)
     elapsed = t1 - t0
     lat = sorted(meter.lat)
-    return HeartbeatResult(
+    result = HeartbeatResult(
         server=srv.name,
         clients=clients,
         seconds=elapsed,
@@ -582,6 +642,7 @@ async def heartbeat_phase(
         else float("nan"),
         hit_cap=sum(1 for m in made if m >= cap),
     )
+    return result, meter
 
 
 @dataclass
@@ -643,6 +704,445 @@ async def idle_phase(srv: ServerProc, conns_n: int, compression: bool) -> IdleRe
 
 
 # ================================================================================================
+# (c) slow readers
+# ================================================================================================
+
+# A slow client's request: a heartbeat whose (echoed) request_id makes the answer as large as it.
+SLOW_HEAD = '{"request_id":"'
+SLOW_TAIL = '","protocol":"system","type":"heartbeat","data":{"timestamp":%d}}'
+SLOW_FINISH_TIMEOUT = 15.0  # the slow-client process must report and exit within this
+
+
+@dataclass
+class SlowClient:
+    index: int
+    mode: str  # "flood" or "stall"
+    port: int  # its local port: the hub logs it as the peer
+    asked: int = 0  # bytes of answers asked for (each answer is about as large as its request)
+    frames: int = 0
+    gone_at: float | None = None  # wall time the client saw its connection gone (on a write)
+    error: str = ""
+
+
+async def slow_client_loop(
+    ws: ClientConnection,
+    c: SlowClient,
+    frame_bytes: int,
+    fast: float,
+    first: float,
+    then: float,
+    t0: float,
+) -> None:
+    """Send large heartbeats and never read their answers: the first ``first`` bytes at ``fast``
+    bytes/s (0: as fast as the socket takes them), the rest at ``then`` bytes/s. A write after
+    the hub aborted this client fails (RST): that is when the client sees it."""
+    loop = asyncio.get_running_loop()
+    pad = "x" * max(0, frame_bytes - len(SLOW_HEAD) - len(SLOW_TAIL) - 24)
+    try:
+        while True:
+            c.frames += 1
+            frame = f"{SLOW_HEAD}s{c.index}-{c.frames}-{pad}" + SLOW_TAIL % int(time.time() * 1000)
+            await ws.send(frame)
+            c.asked += len(frame)
+            # When the schedule lets the next frame go.
+            head = first / fast if fast > 0 else 0.0
+            if c.asked <= first:
+                due = c.asked / fast if fast > 0 else 0.0
+            else:
+                due = head + (c.asked - first) / then
+            await asyncio.sleep(max(0.0, t0 + due - loop.time()))
+    except ConnectionClosed:
+        c.gone_at = time.time()
+    except OSError as e:
+        c.gone_at = time.time()
+        c.error = f"{type(e).__name__}: {e}"
+
+
+async def _slow_run(a: argparse.Namespace) -> int:
+    """The ``_slow`` role: log in ``count`` clients, pause their reading, print ``slow.ready``;
+    on ``go`` (stdin) start asking; on ``stop`` or EOF (or after ``lifetime`` s) abort them all,
+    print ``slow.done`` with what each saw, and exit."""
+    loop = asyncio.get_running_loop()
+
+    def emit(obj: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    stdin = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    conns: list[ClientConnection] = []
+    clients: list[SlowClient] = []
+    tasks: list[asyncio.Task[None]] = []
+    go_wall: float | None = None
+    try:
+        async with asyncio.timeout(a.lifetime):
+            for i in range(a.count):
+                ws = await open_logged_in(a.url, f"slow{i}", False)
+                conns.append(ws)
+                # Never read again: what the hub writes piles up in the kernel's buffers.
+                ws.transport.pause_reading()
+                mode = "flood" if i < a.flood else "stall"
+                clients.append(SlowClient(i, mode, ws.local_address[1]))
+            emit({"event": "slow.ready", "clients": [asdict(c) for c in clients]})
+            if (await stdin.readline()).strip() != b"go":
+                return 0
+            go_wall, t0 = time.time(), loop.time()
+            for ws, c in zip(conns, clients, strict=True):
+                # Flooders ask at the flood rate throughout; tricklers stop at stall_burst bytes
+                # (past what the kernel buffers hold) and then ask slowly: blocked, no overflow.
+                first = float("inf") if c.mode == "flood" else a.stall_burst
+                loop_ = slow_client_loop(ws, c, a.frame_bytes, a.flood_bps, first, a.stall_bps, t0)
+                tasks.append(asyncio.create_task(loop_))
+            await stdin.readline()  # "stop", or EOF when the benchmark went away
+    except TimeoutError:
+        print(f"slow clients: lifetime of {a.lifetime:g} s reached", file=sys.stderr)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        abort_all(conns)
+        emit({"event": "slow.done", "go": go_wall, "clients": [asdict(c) for c in clients]})
+    return 0
+
+
+def slow_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="hub_bench.py _slow", description="slow-reader clients")
+    p.add_argument("--url", required=True)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--flood", type=int, required=True, help="how many of them flood")
+    p.add_argument("--frame-bytes", type=int, required=True)
+    p.add_argument("--flood-bps", type=float, required=True)
+    p.add_argument("--stall-bps", type=float, required=True)
+    p.add_argument("--stall-burst", type=int, required=True)
+    p.add_argument("--lifetime", type=float, required=True)
+    a = p.parse_args(argv)
+    try:
+        return asyncio.run(_slow_run(a))
+    except KeyboardInterrupt:
+        return 130
+
+
+class SlowProc:
+    """The ``_slow`` process, on the load generator's CPU (its sends never steal the normal
+    clients' event loop); driven by lines on its stdin, reporting JSON lines on its stdout."""
+
+    def __init__(self, cmd: list[str], log_path: Path) -> None:
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.proc: subprocess.Popen[bytes] = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,
+            )
+        _LIVE.append(self.proc)
+        self.reader: asyncio.StreamReader | None = None
+        self._transport: asyncio.BaseTransport | None = None
+
+    @classmethod
+    async def start(cls, ctx: Ctx, url: str) -> SlowProc:
+        a = ctx.args
+        cmd = [sys.executable, str(THIS), "_exec", "--nofile", str(a.slow + 256)]
+        if ctx.loadgen_cpu is not None:
+            cmd += ["--cpu", str(ctx.loadgen_cpu)]
+        cmd += [
+            "--",
+            sys.executable,
+            str(THIS),
+            "_slow",
+            "--url",
+            url,
+            "--count",
+            str(a.slow),
+            "--flood",
+            str(a.slow_flood),
+            "--frame-bytes",
+            str(a.slow_frame_kb * 1024),
+            "--flood-bps",
+            str(a.flood_mbps * 1e6),
+            "--stall-bps",
+            str(a.stall_mbps * 1e6),
+            "--stall-burst",
+            str(int(a.stall_burst_mb * 1e6)),
+            "--lifetime",
+            # Bounded even if this benchmark hangs: login, both heartbeat runs, and slack.
+            str(OPEN_TIMEOUT + 2 * (a.warmup + a.slow_seconds) + 60),
+        ]
+        self = cls(cmd, ctx.tmp / "slow-clients.log")
+        assert self.proc.stdout is not None
+        reader = self.reader = asyncio.StreamReader()
+        self._transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), self.proc.stdout
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _fail(self, what: str) -> BenchError:
+        try:
+            tail = self.log_path.read_text(errors="replace").splitlines()[-15:]
+        except OSError:
+            tail = ["(no log)"]
+        return BenchError(f"slow clients: {what}; log {self.log_path}:\n" + "\n".join(tail))
+
+    async def event(self, name: str, timeout: float) -> dict[str, Any]:
+        assert self.reader is not None
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    line = await self.reader.readline()
+                    if not line:
+                        raise self._fail(f"exited ({self.proc.poll()}) before {name}")
+                    with contextlib.suppress(ValueError):
+                        obj = json.loads(line)
+                        if isinstance(obj, dict) and obj.get("event") == name:
+                            return obj
+        except TimeoutError:
+            raise self._fail(f"no {name} within {timeout:g} s") from None
+
+    def tell(self, line: str) -> None:
+        stdin = self.proc.stdin
+        assert stdin is not None
+        stdin.write(line.encode() + b"\n")  # a few bytes into an empty pipe: never blocks
+        stdin.flush()
+
+    async def finish(self) -> dict[str, Any]:
+        """Stop the clients; their report."""
+        self.tell("stop")
+        done = await self.event("slow.done", SLOW_FINISH_TIMEOUT)
+        await self.stop()
+        return done
+
+    async def stop(self) -> None:
+        proc = self.proc
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()  # EOF: the process aborts its clients and exits
+        if proc.poll() is None and not await _wait_exit(proc, 5.0):
+            with contextlib.suppress(OSError):
+                proc.kill()
+            await _wait_exit(proc, 5.0)
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        if proc in _LIVE and proc.poll() is not None:
+            _LIVE.remove(proc)
+
+
+def hub_aborts(log_path: Path) -> list[dict[str, Any]]:
+    """The hub's ``hub.peer_aborted`` lines: peer port, reason, bytes queued, wall time."""
+    out = []
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if "hub.peer_aborted" not in line:
+            continue
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            obj = json.loads(line)
+            if obj.get("event") != "hub.peer_aborted":
+                continue
+            ts = str(obj.get("timestamp", "")).replace("Z", "+00:00")
+            out.append(
+                {
+                    "port": int(str(obj.get("peer", "")).rsplit(":", 1)[1]),
+                    "reason": str(obj.get("reason", "")),
+                    "queued": obj.get("queued"),
+                    "wall": datetime.fromisoformat(ts).timestamp() if ts else None,
+                }
+            )
+    return out
+
+
+def window_stats(meter: Meter, start: float, end: float) -> tuple[int, float, float]:
+    """Samples whose request was sent in [start, end): count, p50 ms, p99 ms."""
+    lat = sorted(d for t, d in zip(meter.starts, meter.lat, strict=True) if start <= t < end)
+    return len(lat), percentile(lat, 0.50) * 1000, percentile(lat, 0.99) * 1000
+
+
+def per_second_p99(meter: Meter, start: float, seconds: float) -> list[float]:
+    buckets: list[list[float]] = [[] for _ in range(max(1, int(seconds + 0.999)))]
+    for t, d in zip(meter.starts, meter.lat, strict=True):
+        i = int(t - start)
+        if 0 <= i < len(buckets):
+            buckets[i].append(d)
+    return [percentile(sorted(b), 0.99) * 1000 for b in buckets]
+
+
+async def slow_reader_phase(ctx: Ctx) -> dict[str, Any]:
+    """(c): the same hub, its normal clients measured alone and then next to slow readers."""
+    a = ctx.args
+    n = a.slow_normal
+    extra: dict[str, float | int] = {"send_timeout": a.send_timeout}
+    hub = await ctx.start_hub(
+        "slow", compression=False, nofile=n + a.slow + 1024, server_extra=extra
+    )
+    print(
+        f"\n[c] slow readers: hub pid {hub.pid} at {hub.url} with send_timeout={a.send_timeout:g} s "
+        f"(max_send_queue default); {n} normal clients, {a.slow_seconds:g} s windows",
+        flush=True,
+    )
+    slow: SlowProc | None = None
+    marks: dict[str, float] = {}
+    try:
+        conns = await open_many(hub.url, n, False, "hbn", hub)
+        try:
+            alone, alone_m = await drive_heartbeats(
+                hub, conns, a.warmup, a.slow_seconds, a.max_requests, ctx.server_cpu
+            )
+            print(
+                f"    alone    : {alone.rate:,.0f} rt/s, p50={alone.p50_ms:.2f} ms "
+                f"p99={alone.p99_ms:.2f} ms (server cpu {alone.server_cpu_pct:.0f}%)",
+                flush=True,
+            )
+            slow = await SlowProc.start(ctx, hub.url)
+            ready = await slow.event("slow.ready", OPEN_TIMEOUT + 30)
+            slow_cpu0 = cpu_seconds(slow.pid)
+
+            async def go() -> None:
+                assert slow is not None
+                slow.tell("go")
+                marks["wall"], marks["perf"] = time.time(), time.perf_counter()
+
+            with_slow, slow_m = await drive_heartbeats(
+                hub, conns, a.warmup, a.slow_seconds, a.max_requests, ctx.server_cpu, at_start=go
+            )
+            marks["end"] = time.perf_counter()
+            slow_cpu = cpu_seconds(slow.pid) - slow_cpu0
+            done = await slow.finish()
+            print(
+                f"    with slow: {with_slow.rate:,.0f} rt/s, p50={with_slow.p50_ms:.2f} ms "
+                f"p99={with_slow.p99_ms:.2f} ms (server cpu {with_slow.server_cpu_pct:.0f}%)",
+                flush=True,
+            )
+        finally:
+            if slow is not None:
+                await slow.stop()
+            await close_all(conns)
+    finally:
+        await ctx.stop(hub)
+
+    # Which slow clients the hub aborted, when (its log, relative to the flood's start) and why.
+    ready_ports = {c["port"] for c in ready["clients"]}
+    aborts = hub_aborts(hub.log_path)
+    others = [x for x in aborts if x["port"] not in ready_ports]
+    go_wall = marks["wall"]
+    rows = []
+    for c in done["clients"]:
+        hit = next((x for x in aborts if x["port"] == c["port"]), None)
+        rows.append(
+            {
+                "index": c["index"],
+                "mode": c["mode"],
+                "asked_mb": c["asked"] / 1e6,
+                "aborted": hit is not None,
+                "aborted_s": hit["wall"] - go_wall if hit and hit["wall"] else None,
+                "reason": hit["reason"] if hit else "",
+                "queued_mb": hit["queued"] / 1e6 if hit and hit["queued"] is not None else None,
+                "client_saw_s": c["gone_at"] - go_wall if c["gone_at"] else None,
+            }
+        )
+    # The stretch while slow readers were connected: from the flood's start to the last abort.
+    abort_times = [r["aborted_s"] for r in rows if r["aborted_s"] is not None]
+    all_gone = len(abort_times) == len(rows)
+    span = min(a.slow_seconds, max(abort_times)) if all_gone and abort_times else a.slow_seconds
+    alone_start = alone_m.opened
+    w_alone = window_stats(alone_m, alone_start, alone_start + span)
+    w_slow = window_stats(slow_m, slow_m.opened, slow_m.opened + span)
+    ratio = with_slow.p99_ms / alone.p99_ms if alone.p99_ms > 0 else float("nan")
+    return {
+        "normal_clients": n,
+        "slow_clients": a.slow,
+        "flooding": a.slow_flood,
+        "frame_kb": a.slow_frame_kb,
+        "flood_mbps": a.flood_mbps,
+        "stall_mbps": a.stall_mbps,
+        "stall_burst_mb": a.stall_burst_mb,
+        "send_timeout": a.send_timeout,
+        "seconds": a.slow_seconds,
+        "alone": asdict(alone),
+        "with_slow": asdict(with_slow),
+        "p99_ratio": ratio,
+        "span_s": span,
+        "span_alone": {"n": w_alone[0], "p50_ms": w_alone[1], "p99_ms": w_alone[2]},
+        "span_with_slow": {"n": w_slow[0], "p50_ms": w_slow[1], "p99_ms": w_slow[2]},
+        "per_second_p99_alone": per_second_p99(alone_m, alone_start, a.slow_seconds),
+        "per_second_p99_with_slow": per_second_p99(slow_m, slow_m.opened, a.slow_seconds),
+        "slow": rows,
+        "other_aborts": others,
+        "slow_process_cpu_pct": 100 * slow_cpu / (marks["end"] - marks["perf"]),
+    }
+
+
+def report_slow(r: dict[str, Any], target: float) -> tuple[bool, list[str]]:
+    """Print (c)'s results; whether the target was met, and findings."""
+    findings: list[str] = []
+    al, ws = r["alone"], r["with_slow"]
+    ratio = r["p99_ratio"]
+    hit = ratio <= target
+    print(
+        f"slow readers ({r['normal_clients']} normal clients, {r['seconds']:g} s windows; "
+        f"{r['slow_clients']} slow readers: {r['flooding']} flooding at {r['flood_mbps']:g} MB/s, "
+        f"{r['slow_clients'] - r['flooding']} trickling at {r['stall_mbps']:g} MB/s after "
+        f"{r['stall_burst_mb']:g} MB at that rate, {r['frame_kb']} KB answers; hub send_timeout="
+        f"{r['send_timeout']:g} s, max_send_queue default):"
+    )
+    print(
+        f"  p99 with slow / alone = {ws['p99_ms']:.2f} / {al['p99_ms']:.2f} ms = {ratio:.2f} "
+        f"(target <= {target:g}) {verdict(hit)}"
+    )
+    for name, x in (("alone", al), ("with slow", ws)):
+        print(
+            f"  {name:9}: p50={x['p50_ms']:.2f} ms p99={x['p99_ms']:.2f} ms, {x['rate']:,.0f} rt/s, "
+            f"server cpu={x['server_cpu_pct']:.0f}% load generator cpu={x['loadgen_cpu_pct']:.0f}%, "
+            f"other load on the server's core={x['other_on_server_core_pct']:.0f}%"
+        )
+    sa, ss = r["span_alone"], r["span_with_slow"]
+    print(
+        f"  first {r['span_s']:.1f} s (flood start to last abort): alone p50={sa['p50_ms']:.2f} "
+        f"p99={sa['p99_ms']:.2f} ms, with slow p50={ss['p50_ms']:.2f} p99={ss['p99_ms']:.2f} ms"
+    )
+    fmt = " ".join
+    print(f"  p99 per second, alone    : {fmt(f'{v:.1f}' for v in r['per_second_p99_alone'])} ms")
+    print(
+        f"  p99 per second, with slow: {fmt(f'{v:.1f}' for v in r['per_second_p99_with_slow'])} ms"
+    )
+    rows = r["slow"]
+    aborted = [x for x in rows if x["aborted"]]
+    print(
+        f"  slow readers aborted by the hub: {len(aborted)}/{len(rows)} "
+        f"(slow-client process cpu {r['slow_process_cpu_pct']:.0f}%)"
+    )
+    for x in rows:
+        when = f"at {x['aborted_s']:.2f} s" if x["aborted_s"] is not None else "not aborted"
+        why = f" ({x['reason']}, {x['queued_mb']:.1f} MB queued)" if x["aborted"] else ""
+        saw = f", client saw it at {x['client_saw_s']:.2f} s" if x["client_saw_s"] else ""
+        print(
+            f"    #{x['index']} {x['mode']:5}: {when}{why}; asked for {x['asked_mb']:.1f} MB{saw}"
+        )
+    if len(aborted) < len(rows):
+        findings.append(
+            f"{len(rows) - len(aborted)} slow reader(s) were not aborted within the "
+            f"{r['seconds']:g} s window: the kernel buffers may have held all they asked for, or "
+            "the window is shorter than the time to fill them plus send_timeout"
+        )
+    noisy = max(al["other_on_server_core_pct"], ws["other_on_server_core_pct"])
+    if noisy > 10:
+        findings.append(
+            f"slow readers: up to {noisy:.0f}% of the hub's core was busy with something else "
+            "during a measured window (other processes, IRQs, loopback traffic): the p99 ratio is "
+            "noisy, rerun on a quiet machine"
+        )
+    if r["other_aborts"]:
+        findings.append(f"the hub aborted peers that were not slow readers: {r['other_aborts']}")
+    return hit, findings
+
+
+# ================================================================================================
 # orchestration
 # ================================================================================================
 
@@ -668,13 +1168,14 @@ async def run(args: argparse.Namespace) -> int:
 
     src = resolve_src(args.src)
     orig_soft, orig_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need_fds = max(args.clients, args.conns) + 256
+    need_fds = max(args.clients, args.conns, args.slow_normal) + 256
     own_soft, _ = raise_own_nofile(need_fds)
 
     cpus = sorted(os.sched_getaffinity(0))
     server_cpu: int | None = None
+    loadgen_cpu: int | None = None
     if args.pin and len(cpus) >= 2:
-        server_cpu = cpus[0]
+        server_cpu, loadgen_cpu = cpus[0], cpus[1]
         os.sched_setaffinity(0, {cpus[1]})
         pinning = f"servers on cpu{cpus[0]}, load generator on cpu{cpus[1]}"
     else:
@@ -694,6 +1195,7 @@ async def run(args: argparse.Namespace) -> int:
         f"seconds={args.seconds:g} warmup={args.warmup:g} idle conns={args.conns} "
         f"hub log level={args.hub_log_level}; pinning: {pinning}"
     )
+    print(f"scenarios: {', '.join(s for s in SCENARIOS if s in args.scenarios)}")
     print(
         f"fds     : shell RLIMIT_NOFILE soft={orig_soft} hard={orig_hard}; "
         f"load generator raised to soft={own_soft}"
@@ -701,14 +1203,14 @@ async def run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
 
     tmp = Path(tempfile.mkdtemp(prefix="hub_bench-"))
-    ctx = Ctx(args, tmp, src, server_cpu)
+    ctx = Ctx(args, tmp, src, server_cpu, loadgen_cpu=loadgen_cpu)
     results: dict[str, Any] = {"heartbeat": {}, "idle": {}}
     findings: list[str] = []
     ok = True
     t_start = time.perf_counter()
     try:
         # ---------------- (a) heartbeat round trips ----------------
-        if not args.skip_heartbeat:
+        if "heartbeat" in args.scenarios:
             probe = 1024 if args.clients + 200 < 1024 else args.clients + 1024
             prof = tmp / "hub-heartbeat.prof" if args.profile_hub else None
             hub = await ctx.start_hub("hb", compression=False, nofile=probe, profile=prof)
@@ -762,7 +1264,7 @@ async def run(args: argparse.Namespace) -> int:
                 print_profile(prof)
 
         # ---------------- (b) idle RSS per connection ----------------
-        if not args.skip_idle:
+        if "idle" in args.scenarios:
             for compression in (False, True):
                 label = "on" if compression else "off"
                 pair: dict[str, IdleResult] = {}
@@ -788,6 +1290,10 @@ async def run(args: argparse.Namespace) -> int:
                         flush=True,
                     )
                 results["idle"][label] = {k: asdict(v) for k, v in pair.items()}
+
+        # ---------------- (c) slow readers ----------------
+        if "slow-reader" in args.scenarios:
+            results["slow_reader"] = await slow_reader_phase(ctx)
     finally:
         await ctx.stop_all()
         if args.keep:
@@ -879,6 +1385,10 @@ async def run(args: argparse.Namespace) -> int:
         h_off, h_on = idle["off"]["hub"]["kb_per_conn"], idle["on"]["hub"]["kb_per_conn"]
         b_off, b_on = idle["off"]["bare"]["kb_per_conn"], idle["on"]["bare"]["kb_per_conn"]
         print(f"compression on/off memory factor: hub={h_on / h_off:.1f}x bare={b_on / b_off:.1f}x")
+    if "slow_reader" in results:
+        hit, more = report_slow(results["slow_reader"], args.target_slow)
+        ok &= hit
+        findings += more
     if findings:
         print("\nfindings:")
         for f in findings:
@@ -975,7 +1485,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="hub_bench.py",
         description="Hub vs bare-websockets benchmark: heartbeat round trips/s and idle RSS/conn.",
     )
-    p.add_argument("--quick", action="store_true", help="smoke run: 20 clients, 200 conns, 1 s")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 20 clients, 200 conns, 1 s; slow readers: 5 s windows, send_timeout 3 s",
+    )
+    p.add_argument(
+        "--scenario",
+        dest="scenario",
+        action="append",
+        choices=(*SCENARIOS, "all"),
+        help="what to run (repeatable; default all): heartbeat (a), idle (b), slow-reader (c)",
+    )
     p.add_argument("--seconds", type=float, help="measured seconds per side (default 5)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per side (default 1)")
     p.add_argument(
@@ -1004,6 +1525,47 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--skip-heartbeat", action="store_true")
     p.add_argument("--skip-idle", action="store_true")
+    p.add_argument("--skip-slow", action="store_true", help="skip the slow-reader scenario")
+    g = p.add_argument_group("slow-reader scenario (c)")
+    g.add_argument("--slow-normal", type=int, default=100, help="normal clients (default 100)")
+    g.add_argument("--slow", type=int, default=10, help="slow readers (default 10)")
+    g.add_argument(
+        "--slow-flood", type=int, help="how many slow readers flood (default half); rest trickle"
+    )
+    g.add_argument(
+        "--slow-seconds", type=float, help="measured window per run (default 15, quick 5)"
+    )
+    g.add_argument(
+        "--send-timeout",
+        type=float,
+        help="the hub's server.send_timeout in this scenario (default 10 = the hub default; quick 3)",
+    )
+    g.add_argument(
+        "--slow-frame-kb",
+        type=int,
+        default=64,
+        help="size of each slow reader's request and so of its answer (default 64 KB)",
+    )
+    g.add_argument(
+        "--flood-mbps",
+        type=float,
+        help="MB/s of answers each flooding reader asks for (default 2, quick 4; 0 = unpaced); "
+        "the trickling ones ask at this rate too until --stall-burst-mb",
+    )
+    g.add_argument(
+        "--stall-burst-mb",
+        type=float,
+        default=5.0,
+        help="MB a trickling reader asks for at the flood rate before it slows down (default 5: "
+        "more than the ~4.5 MB the kernel buffers hold on loopback)",
+    )
+    g.add_argument(
+        "--stall-mbps",
+        type=float,
+        default=0.25,
+        help="MB/s a trickling reader asks for after that (default 0.25)",
+    )
+    g.add_argument("--target-slow", type=float, default=2.0, help="max p99 ratio (default 2)")
     p.add_argument("--target-rate", type=float, default=0.5)
     p.add_argument("--target-rss", type=float, default=1.5)
     p.add_argument("--json", help="also write the results as JSON here")
@@ -1016,6 +1578,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.rounds = a.rounds if a.rounds is not None else (1 if quick else 3)
     a.clients = a.clients if a.clients is not None else (20 if quick else 200)
     a.conns = a.conns if a.conns is not None else (200 if quick else 5000)
+    a.send_timeout = a.send_timeout if a.send_timeout is not None else (3.0 if quick else 10.0)
+    a.flood_mbps = a.flood_mbps if a.flood_mbps is not None else (4.0 if quick else 2.0)
+    a.slow_seconds = a.slow_seconds if a.slow_seconds is not None else (5.0 if quick else 15.0)
+    a.slow_flood = a.slow_flood if a.slow_flood is not None else a.slow // 2
+    chosen = set(a.scenario or ["all"])
+    a.scenarios = set(SCENARIOS) if "all" in chosen else chosen
+    for skip, name in (
+        (a.skip_heartbeat, "heartbeat"),
+        (a.skip_idle, "idle"),
+        (a.skip_slow, "slow-reader"),
+    ):
+        if skip:
+            a.scenarios.discard(name)
+    if (
+        a.slow_normal < 1
+        or a.slow < 1
+        or not 0 <= a.slow_flood <= a.slow
+        or a.slow_seconds <= 0
+        or a.send_timeout <= 0
+        or a.slow_frame_kb < 1
+        or a.slow_frame_kb * 1024 > MAX_FRAME - 1024
+        or a.flood_mbps < 0
+        or a.stall_mbps <= 0
+        or a.stall_burst_mb < 0
+    ):
+        p.error("bad slow-reader settings (frames must stay under the 1 MiB frame limit)")
     if (
         a.seconds <= 0
         or a.warmup < 0
@@ -1046,6 +1634,8 @@ def main(argv: list[str] | None = None) -> int:
         return bare_main(argv[1:])
     if argv[:1] == ["_exec"]:
         return exec_main(argv[1:])
+    if argv[:1] == ["_slow"]:
+        return slow_main(argv[1:])
     return run_bench(run(parse_args(argv)))
 
 
