@@ -355,12 +355,13 @@ async def _run_completion(
             )
             raise
     finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        # The slot goes whatever closing the upstream does (raise, or be cancelled itself).
         if conn.streams.get(slot.request_id) is slot:
             del conn.streams[slot.request_id]
         slot.release()
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def on_abort(conn: Connection, req: P.AbortRequest) -> None:

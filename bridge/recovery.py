@@ -1,0 +1,131 @@
+"""After a crash: the replies a previous run left in flight.
+
+A turn is recorded as in flight when its message is stored, and cleared once its reply is safely
+in the outbox. Whatever is still recorded at start was cut short. Each is settled once: a reply
+that was stored is pushed again, one the upstream finished is fetched, stored and pushed, and
+anything else is answered with an explicit "interrupted" notice, so no user is left in silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+from bridge.errors import BridgeError
+from bridge.models import ConversationKey, Segment
+from bridge.outbox import Outbox, Push
+from bridge.router import Router
+from storage import Storage
+
+log = structlog.get_logger(__name__)
+
+
+class Recovery:
+    def __init__(self, storage: Storage, router: Router, outbox: Outbox) -> None:
+        self._storage = storage
+        self._router = router
+        self._outbox = outbox
+
+    async def run(self, *, attempts: int = 5, backoff: float = 2.0) -> int:
+        """Finish what a previous run left in flight: a reply whose upstream finished is
+        stored and pushed; one that cannot be recovered becomes an explicit notice. Returns how
+        many turns were settled. Retries while the target is unreachable, then gives up on it."""
+        settled = 0
+        for row in await self._storage.inflight.all():
+            for attempt in range(attempts):
+                try:
+                    await self._recover_one(row)
+                    break
+                except BridgeError as e:
+                    log.warning("recover.retry", message_id=row.message_id, reason=e.reason)
+                    if attempt + 1 < attempts:
+                        await asyncio.sleep(backoff * (attempt + 1))
+            else:
+                await self._interrupted(row.user_id, row.contact, row.thread, row.message_id)
+            await self._storage.inflight.remove(row.message_id)
+            settled += 1
+        return settled
+
+    async def _recover_one(self, row: Any) -> None:
+        msg = await self._storage.messages.get(row.message_id)
+        if msg is None or msg.deleted:
+            return
+        key = ConversationKey(row.user_id, row.contact, row.thread)
+        stored = [r for r in await self._storage.messages.replies_to(msg.id) if not r.deleted]
+        if stored:
+            # The reply was stored; its push may not have been. Push again (at least once).
+            for r in stored:
+                await self._push_message(key, r.id, r.content, r.time, "", row.stream_request_id)
+            return
+        try:
+            target = self._router.contact_target(row.contact)
+        except BridgeError:
+            target = None
+        recover = getattr(target, "recover", None)
+        done = await recover(key) if recover is not None else None
+        if done is None:
+            await self._interrupted(row.user_id, row.contact, row.thread, msg.id)
+            return
+        segs = [Segment.text(done.text).to_json()] if done.text else []
+        reply = await self._storage.messages.add(
+            key.user_id, key.contact, "out", segs, reply_to=msg.id, thread=key.thread
+        )
+        if done.ref_system:
+            if done.request_ref:
+                await self._storage.messages.link(msg.id, done.ref_system, done.request_ref)
+            if done.reply_ref:
+                await self._storage.messages.link(reply.id, done.ref_system, done.reply_ref)
+        await self._push_message(
+            key, reply.id, segs, reply.time, done.sender_name, row.stream_request_id
+        )
+        log.info("recover.reply_recovered", message_id=msg.id, reply=reply.id)
+
+    async def _interrupted(self, user_id: str, contact: str, thread: str, message_id: int) -> None:
+        text = (
+            "The reply to this message was interrupted: the bridge stopped before it finished. "
+            "Send the message again to get a reply."
+        )
+        segs = [Segment.text(text).to_json()]
+        row = await self._storage.messages.add(
+            user_id, contact, "out", segs, reply_to=message_id, thread=thread
+        )
+        await self._outbox.push(
+            user_id,
+            Push(
+                kind="message",
+                contact=contact,
+                message_id=row.id,
+                segments=segs,
+                time=int(row.time),
+                sender_id=contact,
+                sender_name=contact,
+                interrupted=True,
+                reply_to=message_id,
+            ),
+        )
+        log.info("recover.reply_interrupted", message_id=message_id, notice=row.id)
+
+    async def _push_message(
+        self,
+        key: ConversationKey,
+        message_id: int,
+        segments: list[dict[str, Any]],
+        at: float,
+        sender_name: str,
+        stream_request_id: str | None,
+    ) -> None:
+        await self._outbox.push(
+            key.user_id,
+            Push(
+                kind="message",
+                contact=key.contact,
+                message_id=message_id,
+                segments=segments,
+                time=int(at),
+                sender_id=key.contact,
+                sender_name=sender_name or key.contact,
+                stream_request_id=stream_request_id,
+            ),
+        )
