@@ -1566,8 +1566,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="MB/s a trickling reader asks for after that (default 0.25)",
     )
     g.add_argument("--target-slow", type=float, default=2.0, help="max p99 ratio (default 2)")
-    p.add_argument("--target-rate", type=float, default=0.5)
-    p.add_argument("--target-rss", type=float, default=1.5)
+    p.add_argument("--target-rate", type=float, default=0.6)
+    p.add_argument("--target-rss", type=float, default=1.3)
     p.add_argument("--json", help="also write the results as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (server logs, dbs)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")

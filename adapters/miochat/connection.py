@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from adapters.miochat import protocol as P
 from bridge.errors import ErrorCode
@@ -59,6 +60,30 @@ class StreamSlot:
 
 
 class Connection:
+    __slots__ = (
+        "_chains",
+        "_closed",
+        "_confirmed_seq",
+        "_confirming",
+        "_drained",
+        "_in_flight",
+        "_max_in_flight",
+        "_max_queue",
+        "_queue",
+        "_queued_bytes",
+        "_room",
+        "_send_timeout",
+        "_sent_seq",
+        "_writer",
+        "hub",
+        "listeners",
+        "peer",
+        "streams",
+        "tasks",
+        "user",
+        "ws",
+    )
+
     def __init__(self, hub: HubServer, ws: ServerConnection) -> None:
         cfg = hub.config
         self.hub = hub
@@ -72,17 +97,16 @@ class Connection:
         self._in_flight = 0
         self._max_in_flight = cfg.limits.frames_in_flight
         self._chains: dict[Hashable, asyncio.Task[None]] = {}
-        # The send queue: (text, push seq or 0).
-        self._queue: deque[tuple[str, int]] = deque()
+        # The send queue, (text, push seq or 0), and its writer: both exist only while frames
+        # wait (an idle connection costs neither), since most frames go straight out.
+        self._queue: deque[tuple[str, int]] | None = None
         self._queued_bytes = 0
+        self._writer: asyncio.Task[None] | None = None
         self._max_queue = cfg.server.max_send_queue
         self._send_timeout = cfg.server.send_timeout
-        self._wake = asyncio.Event()
         # Set whenever the queue is at most half full (or the connection is gone).
-        self._room = asyncio.Event()
-        self._room.set()
+        self._room: asyncio.Event | None = None
         self._closed = False
-        self._writer: asyncio.Task[None] | None = None
         # Push confirmation: the highest seq written to this peer, and the highest confirmed.
         self._sent_seq = 0
         self._confirmed_seq = 0
@@ -91,23 +115,49 @@ class Connection:
 
     # ----- sending -----------------------------------------------------------------------------
 
-    def start_writer(self) -> None:
-        self._writer = self.tasks.spawn(self._write_loop(), name="hub-writer")
-
     def send_frame(self, frame: dict[str, Any], seq: int = 0) -> bool:
-        """Queue a frame; never waits. False when the connection is (now) gone."""
+        """Send or queue a frame; never waits. False when the connection is (now) gone."""
         if self._closed:
             return False
         data = P.dumps(frame)
-        self._queue.append((data, seq))
+        if self._writer is None and self._write_now(data):
+            if seq > self._sent_seq:
+                self._sent_seq = seq
+                self._kick()  # to confirm it with a ping
+            return True
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        queue.append((data, seq))
         self._queued_bytes += len(data)
         # One frame is always let in, however large: the send timeout guards it. A frame
         # bigger than the bound would otherwise kill every connection it is replayed to.
-        if self._queued_bytes > self._max_queue and len(self._queue) > 1:
+        if self._queued_bytes > self._max_queue and len(queue) > 1:
             self.abort("send queue overflow")
             return False
-        self._wake.set()
+        self._kick()
         return True
+
+    def _write_now(self, data: str) -> bool:
+        """Write a frame straight into the transport when that cannot wait on the peer:
+        nothing is buffered ahead of it and it stays under the high-water mark."""
+        ws = self.ws
+        transport = ws.transport
+        if (
+            transport is None
+            or ws.protocol.state is not State.OPEN
+            or transport.get_write_buffer_size()
+            # UTF-8 takes at most 4 bytes a character; framing adds 14 at most.
+            or 4 * len(data) + 14 > transport.get_write_buffer_limits()[1]
+        ):
+            return False
+        ws.protocol.send_text(data.encode())
+        ws.send_data()
+        return True
+
+    def _kick(self) -> None:
+        if self._writer is None and not self._closed:
+            self._writer = self.tasks.spawn(self._write_loop(), name="hub-writer")
 
     def backlogged(self) -> bool:
         """The send queue is over half full: a backlog replayed at login waits for `room`
@@ -118,6 +168,8 @@ class Connection:
         """Until the send queue is at most half full; False once the connection is gone (the
         writer aborts a peer that stops reading, which ends the wait)."""
         while not self._closed and self.backlogged():
+            if self._room is None:
+                self._room = asyncio.Event()
             self._room.clear()
             await self._room.wait()
         return not self._closed
@@ -134,36 +186,29 @@ class Connection:
             return
         self._closed = True
         log.warning("hub.peer_aborted", peer=self.peer, reason=why, queued=self._queued_bytes)
-        self._queue.clear()
+        if self._queue is not None:
+            self._queue.clear()
         self._queued_bytes = 0
-        self._room.set()
+        if self._room is not None:
+            self._room.set()
         transport = self.ws.transport
         if transport is not None:
             transport.abort()
 
     async def _write_loop(self) -> None:
+        """Drain the queue, confirm pushes with a ping, and end: the next frame starts anew."""
         ws = self.ws
+        half = self._max_queue // 2
         try:
             while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while self._queue:
-                    data, seq = self._queue.popleft()
+                queue = self._queue
+                while queue:
+                    data, seq = queue.popleft()
                     self._queued_bytes -= len(data)
-                    if self._queued_bytes <= self._max_queue // 2:
+                    if self._room is not None and self._queued_bytes <= half:
                         self._room.set()
-                    transport = ws.transport
-                    if (
-                        transport is not None
-                        and not transport.get_write_buffer_size()
-                        # UTF-8 takes at most 4 bytes a character; framing adds 14 at most.
-                        and 4 * len(data) + 14 <= transport.get_write_buffer_limits()[1]
-                    ):
-                        # Nothing in the kernel's way and the frame stays under the high-water
-                        # mark: the send cannot wait on the peer, skip the timer.
-                        await ws.send(data)
-                    else:
-                        # A large frame can fill the kernel's buffers by itself.
+                    if not self._write_now(data):
+                        # Behind a backlog, or large enough to fill the kernel's buffers.
                         async with asyncio.timeout(self._send_timeout):
                             await ws.send(data)
                     if seq > self._sent_seq:
@@ -174,11 +219,17 @@ class Connection:
                     # The ping waits on the peer like any write.
                     async with asyncio.timeout(self._send_timeout):
                         await self._confirm_by_ping()
+                    continue
+                if not self._queue:
+                    return  # nothing awaited since the check: no frame can be left behind
         except TimeoutError:
             self.abort("peer stopped reading")
         except ConnectionClosed:
             self._closed = True
-            self._room.set()
+            if self._room is not None:
+                self._room.set()
+        finally:
+            self._writer = None
 
     async def _confirm_by_ping(self) -> None:
         """A pong to a ping written after the pushes means the peer read them."""
@@ -192,7 +243,7 @@ class Connection:
                 return
             self.tasks.spawn(self._confirmed(upto), name="hub-confirm")
             if self._sent_seq > upto:
-                self._wake.set()  # more pushes went out meanwhile: ping again
+                self._kick()  # more pushes went out meanwhile: ping again
 
         waiter.add_done_callback(done)
 
@@ -230,14 +281,13 @@ class Connection:
     def note(self, seq: int) -> None:
         if seq > self._sent_seq and not self._closed:
             self._sent_seq = seq
-            self._wake.set()
+            self._kick()
 
     # ----- reading -----------------------------------------------------------------------------
 
     async def run(self) -> None:
         from adapters.miochat import handlers
 
-        self.start_writer()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.hub.config.auth.login_timeout
         creds = handlers.upgrade_credentials(self.ws.request)
@@ -300,7 +350,7 @@ class Connection:
             async with asyncio.timeout(self._send_timeout):
                 if self._queue and not self._closed:
                     self._drained = asyncio.get_running_loop().create_future()
-                    self._wake.set()
+                    self._kick()
                     await self._drained
                 await self.ws.close(code, reason)
         except TimeoutError:
@@ -309,7 +359,8 @@ class Connection:
 
     async def cleanup(self) -> None:
         self._closed = True
-        self._room.set()
+        if self._room is not None:
+            self._room.set()
         hub = self.hub
         if self.user is not None:
             hub.outbox.detach(self.user.id, self)

@@ -230,7 +230,12 @@ def _reason(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def typed_request(req: Request, *, logged_in: bool = True) -> RequestFrame | FrameError:
+_WIRE = {"strict_wire": True}
+
+
+def typed_request(
+    req: Request, *, logged_in: bool = True, strict_wire: bool = False
+) -> RequestFrame | FrameError:
     """The typed model of an already parsed envelope, or the `FrameError` to answer it with.
 
     Codes: UNAUTHENTICATED (`logged_in` false and not system/login), UNKNOWN_PROTOCOL,
@@ -270,7 +275,7 @@ def typed_request(req: Request, *, logged_in: bool = True) -> RequestFrame | Fra
         "data": req.data,
     }
     try:
-        return REQUEST_FRAME.validate_python(fields)
+        return REQUEST_FRAME.validate_python(fields, context=_WIRE if strict_wire else None)
     except ValidationError as e:
         login = (protocol, ftype) == ("system", "login")
         code = ErrorCode.LOGIN_FAILED if login else ErrorCode.INVALID_DATA
@@ -287,4 +292,4 @@ def parse_request(raw: str | bytes, *, logged_in: bool = True) -> RequestFrame |
         req = parse_frame(raw)
     except FrameError as e:
         return e
-    return typed_request(req, logged_in=logged_in)
+    return typed_request(req, logged_in=logged_in, strict_wire=True)
