@@ -223,10 +223,11 @@ class App:
                 cfg, self.storage, self.router, self.outbox, self.sessions, admin_code=admin_code
             )
             self.hub.http.health = self.health
+            # Replies a previous run left in flight: queued before the hub takes connections, so
+            # each conversation settles them before its new turns (the work itself, which may
+            # wait on the upstream, runs in the background).
+            await self.sessions.schedule_recovery()
             await self.hub.start()
-            # Replies a previous run left in flight: recovered or reported, in the background
-            # (the upstream may be slow or down; serving does not wait for it).
-            self._tasks.spawn(self.sessions.recover(), name="recover-inflight")
         except BaseException:
             await self.stop()
             raise

@@ -13,11 +13,13 @@ from typing import Any
 
 import structlog
 
+from bridge.engine import Engine, Turn
 from bridge.errors import BridgeError
 from bridge.models import ConversationKey, Segment
 from bridge.outbox import Outbox, Push
 from bridge.router import Router
 from storage import Storage
+from storage.inflight import InflightRow
 
 log = structlog.get_logger(__name__)
 
@@ -28,27 +30,40 @@ class Recovery:
         self._router = router
         self._outbox = outbox
 
-    async def run(self, *, attempts: int = 5, backoff: float = 2.0) -> int:
-        """Finish what a previous run left in flight: a reply whose upstream finished is
-        stored and pushed; one that cannot be recovered becomes an explicit notice. Returns how
-        many turns were settled. Retries while the target is unreachable, then gives up on it."""
-        settled = 0
-        for row in await self._storage.inflight.all():
-            for attempt in range(attempts):
-                try:
-                    await self._recover_one(row)
-                    break
-                except BridgeError as e:
-                    log.warning("recover.retry", message_id=row.message_id, reason=e.reason)
-                    if attempt + 1 < attempts:
-                        await asyncio.sleep(backoff * (attempt + 1))
-            else:
-                await self._interrupted(row.user_id, row.contact, row.thread, row.message_id)
-            await self._storage.inflight.remove(row.message_id)
-            settled += 1
-        return settled
+    async def schedule(
+        self, engine: Engine, *, attempts: int = 5, backoff: float = 2.0
+    ) -> list[Turn]:
+        """Queue one recovery turn per reply left in flight, in its own conversation, so the
+        conversation's new turns wait behind it (one owner per conversation, also here).
 
-    async def _recover_one(self, row: Any) -> None:
+        Each turn recovers a reply whose upstream finished (stored and pushed) or turns it into
+        an explicit notice; it retries while the target is unreachable, then gives up on it."""
+        turns = []
+        for row in await self._storage.inflight.all():
+            key = ConversationKey(row.user_id, row.contact, row.thread)
+
+            async def job(_: Turn, row: InflightRow = row) -> None:
+                await self._settle(row, attempts, backoff)
+
+            turns.append(engine.submit(key, job, message_id=row.message_id))
+        if turns:
+            log.info("recover.scheduled", count=len(turns))
+        return turns
+
+    async def _settle(self, row: InflightRow, attempts: int, backoff: float) -> None:
+        for attempt in range(attempts):
+            try:
+                await self._recover_one(row)
+                break
+            except BridgeError as e:
+                log.warning("recover.retry", message_id=row.message_id, reason=e.reason)
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(backoff * (attempt + 1))
+        else:
+            await self._interrupted(row.user_id, row.contact, row.thread, row.message_id)
+        await self._storage.inflight.remove(row.message_id)
+
+    async def _recover_one(self, row: InflightRow) -> None:
         msg = await self._storage.messages.get(row.message_id)
         if msg is None or msg.deleted:
             return

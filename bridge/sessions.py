@@ -359,13 +359,22 @@ class Sessions:
             )
         return row.contact
 
-    async def recover(self, *, attempts: int = 5, backoff: float = 2.0) -> int:
-        """Settle the replies a previous run left in flight (see `bridge.recovery`)."""
+    async def schedule_recovery(self, *, attempts: int = 5, backoff: float = 2.0) -> list[Turn]:
+        """Queue the settling of replies a previous run left in flight (see `bridge.recovery`).
+        Reads only the database: called before the hub accepts connections."""
         from bridge.recovery import Recovery
 
-        return await Recovery(self._storage, self._router, self._outbox).run(
-            attempts=attempts, backoff=backoff
-        )
+        recovery = Recovery(self._storage, self._router, self._outbox)
+        return await recovery.schedule(self.engine, attempts=attempts, backoff=backoff)
+
+    async def recover(
+        self, *, attempts: int = 5, backoff: float = 2.0, timeout: float = 120.0
+    ) -> int:
+        """Settle them and wait until done; returns how many there were."""
+        turns = await self.schedule_recovery(attempts=attempts, backoff=backoff)
+        for turn in turns:
+            await turn.wait(timeout)
+        return len(turns)
 
     async def close(self) -> None:
         await self.engine.close()

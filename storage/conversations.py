@@ -35,8 +35,33 @@ class ConversationRepo:
         await self._db.conn.commit()
 
     async def count(self, user_id: str) -> int:
+        """Conversations the user opened by name (threads other than each contact's default):
+        the default conversation with each contact is bounded by the contacts themselves."""
         async with self._db.conn.execute(
-            "SELECT COUNT(*) FROM conversations WHERE user_id = ?", (user_id,)
+            "SELECT COUNT(*) FROM conversations WHERE user_id = ? AND thread != 'default'",
+            (user_id,),
         ) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+    async def anchor(self, user_id: str, contact: str, thread: str) -> tuple[str, str] | None:
+        """(id, created-at ISO text) of the newest upstream message of a settled turn."""
+        async with self._db.conn.execute(
+            "SELECT anchor_id, anchor_at FROM conversations "
+            "WHERE user_id = ? AND contact = ? AND thread = ?",
+            (user_id, contact, thread),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None or row[0] is None:
+            return None
+        return str(row[0]), str(row[1] or "")
+
+    async def set_anchor(
+        self, user_id: str, contact: str, thread: str, anchor_id: str, anchor_at: str
+    ) -> None:
+        await self._db.conn.execute(
+            "UPDATE conversations SET anchor_id = ?, anchor_at = ? "
+            "WHERE user_id = ? AND contact = ? AND thread = ?",
+            (anchor_id, anchor_at, user_id, contact, thread),
+        )
+        await self._db.conn.commit()

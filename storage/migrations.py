@@ -72,4 +72,10 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX shares_created ON shares (created);
     """,
+    # 4: the newest upstream message known to belong to a settled turn of each conversation:
+    # what a turn cut short (recalled while running, or by a crash) is told apart from.
+    """
+    ALTER TABLE conversations ADD COLUMN anchor_id TEXT;
+    ALTER TABLE conversations ADD COLUMN anchor_at TEXT;
+    """,
 ]

@@ -19,6 +19,7 @@ from adapters.momohub.client import MomoHubClient
 from adapters.momohub.content import parts_text, to_content_parts
 from adapters.momohub.types import (
     Character,
+    Message,
     StreamDelta,
     StreamDone,
     StreamError,
@@ -83,6 +84,10 @@ class CharacterTarget:
         # user → chats being created now, not yet in the table (counted against the limit).
         self._creating: dict[str, int] = {}
         self._create_locks = KeyedLocks()
+        # Conversations whose last turn ended before its place in the chat was recorded.
+        # Bounded: an entry goes with the next turn of that conversation, and at most one per
+        # conversation of a user who is active.
+        self._unsettled: set[ConversationKey] = set()
         self._tasks = TaskSet("momohub-target")
         self._loaded = asyncio.Event()
 
@@ -196,33 +201,69 @@ class CharacterTarget:
         if chat_id is None:
             return
         refs = list(request.refs)
-        if not refs and request.unresolved and not request.outgoing:
+        unresolved = not refs and request.unresolved and not request.outgoing
+        if unresolved:
             refs = await self.turn_ids(key, chat_id)
         for ref in refs:
             await self._client.delete_message(chat_id, ref)
+        if unresolved:
+            await self._settle(key, chat_id)
 
     async def turn_ids(self, key: ConversationKey, chat_id: str) -> list[str]:
         """The ids of a turn that ended before they were learned (recalled while running, or
-        cut short by a crash): the chat's messages after the newest one already recorded for
-        this conversation, from the last user message on. The engine runs one turn at a time
-        per conversation, so that user message and what followed it belong to this turn."""
-        known = await self._storage.messages.conversation_refs(
-            key.user_id, key.contact, key.thread, SYSTEM
-        )
-        latest = await self._client.list_latest_messages(chat_id, limit=20)
-        after = 0
-        for i, m in enumerate(latest):
-            if m.id in known:
-                after = i + 1
-        tail = latest[after:]
+        cut short by a crash): the chat's messages after the conversation's anchor (the newest
+        message of a settled turn, recorded as each turn ends), from the newest user message
+        on. The engine runs one turn at a time per conversation, so those are this turn's."""
+        return [
+            m.id for m in self._after_anchor(await self._anchor(key), await self._latest(chat_id))
+        ]
+
+    async def _latest(self, chat_id: str) -> list[Message]:
+        return await self._client.list_latest_messages(chat_id, limit=20)
+
+    async def _anchor(self, key: ConversationKey) -> tuple[str, str] | None:
+        return await self._storage.conversations.anchor(key.user_id, key.contact, key.thread)
+
+    @staticmethod
+    def _after_anchor(anchor: tuple[str, str] | None, latest: list[Message]) -> list[Message]:
+        if anchor is None:
+            tail = latest  # a fresh chat: everything in it is this turn's
+        else:
+            anchor_id, anchor_at = anchor
+            ids = [m.id for m in latest]
+            if anchor_id in ids:
+                tail = latest[ids.index(anchor_id) + 1 :]
+            else:
+                # The anchor itself was deleted since: go by its time instead.
+                tail = [m for m in latest if m.createdAt and m.createdAt.isoformat() > anchor_at]
         users = [i for i, m in enumerate(tail) if m.senderType == "USER"]
-        if users:
-            # Only the newest user message and what followed it: an earlier turn that failed
-            # left its user message unrecorded in the chat, and that one is not this turn's.
-            tail = tail[users[-1] :]
-        elif after == 0 and len(latest) >= 20:
-            tail = []  # nothing recorded in view and no user message: nothing to go by
-        return [m.id for m in tail]
+        # Only the newest user message and what followed it: an earlier turn that was stopped
+        # before it was settled may have left its user message in the chat.
+        return tail[users[-1] :] if users else []
+
+    def _mark_unsettled(self, key: ConversationKey) -> None:
+        if len(self._unsettled) >= 10_000:
+            self._unsettled.pop()  # that conversation's next turn just cannot pre-settle
+        self._unsettled.add(key)
+
+    async def _settle(
+        self, key: ConversationKey, chat_id: str, latest: list[Message] | None = None
+    ) -> None:
+        """Record the chat's newest message as the conversation's anchor."""
+        if latest is None:
+            try:
+                latest = await self._latest(chat_id)
+            except BridgeError as e:
+                log.warning("momohub.anchor_unknown", chat=chat_id, reason=e.reason)
+                self._mark_unsettled(key)
+                return
+        self._unsettled.discard(key)
+        if latest:
+            newest = latest[-1]
+            at = newest.createdAt.isoformat() if newest.createdAt else ""
+            await self._storage.conversations.set_anchor(
+                key.user_id, key.contact, key.thread, newest.id, at
+            )
 
     async def recover(self, key: ConversationKey) -> Done | None:
         """After a crash: the reply MomoHub finished for the turn that was in flight, if any.
@@ -230,18 +271,16 @@ class CharacterTarget:
         chat_id = await self._storage.conversations.get(key.user_id, key.contact, key.thread)
         if chat_id is None:
             return None
-        ids = await self.turn_ids(key, chat_id)
-        if not ids:
+        latest = await self._latest(chat_id)
+        turn = self._after_anchor(await self._anchor(key), latest)
+        request = next((m.id for m in turn if m.senderType == "USER"), None)
+        reply_msg = next((m for m in turn if m.senderType == "CHARACTER"), None)
+        await self._settle(key, chat_id, latest)
+        if reply_msg is None:
             return None
-        latest = {m.id: m for m in await self._client.list_latest_messages(chat_id, limit=20)}
-        request = next((i for i in ids if latest.get(i) and latest[i].senderType == "USER"), None)
-        reply = next(
-            (i for i in ids if latest.get(i) and latest[i].senderType == "CHARACTER"), None
-        )
-        if reply is None:
-            return None
+        reply = reply_msg.id
         character = self._characters.get(key.contact)
-        text = parts_text([p.model_dump() for p in latest[reply].content])
+        text = parts_text([p.model_dump() for p in reply_msg.content])
         return Done(
             finish_reason="stop",
             ref_system=SYSTEM,
@@ -313,7 +352,7 @@ class CharacterTarget:
             timeout = self._config.connect_timeout * 2
             reserved = False
             try:
-                if not fresh:
+                if not fresh and thread != "default":
                     async with self._create_locks.hold(user_lock, timeout=timeout):
                         count = await conversations.count(user_id)
                         if count + self._creating.get(user_id, 0) >= self._max_chats_per_user:
@@ -360,6 +399,8 @@ class CharacterTarget:
         *,
         check: bool = False,
     ) -> AsyncIterator[ReplyEvent]:
+        key: ConversationKey | None = None
+        settled = False
         try:
             if check:
                 await self.check_available(character_id)
@@ -368,6 +409,10 @@ class CharacterTarget:
                 yield Failed(ErrorCode.INVALID_DATA, "nothing to send: the message has no content")
                 return
             chat_id = await self._chat_for(user_id, character_id, thread, fresh=False)
+            key = ConversationKey(user_id, character_id, thread)
+            if key in self._unsettled:
+                # A turn before this one was stopped unsettled: mark where this one starts.
+                await self._settle(key, chat_id)
             # One turn at a time per conversation is the engine's job; a chat is one conversation.
             try:
                 stream = self._client.send_message(chat_id, parts)
@@ -380,13 +425,18 @@ class CharacterTarget:
                 chat_id = await self._chat_for(user_id, character_id, thread, fresh=True)
                 stream = self._client.send_message(chat_id, parts)
                 first = await anext(aiter(stream), None)
-            async for event in self._events(first, stream, chat_id, character_id):
+            async for event in self._events(first, stream, chat_id, key):
+                if isinstance(event, Done | Failed):
+                    settled = True  # _events recorded the anchor before ending the turn
                 yield event
         except BridgeError as e:
             yield Failed(e.code, f"MomoHub: {e.reason}")
+        finally:
+            if not settled and key is not None:
+                self._mark_unsettled(key)
 
     async def _events(
-        self, first: Any, stream: AsyncIterator[Any], chat_id: str, character_id: str
+        self, first: Any, stream: AsyncIterator[Any], chat_id: str, key: ConversationKey
     ) -> AsyncIterator[ReplyEvent]:
         tool_params: dict[str, str] = {}
 
@@ -417,11 +467,12 @@ class CharacterTarget:
                     code = (
                         ErrorCode.BUSY if "busy" in ev.message.lower() else ErrorCode.UPSTREAM_ERROR
                     )
+                    await self._settle(key, chat_id)
                     yield Failed(code, f"MomoHub: {ev.message}")
                     return
                 elif isinstance(ev, StreamDone):
-                    request_ref, reply_ref = await self._newest_ids(chat_id)
-                    character = self._characters.get(character_id)
+                    request_ref, reply_ref = await self._newest_ids(key, chat_id)
+                    character = self._characters.get(key.contact)
                     yield Done(
                         finish_reason="stop",
                         ref_system=SYSTEM,
@@ -433,13 +484,17 @@ class CharacterTarget:
         finally:
             await _aclose(stream)
 
-    async def _newest_ids(self, chat_id: str) -> tuple[str | None, str | None]:
+    async def _newest_ids(
+        self, key: ConversationKey, chat_id: str
+    ) -> tuple[str | None, str | None]:
         """MomoHub's stream carries no ids: read them back from the chat's newest messages."""
         try:
             messages = await self._client.list_latest_messages(chat_id, limit=10)
         except BridgeError as e:
             log.warning("momohub.ids_unknown", chat=chat_id, reason=e.reason)
+            self._mark_unsettled(key)
             return None, None
+        await self._settle(key, chat_id, messages)
         reply = next((m.id for m in reversed(messages) if m.senderType == "CHARACTER"), None)
         request = next((m.id for m in reversed(messages) if m.senderType == "USER"), None)
         return request, reply

@@ -67,6 +67,7 @@ class _User:
         self.client: HubClient | None = None
         self.acked: dict[str, int] = {}  # request_id -> message_id
         self.finished: set[str] = set()  # request_ids whose stream completed
+        self.streaming = False  # acknowledged, reply not yet ended
         self.received: list[dict[str, Any]] = []  # every push frame, both runs
 
     async def connect(self, port: int) -> None:
@@ -91,7 +92,10 @@ class _User:
                 ack = await self.client.reply(rid, timeout=20)
                 assert ack["code"] == 0, ack
                 self.acked[rid] = ack["data"]["message_id"]
+                self.streaming = True
+                self.progress.set()
                 frames = await self.client.stream(rid, timeout=20)
+                self.streaming = False
                 if frames[-1].get("message") == "completed":
                     self.finished.add(rid)
                     self.progress.set()
@@ -139,11 +143,16 @@ async def test_sigkill_mid_reply_loses_nothing(tmp_path: Path) -> None:
         await asyncio.gather(*(u.connect(port) for u in users))
         stop = asyncio.Event()
         chats = [asyncio.create_task(u.chat(stop)) for u in users]
-        # Let every user finish at least one reply, then kill while others are mid-stream.
-        async with asyncio.timeout(60):
-            while sum(len(u.finished) for u in users) < USERS * 2 or not all(
+
+        # Let every user finish at least one reply, then kill while several are mid-stream.
+        def ready() -> bool:
+            done = sum(len(u.finished) for u in users) >= USERS * 2 and all(
                 u.finished for u in users
-            ):
+            )
+            return done and sum(u.streaming for u in users) >= 5
+
+        async with asyncio.timeout(60):
+            while not ready():
                 progress.clear()
                 await progress.wait()
         proc.send_signal(signal.SIGKILL)

@@ -85,3 +85,37 @@ async def test_recovery_waits_out_an_unreachable_upstream_then_reports(bridge_fa
     c = await hub.client("tia")
     push = await c.wait_push(lambda f: f["data"]["content"].get("interrupted") is True)
     assert push["data"]["content"]["reply_to"] == mid
+
+
+async def test_a_turn_that_never_reached_momohub_is_not_given_an_earlier_reply(
+    bridge_factory,
+) -> None:
+    """A completion on the same conversation is not recorded as a hub message; a crashed turn
+    after it must not take that completion's reply (or delete it) as its own."""
+    hub = await bridge_factory(momohub={"enabled": True})
+    await _first_turn(hub, "uma")
+    c = await hub.client("uma")
+    rid = await c.send(
+        "openai",
+        "completions",
+        {"model": f"character:{MOMO}", "messages": [{"role": "user", "content": "completion"}]},
+    )
+    assert (await c.stream(rid))[-1]["message"] == "completed"
+    chat = await hub.app.storage.conversations.get("uma", MOMO, "default")
+    assert chat is not None and hub.app.momohub is not None
+    before = await hub.app.momohub.list_messages(chat, limit=50)
+    mid = await _crashed_turn(hub, "uma", "never sent upstream")
+    assert await hub.app.sessions.recover(attempts=1, backoff=0) == 1
+    push = await c.wait_push(lambda f: f["data"]["content"].get("interrupted") is True)
+    assert push["data"]["content"]["reply_to"] == mid
+    assert not [p for p in c.pushes("message") if _about(p) == "r-crash"]
+    # Recalling it deletes nothing upstream: it never got there.
+    ack = await c.request("onebot", "del_message", {"message_id": mid})
+    assert ack["code"] == 0, ack
+    assert [m.id for m in await hub.app.momohub.list_messages(chat, limit=50)] == [
+        m.id for m in before
+    ]
+
+
+def _about(push: dict[str, Any]) -> Any:
+    return push["data"]["content"].get("stream_request_id")
