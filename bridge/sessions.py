@@ -32,6 +32,7 @@ from bridge.models import (
 )
 from bridge.outbox import Outbox, Push, Sink
 from bridge.router import ContactTarget, Router
+from bridge.tasks import TaskSet
 from storage import Storage
 
 log = structlog.get_logger(__name__)
@@ -56,12 +57,23 @@ class _Reply:
     stored: asyncio.Event = field(default_factory=asyncio.Event)
     # A failure before the message was stored withdraws it: nothing half-stored.
     withdrawn: bool = False
+    # The reply's run is over (whatever the outcome).
+    ended: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
     message_id: int
     streaming: bool
+
+
+async def _outcome(coro: Awaitable[Accepted]) -> tuple[Accepted | None, Exception | None]:
+    """The result or the error, as a value: the caller re-raises it, so the task itself does
+    not end in an exception that would be logged as a crash."""
+    try:
+        return await coro, None
+    except Exception as e:
+        return None, e
 
 
 def _rid(value: str | int | float | None) -> str | None:
@@ -80,6 +92,7 @@ class Sessions:
         self._router = router
         self._outbox = outbox
         self.engine = engine or Engine()
+        self._tasks = TaskSet("sessions")
         # Replies a connection watches, so it can stop watching when it closes.
         self._watched: dict[int, _Reply] = {}
 
@@ -94,6 +107,30 @@ class Sessions:
         listener: Listener | None = None,
         stream_request_id: str | int | float | None = None,
         thread: str = "default",
+    ) -> Accepted:
+        """Store a user's message and queue its turn; returns once it is stored (or refused).
+
+        Runs to its end even if the caller is cancelled (its connection closed): a message
+        whose storing began is either stored with its turn queued, or not stored at all.
+        """
+        task = self._tasks.spawn(
+            _outcome(self._send(user, contact, segments, listener, stream_request_id, thread)),
+            name="sessions-send",
+        )
+        accepted, error = await asyncio.shield(task)
+        if error is not None:
+            raise error
+        assert accepted is not None
+        return accepted
+
+    async def _send(
+        self,
+        user: UserRef,
+        contact: str,
+        segments: list[Segment],
+        listener: Listener | None,
+        stream_request_id: str | int | float | None,
+        thread: str,
     ) -> Accepted:
         target = self._router.contact_target(contact)
         contact = target.canonical(contact)
@@ -118,8 +155,14 @@ class Sessions:
             row = await store(user.id, contact, "in", content, **store_args)
             msg.message_id = reply.message_id = row.id
             reply.stored.set()
+            try:
+                self.engine.submit(key, job, message_id=row.id)
+            except BaseException:
+                # Refused (BUSY, shutting down): withdrawn, nothing half-stored.
+                await self._storage.messages.mark_deleted(row.id)
+                await self._storage.inflight.remove(row.id)
+                raise
             self._watch(reply)
-            self.engine.submit(key, job, message_id=row.id)
             return Accepted(row.id, streaming=True)
         # The target's reply does not depend on our message id: queue it first and store the
         # message meanwhile, so an idle conversation's upstream request is not kept waiting.
@@ -134,7 +177,7 @@ class Sessions:
         turn.message_id = msg.message_id = reply.message_id = row.id
         self._watch(reply)
         reply.stored.set()
-        if turn.finished.is_set():  # it failed before the message was stored: nothing in flight
+        if reply.ended:  # it failed before the message was stored: nothing in flight
             await self._storage.inflight.remove(row.id)
         return Accepted(row.id, streaming=True)
 
@@ -149,7 +192,11 @@ class Sessions:
         async def job(turn: Turn) -> None:
             await target.deliver(msg)
 
-        turn = self.engine.submit(key, job, message_id=row.id)
+        try:
+            turn = self.engine.submit(key, job, message_id=row.id)
+        except BaseException:
+            await self._storage.messages.mark_deleted(row.id)  # refused: nothing half-stored
+            raise
         try:
             await turn.wait(HANDOFF_TIMEOUT)
         except TimeoutError:
@@ -258,6 +305,7 @@ class Sessions:
             log.exception("reply.crashed", message_id=reply.message_id)
             await self._notify(reply, Failed(ErrorCode.INTERNAL, f"internal error: {e}"))
         finally:
+            reply.ended = True
             self._watched.pop(reply.message_id, None)
             reply.listener = None
             try:
@@ -377,4 +425,5 @@ class Sessions:
         return len(turns)
 
     async def close(self) -> None:
+        await self._tasks.cancel_all()
         await self.engine.close()

@@ -253,6 +253,10 @@ class Connection:
         self._confirmed_seq = seq
         await self.hub.outbox.confirm(self.user.id, seq)
 
+    def reset_delivery(self) -> None:
+        self._sent_seq = 0
+        self._confirmed_seq = 0
+
     async def ack(self, seq: int) -> None:
         """`system/ack`: the peer has every push up to ``seq`` (capped at what it was sent)."""
         await self._confirmed(min(seq, self._sent_seq))

@@ -136,6 +136,8 @@ async def login(
     if conn.user is not None:
         hub.outbox.detach(conn.user.id, conn)
         hub.drop_client(conn.user.id, conn)
+        if conn.user.id != data.user_id:
+            conn.reset_delivery()  # what the peer confirmed was the other user's
     conn.user = UserRef(data.user_id, is_admin)
     structlog.contextvars.bind_contextvars(user=data.user_id)
     await hub.storage.users.touch(data.user_id, is_admin)
