@@ -7,6 +7,7 @@ frames that touch one conversation are ordered by a key.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -65,8 +66,23 @@ class Route:
     prepare: Callable[[Connection, Any], tuple[Hashable | None, Any]] | None = None
 
 
+# Before login a peer is anonymous: a bigger frame is refused unread (a login frame is well
+# under 1 KiB), so an anonymous peer cannot make the hub spend time parsing.
+MAX_FRAME_BEFORE_LOGIN = 64 * 1024
+# Parsing a frame this large takes long enough to hold up other connections: off the loop.
+PARSE_IN_THREAD = 64 * 1024
+
+
 async def dispatch(conn: Connection, raw: str | bytes) -> None:
-    frame = P.parse_request(raw, logged_in=conn.user is not None)
+    logged_in = conn.user is not None
+    if not logged_in and len(raw) > MAX_FRAME_BEFORE_LOGIN:
+        reason = f"frames before login are limited to {MAX_FRAME_BEFORE_LOGIN} bytes"
+        conn.send_frame(P.failure(None, None, None, ErrorCode.BAD_FRAME, reason))
+        return
+    if len(raw) > PARSE_IN_THREAD:
+        frame = await asyncio.to_thread(P.parse_request, raw, logged_in=logged_in)
+    else:
+        frame = P.parse_request(raw, logged_in=logged_in)
     if isinstance(frame, P.FrameError):
         if frame.code == ErrorCode.LOGIN_FAILED:
             await _login_failed(conn, frame.request_id, frame.reason)

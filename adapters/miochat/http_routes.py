@@ -257,8 +257,13 @@ class HttpRoutes:
                 return _json(conn, 405, _fail("use POST", ErrorCode.BAD_FRAME))
             if getattr(conn, "body_too_large", False):
                 return _json(conn, 413, _fail("body too large", ErrorCode.INVALID_DATA))
+            raw = getattr(conn, "http_body", b"") or b"null"
+            if len(raw) > 4 * self.config.share.max_bytes + 1024:
+                # Far past what a card may be: refused before it is parsed at all.
+                return _json(conn, 413, _fail("body too large", ErrorCode.INVALID_DATA))
             try:
-                body = json.loads(getattr(conn, "http_body", b"") or b"null")
+                # The hub's strict parser: depth, int64, NaN and lone surrogates are refused.
+                body = P.loads(raw)
                 data = P.ShareData.model_validate(_need_object(body))
             except (ValueError, ValidationError) as e:
                 reason = (

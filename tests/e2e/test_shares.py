@@ -232,3 +232,25 @@ async def test_fallback_names_the_bound_address(bridge_factory) -> None:
     writer.close()
     assert b" 200 " in raw.split(b"\r\n", 1)[0]
     assert f"http://{host}:{b.app.port}/share/".encode() in raw
+
+
+async def test_hostile_share_bodies_get_a_clear_400_and_nothing_is_stored(bridge: Bridge) -> None:
+    bodies = {
+        "nesting": b'{"contactor":' + b'{"a":' * 5000 + b"1" + b"}" * 5000 + b"}",
+        "surrogate": b'{"contactor":{"name":"\\ud800"}}',
+        "nan": b'{"contactor":{"x":NaN}}',
+        "bigint": b'{"contactor":{"x":' + b"9" * 400 + b"}}",
+    }
+    async with aiohttp.ClientSession() as http:
+        for name, body in bodies.items():
+            async with http.post(f"{bridge.http}/api/share", data=body) as r:
+                answer = await r.json()
+                assert r.status == 400, (name, r.status, answer)
+                assert answer["data"]["error"] == "INVALID_DATA", (name, answer)
+        # Far past a card's size: refused before it is parsed.
+        big = b'{"contactor":{"bio":"' + b"x" * (8 * bridge.config.share.max_bytes) + b'"}}'
+        async with http.post(f"{bridge.http}/api/share", data=big) as r:
+            assert r.status == 413
+        async with http.get(f"{bridge.http}/healthz") as r:
+            assert r.status == 200
+    assert await _count(bridge) == 0
