@@ -15,6 +15,8 @@ from typing import Any, TextIO
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from bridge.tasks import TaskSet
+
 HELP = """commands:
   /to <contact>        choose who plain lines go to
   /contacts            list contacts from the login answer
@@ -58,16 +60,17 @@ class ChatClient:
                     "data": {"mio-chat-id": self.user_id, "mio-chat-token": self.token},
                 }
             )
-            reader = asyncio.create_task(self._read())
+            tasks = TaskSet("chat-client")
+            reader = tasks.spawn(self._read(), name="chat-reader")
             try:
                 # Lines typed (or piped) before the login answer must not race ahead of it.
-                login = asyncio.create_task(self.logged_in.wait())
+                login = tasks.spawn(self.logged_in.wait(), name="chat-login")
                 await asyncio.wait({login, reader}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
                 login.cancel()
                 if not self.logged_in.is_set():
                     return 1
                 while True:
-                    get = asyncio.create_task(lines.get())
+                    get = tasks.spawn(lines.get(), name="chat-line")
                     done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
                     if reader in done:
                         get.cancel()
@@ -77,8 +80,7 @@ class ChatClient:
                         return 0
                     await self.command(line.rstrip("\n"))
             finally:
-                reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
+                await tasks.cancel_all()
 
     async def command(self, line: str) -> None:
         if not line.strip():

@@ -178,3 +178,16 @@ def recall_push(
         {"id": contact, "type": "del_msg", "content": {"message_id": message_id}},
         seq,
     )
+
+
+# ----- plain HTTP answers (same port) ----------------------------------------------------------
+
+
+def http_success(data: Any) -> dict[str, Any]:
+    """The body of a successful HTTP answer: `{"code": 0, "message": "success", "data"}`."""
+    return {"code": 0, "message": "success", "data": data}
+
+
+def http_failure(reason: str, error: ErrorCode) -> dict[str, Any]:
+    """The body of a failed HTTP answer, shaped like a failure frame's."""
+    return {"code": 1, "message": "failed", "data": {"reason": reason, "error": str(error)}}

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+# How long work waits for the previous work with the same ordering key.
+ORDER_TIMEOUT = 120.0
+
 CLOSE_LOGIN = 4001
 
 
@@ -334,7 +337,8 @@ class Connection:
         async def run() -> None:
             try:
                 if before is not None and not before.done():
-                    await asyncio.wait([before])
+                    # Bounded: a frame stuck behind a wedged one goes ahead rather than wait forever.
+                    await asyncio.wait([before], timeout=ORDER_TIMEOUT)
                 await work()
             finally:
                 self._in_flight -= 1

@@ -214,15 +214,7 @@ class HttpRoutes:
             return await self._route(conn, request, method, path)
         except Exception:
             log.exception("http.crashed", path=path)
-            return _json(
-                conn,
-                500,
-                {
-                    "code": 1,
-                    "message": "failed",
-                    "data": {"reason": "internal error", "error": "INTERNAL"},
-                },
-            )
+            return _json(conn, 500, _fail("internal error", ErrorCode.INTERNAL))
 
     async def _route(
         self, conn: ServerConnection, request: Request, method: str, path: str
@@ -239,19 +231,12 @@ class HttpRoutes:
             return _json(conn, 200 if body["status"] == "ok" else 503, body)
         if method == "GET" and path == "/api/base_info":
             auth = self.config.auth
-            return _json(
-                conn,
-                200,
-                {
-                    "code": 0,
-                    "message": "success",
-                    "data": {
-                        "admin_qq": auth.admin_qq,
-                        "bot_qq": auth.bot_qq,
-                        "title": self.config.server.title,
-                    },
-                },
-            )
+            info = {
+                "admin_qq": auth.admin_qq,
+                "bot_qq": auth.bot_qq,
+                "title": self.config.server.title,
+            }
+            return _json(conn, 200, P.http_success(info))
         if path == "/api/share":
             if method != "POST":
                 return _json(conn, 405, _fail("use POST", ErrorCode.BAD_FRAME))
@@ -279,7 +264,7 @@ class HttpRoutes:
                 if e.retry_after is not None:
                     resp.headers["Retry-After"] = str(e.retry_after)
                 return resp
-            return _json(conn, 200, {"code": 0, "message": "success", "data": result})
+            return _json(conn, 200, P.http_success(result))
         if method == "GET" and path.startswith("/share/"):
             rest = path[len("/share/") :]
             share_id, _, tail = rest.partition("/")
@@ -305,8 +290,7 @@ class HttpRoutes:
         return _json(conn, 404, _fail(f"no route {method} {path}", ErrorCode.NOT_FOUND))
 
 
-def _fail(reason: str, error: ErrorCode) -> dict[str, Any]:
-    return {"code": 1, "message": "failed", "data": {"reason": reason, "error": str(error)}}
+_fail = P.http_failure
 
 
 def _ctype(resp: Response, ctype: str) -> Response:

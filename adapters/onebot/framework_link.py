@@ -35,6 +35,9 @@ from bridge.tasks import TaskSet
 
 log = structlog.get_logger(__name__)
 
+# How long work waits for the previous work with the same ordering key.
+ORDER_TIMEOUT = 120.0
+
 
 @dataclass(frozen=True, slots=True)
 class Job:
@@ -276,7 +279,8 @@ class FrameworkLink:
         try:
             if before is not None:
                 # Only its end matters here, not how it ended (it reports that itself).
-                await asyncio.wait([before])
+                # Bounded: a frame stuck behind a wedged one goes ahead rather than wait forever.
+                await asyncio.wait([before], timeout=ORDER_TIMEOUT)
             response = await job.run()
             if response is not None:
                 await self._send(ws, response)
