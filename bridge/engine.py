@@ -88,10 +88,19 @@ class Engine:
                 f"{self._max_queued} messages are already waiting in this conversation",
             )
         turn = Turn(key, job, message_id=message_id)
-        owner.queue.append(turn)
         if owner.task is None:
+            # An idle conversation: the turn starts now, in the same step as its owner, rather
+            # than one scheduling step later from inside the owner.
+            self._start(owner, turn)
             owner.task = self._tasks.spawn(self._run_owner(owner), name=f"owner-{key}")
+        else:
+            owner.queue.append(turn)
         return turn
+
+    def _start(self, owner: _Owner, turn: Turn) -> None:
+        owner.running = turn
+        turn.state = "running"
+        turn.task = self._tasks.spawn(self._call(turn), name=f"turn-{turn.message_id}")
 
     def find(self, key: ConversationKey, message_id: int) -> Turn | None:
         owner = self._owners.get(key)
@@ -149,11 +158,11 @@ class Engine:
 
     async def _run_owner(self, owner: _Owner) -> None:
         try:
-            while owner.queue:
-                turn = owner.queue.popleft()
-                owner.running = turn
-                turn.state = "running"
-                turn.task = self._tasks.spawn(self._call(turn), name=f"turn-{turn.message_id}")
+            while owner.running is not None or owner.queue:
+                if owner.running is None:
+                    self._start(owner, owner.queue.popleft())
+                turn = owner.running
+                assert turn is not None and turn.task is not None
                 try:
                     await asyncio.wait([turn.task])
                     if not turn.task.cancelled() and turn.task.exception() is not None:
