@@ -279,15 +279,8 @@ class CharacterTarget:
         if reply_msg is None:
             return None
         reply = reply_msg.id
-        character = self._characters.get(key.contact)
-        text = parts_text([p.model_dump() for p in reply_msg.content])
-        return Done(
-            finish_reason="stop",
-            ref_system=SYSTEM,
-            request_ref=request,
-            reply_ref=reply,
-            sender_name=character.name if character else "",
-            text=text,
+        return self._done(
+            key, request, reply, parts_text([p.model_dump() for p in reply_msg.content])
         )
 
     # ----- ModelTarget ----------------------------------------------------------------------------
@@ -472,17 +465,24 @@ class CharacterTarget:
                     return
                 elif isinstance(ev, StreamDone):
                     request_ref, reply_ref = await self._newest_ids(key, chat_id)
-                    character = self._characters.get(key.contact)
-                    yield Done(
-                        finish_reason="stop",
-                        ref_system=SYSTEM,
-                        request_ref=request_ref,
-                        reply_ref=reply_ref,
-                        sender_name=character.name if character else "",
-                    )
+                    yield self._done(key, request_ref, reply_ref)
                     return
         finally:
             await _aclose(stream)
+
+    def _done(
+        self, key: ConversationKey, request_ref: str | None, reply_ref: str | None, text: str = ""
+    ) -> Done:
+        """A finished turn, with the MomoHub ids that a later recall deletes by."""
+        character = self._characters.get(key.contact)
+        return Done(
+            finish_reason="stop",
+            ref_system=SYSTEM,
+            request_ref=request_ref,
+            reply_ref=reply_ref,
+            sender_name=character.name if character else "",
+            text=text,
+        )
 
     async def _newest_ids(
         self, key: ConversationKey, chat_id: str
