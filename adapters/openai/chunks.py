@@ -76,3 +76,17 @@ class ChunkAssembler:
         if self.finish_reason is None:
             return None
         return Done(finish_reason=self.finish_reason, usage=self.usage)
+
+
+def merge_deltas(events: list[ReplyEvent]) -> list[ReplyEvent]:
+    """Consecutive text deltas as one (what arrived in one read becomes one update frame)."""
+    if len(events) < 2:
+        return events
+    out: list[ReplyEvent] = []
+    for event in events:
+        last = out[-1] if out else None
+        if isinstance(event, Delta) and isinstance(last, Delta):
+            out[-1] = Delta(text=last.text + event.text, reasoning=last.reasoning + event.reasoning)
+        else:
+            out.append(event)
+    return out

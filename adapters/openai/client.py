@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,7 +12,8 @@ from typing import Any
 import openai
 import structlog
 
-from adapters.openai.chunks import ChunkAssembler
+from adapters.openai.chunks import ChunkAssembler, merge_deltas
+from adapters.openai.sse import SSEReader
 from bridge.config import OpenAIConfig, OpenAIProvider
 from bridge.errors import BridgeError, ErrorCode
 from bridge.models import CompletionRequest, Failed, ModelGroup, ReplyEvent
@@ -42,6 +45,27 @@ def failure_for(provider: str, e: BaseException) -> Failed:
     if isinstance(e, openai.APIConnectionError):
         return Failed(ErrorCode.UPSTREAM_ERROR, f"provider {provider}: connection failed ({e})")
     return Failed(ErrorCode.UPSTREAM_ERROR, f"provider {provider}: {type(e).__name__}: {e}")
+
+
+def _http_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP client errors of whichever httpx the SDK runs on (releases moved to httpx2)."""
+    found: list[type[BaseException]] = []
+    for name in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(name).HTTPError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+# Raised by the raw reply stream (the SDK wraps them only on its own parsed streams).
+HTTP_ERRORS = _http_errors()
+
+
+def _stream_error(provider: str, chunk: dict[str, Any]) -> str:
+    err = chunk.get("error")
+    message = err.get("message") if isinstance(err, dict) else err
+    return f"provider {provider}: {message or 'error in the stream'}"
 
 
 class ProviderClient:
@@ -91,20 +115,37 @@ class ProviderClient:
         if request.tools:
             params["tools"] = request.tools
         assembler = ChunkAssembler()
-        stream: Any = None
+        sse = SSEReader()
+        # The SDK still sends the request (auth, base URL, error types), but the reply is read
+        # as raw SSE: no SDK model object per chunk.
+        opened: Any = None
         try:
             async with asyncio.timeout(self.provider.timeout):
-                stream = await self._client.chat.completions.create(**params)
-            iterator = stream.__aiter__()
-            while True:
+                opened = self._client.chat.completions.with_streaming_response.create(**params)
+                response = await opened.__aenter__()
+            pieces = response.iter_bytes().__aiter__()
+            ended = False
+            while not ended:
                 # The SDK's timeout covers each HTTP read but not a server that trickles
-                # keep-alives; bound the wait for every chunk ourselves.
+                # keep-alives; bound the wait for every piece ourselves.
                 try:
                     async with asyncio.timeout(self.provider.timeout):
-                        chunk = await iterator.__anext__()
+                        piece = await pieces.__anext__()
+                    payloads = sse.feed(piece)
                 except StopAsyncIteration:
-                    break
-                for event in assembler.feed(chunk.model_dump(exclude_none=True)):
+                    payloads, ended = sse.close(), True
+                events: list[ReplyEvent] = []
+                for payload in payloads:
+                    if payload == b"[DONE]":
+                        continue
+                    chunk = json.loads(payload)
+                    if isinstance(chunk, dict) and chunk.get("error"):
+                        yield Failed(ErrorCode.UPSTREAM_ERROR, _stream_error(self.name, chunk))
+                        return
+                    if isinstance(chunk, dict):
+                        events.extend(assembler.feed(chunk))
+                # Whatever arrived in one read goes on as one update.
+                for event in merge_deltas(events):
                     yield event
             done = assembler.done()
             if done is None:
@@ -121,11 +162,13 @@ class ProviderClient:
             )
         except openai.OpenAIError as e:
             yield failure_for(self.name, e)
-        except (OSError, ValueError) as e:  # a torn connection surfaces as transport errors
+        except HTTP_ERRORS as e:  # a torn connection, read while streaming
+            yield Failed(ErrorCode.UPSTREAM_ERROR, f"provider {self.name}: {e or type(e).__name__}")
+        except (OSError, ValueError) as e:  # ValueError: a payload that is not JSON
             yield Failed(ErrorCode.UPSTREAM_ERROR, f"provider {self.name}: {e}")
         finally:
-            if stream is not None:
-                await stream.close()
+            if opened is not None:
+                await opened.__aexit__(None, None, None)
 
     async def close(self) -> None:
         await self._client.close()

@@ -74,6 +74,7 @@ async def test_reasoning_and_tools(server: FakeOpenAI) -> None:
         ("fail-500", ErrorCode.UPSTREAM_ERROR, "had an error"),
         ("nope", ErrorCode.NOT_FOUND, "does not exist"),
         ("drop", ErrorCode.UPSTREAM_ERROR, "fake"),
+        ("error-midstream", ErrorCode.UPSTREAM_ERROR, "the model crashed mid-reply"),
     ],
 )
 async def test_failures_are_events_with_upstream_text(

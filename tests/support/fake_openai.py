@@ -13,7 +13,18 @@ from typing import Any
 
 from aiohttp import web
 
-MODELS = ["echo", "reasoning", "tools", "fail-400", "fail-429", "fail-500", "stall", "drop", "slow"]
+MODELS = [
+    "echo",
+    "reasoning",
+    "tools",
+    "fail-400",
+    "fail-429",
+    "fail-500",
+    "stall",
+    "drop",
+    "slow",
+    "error-midstream",
+]
 
 
 def _chunk(model: str, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
@@ -197,6 +208,12 @@ class FakeOpenAI:
             # Cut the TCP connection mid-reply: no finish_reason, no [DONE].
             if request.transport is not None:
                 request.transport.abort()
+            return
+        elif model == "error-midstream":
+            # Some servers report a failure inside a 200 stream, as an `error` object.
+            await w(_chunk(model, {"content": "partial "}))
+            err = {"error": {"message": "the model crashed mid-reply", "type": "server_error"}}
+            await w(f"data: {json.dumps(err)}\n\n".encode())
             return
         elif model == "slow":
             for i in range(2000):

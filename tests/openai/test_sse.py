@@ -1,0 +1,76 @@
+"""The raw SSE reader of OpenAI-compatible streams, and the merging of deltas from one read."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adapters.openai.chunks import ChunkAssembler, merge_deltas
+from adapters.openai.sse import MAX_LINE, SSEError, SSEReader
+from bridge.models import Delta, Done, ToolCall
+
+STREAM = (
+    b": keep-alive\n\n"
+    b'data: {"choices":[{"index":0,"delta":{"reasoning_content":"think "}}]}\n\n'
+    b'data: {"choices":[{"index":0,"delta":{"content":"h\\u00e9llo "}}]}\r\n\r\n'
+    b"event: message\n"
+    b'data: {"choices":[{"index":0,"delta":{"content":"w\xc3\xb6rld"}}]}\n\n'
+    b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":'
+    b'{"name":"clock","arguments":"{\\"tz\\":"}}]}}]}\n\n'
+    b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":'
+    b'{"arguments":"\\"UTC\\"}"}}]}}]}\n\n'
+    b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],'
+    b'"usage":{"total_tokens":9}}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+def _payloads(pieces: list[bytes]) -> list[bytes]:
+    reader = SSEReader()
+    out: list[bytes] = []
+    for piece in pieces:
+        out += reader.feed(piece)
+    return out + reader.close()
+
+
+def test_whole_stream_in_one_read() -> None:
+    payloads = _payloads([STREAM])
+    assert payloads[-1] == b"[DONE]"
+    assert len(payloads) == 7
+    assert json.loads(payloads[2])["choices"][0]["delta"]["content"] == "wörld"
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64])
+def test_any_split_gives_the_same_payloads(size: int) -> None:
+    pieces = [STREAM[i : i + size] for i in range(0, len(STREAM), size)]
+    assert _payloads(pieces) == _payloads([STREAM])
+
+
+def test_multi_line_data_and_a_missing_final_blank_line() -> None:
+    assert _payloads([b"data: a\ndata: b\n\ndata:c"]) == [b"a\nb", b"c"]
+
+
+def test_an_endless_line_is_refused() -> None:
+    reader = SSEReader()
+    with pytest.raises(SSEError):
+        reader.feed(b"data: " + b"x" * (MAX_LINE + 1))
+
+
+def test_events_from_one_read_merge_into_one_delta_but_keep_tool_calls_apart() -> None:
+    assembler = ChunkAssembler()
+    events = []
+    for payload in _payloads([STREAM]):
+        if payload != b"[DONE]":
+            events += assembler.feed(json.loads(payload))
+    merged = merge_deltas(events)
+    assert merged[0] == Delta(text="héllo wörld", reasoning="think ")
+    assert [e.action for e in merged[1:] if isinstance(e, ToolCall)] == [
+        "started",
+        "pending",
+        "pending",
+        "finished",
+    ]
+    assert merged[-1] == ToolCall("clock", "finished", '{"tz":"UTC"}', index=0)
+    assert assembler.done() == Done(finish_reason="stop", usage={"total_tokens": 9})
+    assert merge_deltas([Delta("a")]) == [Delta("a")]
