@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-import openai
 import structlog
 
 from bridge.config import OpenAIProvider, SandboxConfig
@@ -111,6 +110,11 @@ class OpenAIResponder:
     """Streams a real chat completion from an OpenAI-compatible provider."""
 
     def __init__(self, provider: OpenAIProvider, model: str) -> None:
+        # Imported here: the SDK takes half a second to import, and the echo responder (the
+        # default) never needs it.
+        import openai
+
+        self._openai = openai
         self._model = model
         self._client = openai.AsyncOpenAI(
             base_url=provider.base_url,
@@ -145,7 +149,7 @@ class OpenAIResponder:
                     for choice in chunk.choices:
                         if choice.delta and choice.delta.content:
                             yield Delta(choice.delta.content)
-        except openai.OpenAIError as e:
+        except self._openai.OpenAIError as e:
             log.warning("sandbox.openai_failed", error=str(e))
             raise ResponderError(f"model failure: {e}") from e
 
