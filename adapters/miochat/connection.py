@@ -102,7 +102,7 @@ class Connection:
         self._chains: dict[Hashable, asyncio.Task[None]] = {}
         # The send queue, (text, push seq or 0), and its writer: both exist only while frames
         # wait (an idle connection costs neither), since most frames go straight out.
-        self._queue: deque[tuple[str, int]] | None = None
+        self._queue: deque[tuple[bytes, int]] | None = None
         self._queued_bytes = 0
         self._writer: asyncio.Task[None] | None = None
         self._max_queue = cfg.server.max_send_queue
@@ -122,7 +122,7 @@ class Connection:
         """Send or queue a frame; never waits. False when the connection is (now) gone."""
         if self._closed:
             return False
-        data = P.dumps(frame)
+        data = P.dumps_bytes(frame)
         if self._writer is None and self._write_now(data):
             if seq > self._sent_seq:
                 self._sent_seq = seq
@@ -141,7 +141,7 @@ class Connection:
         self._kick()
         return True
 
-    def _write_now(self, data: str) -> bool:
+    def _write_now(self, data: bytes) -> bool:
         """Write a frame straight into the transport when that cannot wait on the peer:
         nothing is buffered ahead of it and it stays under the high-water mark."""
         ws = self.ws
@@ -150,11 +150,11 @@ class Connection:
             transport is None
             or ws.protocol.state is not State.OPEN
             or transport.get_write_buffer_size()
-            # UTF-8 takes at most 4 bytes a character; framing adds 14 at most.
-            or 4 * len(data) + 14 > transport.get_write_buffer_limits()[1]
+            # Framing adds 14 bytes at most.
+            or len(data) + 14 > transport.get_write_buffer_limits()[1]
         ):
             return False
-        ws.protocol.send_text(data.encode())
+        ws.protocol.send_text(data)
         ws.send_data()
         return True
 
@@ -213,7 +213,7 @@ class Connection:
                     if not self._write_now(data):
                         # Behind a backlog, or large enough to fill the kernel's buffers.
                         async with asyncio.timeout(self._send_timeout):
-                            await ws.send(data)
+                            await ws.send(data, text=True)
                     if seq > self._sent_seq:
                         self._sent_seq = seq
                 if self._drained is not None and not self._drained.done():

@@ -231,3 +231,18 @@ def test_json_hazard_finds_a_surrogate_late_in_a_long_key() -> None:
     )
     where, _ = wire.json_hazard({"k" * 100: "\ud800"}) or ("", "")
     assert where == "k" * 64 + "…"
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"request_id": "r", "data": {"chunk": "héllo 🌸", "seq": 3, "tool_call": None}},
+        {"x": float("nan"), "y": [float("inf"), 1.5]},
+        {"big": 2**70, "text": "a\ud800b"},
+        {1: "non-string key"},
+    ],
+)
+def test_dumps_bytes_is_the_same_json_as_dumps(frame: dict) -> None:
+    out = wire.dumps_bytes(frame)
+    text = out.decode("utf-8")  # valid UTF-8, whatever the frame held
+    assert json.loads(text) == json.loads(wire.dumps(frame))
