@@ -28,6 +28,8 @@ _ESCAPE = re.compile(r"\\.", re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _EMPTY_PAIR = re.compile(r"\[\]|\{\}")
 _MAX_INT_CHARS = len(str(INT64_MIN))
+# Any integer of up to 18 digits fits in 64 bits; a longer digit run takes the strict parser.
+_LONG_DIGITS = re.compile(r"\d{19}")
 
 
 class WireError(ValueError):
@@ -135,6 +137,13 @@ def loads(raw: str | bytes | bytearray, *, max_depth: int = MAX_DEPTH) -> Any:
         text = raw
     if nesting_exceeds(text, max_depth):
         raise WireError(f"nested deeper than {max_depth} levels")
+    if _LONG_DIGITS.search(text) is None:
+        # The fast path: orjson refuses NaN/Infinity, numbers that overflow a double and lone
+        # surrogates by itself, and with no run of 19 digits every integer fits in 64 bits.
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # the strict path below names the problem (and the field) precisely
     try:
         obj = _DECODER.decode(text)
     except WireError:
