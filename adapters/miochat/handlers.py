@@ -70,7 +70,7 @@ class Route:
 # under 1 KiB), so an anonymous peer cannot make the hub spend time parsing.
 MAX_FRAME_BEFORE_LOGIN = 64 * 1024
 # Parsing a frame this large takes long enough to hold up other connections: off the loop.
-PARSE_IN_THREAD = 64 * 1024
+PARSE_IN_THREAD = 128 * 1024
 
 
 async def dispatch(conn: Connection, raw: str | bytes) -> None:

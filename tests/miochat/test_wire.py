@@ -246,3 +246,22 @@ def test_dumps_bytes_is_the_same_json_as_dumps(frame: dict) -> None:
     out = wire.dumps_bytes(frame)
     text = out.decode("utf-8")  # valid UTF-8, whatever the frame held
     assert json.loads(text) == json.loads(wire.dumps(frame))
+
+
+@pytest.mark.parametrize(
+    ("text", "refused"),
+    [
+        ('{"a":12345678901234567890}', True),
+        ('{"a":-9223372036854775809}', True),
+        ('{"a":"12345678901234567890"}', False),  # digits inside a string are text
+        ('{"a":"x\\\\","b":12345678901234567890}', True),  # an escaped backslash ends no string
+        ('{"a":"say \\"12345678901234567890\\""}', False),  # escaped quotes stay inside
+        ('{"a":' + "1" * 18 + "}", False),
+    ],
+)
+def test_integers_past_64_bits_are_found_outside_strings(text: str, refused: bool) -> None:
+    if refused:
+        with pytest.raises(wire.WireError):
+            wire.loads(text)
+    else:
+        wire.loads(text)
