@@ -16,13 +16,22 @@ generator's event loop):
     them flood (the hub should abort them when their send queue passes ``server.max_send_queue``),
     half trickle (aborted after ``server.send_timeout`` without progress). Reports p50/p99 of the
     normal clients in both runs, p99(with slow)/p99(alone), and which slow clients the hub aborted,
-    when and why (from its ``hub.peer_aborted`` log lines).
+    when and why (from its ``hub.peer_aborted`` log lines);
+(d) start-up: wall time from launching ``python -m bridge.cli serve`` on built-in defaults (no
+    config file; a fresh temp dir as cwd; only the port set, by ``MOMOBRIDGE_SERVER__PORT``) to an
+    accepted ``system/login`` answer over WebSocket, median of ``--start-launches`` (default 5),
+    next to the bare websockets echo server launched and logged in to the same way.
+
+With (a) also goes each server's CPU seconds per 1000 heartbeat round trips: the process's
+utime+stime (``/proc/<pid>/stat``) over exactly the measured window, divided by the answers that
+arrived in it, pooled over the rounds.
 
 Usage (from the repository root)::
 
     .venv/bin/python bench/hub_bench.py            # full run, every scenario (~2.5 min)
     .venv/bin/python bench/hub_bench.py --quick    # smoke run (< 1 min)
     .venv/bin/python bench/hub_bench.py --scenario slow-reader --quick   # (c) alone, ~15 s
+    .venv/bin/python bench/hub_bench.py --scenario start     # (d) alone, ~10 s
     .venv/bin/python bench/hub_bench.py --help
 
 The hub runs as ``python -m bridge.cli serve --config <temp toml>`` from ``--src`` (default: this
@@ -47,6 +56,8 @@ import re
 import resource
 import shutil
 import signal
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,7 +71,7 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
@@ -76,7 +87,9 @@ HUB_PING_INTERVAL = 30.0  # what the hub uses with its default idle_timeout (90 
 HUB_PING_TIMEOUT = 60.0
 LOGIN_ID = "login"
 HEARTBEAT = '{"request_id":%d,"protocol":"system","type":"heartbeat","data":{"timestamp":%d}}'
-SCENARIOS = ("heartbeat", "idle", "slow-reader")
+SCENARIOS = ("heartbeat", "idle", "slow-reader", "start")
+START_TIMEOUT = 60.0  # one launch must answer a login within this
+START_POLL = 0.005  # pause between connection attempts while a launched server is not up yet
 
 
 class BenchError(Exception):
@@ -564,6 +577,9 @@ class HeartbeatResult:
     loadgen_cpu_pct: float
     other_on_server_core_pct: float
     hit_cap: int
+    # The server process's utime+stime over exactly the measured window (/proc/<pid>/stat, in
+    # clock ticks: each of the two readings is truncated to a tick).
+    server_cpu_s: float = 0.0
 
 
 async def heartbeat_phase(
@@ -641,6 +657,7 @@ async def drive_heartbeats(
         if core is not None
         else float("nan"),
         hit_cap=sum(1 for m in made if m >= cap),
+        server_cpu_s=c1 - c0,
     )
     return result, meter
 
@@ -1143,12 +1160,241 @@ def report_slow(r: dict[str, Any], target: float) -> tuple[bool, list[str]]:
 
 
 # ================================================================================================
+# (d) start-up: launch to the first accepted login
+# ================================================================================================
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _child_setup(cpu: int | None) -> Callable[[], None]:
+    """``preexec_fn`` of a launched server: its CPU, and death with this benchmark. (No exec
+    wrapper here: its own interpreter start would be counted as the server's.)"""
+    prctl: Any = None
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def setup() -> None:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        if prctl is not None:
+            prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+    return setup
+
+
+def _spawn(
+    cmd: list[str],
+    *,
+    cwd: Path | None,
+    env: dict[str, str] | None,
+    cpu: int | None,
+    log: Path | None,
+) -> subprocess.Popen[bytes]:
+    """A launched server (or the interpreter floor): its output to ``log`` (or nowhere)."""
+    setup = _child_setup(cpu)
+    with open(log if log is not None else os.devnull, "wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=setup,  # only affinity and prctl: no locks taken
+        )
+    _LIVE.append(proc)
+    return proc
+
+
+def _log_event_wall(log_path: Path, event: str) -> float | None:
+    """Wall time of the first ``event`` line of a JSON log (its ``timestamp``), if any."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if event not in line:
+            continue
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            obj = json.loads(line)
+            if obj.get("event") == event and obj.get("timestamp"):
+                ts = str(obj["timestamp"]).replace("Z", "+00:00")
+                return datetime.fromisoformat(ts).timestamp()
+    return None
+
+
+@dataclass
+class Launch:
+    seconds: float  # launch (just before fork) -> accepted login answer
+    ready_s: float | None  # launch -> the server's ready log line (wall clock; hub only)
+    attempts: int  # connection attempts until one was answered
+    exit_code: int | None
+
+
+async def launch_and_login(
+    name: str, cmd: list[str], *, env: dict[str, str], cpu: int | None, port: int, tmp: Path
+) -> Launch:
+    """Start ``cmd`` in a fresh directory ``tmp`` (its cwd), connect to ``port`` every
+    START_POLL s until a ``system/login`` is answered, then stop it (SIGTERM)."""
+    url = f"ws://{HOST}:{port}/api/gateway"
+    log_path = tmp / "server.log"
+    attempts = 0
+    t_wall = time.time()
+    t0 = time.perf_counter()
+    proc = _spawn(cmd, cwd=tmp, env=env, cpu=cpu, log=log_path)
+    try:
+        async with asyncio.timeout(START_TIMEOUT):
+            while True:
+                attempts += 1
+                try:
+                    ws = await open_logged_in(url, f"start{attempts}", False)
+                    break
+                except (OSError, WebSocketException):
+                    if proc.poll() is not None:
+                        tail = log_path.read_text(errors="replace").splitlines()[-15:]
+                        raise BenchError(
+                            f"{name} exited with {proc.returncode} before answering a login; "
+                            "log:\n" + "\n".join("    " + x for x in tail)
+                        ) from None
+                    await asyncio.sleep(START_POLL)
+        t1 = time.perf_counter()
+        ws.transport.abort()
+    except TimeoutError:
+        raise BenchError(f"{name} answered no login within {START_TIMEOUT:g} s") from None
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.send_signal(signal.SIGTERM)
+            if not await _wait_exit(proc, STOP_TIMEOUT):
+                with contextlib.suppress(OSError):
+                    proc.kill()
+                await _wait_exit(proc, 5.0)
+        if proc.poll() is not None and proc in _LIVE:
+            _LIVE.remove(proc)
+    ready = _log_event_wall(log_path, "momobridge.ready")
+    return Launch(t1 - t0, ready - t_wall if ready else None, attempts, proc.returncode)
+
+
+async def interpreter_floor(cpu: int | None) -> float:
+    """Seconds for ``python -c pass`` to start and exit (no imports of ours): the floor."""
+    t0 = time.perf_counter()
+    proc = _spawn([sys.executable, "-c", "pass"], cwd=None, env=None, cpu=cpu, log=None)
+    await _wait_exit(proc, 30.0)
+    elapsed = time.perf_counter() - t0
+    if proc in _LIVE:
+        _LIVE.remove(proc)
+    return elapsed
+
+
+async def start_phase(ctx: Ctx) -> dict[str, Any]:
+    """(d): hub and bare launches, alternating, each after one unmeasured warm-up launch."""
+    a = ctx.args
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("MOMOBRIDGE_")}
+    base_env["PYTHONPATH"] = str(ctx.src)
+    print(
+        f"\n[d] start-up: {a.start_launches} launch(es) each of `python -m bridge.cli serve` "
+        "(built-in defaults, fresh temp dir as cwd) and of the bare echo server, plus one "
+        "unmeasured warm-up launch each",
+        flush=True,
+    )
+    launches: dict[str, list[Launch]] = {"hub": [], "bare": []}
+    for i in range(a.start_launches + 1):
+        for kind in ("hub", "bare") if i % 2 == 0 else ("bare", "hub"):
+            port = free_port()
+            env = dict(base_env)
+            if kind == "hub":
+                env["MOMOBRIDGE_SERVER__PORT"] = str(port)
+                cmd = [sys.executable, "-m", "bridge.cli", "serve"]
+            else:
+                cmd = [sys.executable, str(THIS), "_bare", "--port", str(port)]
+            cwd = Path(tempfile.mkdtemp(prefix=f"start-{kind}-", dir=ctx.tmp))
+            res = await launch_and_login(
+                f"{kind} launch {i}", cmd, env=env, cpu=ctx.server_cpu, port=port, tmp=cwd
+            )
+            if i == 0:
+                continue  # warm-up: page cache, .pyc files
+            launches[kind].append(res)
+            ready = f", ready line at {res.ready_s:.3f} s" if res.ready_s is not None else ""
+            print(
+                f"    launch {i} {kind:4}: login answered {res.seconds:.3f} s after launch "
+                f"({res.attempts} connection attempt(s){ready}; exit {res.exit_code})",
+                flush=True,
+            )
+    floor = sorted([await interpreter_floor(ctx.server_cpu) for _ in range(a.start_launches)])
+    out: dict[str, Any] = {"launches": a.start_launches}
+    for kind, rs in launches.items():
+        secs = sorted(r.seconds for r in rs)
+        readies = sorted(r.ready_s for r in rs if r.ready_s is not None)
+        out[kind] = {
+            "median_s": statistics.median(secs),
+            "min_s": secs[0],
+            "max_s": secs[-1],
+            "seconds": [r.seconds for r in rs],
+            "ready_median_s": statistics.median(readies) if readies else None,
+            "exit_codes": [r.exit_code for r in rs],
+        }
+    out["python_floor_median_s"] = statistics.median(floor)
+    return out
+
+
+def report_start(r: dict[str, Any], target: float) -> tuple[bool, list[str]]:
+    findings: list[str] = []
+    h, b = r["hub"], r["bare"]
+    hit = h["median_s"] <= target
+    print(
+        f"start-up, launch -> accepted system/login answer (median of {r['launches']}; built-in "
+        f"defaults, fresh temp dir as cwd): hub={h['median_s']:.3f} s bare={b['median_s']:.3f} s "
+        f"(hub - bare = {h['median_s'] - b['median_s']:+.3f} s) (target hub <= {target:g} s) "
+        f"{verdict(hit)}"
+    )
+    for name, x in (("hub", h), ("bare", b)):
+        runs = " ".join(f"{v:.3f}" for v in x["seconds"])
+        ready = (
+            f"; its ready log line at {x['ready_median_s']:.3f} s (median)"
+            if x["ready_median_s"] is not None
+            else ""
+        )
+        print(f"  {name:4}: {runs} s (min {x['min_s']:.3f}, max {x['max_s']:.3f}){ready}")
+    print(f"  interpreter floor (python -c pass): {r['python_floor_median_s']:.3f} s (median)")
+    bad = [c for c in h["exit_codes"] if c != 0]
+    if bad:
+        findings.append(f"start-up: the hub exited with {bad} after SIGTERM (expected 0)")
+    return hit, findings
+
+
+# ================================================================================================
 # orchestration
 # ================================================================================================
 
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
+
+
+def cpu_per_1k(cpu: dict[str, dict[str, list[Any]]]) -> dict[str, dict[str, Any]]:
+    """Server CPU seconds per 1000 round trips, per server: pooled over the rounds (total CPU
+    seconds / total answers), per round, and the most /proc's clock-tick rounding can move the
+    pooled figure (each window's delta is off by less than one tick)."""
+    tick = 1.0 / os.sysconf("SC_CLK_TCK")
+    out = {}
+    for kind, x in cpu.items():
+        secs, rts = x["cpu_s"], x["round_trips"]
+        total_rt = max(sum(rts), 1)
+        out[kind] = {
+            "pooled": 1000 * sum(secs) / total_rt,
+            "per_round": [1000 * c / max(n, 1) for c, n in zip(secs, rts, strict=True)],
+            "cpu_s": sum(secs),
+            "round_trips": sum(rts),
+            "tick_bound": 1000 * len(secs) * tick / total_rt,
+        }
+    return out
 
 
 def print_profile(path: Path, top: int = 25) -> None:
@@ -1260,6 +1506,13 @@ async def run(args: argparse.Namespace) -> int:
             results["heartbeat_rounds"] = {
                 kind: [r.rate for r in rs] for kind, rs in rounds.items()
             }
+            results["heartbeat_cpu"] = {
+                kind: {
+                    "cpu_s": [r.server_cpu_s for r in rs],
+                    "round_trips": [r.round_trips for r in rs],
+                }
+                for kind, rs in rounds.items()
+            }
             if prof is not None:
                 print_profile(prof)
 
@@ -1294,6 +1547,10 @@ async def run(args: argparse.Namespace) -> int:
         # ---------------- (c) slow readers ----------------
         if "slow-reader" in args.scenarios:
             results["slow_reader"] = await slow_reader_phase(ctx)
+
+        # ---------------- (d) start-up ----------------
+        if "start" in args.scenarios:
+            results["start"] = await start_phase(ctx)
     finally:
         await ctx.stop_all()
         if args.keep:
@@ -1339,6 +1596,23 @@ async def run(args: argparse.Namespace) -> int:
         print(
             f"  per server CPU-second: hub={h_eff:,.0f} bare={b_eff:,.0f} ratio={h_eff / b_eff:.2f}"
         )
+        per_1k = cpu_per_1k(results["heartbeat_cpu"])
+        results["heartbeat_cpu_per_1k"] = per_1k
+        hp, bp = per_1k["hub"], per_1k["bare"]
+        hit = hp["pooled"] <= args.target_cpu
+        ok &= hit
+        print(
+            f"  server CPU s per 1000 round trips (all {args.rounds} round(s) pooled: CPU-time "
+            f"delta / answers in the window): hub={hp['pooled']:.4f} bare={bp['pooled']:.4f} "
+            f"ratio={hp['pooled'] / bp['pooled']:.2f} (target hub <= {args.target_cpu:g}) "
+            f"{verdict(hit)}"
+        )
+        for name, x in (("hub", hp), ("bare", bp)):
+            rs = " ".join(f"{v:.4f}" for v in x["per_round"])
+            print(
+                f"    {name:4}: {x['cpu_s']:.2f} CPU s for {x['round_trips']:,} round trips; per "
+                f"round {rs}; tick rounding at most +/-{x['tick_bound']:.4f}"
+            )
         if b["server_cpu_pct"] < 90 and b["loadgen_cpu_pct"] >= 90:
             findings.append(
                 f"the bare baseline's server was at {b['server_cpu_pct']:.0f}% CPU while the load "
@@ -1389,6 +1663,10 @@ async def run(args: argparse.Namespace) -> int:
         hit, more = report_slow(results["slow_reader"], args.target_slow)
         ok &= hit
         findings += more
+    if "start" in results:
+        hit, more = report_start(results["start"], args.target_start)
+        ok &= hit
+        findings += more
     if findings:
         print("\nfindings:")
         for f in findings:
@@ -1411,7 +1689,7 @@ async def run(args: argparse.Namespace) -> int:
 # ================================================================================================
 
 
-async def _bare_serve(compression: bool) -> None:
+async def _bare_serve(compression: bool, port: int = 0) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -1428,7 +1706,7 @@ async def _bare_serve(compression: bool) -> None:
     async with serve(
         echo,
         HOST,
-        0,
+        port,
         compression="deflate" if compression else None,
         max_size=MAX_FRAME,
         ping_interval=HUB_PING_INTERVAL,
@@ -1444,8 +1722,9 @@ async def _bare_serve(compression: bool) -> None:
 def bare_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="hub_bench.py _bare", description="bare websockets echo")
     p.add_argument("--compression", choices=("on", "off"), default="off")
+    p.add_argument("--port", type=int, default=0, help="default 0 (any; see its ready line)")
     a = p.parse_args(argv)
-    asyncio.run(_bare_serve(a.compression == "on"))
+    asyncio.run(_bare_serve(a.compression == "on", a.port))
     return 0
 
 
@@ -1483,7 +1762,8 @@ def exec_main(argv: list[str]) -> int:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="hub_bench.py",
-        description="Hub vs bare-websockets benchmark: heartbeat round trips/s and idle RSS/conn.",
+        description="Hub vs bare-websockets benchmark: heartbeat round trips/s and CPU, idle RSS/conn, "
+        "slow readers, start-up time.",
     )
     p.add_argument(
         "--quick",
@@ -1495,7 +1775,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         dest="scenario",
         action="append",
         choices=(*SCENARIOS, "all"),
-        help="what to run (repeatable; default all): heartbeat (a), idle (b), slow-reader (c)",
+        help="what to run (repeatable; default all): heartbeat (a), idle (b), slow-reader (c), "
+        "start (d)",
     )
     p.add_argument("--seconds", type=float, help="measured seconds per side (default 5)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per side (default 1)")
@@ -1526,6 +1807,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--skip-heartbeat", action="store_true")
     p.add_argument("--skip-idle", action="store_true")
     p.add_argument("--skip-slow", action="store_true", help="skip the slow-reader scenario")
+    p.add_argument("--skip-start", action="store_true", help="skip the start-up scenario")
+    p.add_argument(
+        "--start-launches",
+        type=int,
+        default=5,
+        help="measured launches of each server in the start-up scenario (default 5)",
+    )
     g = p.add_argument_group("slow-reader scenario (c)")
     g.add_argument("--slow-normal", type=int, default=100, help="normal clients (default 100)")
     g.add_argument("--slow", type=int, default=10, help="slow readers (default 10)")
@@ -1568,6 +1856,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     g.add_argument("--target-slow", type=float, default=2.0, help="max p99 ratio (default 2)")
     p.add_argument("--target-rate", type=float, default=0.6)
     p.add_argument("--target-rss", type=float, default=1.3)
+    p.add_argument(
+        "--target-cpu",
+        type=float,
+        default=0.065,
+        help="max hub CPU seconds per 1000 heartbeat round trips (default 0.065)",
+    )
+    p.add_argument(
+        "--target-start",
+        type=float,
+        default=0.5,
+        help="max median seconds from launch to an accepted login (default 0.5)",
+    )
     p.add_argument("--json", help="also write the results as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (server logs, dbs)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
@@ -1588,6 +1888,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         (a.skip_heartbeat, "heartbeat"),
         (a.skip_idle, "idle"),
         (a.skip_slow, "slow-reader"),
+        (a.skip_start, "start"),
     ):
         if skip:
             a.scenarios.discard(name)
@@ -1611,8 +1912,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         or a.conns < 1
         or a.max_requests < 1
         or a.rounds < 1
+        or a.start_launches < 1
     ):
-        p.error("--seconds, --clients, --conns, --rounds and --max-requests must be positive")
+        p.error(
+            "--seconds, --clients, --conns, --rounds, --max-requests and --start-launches must "
+            "be positive"
+        )
     return a
 
 
