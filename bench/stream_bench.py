@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Streaming benchmark: chunk throughput and per-chunk added latency of the bridge vs MomoHub direct.
+"""Streaming benchmark: chunk throughput and per-chunk added latency of the bridge vs MomoHub direct
+(``--mode momohub``, the default, described first) or vs an OpenAI-compatible upstream read
+directly (``--mode openai``, below); ``--mode all`` runs both, one after the other.
 
 Every server runs in its own process (never on the load generator's event loop):
 
@@ -32,10 +34,31 @@ Measured:
 Targets (from the issue): added latency per chunk p50 < 1 ms (request-anchored, burst) and
 bridge throughput >= 0.5 x direct.
 
+``--mode openai``: the upstream is one process (``bench/openai_upstream.py``) serving
+tests/support/fake_openai.py's FakeOpenAI (model ``tokens-N``: N tokens, no delay) and a paced
+SSE server (model ``paced-N``: a token every ``--openai-pace-ms``, default 20 ms, each stamped
+with the upstream's CLOCK_MONOTONIC time of writing it); the bridge runs with ``[momohub]
+enabled = false`` and both as ``[[openai.providers]]``; hub users send ``openai/completions``.
+The baseline is the same users and requests sent straight to the upstream, its SSE read with
+aiohttp and every chunk json-parsed. Measured in one run:
+
+(4) tokens/s: U users (``--openai-users``, default 50) closed-loop streaming ``tokens-200``
+    replies, bridge vs direct, alternating ``--openai-repeats`` times (median reported);
+(5) the bridge process's CPU seconds per 1000 tokens in those runs (utime+stime deltas from
+    /proc/<pid>/stat, pooled over the repeats), next to the direct reader's (the load
+    generator's own process time) -- target <= 0.035 s;
+(6) added latency per chunk at 10 and at 50 concurrent paced streams (``--paced-streams``):
+    chunk latency = arrival at the user - the upstream's stamp; added = bridge - direct for the
+    same stream slot and token (pairs from the bridge and direct runs of one repeat) -- targets
+    p50 <= 0.5 ms at 10 streams and <= 2 ms at 50;
+(7) time to first token at the widest paced count, p50 bridge vs direct -- target <= 1.5x.
+
 Usage (from the repository root)::
 
     .venv/bin/python bench/stream_bench.py            # full run (~35 s here)
     .venv/bin/python bench/stream_bench.py --quick    # smoke run (< 30 s)
+    .venv/bin/python bench/stream_bench.py --mode openai --quick   # openai mode smoke run (~15 s)
+    .venv/bin/python bench/stream_bench.py --mode all  # both modes, full
     .venv/bin/python bench/stream_bench.py --profile-bridge   # + cProfile of the loaded bridge
     .venv/bin/python bench/stream_bench.py --help
 
@@ -100,6 +123,7 @@ REPLY_TIMEOUT = 60.0  # one whole reply, send to completed
 PUSH_TIMEOUT = 5.0  # the finished-reply push after `completed` (paired mode only)
 TAP_CONNECT_TIMEOUT = 5.0
 PAIR_GAP = 0.02  # quiet time before each paired request
+MODES = ("momohub", "openai")  # --mode all runs them in this order
 MOMO_NAME = "Momo"
 ADMIN_CODE = "bench-admin-code"
 PASSWORD = "bench-password-123"
@@ -236,7 +260,10 @@ async def sign_up(base_url: str, email: str) -> None:
 
 
 async def wait_http_ready(srv: ServerProc, url: str, timeout: float = READY_TIMEOUT) -> None:
-    """Poll ``url`` until it answers 200 (the bridge logs nothing at level warning when ready)."""
+    """Poll ``url`` until it answers 200 (the bridge logs nothing at level warning when ready).
+
+    A bridge's ``/readyz`` answers 200 only once every upstream it is configured with is up
+    (the hub may listen, and ``/healthz`` answer, while they are still loading)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     client_timeout = aiohttp.ClientTimeout(total=2.0)
@@ -369,6 +396,8 @@ class Reply:
     # Bridge: the raw update frames (parsed after the timed part); direct: the delta texts.
     raws: list[str] = field(default_factory=list)
     chunks: list[float] = field(default_factory=list)
+    # openai mode, paced: when the upstream wrote each token (its stamp; same clock)
+    stamps: list[float] = field(default_factory=list)
 
     def offsets(self) -> list[float]:
         return [t - self.t_send for t in self.chunks]
@@ -509,6 +538,10 @@ class CpuWindow:
     k0: dict[int, float] = field(default_factory=dict)
     p0: float = 0.0
     pct: dict[str, float] = field(default_factory=dict)
+    # CPU seconds (utime+stime of each process, from /proc/<pid>/stat; the load generator's
+    # own process time) and wall seconds of the window.
+    secs: dict[str, float] = field(default_factory=dict)
+    wall: float = 0.0
 
     def start(self) -> None:
         self.t0 = time.perf_counter()
@@ -518,8 +551,10 @@ class CpuWindow:
 
     def stop(self) -> dict[str, float]:
         dt = max(time.perf_counter() - self.t0, 1e-9)
-        out = {n: 100 * (cpu_seconds(s.pid) - self.c0[n]) / dt for n, s in self.procs.items()}
-        out["loadgen"] = 100 * (time.process_time() - self.p0) / dt
+        self.secs = {n: cpu_seconds(s.pid) - self.c0[n] for n, s in self.procs.items()}
+        self.secs["loadgen"] = time.process_time() - self.p0
+        self.wall = dt
+        out = {n: 100 * v / dt for n, v in self.secs.items()}
         for c in self.cores:
             out[f"cpu{c}_busy"] = 100 * (core_busy_seconds(c) - self.k0[c]) / dt
         self.pct = out
@@ -897,7 +932,7 @@ async def start_stack(
         cpu=layout.bridge,
     )
     live.servers.append(bridge)
-    await wait_http_ready(bridge, f"http://{HOST}:{port}/healthz")
+    await wait_http_ready(bridge, f"http://{HOST}:{port}/readyz")
     return Stack(sandbox, bridge, sandbox_url, upstream, f"ws://{HOST}:{port}/api/gateway", relay)
 
 
@@ -923,20 +958,22 @@ async def run(args: argparse.Namespace) -> int:
     src = resolve_src(args.src)
     if str(src) not in sys.path:
         sys.path.insert(0, str(src))
-    from adapters.momohub.sandbox.entities import DEMO_CHARACTERS
     from bridge.logging import configure_logging
 
     # The direct client logs through structlog; keep it to warnings on stderr.
     configure_logging("warning", "json")
-    momo = next(c.id for c in DEMO_CHARACTERS if c.name == MOMO_NAME)
 
+    modes = MODES if args.mode == "all" else (args.mode,)
     orig_soft, orig_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    own_soft, _ = raise_own_nofile(args.users * 3 + 256)
+    need = max(
+        args.users * 3 if "momohub" in modes else 0,
+        openai_conns(args) * 3 if "openai" in modes else 0,
+    )
+    own_soft, _ = raise_own_nofile(need + 256)
     cpus = sorted(os.sched_getaffinity(0))
     layout = plan_layout(args.pin, cpus)
-    tokens = args.words + 3
 
-    print("MomoBridge streaming benchmark (bridge vs MomoHub direct)")
+    print(f"MomoBridge streaming benchmark (mode {args.mode}: {', '.join(modes)})")
     print(
         f"machine : nproc={len(cpus)} (os.cpu_count={os.cpu_count()}) cpu={cpu_model()!r} "
         f"mem={mem_total_gib():.1f} GiB kernel={platform.release()} loadavg={load_avg()}"
@@ -947,6 +984,45 @@ async def run(args: argparse.Namespace) -> int:
     )
     print(f"source  : {src} at {source_state(src)}")
     print(
+        f"fds     : shell RLIMIT_NOFILE soft={orig_soft} hard={orig_hard}; "
+        f"load generator raised to soft={own_soft}"
+    )
+    sys.stdout.flush()
+
+    ok = True
+    results: dict[str, Any] = {}
+    t_start = time.perf_counter()
+    for mode in modes:
+        runner = run_momohub if mode == "momohub" else run_openai
+        mode_ok, results[mode] = await runner(args, src, cpus, layout)
+        ok &= mode_ok
+    total = time.perf_counter() - t_start
+    if len(modes) > 1:
+        print(f"\nall modes: total time {total:.0f} s; all targets {'met' if ok else 'NOT met'}")
+    if args.json:
+        out = results[modes[0]] if len(modes) == 1 else results
+        out["machine"] = {
+            "nproc": len(cpus),
+            "cpu": cpu_model(),
+            "python": platform.python_version(),
+            "layout": layout.text,
+        }
+        write_json(args.json, out)
+    return 1 if (args.strict and not ok) else 0
+
+
+async def run_momohub(
+    args: argparse.Namespace, src: Path, cpus: list[int], layout: Layout
+) -> tuple[bool, dict[str, Any]]:
+    """Bridge vs MomoHub direct (the sandbox): the original mode."""
+    from adapters.momohub.sandbox.entities import DEMO_CHARACTERS
+
+    momo = next(c.id for c in DEMO_CHARACTERS if c.name == MOMO_NAME)
+    tokens = args.words + 3
+    print("\n" + "#" * 78)
+    print("# mode momohub: bridge vs MomoHub direct (sandbox, echo responder)")
+    print("#" * 78)
+    print(
         f"settings: {'QUICK ' if args.quick else ''}users={args.users} rounds={args.rounds} "
         f"repeats={args.repeats} words={args.words} (=> {tokens} tokens/reply); paired samples: "
         f"{args.samples} burst, {args.paced_samples} paced at {args.paced_ms:g} ms; bridge log "
@@ -955,10 +1031,6 @@ async def run(args: argparse.Namespace) -> int:
     print(f"pinning : {layout.text}")
     if args.profile_bridge:
         print("profile : the loaded bridge runs under cProfile: its numbers are slowed down")
-    print(
-        f"fds     : shell RLIMIT_NOFILE soft={orig_soft} hard={orig_hard}; "
-        f"load generator raised to soft={own_soft}"
-    )
     sys.stdout.flush()
 
     tmp = Path(tempfile.mkdtemp(prefix="stream_bench-"))
@@ -1092,17 +1164,9 @@ async def run(args: argparse.Namespace) -> int:
     ok = report(args, layout, runs, direct, bridge, pairs, findings, results)
     if prof is not None:
         print_profile(prof)
-    print(f"\ntotal time {total:.0f} s; all targets {'met' if ok else 'NOT met'}")
-    if args.json:
-        results["machine"] = {
-            "nproc": len(cpus),
-            "cpu": cpu_model(),
-            "python": platform.python_version(),
-            "layout": layout.text,
-        }
-        results["findings"] = findings
-        write_json(args.json, results)
-    return 1 if (args.strict and not ok) else 0
+    print(f"\nmode momohub: total time {total:.0f} s; all targets {'met' if ok else 'NOT met'}")
+    results["findings"] = findings
+    return ok, results
 
 
 EXPLANATION = """
@@ -1297,10 +1361,751 @@ def print_profile(path: Path, top: int = 30) -> None:
     stats.sort_stats("cumulative").print_stats(top)
 
 
+# ================================================================================================
+# mode openai: bridge vs an OpenAI-compatible upstream read directly
+# ================================================================================================
+
+UPSTREAM_SCRIPT = Path(__file__).resolve().parent / "openai_upstream.py"
+OPENAI_KEY = "sk-test"  # FakeOpenAI's default key; the paced server is given the same
+BURST_PROVIDER = "fake"  # FakeOpenAI, model tokens-N
+PACED_PROVIDER = "paced"  # openai_upstream.py's paced server, model paced-N
+PACED_TOKEN_RE = re.compile(r"w(\d+)@(\d+) ")
+PROMPT = [{"role": "user", "content": "go"}]
+
+
+def openai_conns(args: argparse.Namespace) -> int:
+    """Hub connections the openai mode opens: one per concurrent stream (one user each)."""
+    return max(args.openai_users, *args.paced_streams)
+
+
+def openai_bridge_config(
+    tmp: Path, *, port: int, fake_url: str, paced_url: str, log_level: str
+) -> Path:
+    d = tmp / "bridge-openai"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "config.toml"
+    path.write_text(
+        "\n".join(
+            [
+                "[server]",
+                f'host = "{HOST}"',
+                f"port = {port}",
+                "[auth]",
+                f'admin_code = "{ADMIN_CODE}"',
+                "[storage]",
+                f"path = {json.dumps(str(d / 'bridge.db'))}",
+                "[log]",
+                f'level = "{log_level}"',
+                'format = "json"',
+                "[momohub]",
+                "enabled = false",
+                "[[openai.providers]]",
+                f'name = "{BURST_PROVIDER}"',
+                f"base_url = {json.dumps(fake_url)}",
+                f'api_key = "{OPENAI_KEY}"',
+                "[[openai.providers]]",
+                f'name = "{PACED_PROVIDER}"',
+                f"base_url = {json.dumps(paced_url)}",
+                f'api_key = "{OPENAI_KEY}"',
+                'models = ["paced"]',
+                "",
+            ]
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+def completions_frame(rid: str, model: str) -> str:
+    return json.dumps(
+        {
+            "request_id": rid,
+            "protocol": "openai",
+            "type": "completions",
+            "data": {"model": model, "messages": PROMPT},
+        },
+        separators=(",", ":"),
+    )
+
+
+async def hub_completion(ws: ClientConnection, rid: str, model: str) -> Reply:
+    """Send one openai/completions and read its stream up to `completed` (raw updates kept,
+    parsed after the timed part, as in bridge_reply)."""
+    pc = time.perf_counter
+    recv = ws.recv
+    frame = completions_frame(rid, model)
+    frames: list[float] = []
+    raws: list[str] = []
+    async with asyncio.timeout(REPLY_TIMEOUT):
+        t_send = pc()
+        await ws.send(frame)
+        while True:
+            raw = await recv()
+            t = pc()
+            if '"message":"update"' in raw:
+                frames.append(t)
+                raws.append(raw)  # type: ignore[arg-type]
+                continue
+            f = json.loads(raw)
+            if f.get("request_id") != rid:
+                continue
+            if f.get("code", 0) != 0:
+                raise BenchError(f"bridge answered {rid} with a failure: {f}")
+            if f.get("message") == "completed":
+                t_end = t
+                break
+    return Reply(t_send, frames, t_end, raws)
+
+
+def hub_pieces(reply: Reply, rid: str) -> None:
+    """Replace the raw update frames by their text chunks, checking their order."""
+    parts = []
+    for k, raw in enumerate(reply.raws):
+        f = json.loads(raw)
+        data = f.get("data") or {}
+        if f.get("request_id") != rid or data.get("seq") != k:
+            raise BenchError(f"update {k} of {rid} is not in sequence: {raw[:200]}")
+        parts.append(data.get("chunk") or "")
+    reply.raws = parts
+
+
+async def direct_completion(http: aiohttp.ClientSession, url: str, model: str) -> Reply:
+    """The baseline: the same request straight to the upstream, its SSE read with aiohttp and
+    every chunk parsed (json.loads), as the bridge must; each read's arrival time is recorded."""
+    pc = time.perf_counter
+    loads = json.loads
+    body = {"model": model, "messages": PROMPT, "stream": True}
+    frames: list[float] = []
+    texts: list[str] = []
+    t_end = 0.0
+    async with asyncio.timeout(REPLY_TIMEOUT):
+        t_send = pc()
+        async with http.post(url, json=body) as resp:
+            if resp.status != 200:
+                raise BenchError(
+                    f"upstream answered {model}: HTTP {resp.status} {await resp.text()}"
+                )
+            buf = b""
+            async for piece in resp.content.iter_any():
+                t = pc()
+                buf += piece
+                *events, buf = buf.split(b"\n\n")
+                for ev in events:
+                    if not ev.startswith(b"data: "):
+                        continue
+                    payload = ev[6:]
+                    if payload == b"[DONE]":
+                        t_end = t
+                        continue
+                    choices = loads(payload).get("choices") or ()
+                    content = choices[0].get("delta", {}).get("content") if choices else None
+                    if content:
+                        frames.append(t)
+                        texts.append(content)
+    if not t_end:
+        raise BenchError(f"direct stream of {model} ended without [DONE]")
+    return Reply(t_send, frames, t_end, texts)
+
+
+def arrivals_at(pieces: list[str], times: list[float], ends: list[int]) -> list[float]:
+    """Arrival time of each token, given where each token ends in the joined text: the time of
+    the piece (frame, or read) that completed it."""
+    piece_ends = list(itertools.accumulate(len(p) for p in pieces))
+    out: list[float] = []
+    j = 0
+    for end in ends:
+        while piece_ends[j] < end:
+            j += 1
+        out.append(times[j])
+    return out
+
+
+def check_burst(reply: Reply, n: int, what: str) -> None:
+    tokens = [f"w{i} " for i in range(n)]
+    text = "".join(reply.raws)
+    if text != "".join(tokens):
+        raise BenchError(f"{what}: reply came back wrong: {text[:100]!r}...")
+    reply.chunks = arrivals_at(
+        reply.raws, reply.frames, list(itertools.accumulate(map(len, tokens)))
+    )
+
+
+def check_paced(reply: Reply, n: int, what: str) -> None:
+    text = "".join(reply.raws)
+    found = list(PACED_TOKEN_RE.finditer(text))
+    pos = 0
+    for k, m in enumerate(found):
+        if m.start() != pos or int(m[1]) != k:
+            raise BenchError(f"{what}: token {k} came back wrong: {text[pos : pos + 60]!r}")
+        pos = m.end()
+    if len(found) != n or pos != len(text):
+        raise BenchError(f"{what}: {len(found)} tokens of {n} ({len(text)} chars, {pos} parsed)")
+    reply.chunks = arrivals_at(reply.raws, reply.frames, [m.end() for m in found])
+    reply.stamps = [int(m[2]) / 1e9 for m in found]
+
+
+async def closed_loop(
+    one: Any, users: int, rounds: int, window: CpuWindow | None, offsets: list[float] | None = None
+) -> tuple[list[list[Reply]], float]:
+    """``users`` concurrent users, each ``rounds`` requests back to back (``one(i, r)``); user i
+    starts after ``offsets[i]`` s. Returns the replies per user and the wall time."""
+    per_user: list[list[Reply]] = [[] for _ in range(users)]
+
+    async def user(i: int) -> None:
+        if offsets:
+            await asyncio.sleep(offsets[i])
+        for r in range(rounds):
+            per_user[i].append(await one(i, r))
+
+    gc.collect()
+    if window is not None:
+        window.start()
+    t0 = time.perf_counter()
+    await run_users([user(i) for i in range(users)], REPLY_TIMEOUT * rounds + 30)
+    elapsed = time.perf_counter() - t0
+    if window is not None:
+        window.stop()
+    return per_user, elapsed
+
+
+@dataclass
+class OpenAIStack:
+    upstream: ServerProc
+    bridge: ServerProc
+    fake_url: str  # FakeOpenAI, .../v1
+    paced_url: str  # the paced server, .../v1
+    bridge_url: str
+
+
+async def start_openai_stack(
+    args: argparse.Namespace,
+    tmp: Path,
+    src: Path,
+    layout: Layout,
+    live: Live,
+    nofile: int,
+    profile: Path | None,
+) -> OpenAIStack:
+    cmd = [
+        sys.executable,
+        str(UPSTREAM_SCRIPT),
+        "--api-key",
+        OPENAI_KEY,
+        "--interval-ms",
+        str(args.openai_pace_ms),
+        "--first-ms",
+        str(args.openai_first_ms),
+    ]
+    upstream = ServerProc(
+        "openai-upstream",
+        cmd,
+        cwd=src,
+        log_path=tmp / "openai-upstream.log",
+        nofile=nofile,
+        cpu=layout.sandbox,
+    )
+    live.servers.append(upstream)
+    fake_url = await upstream.wait_ready("fake.ready", READY_TIMEOUT)
+    paced_url = await upstream.wait_ready("paced.ready", READY_TIMEOUT)
+    port = free_port()
+    cfg = openai_bridge_config(
+        tmp, port=port, fake_url=fake_url, paced_url=paced_url, log_level=args.bridge_log_level
+    )
+    cmd = [sys.executable]
+    if profile is not None:
+        cmd += ["-m", "cProfile", "-o", str(profile)]
+    cmd += ["-m", "bridge.cli", "serve", "--config", str(cfg)]
+    bridge = ServerProc(
+        "bridge[openai]",
+        cmd,
+        cwd=src,
+        log_path=tmp / "bridge-openai.log",
+        nofile=nofile,
+        cpu=layout.bridge,
+    )
+    live.servers.append(bridge)
+    await wait_http_ready(bridge, f"http://{HOST}:{port}/readyz")
+    return OpenAIStack(upstream, bridge, fake_url, paced_url, f"ws://{HOST}:{port}/api/gateway")
+
+
+@dataclass
+class PacedResult:
+    streams: int
+    tokens: int  # per stream
+    rounds: int
+    repeats: int
+    samples: int  # paired chunks
+    # chunk latency = arrival at the user - the upstream's write stamp of that chunk
+    bridge_lat_p50_ms: float
+    bridge_lat_p99_ms: float
+    direct_lat_p50_ms: float
+    direct_lat_p99_ms: float
+    added_p50_ms: float  # paired: bridge latency - direct latency, same stream slot and token
+    added_p99_ms: float
+    ttft_bridge_p50_ms: float
+    ttft_bridge_p99_ms: float
+    ttft_direct_p50_ms: float
+    ttft_direct_p99_ms: float
+    ttft_added_p50_ms: float  # paired
+    ttft_ratio: float  # p50 bridge / p50 direct
+    cpu_per_1k: dict[str, float]  # CPU s per 1000 tokens: bridge, upstream (both modes), loadgen
+    cpu_pct: dict[str, dict[str, float]]  # mode -> the last repeat's CpuWindow.pct
+
+
+def cpu_per_1k(windows: list[CpuWindow], tokens: int) -> dict[str, float]:
+    """CPU seconds per 1000 tokens of each process, pooled over the windows."""
+    keys = windows[0].secs.keys() if windows else ()
+    return {k: 1000 * sum(w.secs[k] for w in windows) / max(tokens, 1) for k in keys}
+
+
+def pair_paced(
+    streams: int,
+    args: argparse.Namespace,
+    got: dict[str, list[list[list[Reply]]]],
+    windows: dict[str, list[CpuWindow]],
+) -> PacedResult:
+    lat: dict[str, list[float]] = {"bridge": [], "direct": []}
+    ttft: dict[str, list[float]] = {"bridge": [], "direct": []}
+    added: list[float] = []
+    ttft_added: list[float] = []
+    tokens = {"bridge": 0, "direct": 0}
+    for rep_b, rep_d in zip(got["bridge"], got["direct"], strict=True):
+        for user_b, user_d in zip(rep_b, rep_d, strict=True):
+            for b, d in zip(user_b, user_d, strict=True):
+                lb = [a - s for a, s in zip(b.chunks, b.stamps, strict=True)]
+                ld = [a - s for a, s in zip(d.chunks, d.stamps, strict=True)]
+                if min(lb + ld) < -1e-3:
+                    raise BenchError(
+                        "a chunk arrived before the upstream stamped it: the two processes' "
+                        "perf_counter clocks differ (this needs Linux's CLOCK_MONOTONIC)"
+                    )
+                lat["bridge"] += lb
+                lat["direct"] += ld
+                added += [x - y for x, y in zip(lb, ld, strict=True)]
+                tb, td = b.chunks[0] - b.t_send, d.chunks[0] - d.t_send
+                ttft["bridge"].append(tb)
+                ttft["direct"].append(td)
+                ttft_added.append(tb - td)
+                tokens["bridge"] += len(b.chunks)
+                tokens["direct"] += len(d.chunks)
+    lb50, lb99 = pcts(lat["bridge"])
+    ld50, ld99 = pcts(lat["direct"])
+    a50, a99 = pcts(added)
+    tb50, tb99 = pcts(ttft["bridge"])
+    td50, td99 = pcts(ttft["direct"])
+    per_b = cpu_per_1k(windows["bridge"], tokens["bridge"])
+    per_d = cpu_per_1k(windows["direct"], tokens["direct"])
+    return PacedResult(
+        streams=streams,
+        tokens=args.openai_paced_tokens,
+        rounds=args.openai_paced_rounds,
+        repeats=args.openai_repeats,
+        samples=len(added),
+        bridge_lat_p50_ms=lb50,
+        bridge_lat_p99_ms=lb99,
+        direct_lat_p50_ms=ld50,
+        direct_lat_p99_ms=ld99,
+        added_p50_ms=a50,
+        added_p99_ms=a99,
+        ttft_bridge_p50_ms=tb50,
+        ttft_bridge_p99_ms=tb99,
+        ttft_direct_p50_ms=td50,
+        ttft_direct_p99_ms=td99,
+        ttft_added_p50_ms=pcts(ttft_added)[0],
+        ttft_ratio=tb50 / td50 if td50 > 0 else float("nan"),
+        cpu_per_1k={
+            "bridge": per_b["bridge"],
+            "upstream_bridge": per_b["upstream"],
+            "loadgen_bridge": per_b["loadgen"],
+            "upstream_direct": per_d["upstream"],
+            "loadgen_direct": per_d["loadgen"],
+        },
+        cpu_pct={m: ws[-1].pct for m, ws in windows.items() if ws},
+    )
+
+
+async def run_openai(
+    args: argparse.Namespace, src: Path, cpus: list[int], layout: Layout
+) -> tuple[bool, dict[str, Any]]:
+    """Bridge vs an OpenAI-compatible upstream read directly with aiohttp."""
+    clock = time.get_clock_info("perf_counter").implementation
+    if "CLOCK_MONOTONIC" not in clock or "RAW" in clock:
+        raise BenchError(
+            f"perf_counter is {clock!r} here: the paced chunks' stamps (taken in the upstream "
+            "process) can only be compared with arrival times on Linux's CLOCK_MONOTONIC"
+        )
+    n_burst = args.openai_tokens
+    n_paced = args.openai_paced_tokens
+    conns_n = openai_conns(args)
+    print("\n" + "#" * 78)
+    print("# mode openai: bridge vs an OpenAI-compatible upstream read directly (aiohttp SSE)")
+    print("#" * 78)
+    print(
+        f"settings: {'QUICK ' if args.quick else ''}throughput: {args.openai_users} users x "
+        f"{args.openai_rounds} rounds of tokens-{n_burst} (FakeOpenAI, no delay), "
+        f"{args.openai_repeats} alternating repeat(s); paced: {n_paced} tokens/stream at "
+        f"{args.openai_pace_ms:g} ms/token (token 0 at {args.openai_first_ms:g} ms), "
+        f"{args.openai_paced_rounds} stream(s) per slot, at {', '.join(map(str, args.paced_streams))} "
+        f"concurrent streams, {args.openai_repeats} alternating repeat(s); bridge log "
+        f"level={args.bridge_log_level}"
+    )
+    print(
+        f"pinning : {layout.text} (the OpenAI upstream takes the sandbox's place; paced streams: "
+        "the load generator as for the paired requests)"
+    )
+    if args.profile_bridge:
+        print("profile : the bridge runs under cProfile: its numbers are slowed down")
+    sys.stdout.flush()
+
+    tmp = Path(tempfile.mkdtemp(prefix="stream_bench-openai-"))
+    live = Live()
+    results: dict[str, Any] = {}
+    findings: list[str] = []
+    nofile = conns_n * 3 + 1024
+    prof = tmp / "bridge-openai.prof" if args.profile_bridge else None
+    runs: dict[str, list[LoadResult]] = {"direct": [], "bridge": []}
+    burst_windows: dict[str, list[CpuWindow]] = {"direct": [], "bridge": []}
+    paced: list[PacedResult] = []
+    t_start = time.perf_counter()
+    try:
+        stack = await start_openai_stack(args, tmp, src, layout, live, nofile, prof)
+        print(
+            f"\n[setup] upstream pid {stack.upstream.pid} (FakeOpenAI {stack.fake_url}, paced "
+            f"{stack.paced_url}); bridge pid {stack.bridge.pid} at {stack.bridge_url}",
+            flush=True,
+        )
+        http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            headers={"Authorization": f"Bearer {OPENAI_KEY}"},
+            timeout=aiohttp.ClientTimeout(total=REPLY_TIMEOUT),
+        )
+        live.clients.append(http)
+        conns = await open_many(stack.bridge_url, conns_n, False, "oa", stack.bridge)
+        live.conns.extend(conns)
+        fake_post = f"{stack.fake_url}/chat/completions"
+        paced_post = f"{stack.paced_url}/chat/completions"
+
+        def bridge_one(model: str, tag: str) -> Any:
+            return lambda i, r: hub_completion(conns[i], f"{tag}-u{i}-r{r}", model)
+
+        def direct_one(url: str, model: str) -> Any:
+            return lambda i, r: direct_completion(http, url, model)
+
+        # Warm-up (not measured): every connection, both providers, both paths; fills the
+        # bridge's and the direct client's connection pools to the widest concurrency used.
+        set_own_cpu(layout.loadgen_bridge, cpus)
+        await closed_loop(bridge_one(f"{BURST_PROVIDER}/tokens-20", "warm-b"), conns_n, 1, None)
+        await closed_loop(bridge_one(f"{PACED_PROVIDER}/paced-2", "warm-p"), conns_n, 1, None)
+        set_own_cpu(layout.loadgen_direct, cpus)
+        await closed_loop(direct_one(fake_post, "tokens-20"), conns_n, 1, None)
+        await closed_loop(direct_one(paced_post, "paced-2"), conns_n, 1, None)
+
+        # ---------------- throughput: tokens-N in one burst ----------------
+        procs = {"upstream": stack.upstream, "bridge": stack.bridge}
+        users = args.openai_users
+        print(
+            f"[throughput] {users} users x {args.openai_rounds} rounds of {n_burst} tokens; "
+            f"direct = aiohttp SSE read of FakeOpenAI, bridge = hub openai/completions",
+            flush=True,
+        )
+        for rep in range(args.openai_repeats):
+            order = ("direct", "bridge") if rep % 2 == 0 else ("bridge", "direct")
+            for mode in order:
+                window = CpuWindow(procs, layout.cores())
+                if mode == "direct":
+                    set_own_cpu(layout.loadgen_direct, cpus)
+                    one = direct_one(fake_post, f"tokens-{n_burst}")
+                else:
+                    set_own_cpu(layout.loadgen_bridge, cpus)
+                    one = bridge_one(f"{BURST_PROVIDER}/tokens-{n_burst}", f"tp{rep}")
+                per_user, secs = await closed_loop(one, users, args.openai_rounds, window)
+                replies = []
+                for i, items in enumerate(per_user):
+                    for r, rep_ in enumerate(items):
+                        if mode == "bridge":
+                            hub_pieces(rep_, f"tp{rep}-u{i}-r{r}")
+                        check_burst(rep_, n_burst, f"{mode} u{i} r{r}")
+                        replies.append(rep_)
+                res = summarize(mode, users, args.openai_rounds, replies, secs, window.pct)
+                runs[mode].append(res)
+                burst_windows[mode].append(window)
+                per_1k = 1000 * window.secs["bridge" if mode == "bridge" else "loadgen"]
+                print(
+                    f"    repeat {rep + 1} {mode:6}: {res.rate:,.0f} tokens/s "
+                    f"({res.frames:,} {'update frames' if mode == 'bridge' else 'chunks'} for "
+                    f"{res.chunks:,} tokens in {secs:.2f} s; cpu upstream "
+                    f"{res.cpu_pct['upstream']:.0f}% bridge {res.cpu_pct['bridge']:.0f}% loadgen "
+                    f"{res.cpu_pct['loadgen']:.0f}%; {per_1k / res.chunks:.4f} CPU s/1000 tokens "
+                    f"of the {'bridge' if mode == 'bridge' else 'direct reader'})",
+                    flush=True,
+                )
+
+        # ---------------- paced: 20 ms/token, 10 and 50 concurrent streams ----------------
+        set_own_cpu(layout.loadgen_paired, cpus)
+        pace = args.openai_pace_ms / 1000
+        for streams in args.paced_streams:
+            # Independent streams are not in step: their starts are spread over one token time.
+            offsets = [i * pace / streams for i in range(streams)]
+            got: dict[str, list[list[list[Reply]]]] = {"direct": [], "bridge": []}
+            windows: dict[str, list[CpuWindow]] = {"direct": [], "bridge": []}
+            print(
+                f"[paced] {streams} concurrent streams x {args.openai_paced_rounds} of {n_paced} "
+                f"tokens at {args.openai_pace_ms:g} ms/token, {args.openai_repeats} alternating "
+                "repeat(s) ...",
+                flush=True,
+            )
+            for rep in range(args.openai_repeats):
+                order = ("direct", "bridge") if rep % 2 == 0 else ("bridge", "direct")
+                for mode in order:
+                    tag = f"pc{streams}-{rep}"
+                    if mode == "direct":
+                        one = direct_one(paced_post, f"paced-{n_paced}")
+                    else:
+                        one = bridge_one(f"{PACED_PROVIDER}/paced-{n_paced}", tag)
+                    window = CpuWindow(procs, layout.cores())
+                    per_user, _ = await closed_loop(
+                        one, streams, args.openai_paced_rounds, window, offsets
+                    )
+                    for i, items in enumerate(per_user):
+                        for r, rep_ in enumerate(items):
+                            if mode == "bridge":
+                                hub_pieces(rep_, f"{tag}-u{i}-r{r}")
+                            check_paced(rep_, n_paced, f"{mode} {tag} u{i} r{r}")
+                    got[mode].append(per_user)
+                    windows[mode].append(window)
+            res_p = pair_paced(streams, args, got, windows)
+            paced.append(res_p)
+            print(
+                f"    added per chunk p50={res_p.added_p50_ms:.3f} ms p99={res_p.added_p99_ms:.3f} "
+                f"ms; time to first token p50 bridge={res_p.ttft_bridge_p50_ms:.2f} ms direct="
+                f"{res_p.ttft_direct_p50_ms:.2f} ms",
+                flush=True,
+            )
+        await live.close()  # the profiled bridge writes its profile as it exits
+    except Exception:
+        for srv in live.servers:
+            srv.check_alive()
+        raise
+    finally:
+        await live.close()
+        set_own_cpu(None, cpus)
+        if prof is not None and prof.is_file():
+            saved = Path(tempfile.gettempdir()) / "stream_bench-openai-bridge.prof"
+            shutil.copyfile(prof, saved)
+            prof = saved
+        if args.keep:
+            print(f"\n(kept logs and data in {tmp})")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    direct = sorted(runs["direct"], key=lambda r: r.rate)[len(runs["direct"]) // 2]
+    bridge = sorted(runs["bridge"], key=lambda r: r.rate)[len(runs["bridge"]) // 2]
+    results["throughput"] = {"direct": asdict(direct), "bridge": asdict(bridge)}
+    results["throughput_rates"] = {m: [r.rate for r in rs] for m, rs in runs.items()}
+    tokens_of = {m: sum(r.chunks for r in rs) for m, rs in runs.items()}
+    results["cpu_per_1k"] = {
+        m: cpu_per_1k(burst_windows[m], tokens_of[m]) for m in ("direct", "bridge")
+    }
+    results["cpu_per_1k_per_repeat"] = {
+        m: [cpu_per_1k([w], r.chunks) for w, r in zip(burst_windows[m], runs[m], strict=True)]
+        for m in ("direct", "bridge")
+    }
+    results["paced"] = [asdict(p) for p in paced]
+    total = time.perf_counter() - t_start
+    ok = report_openai(args, layout, runs, direct, bridge, paced, findings, results)
+    if prof is not None:
+        print_profile(prof)
+    print(f"\nmode openai: total time {total:.0f} s; all targets {'met' if ok else 'NOT met'}")
+    results["findings"] = findings
+    return ok, results
+
+
+EXPLANATION_OPENAI = """
+what is measured (mode openai; every timestamp in the load generator, one perf_counter clock):
+  * the upstream is one process serving FakeOpenAI (tests/support/fake_openai.py; model tokens-N:
+    N chunks written back to back, no delay) and a paced server (bench/openai_upstream.py; model
+    paced-N: token k written at first-token delay + k x pace, each stamped with the upstream's
+    perf_counter just before its write). The bridge runs with [momohub] enabled = false and both
+    as [[openai.providers]]; hub users send openai/completions ("fake/tokens-N", "paced/paced-N").
+  * direct = the same users and requests straight to the upstream: one aiohttp session, the SSE
+    read as it arrives and every chunk json-parsed (the work the bridge cannot skip either).
+  * token = one upstream content chunk (w<k> ); timed when the frame (bridge: update frame; the
+    bridge may merge the chunks of one read into one frame) or the read (direct) carrying it
+    arrived. tokens/s = tokens of all replies / wall time, closed loop per user.
+  * CPU s per 1000 tokens = the process's utime+stime delta (/proc/<pid>/stat) over a measured
+    window / tokens delivered in it x 1000, pooled over the repeats. The direct reader's figure
+    (the load generator's own process time, reading the upstream itself) is the baseline.
+  * paced, added latency per chunk: a chunk's latency is its arrival at the user minus the
+    upstream's stamp for it (one system-wide clock, CLOCK_MONOTONIC), so the pacing's own timer
+    jitter cancels; added = bridge latency - direct latency of the same stream slot (user i,
+    round r) and token k, from the bridge and direct runs of the same repeat. The streams'
+    starts are spread evenly over one token time (independent streams are not in step).
+  * time to first token = first content token at the user - that request's send, paced model
+    (token 0 is due at the first-token delay after the upstream read the request)."""
+
+
+def report_openai(
+    args: argparse.Namespace,
+    layout: Layout,
+    runs: dict[str, list[LoadResult]],
+    direct: LoadResult,
+    bridge: LoadResult,
+    paced: list[PacedResult],
+    findings: list[str],
+    results: dict[str, Any],
+) -> bool:
+    ok = True
+    print("\n" + "=" * 78)
+    print("RESULTS (mode openai)")
+    print("=" * 78)
+    ratio = bridge.rate / direct.rate if direct.rate else float("nan")
+    results["ratio"] = ratio
+    print(
+        f"throughput ({args.openai_users} users x {args.openai_rounds} rounds, "
+        f"{args.openai_tokens} tokens/reply, median of {args.openai_repeats}): "
+        f"bridge={bridge.rate:,.0f} tokens/s direct={direct.rate:,.0f} tokens/s ratio={ratio:.2f}"
+    )
+    print(
+        f"  frames: bridge {bridge.frames / max(bridge.replies, 1):.1f} update frames per "
+        f"{args.openai_tokens}-token reply (it merges the chunks of one upstream read); ttft p50 "
+        "bridge="
+        f"{bridge.ttfc_p50_ms:.2f} ms direct={direct.ttfc_p50_ms:.2f} ms; reply p50 bridge="
+        f"{bridge.reply_p50_ms:.2f} ms direct={direct.reply_p50_ms:.2f} ms"
+    )
+    if args.openai_repeats > 1:
+        per = [
+            f"{b.rate / d.rate:.2f}" for b, d in zip(runs["bridge"], runs["direct"], strict=True)
+        ]
+        print(f"  per-repeat ratios: {' '.join(per)}")
+    cpu_b, cpu_d = results["cpu_per_1k"]["bridge"], results["cpu_per_1k"]["direct"]
+    hit = cpu_b["bridge"] <= args.target_openai_cpu
+    ok &= hit
+    print(
+        f"CPU s per 1000 tokens (throughput runs, pooled over {args.openai_repeats}): bridge "
+        f"process={cpu_b['bridge']:.4f} (target <= {args.target_openai_cpu:g}) {verdict(hit)}; "
+        f"direct reader (load generator)={cpu_d['loadgen']:.4f}; ratio="
+        f"{cpu_b['bridge'] / cpu_d['loadgen']:.2f}"
+    )
+    print(
+        f"  alongside: upstream {cpu_b['upstream']:.4f} (bridge runs) / {cpu_d['upstream']:.4f} "
+        f"(direct runs); hub clients in the load generator {cpu_b['loadgen']:.4f}"
+    )
+    if args.openai_repeats > 1:
+        reps = [f"{x['bridge']:.4f}" for x in results["cpu_per_1k_per_repeat"]["bridge"]]
+        print(f"  bridge per repeat: {' '.join(reps)}")
+    tick = 1.0 / os.sysconf("SC_CLK_TCK")
+    bound = 1000 * args.openai_repeats * tick / max(sum(r.chunks for r in runs["bridge"]), 1)
+    print(f"  (/proc clock-tick rounding moves the bridge figure by at most +/-{bound:.4f})")
+
+    targets = dict(zip(args.paced_streams, args.target_paced_added_ms, strict=True))
+    for p in paced:
+        target = targets[p.streams]
+        hit = p.added_p50_ms <= target
+        ok &= hit
+        print(
+            f"added latency per chunk at {p.streams} streams, paced {args.openai_pace_ms:g} "
+            f"ms/token (paired against direct reads, {p.samples:,} chunks): "
+            f"p50={p.added_p50_ms:.3f} ms p99={p.added_p99_ms:.3f} ms (target p50 <= {target:g} "
+            f"ms) {verdict(hit)}"
+        )
+    widest = max(paced, key=lambda p: p.streams)
+    hit = widest.ttft_ratio <= args.target_ttft_ratio
+    ok &= hit
+    print(
+        f"time to first token at {widest.streams} streams (p50; token 0 due "
+        f"{args.openai_first_ms:g} ms after the upstream read the request): "
+        f"bridge={widest.ttft_bridge_p50_ms:.2f} ms direct={widest.ttft_direct_p50_ms:.2f} ms "
+        f"ratio={widest.ttft_ratio:.2f} (target <= {args.target_ttft_ratio:g}x) {verdict(hit)}"
+    )
+
+    print("\npaced streams (ms; chunk latency = arrival at the user - the upstream's stamp):")
+    print(
+        f"  {'streams':>7} {'bridge p50':>10} {'bridge p99':>10} {'direct p50':>10} "
+        f"{'direct p99':>10} {'added p50':>9} {'added p99':>9} | {'ttft b/d p50':>13} "
+        f"{'ttft b/d p99':>13} {'ttft+ p50':>9} | {'bridge cpu s/1k':>15}"
+    )
+    for p in paced:
+        print(
+            f"  {p.streams:7} {p.bridge_lat_p50_ms:10.3f} {p.bridge_lat_p99_ms:10.3f} "
+            f"{p.direct_lat_p50_ms:10.3f} {p.direct_lat_p99_ms:10.3f} {p.added_p50_ms:9.3f} "
+            f"{p.added_p99_ms:9.3f} | {p.ttft_bridge_p50_ms:6.2f}/{p.ttft_direct_p50_ms:<6.2f} "
+            f"{p.ttft_bridge_p99_ms:6.2f}/{p.ttft_direct_p99_ms:<6.2f} {p.ttft_added_p50_ms:9.2f} "
+            f"| {p.cpu_per_1k['bridge']:15.4f}"
+        )
+    for r in (direct, bridge):
+        cpu = " ".join(f"{k}={v:.0f}%" for k, v in r.cpu_pct.items())
+        print(f"  cpu during throughput {r.mode:6}: {cpu}")
+    for p in paced:
+        for mode, pct in p.cpu_pct.items():
+            cpu = " ".join(f"{k}={v:.0f}%" for k, v in pct.items())
+            print(f"  cpu during paced x{p.streams} {mode:6}: {cpu}")
+    print(EXPLANATION_OPENAI)
+
+    b_cpu, d_cpu = bridge.cpu_pct, direct.cpu_pct
+    if b_cpu["bridge"] >= 85:
+        findings.append(
+            f"throughput, bridge runs: the bridge process was the bottleneck ({b_cpu['bridge']:.0f}% "
+            f"of its core; upstream {b_cpu['upstream']:.0f}%, load generator "
+            f"{b_cpu['loadgen']:.0f}%)"
+        )
+    elif b_cpu["loadgen"] >= 90:
+        findings.append(
+            f"throughput, bridge runs: the load generator was saturated ({b_cpu['loadgen']:.0f}%) "
+            f"while the bridge was at {b_cpu['bridge']:.0f}%: the bridge's rate is a lower bound"
+        )
+    if d_cpu["upstream"] >= 90:
+        findings.append(
+            f"throughput, direct runs: the upstream was at {d_cpu['upstream']:.0f}% of its core: "
+            "direct is bound by the token source, so the ratio flatters the bridge"
+        )
+    elif d_cpu["loadgen"] >= 90:
+        findings.append(
+            f"throughput, direct runs: bound by the direct reader ({d_cpu['loadgen']:.0f}% of its "
+            "core)"
+        )
+    per_reply = bridge.frames / max(bridge.replies, 1)
+    if per_reply >= 0.9 * args.openai_tokens:
+        findings.append(
+            f"throughput: the bridge sent {per_reply:.0f} update frames per {args.openai_tokens}-"
+            "token reply: (nearly) every upstream chunk went out as a websocket frame of its own, "
+            "one socket write each, while the direct reader takes whatever one read brings"
+        )
+    if len(paced) > 1:
+        lo, hi = min(paced, key=lambda p: p.streams), max(paced, key=lambda p: p.streams)
+        if hi.ttft_added_p50_ms > 2 * max(lo.ttft_added_p50_ms, 1.0):
+            findings.append(
+                f"time to first token: the bridge adds {lo.ttft_added_p50_ms:.1f} ms (p50) at "
+                f"{lo.streams} streams and {hi.ttft_added_p50_ms:.1f} ms at {hi.streams} (starts "
+                f"spread over {args.openai_pace_ms:g} ms): each stream's start costs the bridge "
+                "loop time that the starts after it queue for (--profile-bridge shows where)"
+            )
+    for p in paced:
+        for mode, pct in p.cpu_pct.items():
+            busy = max((v for k, v in pct.items() if k.endswith("_busy")), default=0.0)
+            if busy >= 90:
+                findings.append(
+                    f"paced x{p.streams} ({mode} runs): a core was {busy:.0f}% busy (these "
+                    "processes and anyone else's): the latency figures include queueing for "
+                    "the CPU"
+                )
+    if findings:
+        print("\nfindings:")
+        for f in findings:
+            print(f"  - {f}")
+    return ok
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="stream_bench.py",
         description="Bridge vs MomoHub-direct streaming: chunks/s and per-chunk added latency.",
+    )
+    p.add_argument(
+        "--mode",
+        choices=(*MODES, "all"),
+        default="momohub",
+        help="momohub: bridge vs MomoHub direct (default); openai: bridge vs an "
+        "OpenAI-compatible upstream read directly; all: both, one after the other",
     )
     p.add_argument("--quick", action="store_true", help="smoke run: 10 users, 1 round, few samples")
     p.add_argument("--users", type=int, help="concurrent users (default 100, quick 10)")
@@ -1336,6 +2141,57 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--target-ratio", type=float, default=0.5)
     p.add_argument("--target-added-ms", type=float, default=1.0)
+    g = p.add_argument_group("mode openai (bridge vs an OpenAI-compatible upstream)")
+    g.add_argument("--openai-users", type=int, help="throughput users (default 50, quick 10)")
+    g.add_argument(
+        "--openai-rounds", type=int, help="throughput replies per user (default 3, quick 5)"
+    )
+    g.add_argument(
+        "--openai-tokens", type=int, default=200, help="tokens per throughput reply (default 200)"
+    )
+    g.add_argument(
+        "--openai-repeats",
+        type=int,
+        help="alternating direct/bridge repeats of each openai measurement (default 3, quick 1)",
+    )
+    g.add_argument(
+        "--paced-streams",
+        default="10,50",
+        help="concurrent paced streams, comma-separated (default 10,50)",
+    )
+    g.add_argument(
+        "--openai-pace-ms", type=float, default=20.0, help="paced: ms per token (default 20)"
+    )
+    g.add_argument(
+        "--openai-first-ms",
+        type=float,
+        help="paced: ms from the request to token 0 (default: one token time)",
+    )
+    g.add_argument(
+        "--openai-paced-tokens", type=int, help="tokens per paced stream (default 50, quick 25)"
+    )
+    g.add_argument(
+        "--openai-paced-rounds",
+        type=int,
+        help="paced streams per slot, back to back (default 3, quick 1)",
+    )
+    g.add_argument(
+        "--target-openai-cpu",
+        type=float,
+        default=0.035,
+        help="max bridge CPU s per 1000 tokens (default 0.035)",
+    )
+    g.add_argument(
+        "--target-paced-added-ms",
+        default="0.5,2",
+        help="max added p50 per chunk at each --paced-streams count (default 0.5,2)",
+    )
+    g.add_argument(
+        "--target-ttft-ratio",
+        type=float,
+        default=1.5,
+        help="max time-to-first-token p50 ratio bridge/direct at the widest paced count",
+    )
     p.add_argument("--json", help="also write the results as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (server logs, dbs)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
@@ -1350,6 +2206,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--users, --rounds, --words, --samples and --repeats must be positive")
     if a.paced_ms < 0:
         p.error("--paced-ms must be >= 0")
+    a.openai_users = a.openai_users if a.openai_users is not None else (10 if q else 50)
+    # quick: 5 rounds still, or the direct side's window is a few clock ticks long
+    a.openai_rounds = a.openai_rounds if a.openai_rounds is not None else (5 if q else 3)
+    a.openai_repeats = a.openai_repeats if a.openai_repeats is not None else (1 if q else 3)
+    a.openai_paced_tokens = (
+        a.openai_paced_tokens if a.openai_paced_tokens is not None else (25 if q else 50)
+    )
+    a.openai_paced_rounds = (
+        a.openai_paced_rounds if a.openai_paced_rounds is not None else (1 if q else 3)
+    )
+    a.openai_first_ms = a.openai_first_ms if a.openai_first_ms is not None else a.openai_pace_ms
+    try:
+        a.paced_streams = [int(x) for x in a.paced_streams.split(",") if x.strip()]
+        a.target_paced_added_ms = [
+            float(x) for x in a.target_paced_added_ms.split(",") if x.strip()
+        ]
+    except ValueError:
+        p.error("--paced-streams and --target-paced-added-ms are comma-separated numbers")
+    if not a.paced_streams or min(a.paced_streams) < 1:
+        p.error("--paced-streams needs at least one positive count")
+    if len(a.target_paced_added_ms) != len(a.paced_streams):
+        p.error("--target-paced-added-ms needs one target per --paced-streams count")
+    if (
+        min(a.openai_users, a.openai_rounds, a.openai_tokens, a.openai_repeats) < 1
+        or min(a.openai_paced_tokens, a.openai_paced_rounds) < 1
+        or a.openai_pace_ms < 0
+        or a.openai_first_ms < 0
+    ):
+        p.error("the --openai-* counts must be positive and the paced times >= 0")
     return a
 
 
