@@ -4,24 +4,43 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib
 import secrets
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+# The hub and what it needs to answer a login: nothing else is imported before it listens.
+from adapters.miochat import handlers as _hub_handlers  # noqa: F401 - loaded before the 1st frame
 from adapters.miochat.server import HubServer
-from adapters.momohub.client import MomoHubClient
-from adapters.momohub.sandbox import SandboxServer
-from adapters.momohub.target import CharacterTarget
-from bridge.config import Config, MomoHubConfig, OpenAIProvider, SandboxConfig
+from bridge.config import Config, OpenAIProvider, SandboxConfig
 from bridge.engine import Engine
+from bridge.errors import BridgeError, ErrorCode
 from bridge.health import AUTH_FAILED, ERROR, OK, UNREACHABLE, Health
+from bridge.models import (
+    ChatMessage,
+    CompletionRequest,
+    Contact,
+    ConversationKey,
+    Failed,
+    ModelGroup,
+    RecallRequest,
+    ReplyEvent,
+    UserRef,
+)
 from bridge.outbox import Outbox
 from bridge.router import Router
 from bridge.sessions import Sessions
 from bridge.tasks import TaskSet
 from storage import Storage
+
+if TYPE_CHECKING:
+    # Imported when the configuration uses them, after the hub listens (see App._start_upstreams).
+    from adapters.momohub.client import MomoHubClient
+    from adapters.momohub.sandbox import SandboxServer
+    from adapters.momohub.target import CharacterTarget
 
 log = structlog.get_logger(__name__)
 
@@ -30,6 +49,11 @@ log = structlog.get_logger(__name__)
 # refusing our credentials never holds up the server. It serves at once, the upstream keeps
 # being retried in the background, and /readyz tells what is missing.
 STARTUP_GRACE = 0.5
+# How long a recall or a crash recovery that reaches an upstream still being set up waits for it.
+PENDING_WAIT = 30.0
+STARTING_REASON = "the bridge is starting; try again in a moment"
+# Shown in /readyz while the bot-framework adapter loads (each link reports itself after).
+FRAMEWORKS_LOADING = "frameworks"
 
 
 def _admin_code_file(config: Config) -> Path:
@@ -78,6 +102,136 @@ async def run_sandbox_command(
     await run_sandbox(config, providers, stop=stop)
 
 
+async def _failing(event: Failed) -> AsyncIterator[ReplyEvent]:
+    yield event
+
+
+class PendingTarget:
+    """Holds an upstream target's place in the router while its adapter loads.
+
+    The hub listens before the upstream adapters are imported and started (that takes a while
+    and must never keep a login waiting), but the router's order decides which target owns a
+    contact or a model, so each upstream's place is taken at once by one of these. Until its
+    target is installed it lists no contacts and no models, claims whatever it is asked about,
+    and refuses sends and completions as starting (UNAVAILABLE): nothing is queued for an
+    upstream that is not there yet. A recall or a crash recovery, which must reach the upstream,
+    waits for it instead. Once installed, every call goes to the target.
+    """
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+        self._target: Any = None
+        self._settled = asyncio.Event()
+
+    @property
+    def target(self) -> Any:
+        return self._target
+
+    @property
+    def pending(self) -> bool:
+        return not self._settled.is_set()
+
+    def install(self, target: Any) -> None:
+        self._target = target
+        self._settled.set()
+
+    def settle(self) -> None:
+        """No target will come (its start-up failed): stop claiming anything."""
+        self._settled.set()
+
+    def __getattr__(self, name: str) -> Any:
+        # The target's optional attributes (replies_stream, conversation_key, ...), once it is in.
+        target = self.__dict__.get("_target")
+        if target is None:
+            raise AttributeError(name)
+        return getattr(target, name)
+
+    async def _owner(self, contact: str) -> Any:
+        """The target that owns ``contact`` once this place is settled (None: nobody)."""
+        if self.pending:
+            try:
+                async with asyncio.timeout(PENDING_WAIT):
+                    await self._settled.wait()
+            except TimeoutError:
+                raise BridgeError(ErrorCode.UNAVAILABLE, STARTING_REASON) from None
+        if self._target is not None and self._target.owns(contact):
+            return self._target
+        # Claimed while pending: whoever really owns it comes later in the router.
+        try:
+            owner = self._router.contact_target(contact)
+        except BridgeError:
+            return None
+        return None if owner is self else owner
+
+    # ----- ContactTarget --------------------------------------------------------------------------
+
+    def owns(self, contact: str) -> bool:
+        if self._target is not None:
+            return bool(self._target.owns(contact))
+        return self.pending
+
+    def canonical(self, contact: str) -> str:
+        return contact if self._target is None else str(self._target.canonical(contact))
+
+    def contacts(self, user: UserRef) -> list[Contact]:
+        return [] if self._target is None else self._target.contacts(user)
+
+    async def check_available(self, contact: str) -> None:
+        if self._target is None:
+            raise BridgeError(ErrorCode.UNAVAILABLE, STARTING_REASON)
+        await self._target.check_available(contact)
+
+    async def deliver(self, message: ChatMessage) -> AsyncIterator[ReplyEvent] | None:
+        # Only reached once check_available passed, so the target is in.
+        result: AsyncIterator[ReplyEvent] | None = await self._target.deliver(message)
+        return result
+
+    async def forward(
+        self, message: ChatMessage, items: list[ChatMessage]
+    ) -> AsyncIterator[ReplyEvent] | None:
+        result: AsyncIterator[ReplyEvent] | None = await self._target.forward(message, items)
+        return result
+
+    async def recall(self, request: RecallRequest) -> None:
+        owner = await self._owner(request.conversation.contact)
+        if owner is not None:
+            await owner.recall(request)
+
+    async def recover(self, key: ConversationKey) -> Any:
+        owner = await self._owner(key.contact)
+        recover = getattr(owner, "recover", None)
+        return await recover(key) if recover is not None else None
+
+    # ----- ModelTarget ----------------------------------------------------------------------------
+
+    def model_groups(self) -> list[ModelGroup]:
+        return [] if self._target is None else self._target.model_groups()
+
+    def owns_model(self, model: str) -> bool:
+        if self._target is not None:
+            return bool(self._target.owns_model(model))
+        return self.pending
+
+    def complete(self, request: CompletionRequest) -> AsyncIterator[ReplyEvent]:
+        target = self._target
+        if target is None or not target.owns_model(request.model):
+            if self.pending:
+                return _failing(Failed(ErrorCode.UNAVAILABLE, STARTING_REASON))
+            try:
+                target = self._router.model_target(request.model)
+            except BridgeError as e:
+                return _failing(Failed(e.code, e.reason))
+            if target is self:
+                return _failing(Failed(ErrorCode.NOT_FOUND, f"unknown model {request.model!r}"))
+        result: AsyncIterator[ReplyEvent] = target.complete(request)
+        return result
+
+
+def _import_all(modules: list[str]) -> None:
+    for name in modules:
+        importlib.import_module(name)
+
+
 class App:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -94,11 +248,72 @@ class App:
         self.health = Health()
         # Upstream start-ups still running; start() waits on them for STARTUP_GRACE at most.
         self._warming: list[asyncio.Task[Any]] = []
+        # The embedded sandbox's first character load: start() waits for it (connect_timeout).
+        self._first_load: asyncio.Task[Any] | None = None
 
-    async def _start_momohub(self, admin_code: str) -> None:
+    # ----- upstreams ------------------------------------------------------------------------------
+
+    def _hold_places(self) -> dict[str, PendingTarget]:
+        """Each configured upstream's place in the router and in /readyz, taken before the hub
+        listens; its adapter is loaded and started after (see `_start_upstreams`)."""
+        cfg = self.config
+        places: dict[str, PendingTarget] = {}
+        if cfg.momohub.enabled:
+            self.health.register("momohub")
+            places["momohub"] = PendingTarget(self.router)
+            self.router.add_contact_target(places["momohub"])
+            self.router.add_model_target(places["momohub"])
+        if cfg.openai.providers:
+            for provider in cfg.openai.providers:
+                self.health.register(f"openai:{provider.name}")
+            places["openai"] = PendingTarget(self.router)
+            self.router.add_model_target(places["openai"])
+        if cfg.onebot.frameworks:
+            # Each link reports itself as `framework:<url>` once the adapter is in.
+            self.health.register(FRAMEWORKS_LOADING, "loading the bot-framework adapter")
+            places["onebot"] = PendingTarget(self.router)
+            self.router.add_contact_target(places["onebot"])
+        return places
+
+    async def _start_upstreams(self, places: dict[str, PendingTarget], admin_code: str) -> None:
+        """Load each upstream's adapter in a worker thread (the loop goes on serving the hub
+        meanwhile), then start it and install it in its place."""
+        cfg = self.config
+        try:
+            if "momohub" in places:
+                modules = ["adapters.momohub.client", "adapters.momohub.target"]
+                if not cfg.momohub.base_url:
+                    modules.append("adapters.momohub.sandbox")
+                await asyncio.to_thread(_import_all, modules)
+                await self._start_momohub(admin_code, places["momohub"])
+            if "openai" in places:
+                # The OpenAI SDK is slow to import and most setups need none.
+                await asyncio.to_thread(_import_all, ["adapters.openai.target"])
+                await self._start_openai(places["openai"])
+            if "onebot" in places:
+                await asyncio.to_thread(_import_all, ["adapters.onebot.framework_target"])
+                await self._start_onebot(places["onebot"])
+        finally:
+            for place in places.values():
+                place.settle()
+            self.health.remove(FRAMEWORKS_LOADING)
+        if self._first_load is not None:
+            # The embedded sandbox runs in this process, it is no upstream to guard against:
+            # let a login right after start see its characters.
+            await asyncio.wait([self._first_load], timeout=cfg.momohub.connect_timeout)
+        if self._warming:
+            await asyncio.wait(self._warming, timeout=STARTUP_GRACE)
+            self._warming.clear()
+
+    async def _start_momohub(self, admin_code: str, place: PendingTarget) -> None:
+        from adapters.momohub.client import MomoHubClient
+        from adapters.momohub.target import CharacterTarget
+
         assert self.storage is not None
-        cfg: MomoHubConfig = self.config.momohub
+        cfg = self.config.momohub
         if not cfg.base_url:
+            from adapters.momohub.sandbox import SandboxServer
+
             self.sandbox = SandboxServer(
                 embedded_sandbox_config(self.config), self.config.openai.providers
             )
@@ -131,13 +346,10 @@ class App:
             max_chats_per_user=self.config.limits.conversations_per_user,
         )
         self._closers.append(target.close)
-        self.router.add_contact_target(target)
-        self.router.add_model_target(target)
+        place.install(target)
         first_load = self._tasks.spawn(self._load_characters(target), name="momohub-first-load")
         if self.sandbox is not None:
-            # The embedded sandbox runs in this process, it is no upstream to guard against:
-            # let a login right after start see its characters.
-            await asyncio.wait([first_load], timeout=cfg.connect_timeout)
+            self._first_load = first_load
         else:
             self._warming.append(first_load)
 
@@ -156,9 +368,7 @@ class App:
         finally:
             failed.cancel()
 
-    async def _start_onebot(self) -> None:
-        if not self.config.onebot.frameworks:
-            return
+    async def _start_onebot(self, place: PendingTarget) -> None:
         from adapters.onebot.framework_target import FrameworkTarget
 
         assert self.storage is not None and self.outbox is not None
@@ -166,26 +376,22 @@ class App:
         self._closers.append(target.close)
         target.health = self.health.set
         target.report_links()
+        self.health.remove(FRAMEWORKS_LOADING)
         # Also read at each /readyz: a link that keeps failing to connect has a fresh reason.
         self.health.add_probe(target.report_links)
         await target.start()
         self.frameworks = target
-        self.router.add_contact_target(target)
+        place.install(target)
 
-    async def _start_openai(self) -> None:
-        if not self.config.openai.providers:
-            return
-        # Imported only when used: the OpenAI SDK is slow to import and most setups need none.
+    async def _start_openai(self, place: PendingTarget) -> None:
         from adapters.openai.target import OpenAITarget
 
-        for provider in self.config.openai.providers:
-            self.health.register(f"openai:{provider.name}")
         target = OpenAITarget(
             self.config.openai,
             report=lambda name, state, detail: self.health.set(f"openai:{name}", state, detail),
         )
         self._closers.append(target.close)
-        self.router.add_model_target(target)
+        place.install(target)
         # Loads the model lists (waiting up to 5 s itself): only STARTUP_GRACE of it holds start.
         self._warming.append(self._tasks.spawn(target.start(), name="openai-target-start"))
 
@@ -204,6 +410,9 @@ class App:
         self.health.set("database", OK)
 
     async def start(self) -> None:
+        """The hub listens as soon as the database is open; the upstreams (MomoHub, OpenAI
+        providers, bot frameworks) are loaded and started after, while it serves. Returns once
+        they had their chance to get ready (see STARTUP_GRACE)."""
         cfg = self.config
         self.storage = await Storage.open(cfg.storage.path)
         self.health.set("database", OK)
@@ -212,13 +421,7 @@ class App:
             admin_code = await asyncio.to_thread(_load_or_create_admin_code, cfg)
             self.outbox = Outbox(self.storage.outbox, cfg.limits.outbox_per_user)
             self.sessions = Sessions(self.storage, self.router, self.outbox, Engine())
-            if cfg.momohub.enabled:
-                await self._start_momohub(admin_code)
-            await self._start_openai()
-            await self._start_onebot()
-            if self._warming:
-                await asyncio.wait(self._warming, timeout=STARTUP_GRACE)
-                self._warming.clear()
+            places = self._hold_places()
             self.hub = HubServer(
                 cfg, self.storage, self.router, self.outbox, self.sessions, admin_code=admin_code
             )
@@ -228,6 +431,7 @@ class App:
             # wait on the upstream, runs in the background).
             await self.sessions.schedule_recovery()
             await self.hub.start()
+            await self._start_upstreams(places, admin_code)
         except BaseException:
             await self.stop()
             raise

@@ -46,13 +46,15 @@ def raise_fd_limit() -> int:
 
 
 async def _serve(config_path: str) -> int:
-    from bridge.app import App
-
     log = structlog.get_logger("momobridge")
     loaded = _load(config_path)
     if loaded is None:
         return EXIT_BAD_CONFIG
     config, found = loaded
+    # The hub and the core only: each upstream adapter is imported by App once the hub listens,
+    # and only when the configuration uses it.
+    from bridge.app import App
+
     configure_logging(config.log.level, config.log.format)
     if found:
         log.info("config.loaded", path=config_path)

@@ -30,7 +30,6 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from adapters.miochat import protocol as P
-from adapters.miochat.share_card import render_card
 from bridge.errors import BridgeError, ErrorCode
 from bridge.health import Health
 from storage.shares import ShareStorageFull
@@ -273,6 +272,9 @@ class HttpRoutes:
             if contactor is None:
                 return _json(conn, 404, _fail("no such share", ErrorCode.NOT_FOUND))
             if tail == "preview.svg":
+                # Imported on first use: its XML escaping pulls in urllib/http modules.
+                from adapters.miochat.share_card import render_card
+
                 resp = conn.respond(200, render_card(contactor, self.config.server.title))
                 return _ctype(resp, "image/svg+xml; charset=utf-8")
             if tail:
