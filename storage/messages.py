@@ -144,16 +144,3 @@ class MessageRepo:
         ) as cur:
             r = await cur.fetchone()
         return _row(r) if r is not None else None
-
-    async def conversation_refs(
-        self, user_id: str, contact: str, thread: str, system: str
-    ) -> set[str]:
-        """Every id the other system gave to any message of this conversation (deleted ones too):
-        what a turn whose own ids were never learned can be told apart from."""
-        async with self._db.conn.execute(
-            "SELECT r.external_id FROM message_refs r JOIN messages m ON m.id = r.message_id "
-            "WHERE m.user_id = ? AND m.contact = ? AND m.thread = ? AND r.system = ?",
-            (user_id, contact, thread, system),
-        ) as cur:
-            rows = await cur.fetchall()
-        return {str(r[0]) for r in rows}
