@@ -412,6 +412,7 @@ async def test_stream_limit_per_user(bridge_factory) -> None:
 async def test_shutdown_mid_reply_closes_cleanly(hub: Bridge) -> None:
     c = await hub.client("vic")
     rid = await c.send("onebot", "message", text("long one /slow"), id=MOMO)
+    ack = await c.reply(rid)
     await c.wait_for(lambda f: f.get("request_id") == rid and f.get("message") == "update")
     await hub.app.stop()
     assert await c.wait_closed() == 1001
@@ -421,5 +422,8 @@ async def test_shutdown_mid_reply_closes_cleanly(hub: Bridge) -> None:
     hub.app = type(hub.app)(hub.config)
     await hub.app.start()
     c2 = await hub.client("vic")
+    # The reply cut short by the stop is answered by exactly one notice, never by half a reply.
+    notice = await c2.wait_push(lambda f: f["data"]["content"].get("interrupted") is True)
+    assert notice["data"]["content"]["reply_to"] == ack["data"]["message_id"]
     await c2.request("system", "heartbeat", {})
-    assert c2.pushes() == []
+    assert c2.pushes() == [notice]
