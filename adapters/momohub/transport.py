@@ -18,6 +18,7 @@ import asyncio
 import json as jsonlib
 import random
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -152,7 +153,7 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-class MomoHubTransport:
+class MomoHubTransport(ABC):
     """Sends requests to one MomoHub base URL and turns the answers into data or MomoHubErrors."""
 
     MAX_GET_TRIES = 3
@@ -198,13 +199,13 @@ class MomoHubTransport:
 
     # ----- hooks the auth layer fills in --------------------------------------------------------
 
+    @abstractmethod
     async def _token_for_request(self) -> tuple[str, int]:
         """The bearer token to send (empty: none) and the generation it belongs to."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def _renew(self, failed_generation: int) -> None:
         """Replace the token of ``failed_generation``, which MomoHub just refused."""
-        raise NotImplementedError
 
     # ----- requests -----------------------------------------------------------------------------
 
