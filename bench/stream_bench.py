@@ -1011,6 +1011,23 @@ async def run(args: argparse.Namespace) -> int:
     return 1 if (args.strict and not ok) else 0
 
 
+def _wind_up(prof: Path | None, name: str, tmp: Path, *, keep: bool) -> Path | None:
+    """After a mode's runs: keep the bridge profile beyond the temp dir, then drop (or keep) it."""
+    if prof is not None and prof.is_file():
+        saved = Path(tempfile.gettempdir()) / name
+        shutil.copyfile(prof, saved)
+        prof = saved
+    if keep:
+        print(f"\n(kept logs and data in {tmp})")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return prof
+
+
+def _median_run(runs: list[Any]) -> Any:
+    return sorted(runs, key=lambda r: r.rate)[len(runs) // 2]
+
+
 async def run_momohub(
     args: argparse.Namespace, src: Path, cpus: list[int], layout: Layout
 ) -> tuple[bool, dict[str, Any]]:
@@ -1146,17 +1163,9 @@ async def run_momohub(
     finally:
         await live.close()
         set_own_cpu(None, cpus)
-        if prof is not None and prof.is_file():
-            saved = Path(tempfile.gettempdir()) / "stream_bench-bridge.prof"
-            shutil.copyfile(prof, saved)
-            prof = saved
-        if args.keep:
-            print(f"\n(kept logs and data in {tmp})")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        prof = _wind_up(prof, "stream_bench-bridge.prof", tmp, keep=args.keep)
 
-    direct = sorted(runs["direct"], key=lambda r: r.rate)[len(runs["direct"]) // 2]
-    bridge = sorted(runs["bridge"], key=lambda r: r.rate)[len(runs["bridge"]) // 2]
+    direct, bridge = _median_run(runs["direct"]), _median_run(runs["bridge"])
     results["load"] = {"direct": asdict(direct), "bridge": asdict(bridge)}
     results["load_rates"] = {m: [r.rate for r in rs] for m, rs in runs.items()}
     results["paired"] = [asdict(p) for p in pairs]
@@ -1889,17 +1898,9 @@ async def run_openai(
     finally:
         await live.close()
         set_own_cpu(None, cpus)
-        if prof is not None and prof.is_file():
-            saved = Path(tempfile.gettempdir()) / "stream_bench-openai-bridge.prof"
-            shutil.copyfile(prof, saved)
-            prof = saved
-        if args.keep:
-            print(f"\n(kept logs and data in {tmp})")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        prof = _wind_up(prof, "stream_bench-openai-bridge.prof", tmp, keep=args.keep)
 
-    direct = sorted(runs["direct"], key=lambda r: r.rate)[len(runs["direct"]) // 2]
-    bridge = sorted(runs["bridge"], key=lambda r: r.rate)[len(runs["bridge"]) // 2]
+    direct, bridge = _median_run(runs["direct"]), _median_run(runs["bridge"])
     results["throughput"] = {"direct": asdict(direct), "bridge": asdict(bridge)}
     results["throughput_rates"] = {m: [r.rate for r in rs] for m, rs in runs.items()}
     tokens_of = {m: sum(r.chunks for r in rs) for m, rs in runs.items()}
