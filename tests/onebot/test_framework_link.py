@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,13 +12,6 @@ from tests.support.fake_framework import FakeFramework, linked
 from tests.support.hub_client import eventually
 
 BOT = "10000"
-
-
-@pytest.fixture
-async def fw() -> AsyncIterator[FakeFramework]:
-    f = FakeFramework(token="tok")
-    yield f
-    await f.stop()
 
 
 async def test_handshake_lifecycle_first_and_heartbeats(bridge_factory, fw: FakeFramework) -> None:

@@ -3,36 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 import structlog
 
 from tests.conftest import ADMIN_CODE
-from tests.support.fake_framework import WAIT, DeafFramework, FakeFramework, linked
-from tests.support.hub_client import HubClient, eventually
+from tests.support.fake_framework import WAIT, DeafFramework, linked
+from tests.support.hub_client import eventually
+from tests.support.link_helpers import say, text
 
 BOT = "10000"
 ADMIN_QQ = 10001
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="
-
-
-def text(t: str) -> list[dict[str, Any]]:
-    return [{"type": "text", "data": {"text": t}}]
-
-
-@pytest.fixture
-async def fw() -> AsyncIterator[FakeFramework]:
-    f = FakeFramework(token="tok")
-    yield f
-    await f.stop()
-
-
-async def say(c: HubClient, t: str) -> int:
-    f = await c.request("onebot", "message", text(t), id=BOT)
-    assert f["code"] == 0, f
-    return int(f["data"]["message_id"])
 
 
 async def test_message_ids_are_int32_unique_and_map_both_ways(bridge_factory, fw) -> None:

@@ -4,35 +4,17 @@ action calls handled concurrently, in order per user, bounded."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import structlog
 
 from adapters.onebot.framework_link import FrameworkLink
-from tests.support.fake_framework import WAIT, FakeFramework, linked
-from tests.support.hub_client import HubClient, eventually
+from tests.support.fake_framework import WAIT, linked
+from tests.support.hub_client import eventually
+from tests.support.link_helpers import text, texts
 
 BOT = "10000"
-
-
-def text(t: str) -> list[dict[str, Any]]:
-    return [{"type": "text", "data": {"text": t}}]
-
-
-def texts(c: HubClient) -> list[str]:
-    return [
-        "".join(s["data"].get("text", "") for s in p["data"]["content"]["message"])
-        for p in c.pushes("message")
-    ]
-
-
-@pytest.fixture
-async def fw() -> AsyncIterator[FakeFramework]:
-    f = FakeFramework(token="tok")
-    yield f
-    await f.stop()
 
 
 # ----- reconnecting -------------------------------------------------------------------------------

@@ -3,42 +3,16 @@ auth.bot_qq or a link's self_id, and replies to a number reach exactly whom it s
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
-
-import pytest
 
 from storage.users import MAPPED_FLOOR
 from tests.conftest import ADMIN_CODE
 from tests.support.fake_framework import FakeFramework, linked
 from tests.support.hub_client import HubClient
+from tests.support.link_helpers import say, text, texts
 
 BOT = "10000"
 ADMIN_QQ = 10001
-
-
-def text(t: str) -> list[dict[str, Any]]:
-    return [{"type": "text", "data": {"text": t}}]
-
-
-def texts(c: HubClient) -> list[str]:
-    return [
-        "".join(s["data"].get("text", "") for s in p["data"]["content"]["message"])
-        for p in c.pushes("message")
-    ]
-
-
-@pytest.fixture
-async def fw() -> AsyncIterator[FakeFramework]:
-    f = FakeFramework(token="tok")
-    yield f
-    await f.stop()
-
-
-async def say(c: HubClient, t: str) -> int:
-    f = await c.request("onebot", "message", text(t), id=BOT)
-    assert f["code"] == 0, f
-    return int(f["data"]["message_id"])
 
 
 async def event_for(fw: FakeFramework, t: str) -> dict[str, Any]:
