@@ -10,6 +10,7 @@ import pytest
 
 from bridge.app import App
 from bridge.config import Config
+from tests.support.fake_openai import FakeOpenAI
 from tests.support.hub_client import HubClient
 
 ADMIN_CODE = "admin-secret"
@@ -87,3 +88,12 @@ async def bridge_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitabl
 @pytest.fixture
 async def bridge(bridge_factory: Callable[..., Awaitable[Bridge]]) -> Bridge:
     return await bridge_factory()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeOpenAI]:
+    """A real OpenAI-compatible server on loopback (tests/support/fake_openai.py)."""
+    s = FakeOpenAI()
+    await s.start()
+    yield s
+    await s.stop()

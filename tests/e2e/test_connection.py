@@ -52,14 +52,6 @@ async def fw() -> AsyncIterator[FakeFramework]:
     await f.stop()
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeOpenAI]:
-    s = FakeOpenAI()
-    await s.start()
-    yield s
-    await s.stop()
-
-
 async def linked_bridge(bridge_factory, fw: FakeFramework, **sections: Any) -> Bridge:
     url = await fw.start()
     b = await bridge_factory(

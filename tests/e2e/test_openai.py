@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from tests.conftest import Bridge
 from tests.support.fake_openai import FakeOpenAI
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeOpenAI]:
-    s = FakeOpenAI()
-    await s.start()
-    yield s
-    await s.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ closed connection) it ends with exactly one terminal frame, and its slot of
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,14 +18,6 @@ from tests.support.hub_peers import StrictClient
 
 MOMO = next(c.id for c in DEMO_CHARACTERS if c.name == "Momo")
 LIMIT = 2
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeOpenAI]:
-    s = FakeOpenAI()
-    await s.start()
-    yield s
-    await s.stop()
 
 
 @pytest.fixture
