@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from websockets.exceptions import ConnectionClosed
+
 from adapters.momohub.sandbox import SandboxServer
 from bridge.config import SandboxConfig
 from tests.support.hub_client import HubClient, eventually
@@ -100,7 +102,7 @@ class _User:
                     self.finished.add(rid)
                     self.progress.set()
                 await self.client.wait_push(lambda f, r=rid: _about(f) == r, timeout=20)
-        except (AssertionError, TimeoutError, OSError):
+        except (AssertionError, TimeoutError, OSError, ConnectionClosed):
             return  # the bridge was killed under us
 
     def collect(self) -> None:
