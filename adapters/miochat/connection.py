@@ -22,17 +22,17 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
 
 from adapters.miochat import protocol as P
+from adapters.miochat.transport import HubSocket, SocketClosed
 from bridge.errors import ErrorCode
 from bridge.models import UserRef
 from bridge.outbox import Push
 from bridge.tasks import TaskSet
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from adapters.miochat.server import HubServer
     from bridge.engine import Turn
 
@@ -81,19 +81,19 @@ class Connection:
         "hub",
         "listeners",
         "peer",
+        "sock",
         "streams",
         "tasks",
         "user",
-        "ws",
     )
 
-    def __init__(self, hub: HubServer, ws: ServerConnection) -> None:
+    def __init__(self, hub: HubServer, sock: HubSocket) -> None:
         cfg = hub.config
         self.hub = hub
-        self.ws = ws
+        self.sock = sock
         self.user: UserRef | None = None
         self.tasks = TaskSet("hub-connection")
-        self.peer = "%s:%s" % (ws.remote_address[:2] if ws.remote_address else ("?", "?"))
+        self.peer = "%s:%s" % (sock.remote_address or ("?", "?"))
         self.streams: dict[P.RequestId, StreamSlot] = {}
         # Listeners this connection registered with Sessions, detached when it closes.
         self.listeners: set[Callable[..., Awaitable[None]]] = set()
@@ -141,22 +141,13 @@ class Connection:
         self._kick()
         return True
 
+    @property
+    def request(self) -> web.Request:
+        """The upgrade request (headers, query, the host the client reached)."""
+        return self.sock.request
+
     def _write_now(self, data: bytes) -> bool:
-        """Write a frame straight into the transport when that cannot wait on the peer:
-        nothing is buffered ahead of it and it stays under the high-water mark."""
-        ws = self.ws
-        transport = ws.transport
-        if (
-            transport is None
-            or ws.protocol.state is not State.OPEN
-            or transport.get_write_buffer_size()
-            # Framing adds 14 bytes at most.
-            or len(data) + 14 > transport.get_write_buffer_limits()[1]
-        ):
-            return False
-        ws.protocol.send_text(data)
-        ws.send_data()
-        return True
+        return self.sock.write_now(data)
 
     def _kick(self) -> None:
         if self._writer is None and not self._closed:
@@ -194,13 +185,11 @@ class Connection:
         self._queued_bytes = 0
         if self._room is not None:
             self._room.set()
-        transport = self.ws.transport
-        if transport is not None:
-            transport.abort()
+        self.sock.abort()
 
     async def _write_loop(self) -> None:
         """Drain the queue, confirm pushes with a ping, and end: the next frame starts anew."""
-        ws = self.ws
+        sock = self.sock
         half = self._max_queue // 2
         try:
             while True:
@@ -213,7 +202,7 @@ class Connection:
                     if not self._write_now(data):
                         # Behind a backlog, or large enough to fill the kernel's buffers.
                         async with asyncio.timeout(self._send_timeout):
-                            await ws.send(data, text=True)
+                            await sock.send(data)
                     if seq > self._sent_seq:
                         self._sent_seq = seq
                 if self._drained is not None and not self._drained.done():
@@ -227,7 +216,7 @@ class Connection:
                     return  # nothing awaited since the check: no frame can be left behind
         except TimeoutError:
             self.abort("peer stopped reading")
-        except ConnectionClosed:
+        except SocketClosed:
             self._closed = True
             if self._room is not None:
                 self._room.set()
@@ -238,17 +227,20 @@ class Connection:
         """A pong to a ping written after the pushes means the peer read them."""
         upto = self._sent_seq
         self._confirming = True
-        waiter = await self.ws.ping()
 
-        def done(fut: asyncio.Future[float]) -> None:
+        def done(ok: bool) -> None:
             self._confirming = False
-            if fut.cancelled() or fut.exception() is not None:
+            if not ok or self._closed:
                 return
             self.tasks.spawn(self._confirmed(upto), name="hub-confirm")
             if self._sent_seq > upto:
                 self._kick()  # more pushes went out meanwhile: ping again
 
-        waiter.add_done_callback(done)
+        try:
+            await self.sock.confirm(upto, done)
+        except SocketClosed:
+            self._confirming = False
+            raise
 
     async def _confirmed(self, seq: int) -> None:
         if seq <= self._confirmed_seq or self.user is None:
@@ -297,7 +289,7 @@ class Connection:
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.hub.config.auth.login_timeout
-        creds = handlers.upgrade_credentials(self.ws.request)
+        creds = handlers.upgrade_credentials(self.sock.request)
         if creds is not None:
             await handlers.login(self, creds, self.hub.outbox.next_push_id(), pushed=True)
         while not self._closed:
@@ -307,13 +299,13 @@ class Connection:
                     if remaining <= 0:
                         raise TimeoutError
                     async with asyncio.timeout(remaining):
-                        raw = await self.ws.recv()
+                        raw = await self.sock.recv()
                 except TimeoutError:
                     log.info("hub.login_timeout", peer=self.peer)
                     await self.close(CLOSE_LOGIN, "login timeout")
                     return
             else:
-                raw = await self.ws.recv()
+                raw = await self.sock.recv()
             await handlers.dispatch(self, raw)
 
     def has_room(self, req: P.Request) -> bool:
@@ -360,7 +352,7 @@ class Connection:
                     self._drained = asyncio.get_running_loop().create_future()
                     self._kick()
                     await self._drained
-                await self.ws.close(code, reason)
+                await self.sock.close(code, reason)
         except TimeoutError:
             self.abort("close timed out")
         self._closed = True

@@ -13,11 +13,9 @@ import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
 
 import structlog
 from pydantic import ValidationError
-from websockets.http11 import Request as HttpRequest
 
 from adapters.miochat import protocol as P
 from adapters.miochat.connection import CLOSE_LOGIN, StreamSlot
@@ -28,6 +26,8 @@ from bridge.models import CompletionRequest, ConversationKey, Failed, ReplyEvent
 from bridge.sessions import Accepted
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from adapters.miochat.connection import Connection
 
 Frame = Any  # one of the typed request models of `protocol` (P.RequestFrame)
@@ -35,14 +35,14 @@ Frame = Any  # one of the typed request models of `protocol` (P.RequestFrame)
 log = structlog.get_logger(__name__)
 
 
-def upgrade_credentials(request: HttpRequest | None) -> dict[str, Any] | None:
+def upgrade_credentials(request: web.Request | None) -> dict[str, Any] | None:
     if request is None:
         return None
-    query = parse_qs(urlsplit(request.path).query)
-    uid = request.headers.get("mio-chat-id") or (query.get("mio-chat-id") or [None])[0]
+    query = request.query
+    uid = request.headers.get("mio-chat-id") or query.get("mio-chat-id")
     if uid is None:
         return None
-    token = request.headers.get("mio-chat-token") or (query.get("mio-chat-token") or [""])[0]
+    token = request.headers.get("mio-chat-token") or query.get("mio-chat-token") or ""
     return {"mio-chat-id": uid, "mio-chat-token": token}
 
 
@@ -185,7 +185,7 @@ async def on_ack(conn: Connection, f: P.AckRequest) -> None:
 
 
 async def on_share(conn: Connection, f: P.ShareRequest) -> None:
-    result = await conn.hub.http.create_share(f.data.contactor, conn.ws.request, conn.peer)
+    result = await conn.hub.http.create_share(f.data.contactor, conn.request, conn.peer)
     conn.send_frame(P.success(f.request_id, "system", "share", result))
 
 

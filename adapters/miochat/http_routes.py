@@ -1,7 +1,7 @@
 """The hub's HTTP side on the same port: health, readiness, base info and shared contact cards.
 
-websockets hands every request to `process_request`; a WebSocket upgrade on the hub's paths
-goes on to the WebSocket handler, anything else is answered here.
+The listener (`transport`, `server`) hands every request that is not a WebSocket upgrade on the
+hub's paths to `HttpRoutes.handle`.
 
 Shares are open to anyone who can reach the port (no login), so they are bounded every way:
 a card's size (`share.max_bytes`, 413), shares per client address per minute (`share.per_minute`,
@@ -21,13 +21,10 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import structlog
+from aiohttp import web
 from pydantic import ValidationError
-from websockets.asyncio.server import ServerConnection
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
 
 from adapters.miochat import protocol as P
 from bridge.errors import BridgeError, ErrorCode
@@ -135,7 +132,7 @@ class HttpRoutes:
         self.health: Health | None = None
         self.share_limiter = RateLimiter(self.config.share.per_minute)
 
-    def public_url(self, request: Request | None) -> str:
+    def public_url(self, request: web.Request | None) -> str:
         """Where clients reach this server: `server.public_url` if set, else the host the
         request was sent to (for `system/share`, the WebSocket upgrade request's): a reverse
         proxy's X-Forwarded-Host/-Proto, else the Host header. Never a wildcard address such
@@ -161,7 +158,7 @@ class HttpRoutes:
         return f"{scheme}://{host}"
 
     async def create_share(
-        self, contactor: dict[str, Any], request: Request | None, peer: str = ""
+        self, contactor: dict[str, Any], request: web.Request | None, peer: str = ""
     ) -> dict[str, str]:
         """Store a card and return its URLs, within the limits of the module doc.
 
@@ -197,37 +194,29 @@ class HttpRoutes:
             "previewImg": f"{base}/share/{share_id}/preview.svg",
         }
 
-    async def handle(self, conn: ServerConnection, request: Request) -> Response | None:
-        path = urlsplit(request.path).path
-        method = request.method
-        if (
-            method == "GET"
-            and path in WS_PATHS
-            and "upgrade" in request.headers.get("Connection", "").lower()
-        ):
-            if self.hub.connection_count >= self.hub.max_connections:
-                log.warning("hub.connection_limit", limit=self.hub.max_connections)
-                return _json(conn, 503, _fail("server is full, try again later", ErrorCode.BUSY))
-            return None
+    async def handle(self, request: web.Request) -> web.Response:
+        path = request.path
         try:
-            return await self._route(conn, request, method, path)
+            return await self._route(request, request.method, path)
         except Exception:
             log.exception("http.crashed", path=path)
-            return _json(conn, 500, _fail("internal error", ErrorCode.INTERNAL))
+            return _json(500, _fail("internal error", ErrorCode.INTERNAL))
 
-    async def _route(
-        self, conn: ServerConnection, request: Request, method: str, path: str
-    ) -> Response:
+    def server_full(self) -> web.Response:
+        log.warning("hub.connection_limit", limit=self.hub.max_connections)
+        return _json(503, _fail("server is full, try again later", ErrorCode.BUSY))
+
+    async def _route(self, request: web.Request, method: str, path: str) -> web.Response:
         if method == "OPTIONS":
-            return _cors(conn.respond(204, ""))
+            return _cors(web.Response(status=204))
         if method == "GET" and path == "/healthz":
-            return _json(conn, 200, {"status": "ok", "connections": self.hub.connection_count})
+            return _json(200, {"status": "ok", "connections": self.hub.connection_count})
         if method == "GET" and path == "/readyz":
             if self.health is None:
                 body: dict[str, Any] = {"status": "ok", "components": {}}
             else:
                 body = await self.health.snapshot()
-            return _json(conn, 200 if body["status"] == "ok" else 503, body)
+            return _json(200 if body["status"] == "ok" else 503, body)
         if method == "GET" and path == "/api/base_info":
             auth = self.config.auth
             info = {
@@ -235,96 +224,101 @@ class HttpRoutes:
                 "bot_qq": auth.bot_qq,
                 "title": self.config.server.title,
             }
-            return _json(conn, 200, P.http_success(info))
+            return _json(200, P.http_success(info))
         if path == "/api/share":
             if method != "POST":
-                return _json(conn, 405, _fail("use POST", ErrorCode.BAD_FRAME))
-            if getattr(conn, "body_too_large", False):
-                return _json(conn, 413, _fail("body too large", ErrorCode.INVALID_DATA))
-            raw = getattr(conn, "http_body", b"") or b"null"
-            if len(raw) > 4 * self.config.share.max_bytes + 1024:
-                # Far past what a card may be: refused before it is parsed at all.
-                return _json(conn, 413, _fail("body too large", ErrorCode.INVALID_DATA))
-            try:
-                # The hub's strict parser: depth, int64, NaN and lone surrogates are refused.
-                body = P.loads(raw)
-                data = P.ShareData.model_validate(_need_object(body))
-            except (ValueError, ValidationError) as e:
-                reason = (
-                    P.validation_reason(e)
-                    if isinstance(e, ValidationError)
-                    else f'body must be JSON {{"contactor": {{...}}}}: {e}'
-                )
-                return _json(conn, 400, _fail(reason, ErrorCode.INVALID_DATA))
-            try:
-                result = await self.create_share(data.contactor, request, _peer(conn))
-            except ShareRefused as e:
-                resp = _json(conn, e.status, _fail(e.reason, e.code))
-                if e.retry_after is not None:
-                    resp.headers["Retry-After"] = str(e.retry_after)
-                return resp
-            return _json(conn, 200, P.http_success(result))
+                return _json(405, _fail("use POST", ErrorCode.BAD_FRAME))
+            return await self._share(request)
         if method == "GET" and path.startswith("/share/"):
             rest = path[len("/share/") :]
             share_id, _, tail = rest.partition("/")
             ttl = self.config.share.ttl_days * DAY
             contactor = await self.storage.shares.get(share_id, ttl=ttl) if share_id else None
             if contactor is None:
-                return _json(conn, 404, _fail("no such share", ErrorCode.NOT_FOUND))
+                return _json(404, _fail("no such share", ErrorCode.NOT_FOUND))
             if tail == "preview.svg":
                 # Imported on first use: its XML escaping pulls in urllib/http modules.
                 from adapters.miochat.share_card import render_card
 
-                resp = conn.respond(200, render_card(contactor, self.config.server.title))
-                return _ctype(resp, "image/svg+xml; charset=utf-8")
+                svg = render_card(contactor, self.config.server.title)
+                return _cors(web.Response(text=svg, content_type="image/svg+xml", charset="utf-8"))
             if tail:
-                return _json(conn, 404, _fail("no such page", ErrorCode.NOT_FOUND))
-            return _json(conn, 200, contactor)
+                return _json(404, _fail("no such page", ErrorCode.NOT_FOUND))
+            return _json(200, contactor)
         if path in WS_PATHS and method == "GET":
             return _json(
-                conn,
                 426,
                 _fail(
                     "this is a WebSocket endpoint: connect with a WebSocket client",
                     ErrorCode.BAD_FRAME,
                 ),
             )
-        return _json(conn, 404, _fail(f"no route {method} {path}", ErrorCode.NOT_FOUND))
+        return _json(404, _fail(f"no route {method} {path}", ErrorCode.NOT_FOUND))
+
+    def max_body(self) -> int:
+        """The largest request body read at all: no more than a WebSocket frame may carry, and
+        far past what a card may be."""
+        return min(self.config.server.max_frame_bytes, 4 * self.config.share.max_bytes + 1024)
+
+    async def _share(self, request: web.Request) -> web.Response:
+        too_large = _json(413, _fail("body too large", ErrorCode.INVALID_DATA))
+        length = request.content_length
+        if length is not None and length > self.max_body():
+            return too_large  # refused before a byte of it is read
+        try:
+            raw = await request.read() or b"null"
+        except web.HTTPRequestEntityTooLarge:
+            return too_large
+        try:
+            # The hub's strict parser: depth, int64, NaN and lone surrogates are refused.
+            body = P.loads(raw)
+            data = P.ShareData.model_validate(_need_object(body))
+        except (ValueError, ValidationError) as e:
+            reason = (
+                P.validation_reason(e)
+                if isinstance(e, ValidationError)
+                else f'body must be JSON {{"contactor": {{...}}}}: {e}'
+            )
+            return _json(400, _fail(reason, ErrorCode.INVALID_DATA))
+        try:
+            result = await self.create_share(data.contactor, request, peer_of(request))
+        except ShareRefused as e:
+            resp = _json(e.status, _fail(e.reason, e.code))
+            if e.retry_after is not None:
+                resp.headers["Retry-After"] = str(e.retry_after)
+            return resp
+        return _json(200, P.http_success(result))
 
 
 _fail = P.http_failure
 
 
-def _ctype(resp: Response, ctype: str) -> Response:
-    del resp.headers["Content-Type"]
-    resp.headers["Content-Type"] = ctype
-    return _cors(resp)
-
-
-def _cors(resp: Response) -> Response:
-    h: Headers = resp.headers
+def _cors(resp: web.Response) -> web.Response:
+    h = resp.headers
     h["Access-Control-Allow-Origin"] = "*"
     h["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
     h["Access-Control-Allow-Headers"] = "Content-Type"
     return resp
 
 
-def _json(conn: ServerConnection, status: int, body: Any) -> Response:
-    return _ctype(conn.respond(status, json.dumps(body, ensure_ascii=False)), "application/json")
+def _json(status: int, body: Any) -> web.Response:
+    text = json.dumps(body, ensure_ascii=False)
+    return _cors(web.Response(status=status, text=text, content_type="application/json"))
 
 
-def _peer(conn: ServerConnection) -> str:
+def peer_of(request: web.Request) -> str:
     """The client as "host:port", the way the WebSocket side names its peers."""
-    addr = conn.remote_address
+    transport = request.transport
+    addr = transport.get_extra_info("peername") if transport is not None else None
     return f"{addr[0]}:{addr[1]}" if addr else ""
 
 
-def _one_header(request: Request | None, name: str) -> str | None:
+def _one_header(request: web.Request | None, name: str) -> str | None:
     """The header's value if the request has it exactly once (the first of a proxy chain's
     comma-separated list: the client-facing one)."""
     if request is None:
         return None
-    values = request.headers.get_all(name)
+    values = request.headers.getall(name, [])
     return values[0].split(",", 1)[0] if len(values) == 1 else None
 
 

@@ -1,9 +1,10 @@
-"""The hub: a websockets server speaking the mio-chat envelope, plus HTTP routes on the same port.
+"""The hub: a WebSocket server speaking the mio-chat envelope, plus HTTP routes on the same port.
 
-The pieces, one job each: `protocol` parses and builds frames (no I/O), `connection` reads and
-writes one socket, `handlers` does what each frame asks through the core (`Sessions`, `Router`,
-`Outbox`), `streams` renders reply events, `http_routes` answers plain HTTP. This module owns the
-listening socket and the registry of live connections.
+The pieces, one job each: `transport` is the listener's WebSocket surface, `protocol` parses and
+builds frames (no I/O), `connection` reads and writes one socket, `handlers` does what each frame
+asks through the core (`Sessions`, `Router`, `Outbox`), `streams` renders reply events,
+`http_routes` answers plain HTTP. This module owns the listening socket and the registry of live
+connections.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ import asyncio
 from typing import Any
 
 import structlog
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from aiohttp import web
 
+from adapters.miochat import transport
 from adapters.miochat.connection import Connection
-from adapters.miochat.http_routes import HttpRoutes
-from adapters.miochat.http_shim import HubConnection
+from adapters.miochat.http_routes import WS_PATHS, HttpRoutes
 from bridge.config import Config
 from bridge.models import UserRef
 from bridge.outbox import Outbox
@@ -47,7 +47,8 @@ class HubServer:
         self.admin_code = admin_code
         self.active_streams: dict[str, int] = {}
         self._clients: dict[str, set[Connection]] = {}
-        self._server: Server | None = None
+        self._runner: web.AppRunner | None = None
+        self._port = 0
         self._all: set[Connection] = set()
         self._count_changed = asyncio.Condition()
         self._max_connections = config.server.max_connections
@@ -100,8 +101,8 @@ class HubServer:
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        assert self._runner is not None
+        return self._port
 
     @property
     def max_connections(self) -> int:
@@ -125,41 +126,60 @@ class HubServer:
     async def start(self) -> None:
         cfg = self.config.server
         self._max_connections = self._effective_max_connections()
-        HubConnection.max_body = cfg.max_frame_bytes
-        # Pings every third of the idle timeout; a peer that misses them for the rest is dropped.
-        self._server = await serve(
-            self._handle,
-            cfg.host,
-            cfg.port,
-            create_connection=HubConnection,
-            process_request=self.http.handle,
-            max_size=cfg.max_frame_bytes,
-            compression="deflate" if cfg.compression else None,
-            ping_interval=cfg.idle_timeout / 3,
-            ping_timeout=cfg.idle_timeout * 2 / 3,
-            close_timeout=2,
-            server_header="MomoBridge",
-        )
+        app = web.Application(client_max_size=self.http.max_body())
+        app.router.add_route("*", "/{tail:.*}", self._entry)
+        app.on_response_prepare.append(_server_header)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        await runner.setup()
+        site = web.TCPSite(runner, cfg.host, cfg.port, backlog=1024)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
         log.info("hub.listening", host=cfg.host, port=self.port, compression=cfg.compression)
 
     async def stop(self) -> None:
-        if self._server is None:
+        runner, self._runner = self._runner, None
+        if runner is None:
             return
-        self._server.close(close_connections=True)
-        try:
-            async with asyncio.timeout(5):
-                await self._server.wait_closed()
-        except TimeoutError:
-            log.warning("hub.stop_timeout", open=len(self._all))
-        self._server = None
+        # Stop accepting first, then say goodbye to every peer (1001), then let aiohttp end
+        # whatever handler is left.
+        for site in list(runner.sites):
+            await site.stop()
+        clients = list(self._all)
+        if clients:
+            done = await asyncio.wait(
+                [asyncio.ensure_future(c.close(1001, "server shutting down")) for c in clients],
+                timeout=5,
+            )
+            if done[1]:
+                log.warning("hub.stop_timeout", open=len(done[1]))
+        await runner.cleanup()
 
-    async def _handle(self, ws: ServerConnection) -> None:
-        client = Connection(self, ws)
+    async def _entry(self, request: web.Request) -> web.StreamResponse:
+        if request.path in WS_PATHS and transport.is_upgrade(request):
+            if self.connection_count >= self.max_connections:
+                return self.http.server_full()
+            return await self._websocket(request)
+        return await self.http.handle(request)
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        cfg = self.config.server
+        sock = await transport.accept(
+            request,
+            max_size=cfg.max_frame_bytes,
+            compression=cfg.compression,
+            idle_timeout=cfg.idle_timeout,
+        )
+        client = Connection(self, sock)
         await self._counted(client, True)
         log.info("hub.connect", peer=client.peer)
         try:
             await client.run()
-        except ConnectionClosed:
+        except transport.SocketClosed:
             pass
         except Exception:
             log.exception("hub.connection_crashed", peer=client.peer)
@@ -170,7 +190,11 @@ class HubServer:
                 "hub.close",
                 peer=client.peer,
                 user=client.user.id if client.user else None,
-                code=ws.close_code,
-                reason=ws.close_reason,
+                code=sock.close_code,
             )
             structlog.contextvars.unbind_contextvars("user")
+        return sock.ws
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "MomoBridge"

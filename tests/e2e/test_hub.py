@@ -367,6 +367,45 @@ async def test_server_pings_and_drops_silent_peer(bridge_factory) -> None:
     ws.transport.abort()
 
 
+async def test_server_answers_client_pings(bridge_factory) -> None:
+    b = await bridge_factory()
+    c = await b.client("pinger")
+    waiter = await c.ws.ping(b"client-ping")
+    async with asyncio.timeout(10):
+        await waiter
+
+
+async def test_quiet_client_that_answers_keepalive_pings_stays(bridge_factory) -> None:
+    """A logged-in client that sends nothing but pongs to the hub's keep-alive pings outlives
+    several idle timeouts."""
+    b = await bridge_factory(server={"idle_timeout": 0.6})
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(b.url, autoping=False, headers={"mio-chat-id": "quiet"}) as ws:
+            pings = 0
+            texts: list[dict] = []
+            async with asyncio.timeout(15):
+                while pings < 4:
+                    msg = await ws.receive()
+                    if msg.type is aiohttp.WSMsgType.PING:
+                        assert msg.data == b""  # keep-alive pings carry nothing
+                        pings += 1
+                        await ws.pong(msg.data)
+                    else:
+                        assert msg.type is aiohttp.WSMsgType.TEXT, msg
+                        texts.append(json.loads(msg.data))
+            assert [(t["type"], t["code"]) for t in texts] == [("login", 0)]
+            assert not ws.closed
+            assert b.app.hub.connection_count == 1
+
+
+async def test_server_header_names_the_bridge(bridge_factory) -> None:
+    b = await bridge_factory()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{b.http}/healthz") as r:
+            assert r.status == 200
+            assert r.headers["Server"] == "MomoBridge"
+
+
 async def test_connection_limit_answers_503(bridge_factory) -> None:
     from websockets.exceptions import InvalidStatus
 
