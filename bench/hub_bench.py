@@ -400,10 +400,13 @@ class Ctx:
         await srv.wait_ready("momobridge.ready")
         return srv
 
-    async def start_bare(self, tag: str, *, compression: bool, nofile: int) -> ServerProc:
+    async def start_bare(
+        self, tag: str, *, compression: bool, nofile: int, impl: str = "websockets"
+    ) -> ServerProc:
         cmd = [sys.executable, str(THIS), "_bare", "--compression", "on" if compression else "off"]
+        cmd += ["--impl", impl]
         srv = ServerProc(
-            f"bare[{tag}]",
+            f"bare-{impl}[{tag}]",
             cmd,
             cwd=self.src,
             log_path=self.tmp / f"bare-{tag}.log",
@@ -1473,15 +1476,18 @@ async def run(args: argparse.Namespace) -> int:
                     "this bench raises it for its server children with a small exec wrapper."
                 )
             bare = await ctx.start_bare("hb", compression=False, nofile=args.clients + 1024)
+            bare_aio = await ctx.start_bare(
+                "hb", compression=False, nofile=args.clients + 1024, impl="aiohttp"
+            )
             print(
                 f"\n[a] heartbeat: hub pid {hub.pid} at {hub.url}, bare pid {bare.pid} at "
                 f"{bare.url}; {args.rounds} alternating round(s)",
                 flush=True,
             )
-            rounds: dict[str, list[HeartbeatResult]] = {"hub": [], "bare": []}
+            rounds: dict[str, list[HeartbeatResult]] = {"hub": [], "bare": [], "aiohttp": []}
             try:
                 for i in range(args.rounds):
-                    for kind, srv in (("hub", hub), ("bare", bare)):
+                    for kind, srv in (("hub", hub), ("bare", bare), ("aiohttp", bare_aio)):
                         res = await heartbeat_phase(
                             srv,
                             args.clients,
@@ -1499,6 +1505,7 @@ async def run(args: argparse.Namespace) -> int:
             finally:
                 await ctx.stop(hub)
                 await ctx.stop(bare)
+                await ctx.stop(bare_aio)
             results["heartbeat"] = {
                 kind: asdict(sorted(rs, key=lambda r: r.rate)[len(rs) // 2])
                 for kind, rs in rounds.items()
@@ -1607,6 +1614,13 @@ async def run(args: argparse.Namespace) -> int:
             f"ratio={hp['pooled'] / bp['pooled']:.2f} (target hub <= {args.target_cpu:g}) "
             f"{verdict(hit)}"
         )
+        if "aiohttp" in per_1k:
+            ap = per_1k["aiohttp"]
+            print(
+                f"  bare aiohttp echo (same clients): {hb['aiohttp']['rate']:,.0f} rt/s, "
+                f"{ap['pooled']:.4f} CPU s per 1000 round trips (hub/aiohttp "
+                f"{hp['pooled'] / ap['pooled']:.2f})"
+            )
         for name, x in (("hub", hp), ("bare", bp)):
             rs = " ".join(f"{v:.4f}" for v in x["per_round"])
             print(
@@ -1689,7 +1703,33 @@ async def run(args: argparse.Namespace) -> int:
 # ================================================================================================
 
 
-async def _bare_serve(compression: bool, port: int = 0) -> None:
+async def _bare_aiohttp(compression: bool, port: int, stop: asyncio.Event) -> None:
+    from aiohttp import WSMsgType, web
+
+    async def echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(
+            compress=compression, max_msg_size=MAX_FRAME, heartbeat=HUB_PING_INTERVAL
+        )
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                await ws.send_str(msg.data)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", echo)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, HOST, port)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    ready = {"event": "bare.ready", "url": f"ws://{HOST}:{port}/", "compression": compression}
+    print(json.dumps(ready), file=sys.stderr, flush=True)
+    await stop.wait()
+    await runner.cleanup()
+
+
+async def _bare_serve(compression: bool, port: int = 0, impl: str = "websockets") -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -1703,6 +1743,9 @@ async def _bare_serve(compression: bool, port: int = 0) -> None:
             pass
 
     # Same transport settings as the hub: max frame, ping cadence, close timeout, compression.
+    if impl == "aiohttp":
+        await _bare_aiohttp(compression, port, stop)
+        return
     async with serve(
         echo,
         HOST,
@@ -1723,8 +1766,9 @@ def bare_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="hub_bench.py _bare", description="bare websockets echo")
     p.add_argument("--compression", choices=("on", "off"), default="off")
     p.add_argument("--port", type=int, default=0, help="default 0 (any; see its ready line)")
+    p.add_argument("--impl", choices=("websockets", "aiohttp"), default="websockets")
     a = p.parse_args(argv)
-    asyncio.run(_bare_serve(a.compression == "on", a.port))
+    asyncio.run(_bare_serve(a.compression == "on", a.port, a.impl))
     return 0
 
 
