@@ -1,18 +1,31 @@
-"""OpenAI-compatible providers through the official SDK, streamed as neutral reply events."""
+"""OpenAI-compatible providers, streamed as neutral reply events.
+
+The SDK lists models (and holds the provider's auth and base URL); streamed completions go out on
+the bridge's own aiohttp session per provider. That is the hot path: the SDK's request set-up
+costs more CPU per stream than the whole reply's relaying otherwise does, and its transport
+costs several times aiohttp's per chunk read. Replies are read as raw SSE, with no SDK model
+object per chunk.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import importlib
 import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import openai
+import orjson
 import structlog
 
 from adapters.openai.chunks import ChunkAssembler, merge_deltas
+from adapters.openai.failures import (
+    exception_failure,
+    failure_for,
+    status_failure,
+    stream_error,
+)
 from adapters.openai.sse import SSEReader
 from bridge.config import OpenAIConfig, OpenAIProvider
 from bridge.errors import BridgeError, ErrorCode
@@ -20,52 +33,20 @@ from bridge.models import CompletionRequest, Failed, ModelGroup, ReplyEvent
 
 log = structlog.get_logger(__name__)
 
-
-def _upstream_message(e: openai.APIStatusError) -> str:
-    body = e.body
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        if isinstance(err, str):
-            return err
-    return e.message or str(e)
+# The SDK's own pool bound (httpx's max_connections there): streams past it wait for a
+# connection, within the provider's timeout.
+MAX_CONNECTIONS = 1000
+_PARAMS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "max_tokens")
+# What can go wrong reading a provider's reply; anything else is a bug of ours and is raised.
+_UPSTREAM_TROUBLE = (aiohttp.ClientError, OSError, ValueError)
 
 
-def failure_for(provider: str, e: BaseException) -> Failed:
-    """An SDK error as a Failed event whose reason a person can act on."""
-    if isinstance(e, openai.APITimeoutError):
-        return Failed(ErrorCode.UPSTREAM_TIMEOUT, f"provider {provider} timed out")
-    if isinstance(e, openai.APIStatusError):
-        msg = _upstream_message(e)
-        code = {404: ErrorCode.NOT_FOUND, 429: ErrorCode.RATE_LIMITED}.get(
-            e.status_code, ErrorCode.UPSTREAM_ERROR
-        )
-        return Failed(code, f"provider {provider} returned {e.status_code}: {msg}")
-    if isinstance(e, openai.APIConnectionError):
-        return Failed(ErrorCode.UPSTREAM_ERROR, f"provider {provider}: connection failed ({e})")
-    return Failed(ErrorCode.UPSTREAM_ERROR, f"provider {provider}: {type(e).__name__}: {e}")
-
-
-def _http_errors() -> tuple[type[BaseException], ...]:
-    """The HTTP client errors of whichever httpx the SDK runs on (releases moved to httpx2)."""
-    found: list[type[BaseException]] = []
-    for name in ("httpx2", "httpx"):
-        try:
-            found.append(importlib.import_module(name).HTTPError)
-        except (ImportError, AttributeError):
-            continue
-    return tuple(found)
-
-
-# Raised by the raw reply stream (the SDK wraps them only on its own parsed streams).
-HTTP_ERRORS = _http_errors()
-
-
-def _stream_error(provider: str, chunk: dict[str, Any]) -> str:
-    err = chunk.get("error")
-    message = err.get("message") if isinstance(err, dict) else err
-    return f"provider {provider}: {message or 'error in the stream'}"
+def _encode(body: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(body)
+    except (orjson.JSONEncodeError, TypeError):
+        # A lone surrogate or an integer past 64 bits from a client: json escapes what it can.
+        return json.dumps(body).encode()
 
 
 class ProviderClient:
@@ -81,6 +62,17 @@ class ProviderClient:
         )
         self._models: list[str] = list(provider.models)
         self._models_at = time.monotonic() if provider.models else 0.0
+        # The SDK's resolved base URL (it always ends in a slash).
+        self._url = f"{self._client.base_url}chat/completions"
+        self._headers = {
+            "Authorization": f"Bearer {provider.api_key or 'none'}",
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+            "User-Agent": f"AsyncOpenAI/Python {openai.__version__}",
+        }
+        # Created on first use, inside the running loop (a session belongs to its loop).
+        self._http: aiohttp.ClientSession | None = None
+        self._closed = False
 
     @property
     def name(self) -> str:
@@ -102,47 +94,64 @@ class ProviderClient:
             raise BridgeError(ErrorCode.UPSTREAM_ERROR, failure_for(self.name, e).reason) from e
         return list(self._models)
 
+    def _session(self) -> aiohttp.ClientSession:
+        session = self._http
+        if session is None:
+            t = self.provider.timeout
+            session = self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
+                # sock_read bounds every wait for bytes (the answer's headers, then each
+                # piece of the stream), so a provider that stalls mid-reply times out too.
+                timeout=aiohttp.ClientTimeout(total=None, connect=t, sock_read=t),
+                # Like the SDK: proxies from the environment apply.
+                trust_env=True,
+            )
+        return session
+
     async def stream(self, request: CompletionRequest, model: str) -> AsyncIterator[ReplyEvent]:
         """Yields reply events ending in Done or Failed; never raises for upstream trouble.
 
         Closing the iterator early (abort, disconnect) closes the HTTP response at once.
         """
-        params: dict[str, Any] = {"model": model, "messages": request.messages, "stream": True}
-        for key in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "max_tokens"):
+        if self._closed:
+            yield Failed(ErrorCode.UNAVAILABLE, f"provider {self.name}: the client is closed")
+            return
+        body: dict[str, Any] = {"model": model, "messages": request.messages, "stream": True}
+        for key in _PARAMS:
             value = getattr(request, key)
             if value is not None:
-                params[key] = value
+                body[key] = value
         if request.tools:
-            params["tools"] = request.tools
+            body["tools"] = request.tools
         assembler = ChunkAssembler()
         sse = SSEReader()
-        # The SDK still sends the request (auth, base URL, error types), but the reply is read
-        # as raw SSE: no SDK model object per chunk.
-        opened: Any = None
+        loads = orjson.loads
+        resp: aiohttp.ClientResponse | None = None
+        # Whether the response was read to its end: only then can its connection be reused.
+        ended = False
         try:
-            async with asyncio.timeout(self.provider.timeout):
-                opened = self._client.chat.completions.with_streaming_response.create(**params)
-                response = await opened.__aenter__()
-            pieces = response.iter_bytes().__aiter__()
-            ended = False
+            resp = await self._session().post(self._url, data=_encode(body), headers=self._headers)
+            if resp.status >= 400:
+                failure = status_failure(self.name, resp.status, await resp.read())
+                ended = True
+                yield failure
+                return
+            read = resp.content.readany
             while not ended:
-                # The SDK's timeout covers each HTTP read but not a server that trickles
-                # keep-alives; bound the wait for every piece ourselves.
-                try:
-                    async with asyncio.timeout(self.provider.timeout):
-                        piece = await pieces.__anext__()
+                piece = await read()
+                if piece:
                     payloads = sse.feed(piece)
-                except StopAsyncIteration:
+                else:
                     payloads, ended = sse.close(), True
                 events: list[ReplyEvent] = []
                 for payload in payloads:
                     if payload == b"[DONE]":
                         continue
-                    chunk = json.loads(payload)
-                    if isinstance(chunk, dict) and chunk.get("error"):
-                        yield Failed(ErrorCode.UPSTREAM_ERROR, _stream_error(self.name, chunk))
-                        return
+                    chunk = loads(payload)
                     if isinstance(chunk, dict):
+                        if chunk.get("error"):
+                            yield stream_error(self.name, chunk)
+                            return
                         events.extend(assembler.feed(chunk))
                 # Whatever arrived in one read goes on as one update.
                 for event in merge_deltas(events):
@@ -155,22 +164,25 @@ class ProviderClient:
                 )
             else:
                 yield done
-        except TimeoutError:
-            yield Failed(
-                ErrorCode.UPSTREAM_TIMEOUT,
-                f"provider {self.name} sent nothing for {self.provider.timeout:g} s",
+        except _UPSTREAM_TROUBLE as e:  # TimeoutError is an OSError
+            ended = False
+            yield exception_failure(
+                self.name, e, answered=resp is not None, timeout=self.provider.timeout
             )
-        except openai.OpenAIError as e:
-            yield failure_for(self.name, e)
-        except HTTP_ERRORS as e:  # a torn connection, read while streaming
-            yield Failed(ErrorCode.UPSTREAM_ERROR, f"provider {self.name}: {e or type(e).__name__}")
-        except (OSError, ValueError) as e:  # ValueError: a payload that is not JSON
-            yield Failed(ErrorCode.UPSTREAM_ERROR, f"provider {self.name}: {e}")
         finally:
-            if opened is not None:
-                await opened.__aexit__(None, None, None)
+            if resp is not None:
+                if ended:
+                    resp.release()
+                else:
+                    # Cut off mid-reply (abort, disconnect, a failure): the connection goes,
+                    # which is how the provider learns to stop generating.
+                    resp.close()
 
     async def close(self) -> None:
+        self._closed = True
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
         await self._client.close()
 
 

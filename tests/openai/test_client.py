@@ -51,10 +51,8 @@ async def test_echo_stream_and_parameters(server: FakeOpenAI) -> None:
 async def test_reasoning_and_tools(server: FakeOpenAI) -> None:
     c = ProviderClient(provider(server))
     events = await collect(c, "reasoning")
-    assert [e.reasoning for e in events if isinstance(e, Delta) and e.reasoning] == [
-        "Let me ",
-        "think.",
-    ]
+    # Chunks that arrive in one read go on as one delta, so only the text is certain.
+    assert "".join(e.reasoning for e in events if isinstance(e, Delta)) == "Let me think."
     assert [e.text for e in events if isinstance(e, Delta) and e.text] == ["42"]
     events = await collect(c, "tools")
     finished = [e for e in events if isinstance(e, ToolCall) and e.action == "finished"]
