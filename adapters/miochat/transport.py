@@ -23,6 +23,10 @@ from aiohttp import WSMsgType, web
 _FIN_TEXT = 0x81
 _LEN2 = struct.Struct("!BBH").pack
 _LEN8 = struct.Struct("!BBQ").pack
+# permessage-deflate lets any message go uncompressed (RFC 7692 7.2.3.2): a frame this small
+# gains next to nothing from deflate, so it skips the compressor (CPU, and the compressor's
+# ~256 KB is allocated only once a larger frame needs it).
+_SMALL = 512
 # The first byte of our own ping payloads, so the pong to a keep-alive ping (empty payload,
 # sent by aiohttp when the peer is quiet) is never taken for a delivery confirmation.
 _CONFIRM = b"c"
@@ -57,7 +61,7 @@ class HubSocket:
         self._transport: asyncio.Transport | None = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername") if transport is not None else None
         self.remote_address: tuple[str, int] | None = tuple(peer[:2]) if peer else None
-        # Compressed frames share one deflate context: they must all go through aiohttp's writer.
+        # Compressed frames share one deflate context: they all go through aiohttp's writer.
         self._compressed = bool(ws.compress)
         self._pong_waiters: dict[bytes, asyncio.Future[None]] = {}
         self._closed = False
@@ -80,7 +84,7 @@ class HubSocket:
         nothing is buffered ahead of it and it stays under the high-water mark."""
         transport = self._transport
         if (
-            self._compressed
+            (self._compressed and len(data) > _SMALL)
             or not self.open
             or transport is None
             or transport.get_write_buffer_size()

@@ -398,6 +398,26 @@ async def test_quiet_client_that_answers_keepalive_pings_stays(bridge_factory) -
             assert b.app.hub.connection_count == 1
 
 
+@pytest.mark.parametrize("compression", [True, False])
+async def test_compression_negotiated_only_when_on_and_frames_arrive_whole(
+    bridge_factory, compression: bool
+) -> None:
+    """With `server.compression` on, a deflate-capable client gets permessage-deflate: small
+    frames go out uncompressed, large ones compressed, all in order and intact."""
+    b = await bridge_factory(server={"compression": compression})
+    c = await b.client("zip", compression="deflate")
+    extensions = c.ws.response.headers.get("Sec-WebSocket-Extensions") or ""
+    assert ("permessage-deflate" in extensions) is compression
+    ids = [f"small-{i}" if i % 2 else f"large-{i}-" + "x" * 4000 for i in range(8)]
+    for rid in ids:
+        await c.send("system", "heartbeat", {}, request_id=rid)
+    for rid in ids:
+        answer = await c.reply(rid)
+        assert answer["code"] == 0 and answer["request_id"] == rid
+    answered = [f["request_id"] for f in c.frames if f.get("type") == "heartbeat"]
+    assert answered == ids
+
+
 async def test_server_header_names_the_bridge(bridge_factory) -> None:
     b = await bridge_factory()
     async with aiohttp.ClientSession() as http:
