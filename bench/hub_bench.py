@@ -1656,12 +1656,16 @@ async def run(args: argparse.Namespace) -> int:
             continue
         h, b = idle[label]["hub"], idle[label]["bare"]
         ratio = h["kb_per_conn"] / b["kb_per_conn"] if b["kb_per_conn"] > 0 else float("nan")
-        hit = ratio <= args.target_rss
-        ok &= hit
+        # The target is for the default (compression off); with it on, the figure is reported.
+        if label == "off":
+            hit = ratio <= args.target_rss
+            ok &= hit
+            judged = f"(target <= {args.target_rss}) {verdict(hit)}"
+        else:
+            judged = "(no target: compression is off by default)"
         print(
             f"idle RSS KB/conn (compression {label}, {args.conns} conns): "
-            f"hub={h['kb_per_conn']:.1f} bare={b['kb_per_conn']:.1f} ratio={ratio:.2f} "
-            f"(target <= {args.target_rss}) {verdict(hit)}"
+            f"hub={h['kb_per_conn']:.1f} bare={b['kb_per_conn']:.1f} ratio={ratio:.2f} {judged}"
         )
         for name, r in (("hub", h), ("bare", b)):
             print(
@@ -1899,7 +1903,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     g.add_argument("--target-slow", type=float, default=2.0, help="max p99 ratio (default 2)")
     p.add_argument("--target-rate", type=float, default=0.6)
-    p.add_argument("--target-rss", type=float, default=1.3)
+    p.add_argument("--target-rss", type=float, default=1.2)
     p.add_argument(
         "--target-cpu",
         type=float,
