@@ -42,6 +42,8 @@ log = structlog.get_logger(__name__)
 ORDER_TIMEOUT = 120.0
 
 CLOSE_LOGIN = 4001
+# The most queued bytes framed into one transport write.
+WRITE_BATCH = 256 * 1024
 
 
 class StreamSlot:
@@ -190,21 +192,24 @@ class Connection:
     async def _write_loop(self) -> None:
         """Drain the queue, confirm pushes with a ping, and end: the next frame starts anew."""
         sock = self.sock
-        half = self._max_queue // 2
         try:
             while True:
                 queue = self._queue
                 while queue:
-                    data, seq = queue.popleft()
-                    self._queued_bytes -= len(data)
-                    if self._room is not None and self._queued_bytes <= half:
-                        self._room.set()
-                    if not self._write_now(data):
-                        # Behind a backlog, or large enough to fill the kernel's buffers.
-                        async with asyncio.timeout(self._send_timeout):
-                            await sock.send(data)
-                    if seq > self._sent_seq:
-                        self._sent_seq = seq
+                    if self._write_now(queue[0][0]):
+                        self._sent(*queue.popleft())
+                        continue
+                    # Behind a backlog, or large enough to fill the kernel's buffers: whatever
+                    # is ready goes out in one write.
+                    batch: list[bytes] = []
+                    size = 0
+                    while queue and (not batch or size + len(queue[0][0]) <= WRITE_BATCH):
+                        data, seq = queue.popleft()
+                        batch.append(data)
+                        size += len(data)
+                        self._sent(data, seq)
+                    async with asyncio.timeout(self._send_timeout):
+                        await sock.send_many(batch)
                 if self._drained is not None and not self._drained.done():
                     self._drained.set_result(None)
                 if self._sent_seq > self._confirmed_seq and not self._confirming:
@@ -222,6 +227,14 @@ class Connection:
                 self._room.set()
         finally:
             self._writer = None
+
+    def _sent(self, data: bytes, seq: int) -> None:
+        """A queued frame has left the queue (for the transport)."""
+        self._queued_bytes -= len(data)
+        if self._room is not None and self._queued_bytes <= self._max_queue // 2:
+            self._room.set()
+        if seq > self._sent_seq:
+            self._sent_seq = seq
 
     async def _confirm_by_ping(self) -> None:
         """A pong to a ping written after the pushes means the peer read them."""

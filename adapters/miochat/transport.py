@@ -91,25 +91,27 @@ class HubSocket:
             or len(data) + 10 > transport.get_write_buffer_limits()[1]
         ):
             return False
-        n = len(data)
-        if n < 126:
-            transport.write(bytes((_FIN_TEXT, n)) + data)
-        elif n < 65536:
-            transport.write(_LEN2(_FIN_TEXT, 126, n) + data)
-        else:
-            transport.write(_LEN8(_FIN_TEXT, 127, n))
-            transport.write(data)
+        transport.write(_framed(data))
         return True
 
-    async def send(self, data: bytes) -> None:
-        """Write a text frame through aiohttp's writer, waiting while the peer's buffer is full."""
-        if not self.open:
+    async def send_many(self, frames: list[bytes]) -> None:
+        """Write text frames behind whatever is buffered (one write for the lot when nothing
+        needs the compressor), then wait while the peer's buffer is full."""
+        transport = self._transport
+        if not self.open or transport is None:
             raise SocketClosed
         try:
-            await self.ws.send_frame(data, WSMsgType.TEXT)
-            # aiohttp's writer waits only past its own output counter: wait for the kernel
-            # buffer too, so a peer that stops reading holds the frame here, in sight of
-            # the caller's send timeout, not in an unbounded transport buffer.
+            if not self._compressed:
+                transport.write(b"".join(map(_framed, frames)))
+            else:
+                for data in frames:
+                    if len(data) > _SMALL:
+                        await self.ws.send_frame(data, WSMsgType.TEXT)
+                    else:
+                        transport.write(_framed(data))
+            # The kernel buffer too, not just aiohttp's own counter: a peer that stops reading
+            # holds the frames here, in sight of the caller's send timeout, not in an
+            # unbounded transport buffer.
             await self._drain()
         except (ConnectionError, RuntimeError) as e:
             raise SocketClosed from e
@@ -187,6 +189,15 @@ async def accept(
     )
     writer = await ws.prepare(request)
     return HubSocket(ws, request, writer.drain)
+
+
+def _framed(data: bytes) -> bytes:
+    n = len(data)
+    if n < 126:
+        return bytes((_FIN_TEXT, n)) + data
+    if n < 65536:
+        return _LEN2(_FIN_TEXT, 126, n) + data
+    return _LEN8(_FIN_TEXT, 127, n) + data
 
 
 def is_upgrade(request: web.Request) -> bool:
