@@ -18,6 +18,7 @@ from bridge.models import Failed
 
 # aiohttp >= 3.10 tells a connect timeout from a read timeout; older ones say neither.
 _CONNECT_TIMEOUT: Any = getattr(aiohttp, "ConnectionTimeoutError", ())
+BROKE_OFF = "the connection broke off mid-reply"
 # An error page can be large (an HTML proxy page); the reason is for people, not a dump.
 MAX_REASON_BODY = 300
 
@@ -98,9 +99,12 @@ def exception_failure(provider: str, e: BaseException, *, answered: bool, timeou
             ErrorCode.UPSTREAM_TIMEOUT, f"provider {provider} sent nothing for {timeout:g} s"
         )
     if isinstance(e, aiohttp.ClientPayloadError):
+        # Its text is aiohttp's parser state, which tells a person nothing more.
+        return Failed(ErrorCode.UPSTREAM_ERROR, f"provider {provider}: {BROKE_OFF}")
+    if isinstance(e, json.JSONDecodeError):  # orjson's too
         return Failed(
             ErrorCode.UPSTREAM_ERROR,
-            f"provider {provider}: the connection broke off mid-reply ({_first_line(e)})",
+            f"provider {provider} sent a stream event that is not JSON ({_first_line(e)})",
         )
     if isinstance(e, aiohttp.ClientConnectionError | OSError) and not answered:
         return Failed(
@@ -109,9 +113,9 @@ def exception_failure(provider: str, e: BaseException, *, answered: bool, timeou
     if isinstance(e, aiohttp.ClientConnectionError | OSError):
         return Failed(
             ErrorCode.UPSTREAM_ERROR,
-            f"provider {provider}: the connection broke off mid-reply ({_first_line(e)})",
+            f"provider {provider}: {BROKE_OFF} ({_first_line(e)})",
         )
-    # A payload that is not JSON, a stream that is not SSE, a malformed HTTP answer.
+    # A stream that is not SSE, a malformed HTTP answer.
     return Failed(ErrorCode.UPSTREAM_ERROR, f"provider {provider}: {_first_line(e)}")
 
 

@@ -1,0 +1,216 @@
+"""ProviderClient.stream against a loopback server that misbehaves in ways FakeOpenAI does not:
+error bodies of every shape, silence before any byte, streams that end or break early."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+
+from adapters.openai.client import ProviderClient
+from bridge.config import OpenAIProvider
+from bridge.errors import ErrorCode
+from bridge.models import CompletionRequest, Delta, Done, Failed, ReplyEvent, UserRef
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Upstream:
+    """One route, /v1/chat/completions, answered by whatever handler a test installs."""
+
+    def __init__(self) -> None:
+        self.handler: Handler | None = None
+        self.headers: list[dict[str, str]] = []
+        self.peers: list[tuple[str, int]] = []
+        self.release = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._serve)
+        self._runner = web.AppRunner(app, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+
+    async def stop(self) -> None:
+        self.release.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        self.headers.append(dict(request.headers))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.peers.append(peer)
+        await request.read()
+        assert self.handler is not None
+        return await self.handler(request)
+
+
+@pytest.fixture
+async def up() -> AsyncIterator[Upstream]:
+    u = Upstream()
+    await u.start()
+    yield u
+    await u.stop()
+
+
+@pytest.fixture
+async def client(up: Upstream) -> AsyncIterator[ProviderClient]:
+    c = ProviderClient(
+        OpenAIProvider(name="odd", base_url=up.base_url, api_key="sk-odd", timeout=0.5)
+    )
+    yield c
+    await c.close()
+
+
+def _req() -> CompletionRequest:
+    return CompletionRequest(
+        user=UserRef("u"), model="m", messages=[{"role": "user", "content": "hi"}]
+    )
+
+
+async def collect(c: ProviderClient) -> list[ReplyEvent]:
+    return [e async for e in c.stream(_req(), "m")]
+
+
+def chunk(content: str | None = None, finish: str | None = None) -> bytes:
+    delta = {} if content is None else {"content": content}
+    body = {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+async def sse(request: web.Request, *pieces: bytes) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    for piece in pieces:
+        await resp.write(piece)
+    return resp
+
+
+def failed(events: list[ReplyEvent]) -> Failed:
+    last = events[-1]
+    assert isinstance(last, Failed), events
+    return last
+
+
+async def test_sends_the_sdk_headers_and_reuses_the_connection(
+    up: Upstream, client: ProviderClient
+) -> None:
+    async def ok(request: web.Request) -> web.StreamResponse:
+        return await sse(request, chunk("hi"), chunk(finish="stop"), b"data: [DONE]\n\n")
+
+    up.handler = ok
+    for _ in range(2):
+        events = await collect(client)
+        assert events[-1] == Done(finish_reason="stop")
+    sent = up.headers[0]
+    assert sent["Authorization"] == "Bearer sk-odd"
+    assert sent["Content-Type"] == "application/json"
+    assert sent["Accept"] == "text/event-stream"
+    # A reply read to its end leaves its connection in the pool for the next one.
+    assert up.peers[0] == up.peers[1]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "content_type", "code", "words"),
+    [
+        (503, {"error": {"message": "overloaded, retry later"}}, None, "UPSTREAM_ERROR", None),
+        (502, {"error": "bad gateway upstream"}, None, "UPSTREAM_ERROR", "bad gateway upstream"),
+        (429, "<html><body>Too many</body></html>", "text/html", "RATE_LIMITED", "Too many"),
+        (500, "", "text/plain", "UPSTREAM_ERROR", "Internal Server Error"),
+        (404, {"detail": "no route"}, None, "NOT_FOUND", "no route"),
+    ],
+)
+async def test_status_errors_keep_the_providers_words(
+    up: Upstream, client: ProviderClient, status, body, content_type, code, words
+) -> None:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if content_type is None:
+            return web.json_response(body, status=status)
+        return web.Response(status=status, text=body, content_type=content_type)
+
+    up.handler = answer
+    last = failed(await collect(client))
+    assert last.error == ErrorCode(code)
+    assert last.reason.startswith(f"provider odd returned {status}: ")
+    expected = words or body["error"]["message"]
+    assert expected in last.reason
+
+
+async def test_silence_before_any_byte_times_out(up: Upstream, client: ProviderClient) -> None:
+    async def mute(request: web.Request) -> web.StreamResponse:
+        await up.release.wait()
+        return web.Response()
+
+    up.handler = mute
+    last = failed(await collect(client))
+    assert last.error == ErrorCode.UPSTREAM_TIMEOUT
+    assert "sent nothing for 0.5 s" in last.reason
+
+
+async def test_silence_mid_stream_times_out(up: Upstream, client: ProviderClient) -> None:
+    async def stall(request: web.Request) -> web.StreamResponse:
+        resp = await sse(request, chunk("partial"))
+        await up.release.wait()
+        return resp
+
+    up.handler = stall
+    events = await collect(client)
+    assert events[0] == Delta(text="partial")
+    assert failed(events).error == ErrorCode.UPSTREAM_TIMEOUT
+
+
+async def test_torn_stream_keeps_what_arrived(up: Upstream, client: ProviderClient) -> None:
+    async def torn(request: web.Request) -> web.StreamResponse:
+        resp = await sse(request, chunk("partial"))
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+
+    up.handler = torn
+    events = await collect(client)
+    assert events[0] == Delta(text="partial")
+    last = failed(events)
+    assert last.error == ErrorCode.UPSTREAM_ERROR
+    assert last.reason == "provider odd: the connection broke off mid-reply"
+
+
+async def test_clean_end_without_finish(up: Upstream, client: ProviderClient) -> None:
+    async def short(request: web.Request) -> web.StreamResponse:
+        return await sse(request, chunk("partial"), b"data: [DONE]\n\n")
+
+    up.handler = short
+    last = failed(await collect(client))
+    assert last.error == ErrorCode.UPSTREAM_ERROR
+    assert last.reason == "provider odd: stream ended before the reply finished"
+
+
+async def test_a_payload_that_is_not_json(up: Upstream, client: ProviderClient) -> None:
+    async def garbled(request: web.Request) -> web.StreamResponse:
+        return await sse(request, chunk("ok"), b"data: {not json\n\n")
+
+    up.handler = garbled
+    last = failed(await collect(client))
+    assert last.error == ErrorCode.UPSTREAM_ERROR
+    assert last.reason.startswith("provider odd sent a stream event that is not JSON (")
+
+
+async def test_refused_connection() -> None:
+    dead = ProviderClient(OpenAIProvider(name="dead", base_url="http://127.0.0.1:9/v1", timeout=5))
+    last = failed([e async for e in dead.stream(_req(), "m")])
+    assert last.error == ErrorCode.UPSTREAM_ERROR
+    assert last.reason.startswith("provider dead: connection failed (")
+    await dead.close()
+
+
+async def test_closed_client_refuses_to_stream(client: ProviderClient) -> None:
+    await client.close()
+    last = failed(await collect(client))
+    assert last.error == ErrorCode.UNAVAILABLE
