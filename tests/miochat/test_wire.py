@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import pytest
@@ -265,3 +266,46 @@ def test_integers_past_64_bits_are_found_outside_strings(text: str, refused: boo
             wire.loads(text)
     else:
         wire.loads(text)
+
+
+# ----- the digit scan in front of orjson ------------------------------------------------------
+
+
+def _long_number_by_regex(text: str) -> bool:
+    """The scan as it was: strings cut out, then a regex for 19 digits."""
+    if "\\" in text:
+        text = text.replace("\\\\", "").replace('\\"', "")
+    return re.search(r"\d{19}", "".join(text.split('"')[0::2])) is not None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a":1234567890123456789}',
+        '{"a":123456789012345678}',
+        '{"a":"1234567890123456789"}',
+        '{"a":"x\\"1234567890123456789"}',
+        '{"a":"x\\\\","b":1234567890123456789}',
+        '{"a":-9223372036854775809}',
+        '{"a":1.234567890123456789}',
+        '{"a":"٣٣٣٣٣٣٣٣٣٣٣٣٣٣٣٣٣٣٣"}',
+        '{"a":"\ud800","b":12345678901234567890}',
+        "[" + "1," * 40 + "2]",
+        "1" * 19,
+        "1" * 18,
+        "",
+    ],
+)
+def test_digit_scan_agrees_with_the_regex(text: str) -> None:
+    assert wire._long_number(text) == _long_number_by_regex(text)
+
+
+@pytest.mark.parametrize("digits", [18, 19, 20, 400])
+def test_integers_past_64_bits_are_refused_whatever_the_scan(digits: int) -> None:
+    text = '{"a":' + "9" * digits + ',"b":"' + "9" * digits + '"}'
+    if digits <= 18:
+        assert wire.loads(text)["a"] == int("9" * digits)
+    else:
+        with pytest.raises(wire.WireError, match="64-bit"):
+            wire.loads(text)
+    assert wire.loads('{"b":"' + "9" * digits + '"}') == {"b": "9" * digits}
