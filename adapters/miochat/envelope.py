@@ -84,6 +84,12 @@ class Request:
 
 def safe_request_id(v: Any) -> RequestId | None:
     """`v` if it can be echoed as a request_id in valid JSON, else None."""
+    # Exact types first: every frame's id passes here at least twice (parsed, then echoed).
+    kind = type(v)
+    if kind is int:
+        return v if INT64_MIN <= v <= INT64_MAX else None
+    if kind is str:
+        return v if v.isascii() or not has_surrogate(v) else None
     if isinstance(v, bool):
         return None
     if isinstance(v, str):
@@ -138,7 +144,17 @@ def parse_frame(raw: str | bytes) -> Request:
     try:
         obj = loads(raw)
     except WireError as e:
-        raise FrameError(ErrorCode.BAD_FRAME, f"frame is not valid JSON: {e}") from None
+        raise bad_json(e) from None
+    return envelope_of(obj)
+
+
+def bad_json(e: WireError) -> FrameError:
+    """The BAD_FRAME answering a frame that `wire.loads` refused."""
+    return FrameError(ErrorCode.BAD_FRAME, f"frame is not valid JSON: {e}")
+
+
+def envelope_of(obj: Any) -> Request:
+    """`parse_frame` past the JSON: the envelope of an already parsed frame; raises `FrameError`."""
     if not isinstance(obj, dict):
         raise FrameError(
             ErrorCode.BAD_FRAME, f"frame must be a JSON object, got {type(obj).__name__}"
@@ -196,6 +212,31 @@ class _Payload(BaseModel):
         return v
 
 
+# The field checks below are plain functions so that the pydantic validators and the shortcuts
+# for common frames (`inbound`) share one definition of what is valid.
+
+
+def login_user_id(v: Any) -> str:
+    """`mio-chat-id` as text; ValueError when unusable."""
+    if isinstance(v, bool) or not isinstance(v, str | int):
+        raise ValueError("mio-chat-id must be a string or an integer")
+    if isinstance(v, int) and v.bit_length() > 256:  # str() of a huge int is slow or fails
+        raise ValueError("mio-chat-id must be 1-64 characters of A-Z a-z 0-9 _ -")
+    s = str(v)
+    if not USER_ID_RE.fullmatch(s):
+        raise ValueError("mio-chat-id must be 1-64 characters of A-Z a-z 0-9 _ -")
+    return s
+
+
+def login_token(v: Any) -> str:
+    """`mio-chat-token` as text ("" when null); ValueError when unusable."""
+    if v is None:
+        return ""
+    if isinstance(v, bool) or not isinstance(v, str | int):
+        raise ValueError("mio-chat-token must be a string")
+    return str(v)
+
+
 class LoginData(_Payload):
     user_id: str = Field(alias="mio-chat-id")
     token: str = Field("", alias="mio-chat-token")
@@ -203,27 +244,40 @@ class LoginData(_Payload):
     @field_validator("user_id", mode="before")
     @classmethod
     def _id(cls, v: Any) -> str:
-        if isinstance(v, bool) or not isinstance(v, str | int):
-            raise ValueError("mio-chat-id must be a string or an integer")
-        if isinstance(v, int) and v.bit_length() > 256:  # str() of a huge int is slow or fails
-            raise ValueError("mio-chat-id must be 1-64 characters of A-Z a-z 0-9 _ -")
-        s = str(v)
-        if not USER_ID_RE.fullmatch(s):
-            raise ValueError("mio-chat-id must be 1-64 characters of A-Z a-z 0-9 _ -")
-        return s
+        return login_user_id(v)
 
     @field_validator("token", mode="before")
     @classmethod
     def _token(cls, v: Any) -> str:
-        if v is None:
-            return ""
-        if isinstance(v, bool) or not isinstance(v, str | int):
-            raise ValueError("mio-chat-token must be a string")
-        return str(v)
+        return login_token(v)
 
 
 _TIMESTAMP_MAX_CHARS = 32
 _TIMESTAMP_LIMIT = float(2**63)
+
+
+def heartbeat_timestamp(v: Any) -> int | float | str | None:
+    """A heartbeat's `timestamp` as kept (None when absent); ValueError when unusable."""
+    if v is None or v == "":
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        raise ValueError("timestamp must be a number of milliseconds")
+    if isinstance(v, int):
+        if not INT64_MIN <= v <= INT64_MAX:
+            raise ValueError("timestamp is outside the 64-bit range")
+        return v
+    if isinstance(v, str):
+        if len(v) > _TIMESTAMP_MAX_CHARS:
+            raise ValueError(f"timestamp is longer than {_TIMESTAMP_MAX_CHARS} characters")
+        try:
+            value = float(v)
+        except ValueError:
+            return v  # not a number: treated as absent, as clients have always been allowed
+    else:
+        value = v
+    if math.isfinite(value) and abs(value) >= _TIMESTAMP_LIMIT:
+        raise ValueError("timestamp is outside the 64-bit range")
+    return v
 
 
 class HeartbeatData(_Payload):
@@ -237,26 +291,7 @@ class HeartbeatData(_Payload):
     @field_validator("timestamp", mode="before")
     @classmethod
     def _timestamp(cls, v: Any) -> Any:
-        if v is None or v == "":
-            return None
-        if isinstance(v, bool) or not isinstance(v, int | float | str):
-            raise ValueError("timestamp must be a number of milliseconds")
-        if isinstance(v, int):
-            if not INT64_MIN <= v <= INT64_MAX:
-                raise ValueError("timestamp is outside the 64-bit range")
-            return v
-        if isinstance(v, str):
-            if len(v) > _TIMESTAMP_MAX_CHARS:
-                raise ValueError(f"timestamp is longer than {_TIMESTAMP_MAX_CHARS} characters")
-            try:
-                value = float(v)
-            except ValueError:
-                return v  # not a number: treated as absent, as clients have always been allowed
-        else:
-            value = v
-        if math.isfinite(value) and abs(value) >= _TIMESTAMP_LIMIT:
-            raise ValueError("timestamp is outside the 64-bit range")
-        return v
+        return heartbeat_timestamp(v)
 
     def millis(self) -> float | None:
         ts = self.timestamp
@@ -450,11 +485,16 @@ class CompletionsData(_Payload):
     @field_validator("conversation_id", mode="before")
     @classmethod
     def _conversation(cls, v: Any) -> Any:
-        if v is None:
-            return "default"
-        if not isinstance(v, str) or not CONVERSATION_ID_RE.fullmatch(v):
-            raise ValueError("conversation_id must be 1-64 characters of A-Z a-z 0-9 _ . : -")
-        return v
+        return conversation_id_of(v)
+
+
+def conversation_id_of(v: Any) -> str:
+    """A completion's `conversation_id` ("default" when null); ValueError when unusable."""
+    if v is None:
+        return "default"
+    if not isinstance(v, str) or not CONVERSATION_ID_RE.fullmatch(v):
+        raise ValueError("conversation_id must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+    return v
 
 
 class AbortData(_Payload):
