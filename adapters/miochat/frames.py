@@ -1,7 +1,8 @@
 """Hub requests as typed models: a pydantic union discriminated by (protocol, type) Literals.
 
-`parse_request(raw)` turns one text frame into exactly one of the request models below, or into the
-`FrameError` to answer it with, so the server dispatches on the model's class:
+`parse_request(raw)` (in `inbound`, re-exported by `protocol`) turns one text frame into exactly
+one of the request models below, or into the `FrameError` to answer it with, so the server
+dispatches on the model's class:
 
     handlers = {P.HeartbeatRequest: on_heartbeat, P.MessageRequest: on_message, ...}
     frame = P.parse_request(raw, logged_in=user is not None)
@@ -45,7 +46,6 @@ from adapters.miochat.envelope import (
     contact_id,
     delete_message_of,
     forward_of,
-    parse_frame,
     safe_request_id,
     send_message_of,
 )
@@ -280,16 +280,3 @@ def typed_request(
         login = (protocol, ftype) == ("system", "login")
         code = ErrorCode.LOGIN_FAILED if login else ErrorCode.INVALID_DATA
         return FrameError(code, _reason(e), request_id=rid, protocol=protocol, type=ftype)
-
-
-def parse_request(raw: str | bytes, *, logged_in: bool = True) -> RequestFrame | FrameError:
-    """One text frame → its typed request model, or the `FrameError` to answer it with.
-
-    Never raises for any input. BAD_FRAME errors (from `parse_frame`) carry request_id None;
-    the others are described at `typed_request`.
-    """
-    try:
-        req = parse_frame(raw)
-    except FrameError as e:
-        return e
-    return typed_request(req, logged_in=logged_in, strict_wire=True)

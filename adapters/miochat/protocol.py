@@ -5,7 +5,8 @@ docs/protocol.md; where the real mio-chat client differs from the document we ac
 
 This module is the one to import (`from adapters.miochat import protocol as P`); the code lives in
 `wire` (strict JSON in and out), `envelope` (parse_frame, payload models and parsers), `frames`
-(typed request models and `parse_request`) and `builders` (response and push frames).
+(typed request models), `inbound` (`parse_request`, with shortcuts for the common frames) and
+`builders` (response and push frames).
 """
 
 from __future__ import annotations
@@ -68,9 +69,9 @@ from adapters.miochat.frames import (
     RequestFrame,
     ShareRequest,
     frame_tag,
-    parse_request,
     typed_request,
 )
+from adapters.miochat.inbound import general_request, parse_request, shortcut_request
 from adapters.miochat.wire import (
     INT32_MAX,
     INT32_MIN,
@@ -130,6 +131,7 @@ __all__ = [
     "failure_from",
     "forward_of",
     "frame_tag",
+    "general_request",
     "has_surrogate",
     "heartbeat_reply",
     "http_failure",
@@ -146,6 +148,7 @@ __all__ = [
     "recall_push",
     "safe_request_id",
     "send_message_of",
+    "shortcut_request",
     "stream_completed",
     "stream_frame",
     "stream_update",
