@@ -70,12 +70,15 @@ def failure_from(e: FrameError) -> dict[str, Any]:
 
 def heartbeat_reply(request_id: RequestId, data: HeartbeatData, now_ms: float) -> dict[str, Any]:
     """system/heartbeat success: `{"delay": now − timestamp (0 if absent), "revTime": now}`."""
-    return success(
-        request_id,
-        "system",
-        "heartbeat",
-        {"delay": data.delay(now_ms), "revTime": int(now_ms)},
-    )
+    # `success` spelled out: the most frequent answer skips a call and its keyword handling.
+    return {
+        "request_id": safe_request_id(request_id),
+        "protocol": "system",
+        "type": "heartbeat",
+        "code": 0,
+        "message": "success",
+        "data": {"delay": data.delay(now_ms), "revTime": int(now_ms)},
+    }
 
 
 def stream_frame(
