@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -49,6 +51,20 @@ def _encode(body: dict[str, Any]) -> bytes:
         return json.dumps(body).encode()
 
 
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTP(S)_PROXY``, ``ALL_PROXY``, minus
+    ``NO_PROXY``), which the SDK would use too.
+
+    Looked up once: aiohttp's trust_env would look it up (and .netrc) in a worker thread on
+    every request, two thread hops before each stream could start.
+    """
+    proxies = urllib.request.getproxies_environment()
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if not proxies or urllib.request.proxy_bypass_environment(host, proxies):
+        return None
+    return proxies.get(urllib.parse.urlsplit(url).scheme) or proxies.get("all")
+
+
 class ProviderClient:
     def __init__(self, provider: OpenAIProvider, cache_ttl: float = 300.0) -> None:
         self.provider = provider
@@ -70,6 +86,7 @@ class ProviderClient:
             "Accept": "text/event-stream",
             "User-Agent": f"AsyncOpenAI/Python {openai.__version__}",
         }
+        self._proxy = env_proxy(self._url)
         # Created on first use, inside the running loop (a session belongs to its loop).
         self._http: aiohttp.ClientSession | None = None
         self._closed = False
@@ -103,8 +120,6 @@ class ProviderClient:
                 # sock_read bounds every wait for bytes (the answer's headers, then each
                 # piece of the stream), so a provider that stalls mid-reply times out too.
                 timeout=aiohttp.ClientTimeout(total=None, connect=t, sock_read=t),
-                # Like the SDK: proxies from the environment apply.
-                trust_env=True,
             )
         return session
 
@@ -130,7 +145,9 @@ class ProviderClient:
         # Whether the response was read to its end: only then can its connection be reused.
         ended = False
         try:
-            resp = await self._session().post(self._url, data=_encode(body), headers=self._headers)
+            resp = await self._session().post(
+                self._url, data=_encode(body), headers=self._headers, proxy=self._proxy
+            )
             if resp.status >= 400:
                 failure = status_failure(self.name, resp.status, await resp.read())
                 ended = True

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import web
 
-from adapters.openai.client import ProviderClient
+from adapters.openai.client import ProviderClient, env_proxy
 from bridge.config import OpenAIProvider
 from bridge.errors import ErrorCode
 from bridge.models import CompletionRequest, Delta, Done, Failed, ReplyEvent, UserRef
@@ -214,3 +214,15 @@ async def test_closed_client_refuses_to_stream(client: ProviderClient) -> None:
     await client.close()
     last = failed(await collect(client))
     assert last.error == ErrorCode.UNAVAILABLE
+
+
+def test_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    assert env_proxy("https://api.example.com/v1/chat/completions") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    assert env_proxy("https://api.example.com/v1/chat/completions") == "http://proxy:3128"
+    assert env_proxy("http://api.example.com/v1/chat/completions") is None
+    assert env_proxy("https://127.0.0.1:8000/v1/chat/completions") is None
