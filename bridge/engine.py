@@ -54,7 +54,6 @@ class _Owner:
     key: ConversationKey
     queue: deque[Turn] = field(default_factory=deque)
     running: Turn | None = None
-    task: asyncio.Task[None] | None = None
 
 
 RecallOutcome = Literal["dropped", "cancelled", "finished"]
@@ -88,11 +87,9 @@ class Engine:
                 f"{self._max_queued} messages are already waiting in this conversation",
             )
         turn = Turn(key, job, message_id=message_id)
-        if owner.task is None:
-            # An idle conversation: the turn starts now, in the same step as its owner, rather
-            # than one scheduling step later from inside the owner.
+        if owner.running is None:
+            # An idle conversation: the turn starts now, not a scheduling step later.
             self._start(owner, turn)
-            owner.task = self._tasks.spawn(self._run_owner(owner), name=f"owner-{key}")
         else:
             owner.queue.append(turn)
         return turn
@@ -100,7 +97,28 @@ class Engine:
     def _start(self, owner: _Owner, turn: Turn) -> None:
         owner.running = turn
         turn.state = "running"
-        turn.task = self._tasks.spawn(self._call(turn), name=f"turn-{turn.message_id}")
+        task = turn.task = self._tasks.spawn(self._call(turn), name=f"turn-{turn.message_id}")
+        # The next turn starts from the running one's done callback: an owner task of its own
+        # per conversation would cost a task and a wait on every turn (a stream start).
+        task.add_done_callback(lambda t: self._ended(owner, turn, t))
+
+    def _ended(self, owner: _Owner, turn: Turn, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            turn.error = task.exception()
+        if turn.state == "running":
+            turn.state = "done"
+        turn.finished.set()
+        owner.running = None
+        if owner.queue and not self._closing:
+            self._start(owner, owner.queue.popleft())
+            return
+        # Nothing left to run: the owner goes from memory (queued turns only on shutdown).
+        if self._owners.get(owner.key) is owner:
+            del self._owners[owner.key]
+        while owner.queue:
+            left = owner.queue.popleft()
+            left.state = "dropped"
+            left.finished.set()
 
     def find(self, key: ConversationKey, message_id: int) -> Turn | None:
         owner = self._owners.get(key)
@@ -155,30 +173,6 @@ class Engine:
             turn.finished.set()
             return "dropped"
         return "cancelled"
-
-    async def _run_owner(self, owner: _Owner) -> None:
-        try:
-            while owner.running is not None or owner.queue:
-                if owner.running is None:
-                    self._start(owner, owner.queue.popleft())
-                turn = owner.running
-                assert turn is not None and turn.task is not None
-                try:
-                    await asyncio.wait([turn.task])
-                    if not turn.task.cancelled() and turn.task.exception() is not None:
-                        turn.error = turn.task.exception()
-                finally:
-                    if turn.state == "running":
-                        turn.state = "done"
-                    turn.finished.set()
-                    owner.running = None
-        finally:
-            # No await between the empty check above and this: nothing can slip into the queue.
-            if self._owners.get(owner.key) is owner:
-                del self._owners[owner.key]
-            for turn in owner.queue:  # only on shutdown
-                turn.state = "dropped"
-                turn.finished.set()
 
     @staticmethod
     async def _call(turn: Turn) -> None:
