@@ -305,9 +305,12 @@ class HeartbeatData(_Payload):
 
     def delay(self, now_ms: float) -> int:
         """Server now minus the client's timestamp in ms, 0 when absent; fits an int64."""
-        sent = self.millis()
-        if sent is None:
-            return 0
+        sent: Any = self.timestamp
+        # The usual heartbeat: float minus int converts the int just as `millis` would.
+        if type(sent) is not int or type(now_ms) is not float:
+            sent = self.millis()
+            if sent is None:
+                return 0
         return max(INT64_MIN, min(INT64_MAX, int(now_ms - sent)))
 
 

@@ -71,12 +71,15 @@ def _model(cls: type[BaseModel], values: dict[str, Any], fields_set: set[str]) -
 
 def _frame(cls: type[BaseModel], rid: Any, obj: dict[str, Any], data: Any) -> Any:
     protocol, ftype = _TAGS[cls]
+    contact = obj.get("id")
+    if contact is not None:
+        contact = contact_id(contact)
     # `typed_request` always passes all five fields, so all five count as set.
     return _model(
         cls,
         {
             "request_id": rid,
-            "contact": contact_id(obj.get("id")),
+            "contact": contact,
             "protocol": protocol,
             "type": ftype,
             "data": data,

@@ -453,3 +453,22 @@ def test_heartbeat_answer_bytes(raw: str) -> None:
         )
     )
     assert P.dumps_bytes(P.heartbeat_reply(fast.request_id, fast.data, now)) == want
+
+
+def _delay_by_float(data: P.HeartbeatData, now_ms: float) -> int:
+    """HeartbeatData.delay as it was: always through `millis`."""
+    sent = data.millis()
+    if sent is None:
+        return 0
+    return max(P.INT64_MIN, min(P.INT64_MAX, int(now_ms - sent)))
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [None, "", "soon", "12.5", 0, 1764457315123, 2**53 + 1, 2**63 - 1, -(2**63), 12.5, 1e18],
+)
+@pytest.mark.parametrize("now_ms", [1764457316000.25, 1764457316000, 0.0, -1e19, 1e300])
+def test_heartbeat_delay_is_unchanged(timestamp: Any, now_ms: float) -> None:
+    data = P.HeartbeatData(timestamp=timestamp)
+    got, want = data.delay(now_ms), _delay_by_float(data, now_ms)
+    assert type(got) is int and got == want
