@@ -75,10 +75,6 @@ class HubSocket:
     def close_code(self) -> int | None:
         return self.ws.close_code
 
-    @property
-    def close_reason(self) -> str | None:
-        return None
-
     def write_now(self, data: bytes) -> bool:
         """Write a text frame straight into the transport when that cannot wait on the peer:
         nothing is buffered ahead of it and it stays under the high-water mark."""
