@@ -83,10 +83,22 @@ def merge_deltas(events: list[ReplyEvent]) -> list[ReplyEvent]:
     if len(events) < 2:
         return events
     out: list[ReplyEvent] = []
+    # A run of deltas is joined once at its end, not re-concatenated delta by delta.
+    texts: list[str] = []
+    reasonings: list[str] = []
     for event in events:
-        last = out[-1] if out else None
-        if isinstance(event, Delta) and isinstance(last, Delta):
-            out[-1] = Delta(text=last.text + event.text, reasoning=last.reasoning + event.reasoning)
-        else:
-            out.append(event)
+        if isinstance(event, Delta):
+            texts.append(event.text)
+            reasonings.append(event.reasoning)
+            continue
+        if texts:
+            out.append(_joined(texts, reasonings))
+            texts, reasonings = [], []
+        out.append(event)
+    if texts:
+        out.append(_joined(texts, reasonings))
     return out
+
+
+def _joined(texts: list[str], reasonings: list[str]) -> Delta:
+    return Delta(text="".join(texts), reasoning="".join(reasonings))

@@ -24,29 +24,23 @@ class SSEReader:
 
     def feed(self, piece: bytes) -> list[bytes]:
         """The `data` of every event completed by ``piece`` (multi-line data joined by \\n)."""
-        buf = self._buf + piece if self._buf else piece
-        out: list[bytes] = []
-        start = 0
-        while True:
-            end = buf.find(b"\n", start)
-            if end < 0:
-                break
-            line = buf[start:end]
-            start = end + 1
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:
-                if self._data:
-                    out.append(b"\n".join(self._data))
-                    self._data = []
-                continue
-            if line.startswith(b"data:"):
-                value = line[5:]
-                self._data.append(value[1:] if value.startswith(b" ") else value)
-            # Comments (keep-alives), `event:`, `id:` and `retry:` carry nothing we relay.
-        self._buf = buf[start:]
+        lines = (self._buf + piece if self._buf else piece).split(b"\n")
+        # The last element is the unfinished line (b"" when the piece ended a line).
+        self._buf = lines.pop()
         if len(self._buf) > MAX_LINE:
             raise SSEError(f"a stream line is longer than {MAX_LINE} bytes")
+        out: list[bytes] = []
+        data = self._data
+        for line in lines:
+            if line[-1:] == b"\r":
+                line = line[:-1]
+            if not line:
+                if data:
+                    out.append(data[0] if len(data) == 1 else b"\n".join(data))
+                    data = self._data = []
+            elif line[:5] == b"data:":
+                data.append(line[6:] if line[5:6] == b" " else line[5:])
+            # Comments (keep-alives), `event:`, `id:` and `retry:` carry nothing we relay.
         return out
 
     def close(self) -> list[bytes]:

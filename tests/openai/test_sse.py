@@ -74,3 +74,13 @@ def test_events_from_one_read_merge_into_one_delta_but_keep_tool_calls_apart() -
     assert merged[-1] == ToolCall("clock", "finished", '{"tz":"UTC"}', index=0)
     assert assembler.done() == Done(finish_reason="stop", usage={"total_tokens": 9})
     assert merge_deltas([Delta("a")]) == [Delta("a")]
+
+
+def test_runs_of_deltas_merge_on_either_side_of_a_tool_call() -> None:
+    call = ToolCall("clock", "started", "", index=0)
+    events = [Delta("a", "r1"), Delta("b"), call, Delta("c"), Delta("d", "r2"), Delta("e")]
+    assert merge_deltas(events) == [Delta("ab", "r1"), call, Delta("cde", "r2")]
+
+
+def test_crlf_and_data_without_a_space() -> None:
+    assert _payloads([b"data:x\r\n\r\n", b"data:  y\r", b"\n\r\n"]) == [b"x", b" y"]
