@@ -38,6 +38,8 @@ log = structlog.get_logger(__name__)
 # The SDK's own pool bound (httpx's max_connections there): streams past it wait for a
 # connection, within the provider's timeout.
 MAX_CONNECTIONS = 1000
+# An error answer is read this far at most (its reason shows a few hundred characters).
+MAX_ERROR_BODY = 64 << 10
 _PARAMS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "max_tokens")
 # What can go wrong reading a provider's reply; anything else is a bug of ours and is raised.
 _UPSTREAM_TROUBLE = (aiohttp.ClientError, OSError, ValueError)
@@ -49,6 +51,19 @@ def _encode(body: dict[str, Any]) -> bytes:
     except (orjson.JSONEncodeError, TypeError):
         # A lone surrogate or an integer past 64 bits from a client: json escapes what it can.
         return json.dumps(body).encode()
+
+
+async def _error_body(resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+    """The start of an error answer's body, and whether that was all of it."""
+    parts: list[bytes] = []
+    size = 0
+    while size < MAX_ERROR_BODY:
+        part = await resp.content.read(MAX_ERROR_BODY - size)
+        if not part:
+            return b"".join(parts), True
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts), False
 
 
 def env_proxy(url: str) -> str | None:
@@ -149,9 +164,8 @@ class ProviderClient:
                 self._url, data=_encode(body), headers=self._headers, proxy=self._proxy
             )
             if resp.status >= 400:
-                failure = status_failure(self.name, resp.status, await resp.read())
-                ended = True
-                yield failure
+                body, ended = await _error_body(resp)
+                yield status_failure(self.name, resp.status, body)
                 return
             read = resp.content.readany
             while not ended:

@@ -226,3 +226,40 @@ def test_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert env_proxy("https://api.example.com/v1/chat/completions") == "http://proxy:3128"
     assert env_proxy("http://api.example.com/v1/chat/completions") is None
     assert env_proxy("https://127.0.0.1:8000/v1/chat/completions") is None
+
+
+async def test_a_huge_error_page_is_read_only_so_far(up: Upstream, client: ProviderClient) -> None:
+    async def huge(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=502, text="bad gateway " * 100_000, content_type="text/html")
+
+    up.handler = huge
+    last = failed(await collect(client))
+    assert last.reason.startswith("provider odd returned 502: bad gateway bad gateway")
+    assert len(last.reason) < 400
+
+
+async def test_cancelled_before_the_answer_closes_the_request(up: Upstream) -> None:
+    # A timeout far off, so only the cancellation can close the request in time.
+    client = ProviderClient(OpenAIProvider(name="odd", base_url=up.base_url, timeout=60))
+    entered = asyncio.Event()
+    gone = asyncio.Event()
+
+    async def mute(request: web.Request) -> web.StreamResponse:
+        entered.set()
+        try:
+            await up.release.wait()
+        except asyncio.CancelledError:  # aiohttp cancels the handler when the peer goes
+            gone.set()
+            raise
+        return web.Response()
+
+    up.handler = mute
+    reader = asyncio.create_task(collect(client))
+    async with asyncio.timeout(5):
+        await entered.wait()
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    async with asyncio.timeout(5):
+        await gone.wait()
+    await client.close()
