@@ -33,20 +33,22 @@ from adapters.miochat.envelope import (
     AbortData,
     AckData,
     CompletionsData,
-    DeleteMessage,
-    ForwardMessage,
     FrameError,
     HeartbeatData,
     LoginData,
     Request,
     RequestId,
-    SendMessage,
     ShareData,
     _document_type,
     contact_id,
+    safe_request_id,
+)
+from adapters.miochat.onebot_data import (
+    DeleteMessage,
+    ForwardMessage,
+    SendMessage,
     delete_message_of,
     forward_of,
-    safe_request_id,
     send_message_of,
 )
 from bridge.errors import ErrorCode

@@ -25,14 +25,11 @@ from adapters.miochat.envelope import (
     bad_json,
     contact_id,
     conversation_id_of,
-    delete_message_of,
     envelope_of,
-    forward_of,
     heartbeat_timestamp,
     login_token,
     login_user_id,
     safe_request_id,
-    send_message_of,
 )
 from adapters.miochat.frames import (
     REQUEST_MODELS,
@@ -48,6 +45,7 @@ from adapters.miochat.frames import (
     RequestFrame,
     typed_request,
 )
+from adapters.miochat.onebot_data import delete_message_of, forward_of, send_message_of
 from adapters.miochat.wire import INT64_MAX, WireError, loads
 
 _new, _set = object.__new__, object.__setattr__

@@ -4,9 +4,9 @@ No sockets, no awaits: everything here is tested with plain data. The contract i
 docs/protocol.md; where the real mio-chat client differs from the document we accept both.
 
 This module is the one to import (`from adapters.miochat import protocol as P`); the code lives in
-`wire` (strict JSON in and out), `envelope` (parse_frame, payload models and parsers), `frames`
-(typed request models), `inbound` (`parse_request`, with shortcuts for the common frames) and
-`builders` (response and push frames).
+`wire` (strict JSON in and out), `envelope` (parse_frame, payload models), `onebot_data` (the
+onebot payload parsers), `frames` (typed request models), `inbound` (`parse_request`, with
+shortcuts for the common frames) and `builders` (response and push frames).
 """
 
 from __future__ import annotations
@@ -31,26 +31,15 @@ from adapters.miochat.envelope import (
     AckData,
     CompletionsData,
     DataError,
-    DeleteMessage,
-    ForwardItem,
-    ForwardMessage,
     FrameError,
     HeartbeatData,
     LoginData,
     Request,
     RequestId,
-    SendMessage,
     ShareData,
     contact_id,
-    delete_message_of,
-    forward_of,
-    message_id_of,
-    parse_del_message,
-    parse_forward,
     parse_frame,
-    parse_send_message,
     safe_request_id,
-    send_message_of,
     validation_reason,
 )
 from adapters.miochat.frames import (
@@ -72,6 +61,19 @@ from adapters.miochat.frames import (
     typed_request,
 )
 from adapters.miochat.inbound import general_request, parse_request, shortcut_request
+from adapters.miochat.onebot_data import (
+    DeleteMessage,
+    ForwardItem,
+    ForwardMessage,
+    SendMessage,
+    delete_message_of,
+    forward_of,
+    message_id_of,
+    parse_del_message,
+    parse_forward,
+    parse_send_message,
+    send_message_of,
+)
 from adapters.miochat.wire import (
     INT32_MAX,
     INT32_MIN,
