@@ -74,10 +74,10 @@ def env_proxy(url: str) -> str | None:
     every request, two thread hops before each stream could start.
     """
     proxies = urllib.request.getproxies_environment()
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if not proxies or urllib.request.proxy_bypass_environment(host, proxies):
+    parts = urllib.parse.urlsplit(url)
+    if not proxies or urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
         return None
-    return proxies.get(urllib.parse.urlsplit(url).scheme) or proxies.get("all")
+    return proxies.get(parts.scheme) or proxies.get("all")
 
 
 class ProviderClient:
