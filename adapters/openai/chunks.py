@@ -28,21 +28,27 @@ class ChunkAssembler:
         self.usage: dict[str, Any] | None = None
 
     def feed(self, chunk: dict[str, Any]) -> list[ReplyEvent]:
-        out: list[ReplyEvent] = []
         usage = chunk.get("usage")
-        if isinstance(usage, dict):
+        if usage is not None and isinstance(usage, dict):
             self.usage = usage
-        for choice in chunk.get("choices") or []:
+        choices = chunk.get("choices")
+        if not choices:
+            return []
+        out: list[ReplyEvent] = []
+        for choice in choices:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue  # the hub shows choice 0 only
-            delta = choice.get("delta") or {}
-            # Servers name the thinking text differently (DeepSeek, vLLM, OpenRouter).
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
-            content = delta.get("content") or ""
-            if reasoning or content:
-                out.append(Delta(text=str(content), reasoning=str(reasoning)))
-            for frag in delta.get("tool_calls") or []:
-                out.extend(self._tool_fragment(frag))
+            delta = choice.get("delta")
+            if delta:
+                # Servers name the thinking text differently (DeepSeek, vLLM, OpenRouter).
+                reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+                content = delta.get("content") or ""
+                if reasoning or content:
+                    out.append(Delta(str(content), str(reasoning)))
+                tool_calls = delta.get("tool_calls")
+                if tool_calls:
+                    for frag in tool_calls:
+                        out.extend(self._tool_fragment(frag))
             if choice.get("finish_reason"):
                 self.finish_reason = str(choice["finish_reason"])
                 out.extend(self._finish_calls())
