@@ -18,7 +18,10 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+# Bytecode compiled ahead (a no-op when current): start-up stays fast even where
+# PYTHONDONTWRITEBYTECODE is set and nothing would be cached.
 run: $(VENV)/.run-installed
+	$(BIN)/python -m compileall -q bridge adapters storage plugins
 	$(BIN)/momobridge serve --config config.toml
 
 test: $(VENV)/.test-installed
