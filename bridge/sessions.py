@@ -324,16 +324,22 @@ class Sessions:
         text = "".join(reply.text)
         segs = [Segment.text(text).to_json()] if text else []
         key = reply.key
-        row = await self._storage.messages.add(
-            key.user_id, key.contact, "out", segs, reply_to=reply.message_id, thread=key.thread
-        )
+        refs: list[tuple[int | None, str, str]] = []
         if done.ref_system:
             if done.request_ref:
-                await self._storage.messages.link(
-                    reply.message_id, done.ref_system, done.request_ref
-                )
+                refs.append((reply.message_id, done.ref_system, done.request_ref))
             if done.reply_ref:
-                await self._storage.messages.link(row.id, done.ref_system, done.reply_ref)
+                refs.append((None, done.ref_system, done.reply_ref))
+        # The reply and the upstream ids a recall deletes by, in one commit (one storage hop).
+        row = await self._storage.messages.add(
+            key.user_id,
+            key.contact,
+            "out",
+            segs,
+            reply_to=reply.message_id,
+            thread=key.thread,
+            refs=refs,
+        )
         await self._notify(reply, done)
         await self._outbox.push(
             key.user_id,

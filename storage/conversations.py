@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from storage.db import Database
+from storage.db import Database, write_one
 
 
 class ConversationRepo:
@@ -59,9 +59,11 @@ class ConversationRepo:
     async def set_anchor(
         self, user_id: str, contact: str, thread: str, anchor_id: str, anchor_at: str
     ) -> None:
-        await self._db.conn.execute(
-            "UPDATE conversations SET anchor_id = ?, anchor_at = ? "
-            "WHERE user_id = ? AND contact = ? AND thread = ?",
-            (anchor_id, anchor_at, user_id, contact, thread),
+        await self._db.run(
+            lambda conn: write_one(
+                conn,
+                "UPDATE conversations SET anchor_id = ?, anchor_at = ? "
+                "WHERE user_id = ? AND contact = ? AND thread = ?",
+                (anchor_id, anchor_at, user_id, contact, thread),
+            )
         )
-        await self._db.conn.commit()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import aiosqlite
 import structlog
@@ -10,6 +13,8 @@ import structlog
 from storage.migrations import MIGRATIONS
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 class Database:
@@ -35,6 +40,19 @@ class Database:
             raise
         return db
 
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Call ``fn`` with the sqlite3 connection on the connection's own thread.
+
+        Several statements and their commit then cost one hop to that thread instead of one
+        each (every hop is a queue put, a GIL hand-over and a loop wake-up), and nothing of
+        another coroutine can land between them. ``fn`` must commit or roll back what it
+        began: an open transaction would otherwise be committed by whoever commits next.
+        """
+        conn = self.conn
+        # aiosqlite has no public way to run a function on its thread; `_execute` queues it
+        # behind every statement already submitted, so the order of calls is kept.
+        return await conn._execute(fn, conn._conn)
+
     async def _migrate(self) -> None:
         async with self.conn.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
@@ -57,3 +75,14 @@ class Database:
             await self.conn.commit()
         finally:
             await self.conn.close()
+
+
+def write_one(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> int:
+    """One statement and its commit, for `Database.run`; returns the rows it changed."""
+    try:
+        cur = conn.execute(sql, params)
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return cur.rowcount

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from storage.db import Database
+from storage.db import Database, write_one
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +39,9 @@ class InflightRepo:
         await self._db.conn.commit()
 
     async def remove(self, message_id: int) -> None:
-        await self._db.conn.execute("DELETE FROM inflight WHERE message_id = ?", (message_id,))
-        await self._db.conn.commit()
+        await self._db.run(
+            lambda conn: write_one(conn, "DELETE FROM inflight WHERE message_id = ?", (message_id,))
+        )
 
     async def all(self) -> list[InflightRow]:
         async with self._db.conn.execute(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from storage.db import Database
+from storage.db import Database, write_one
 
 INT32_MAX = 2**31 - 1
 
@@ -58,36 +60,47 @@ class MessageRepo:
         thread: str = "default",
         inflight: bool = False,
         stream_request_id: str | None = None,
+        refs: Sequence[tuple[int | None, str, str]] = (),
     ) -> MessageRow:
         """Store a message. ``inflight`` also records, in the same commit, that a reply to it is
-        on its way (so a crash before it lands is noticed at the next start)."""
+        on its way (so a crash before it lands is noticed at the next start). ``refs`` are ids in
+        other systems, as `link` records them, in the same commit: (message id -- None for this
+        new message --, system, external id)."""
         when = time.time() if at is None else at
-        cur = await self._db.conn.execute(
-            "INSERT INTO messages (user_id, contact, direction, content, time, reply_to, thread) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                user_id,
-                contact,
-                direction,
-                json.dumps(content, ensure_ascii=False),
-                when,
-                reply_to,
-                thread,
-            ),
-        )
-        new_id = int(cur.lastrowid or 0)
-        if not 0 < new_id <= INT32_MAX:
-            # AUTOINCREMENT never reuses ids; running past int32 would break every OneBot peer.
-            await self._db.conn.rollback()
-            raise RuntimeError("message id space exhausted (int32)")
-        if inflight:
-            await self._db.conn.execute(
-                "INSERT OR REPLACE INTO inflight "
-                "(message_id, user_id, contact, thread, stream_request_id, started) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (new_id, user_id, contact, thread, stream_request_id, when),
-            )
-        await self._db.conn.commit()
+        text = json.dumps(content, ensure_ascii=False)
+
+        def write(conn: sqlite3.Connection) -> int:
+            try:
+                cur = conn.execute(
+                    "INSERT INTO messages "
+                    "(user_id, contact, direction, content, time, reply_to, thread) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (user_id, contact, direction, text, when, reply_to, thread),
+                )
+                new_id = int(cur.lastrowid or 0)
+                if not 0 < new_id <= INT32_MAX:
+                    # AUTOINCREMENT never reuses ids; past int32 every OneBot peer would break.
+                    raise RuntimeError("message id space exhausted (int32)")
+                if inflight:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO inflight "
+                        "(message_id, user_id, contact, thread, stream_request_id, started) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (new_id, user_id, contact, thread, stream_request_id, when),
+                    )
+                for message_id, system, external_id in refs:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO message_refs (message_id, system, external_id) "
+                        "VALUES (?, ?, ?)",
+                        (new_id if message_id is None else message_id, system, external_id),
+                    )
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+            return new_id
+
+        new_id = await self._db.run(write)
         return MessageRow(
             new_id, user_id, contact, direction, content, when, reply_to, False, thread
         )
@@ -107,18 +120,26 @@ class MessageRepo:
         return [_row(r) for r in rows]
 
     async def mark_deleted(self, message_id: int) -> bool:
-        cur = await self._db.conn.execute(
-            "UPDATE messages SET deleted = 1 WHERE id = ? AND deleted = 0", (message_id,)
+        return await self._db.run(
+            lambda conn: (
+                write_one(
+                    conn,
+                    "UPDATE messages SET deleted = 1 WHERE id = ? AND deleted = 0",
+                    (message_id,),
+                )
+                > 0
+            )
         )
-        await self._db.conn.commit()
-        return cur.rowcount > 0
 
     async def link(self, message_id: int, system: str, external_id: str) -> None:
-        await self._db.conn.execute(
-            "INSERT OR REPLACE INTO message_refs (message_id, system, external_id) VALUES (?, ?, ?)",
-            (message_id, system, external_id),
+        await self._db.run(
+            lambda conn: write_one(
+                conn,
+                "INSERT OR REPLACE INTO message_refs (message_id, system, external_id) "
+                "VALUES (?, ?, ?)",
+                (message_id, system, external_id),
+            )
         )
-        await self._db.conn.commit()
 
     async def external_ids(self, message_id: int, system: str) -> list[str]:
         async with self._db.conn.execute(

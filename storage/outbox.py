@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from typing import Any
 
-from storage.db import Database
+from storage.db import Database, write_one
 
 
 class OutboxRepo:
@@ -25,20 +26,29 @@ class OutboxRepo:
         Returns the frame's seq (increasing for each user, never reused) and how many were
         dropped to make room.
         """
-        cur = await self._db.conn.execute(
-            "INSERT INTO outbox (user_id, frame, created) VALUES (?, ?, ?)",
-            (user_id, json.dumps(frame, ensure_ascii=False), time.time()),
-        )
-        seq = int(cur.lastrowid or 0)
-        # The (user_id, seq) index makes this a seek to the limit-th newest row, not a scan.
-        cur = await self._db.conn.execute(
-            "DELETE FROM outbox WHERE user_id = ? AND seq <= "
-            "(SELECT seq FROM outbox WHERE user_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-            (user_id, user_id, limit),
-        )
-        dropped = max(cur.rowcount, 0)
-        await self._db.conn.commit()
-        return seq, dropped
+        text = json.dumps(frame, ensure_ascii=False)
+
+        def write(conn: sqlite3.Connection) -> tuple[int, int]:
+            try:
+                cur = conn.execute(
+                    "INSERT INTO outbox (user_id, frame, created) VALUES (?, ?, ?)",
+                    (user_id, text, time.time()),
+                )
+                seq = int(cur.lastrowid or 0)
+                # The (user_id, seq) index makes this a seek to the limit-th newest row.
+                cur = conn.execute(
+                    "DELETE FROM outbox WHERE user_id = ? AND seq <= "
+                    "(SELECT seq FROM outbox WHERE user_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                    (user_id, user_id, limit),
+                )
+                dropped = max(cur.rowcount, 0)
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+            return seq, dropped
+
+        return await self._db.run(write)
 
     async def pending(self, user_id: str) -> list[tuple[int, dict[str, Any]]]:
         async with self._db.conn.execute(
@@ -48,10 +58,11 @@ class OutboxRepo:
         return [(int(r[0]), json.loads(r[1])) for r in rows]
 
     async def ack(self, user_id: str, up_to_seq: int) -> None:
-        await self._db.conn.execute(
-            "DELETE FROM outbox WHERE user_id = ? AND seq <= ?", (user_id, up_to_seq)
+        await self._db.run(
+            lambda conn: write_one(
+                conn, "DELETE FROM outbox WHERE user_id = ? AND seq <= ?", (user_id, up_to_seq)
+            )
         )
-        await self._db.conn.commit()
 
     async def count(self, user_id: str) -> int:
         async with self._db.conn.execute(
