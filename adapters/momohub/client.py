@@ -203,13 +203,18 @@ class MomoHubClient(MomoHubAuth):
         resp, deadline = await self._open_stream(f"/chats/{_seg(chat_id)}/messages", content)
         parser = SSEParser()
         decoder = StreamDecoder()
+        content = resp.content
         seen_event = False
         at_eof = False
         try:
             while True:
                 try:
-                    async with asyncio.timeout_at(deadline):
-                        chunk = await resp.content.readany()
+                    # Under a burst the next bytes are usually there already: take them without
+                    # arming a timer (a timer handle and a task-cancel guard for every read).
+                    chunk = content.read_nowait()
+                    if not chunk and not content.at_eof():
+                        async with asyncio.timeout_at(deadline):
+                            chunk = await content.readany()
                 except TimeoutError:
                     held = decoder.flush()
                     if held:
@@ -376,10 +381,18 @@ def _merge_deltas(events: list[StreamEvent]) -> list[StreamEvent]:
     Under a burst one read holds dozens of tokens; relaying each as its own frame costs the hub
     far more than the text itself. At model pace a read holds one token, so nothing waits.
     """
+    if len(events) < 2:
+        return events
     out: list[StreamEvent] = []
+    run: list[str] = []  # the texts of the deltas in a row, joined once when the row ends
     for ev in events:
-        if isinstance(ev, StreamDelta) and out and isinstance(out[-1], StreamDelta):
-            out[-1] = StreamDelta(out[-1].text + ev.text)
-        else:
-            out.append(ev)
+        if type(ev) is StreamDelta:
+            run.append(ev.text)
+            continue
+        if run:
+            out.append(StreamDelta(run[0] if len(run) == 1 else "".join(run)))
+            run = []
+        out.append(ev)
+    if run:
+        out.append(StreamDelta(run[0] if len(run) == 1 else "".join(run)))
     return out

@@ -150,6 +150,9 @@ class SSEParser:
             if text.startswith("\n"):
                 text = text[1:]
         buf = self._buf + text
+        if "\r" not in buf:
+            self._lines(buf.split("\n"), out)
+            return out
         pos = 0
         for m in _LINE_END.finditer(buf):
             self._line(buf[pos : m.start()], out)
@@ -162,6 +165,39 @@ class SSEParser:
         if len(self._buf) > self._max_line:
             raise SSEProtocolError(f"line longer than {self._max_line} characters")
         return out
+
+    def _lines(self, lines: list[str], out: list[SSEEvent]) -> None:
+        """LF-only text split into lines; the last one is unfinished and stays buffered.
+
+        MomoHub's usual block -- ``event:`` line, one ``data:`` line, blank line -- met with
+        no block open is dispatched here in one step: exactly what `_line` would do for its
+        three lines, without the per-line dispatch that dominates a burst of tokens.
+        """
+        last = len(lines) - 1
+        i = 0
+        while i < last:
+            line = lines[i]
+            if (
+                i + 2 < last
+                and self._block is None
+                and line.startswith("event:")
+                and lines[i + 1].startswith("data:")
+                and lines[i + 2] == ""
+            ):
+                event = line[7:] if line.startswith("event: ") else line[6:]
+                data = lines[i + 1]
+                data = data[6:] if data.startswith("data: ") else data[5:]
+                self._flush_trailing(out)
+                out.append(SSEEvent("event", event=event, data=data))
+                self._open = event
+                self._blanks = 1
+                i += 3
+                continue
+            self._line(line, out)
+            i += 1
+        self._buf = lines[last]
+        if len(self._buf) > self._max_line:
+            raise SSEProtocolError(f"line longer than {self._max_line} characters")
 
     # ----- event assembly -------------------------------------------------------------------
 

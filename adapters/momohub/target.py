@@ -432,16 +432,12 @@ class CharacterTarget:
         self, first: Any, stream: AsyncIterator[Any], chat_id: str, key: ConversationKey
     ) -> AsyncIterator[ReplyEvent]:
         tool_params: dict[str, str] = {}
-
-        async def rest() -> AsyncIterator[Any]:
-            if first is not None:
-                yield first
-            async for ev in stream:
-                yield ev
-
         try:
-            async for ev in rest():
-                if isinstance(ev, StreamDelta):
+            ev = first if first is not None else await anext(stream, None)
+            while ev is not None:
+                # The stream is read here directly, not through a wrapper generator that puts
+                # `first` back in front: that would be one more generator step per event.
+                if type(ev) is StreamDelta:
                     if ev.text:
                         yield Delta(text=ev.text)
                 elif isinstance(ev, StreamToolStart):
@@ -467,6 +463,7 @@ class CharacterTarget:
                     request_ref, reply_ref = await self._newest_ids(key, chat_id)
                     yield self._done(key, request_ref, reply_ref)
                     return
+                ev = await anext(stream, None)
         finally:
             await _aclose(stream)
 

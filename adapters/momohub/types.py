@@ -468,19 +468,22 @@ class StreamDecoder:
                 self._text.append(ev.data)
                 out.append(StreamDelta(ev.data))
             return
-        out.extend(self.flush())
+        if self._held is not None:
+            out.extend(self.flush())
         name = ev.event
-        if ev.data.strip() == "[DONE]" and name in ("", "message", "done"):
+        data = ev.data
+        if "[DONE]" in data and data.strip() == "[DONE]" and name in ("", "message", "done"):
             self._last = None
             out.append(StreamDone("".join(self._text)))
         elif name in _DELTA_NAMES:
             self._last = name
-            text = _delta_text(ev.data)
+            # Only text holding a "{" can be a JSON token: the usual raw token skips the check.
+            text = _delta_text(data) if "{" in data else data
             self._text.append(text)
             out.append(StreamDelta(text))
         elif name in _HELD_NAMES:
             self._last = name
-            self._held = (name, ev.data)
+            self._held = (name, data)
         else:
             self._last = None  # unknown event types are ignored, continuations included
 
