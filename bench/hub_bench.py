@@ -1311,7 +1311,9 @@ async def start_phase(ctx: Ctx) -> dict[str, Any]:
     # compiled ahead; an editable checkout under PYTHONDONTWRITEBYTECODE would otherwise
     # recompile every module at every launch and measure the compiler, not the start-up.
     packages = [str(ctx.src / d) for d in ("bridge", "adapters", "storage", "plugins")]
-    subprocess.run([sys.executable, "-m", "compileall", "-q", *packages], check=True)
+    await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "compileall", "-q", *packages], check=True
+    )
     launches: dict[str, list[Launch]] = {"hub": [], "bare": []}
     for i in range(a.start_launches + 1):
         for kind in ("hub", "bare") if i % 2 == 0 else ("bare", "hub"):
