@@ -43,6 +43,18 @@ def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+class _PeerErrorFilter(logging.Filter):
+    """aiohttp logs each malformed HTTP request at ERROR with a traceback, although it is the
+    client's error and already answered with 400: any remote peer could flood the log with
+    them. Dropped; a handler's own crash is still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or not any(
+            c.__name__ == "HttpProcessingError" for c in type(exc).__mro__
+        )
+
+
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """The root handler installed by `configure_logging` (recognised and replaced on reconfigure)."""
 
@@ -118,6 +130,10 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     root.setLevel(max(numeric, logging.WARNING))
     for name in _OWN_LOGGERS:
         logging.getLogger(name).setLevel(numeric)
+    server_log = logging.getLogger("aiohttp.server")
+    for old_filter in [f for f in server_log.filters if isinstance(f, _PeerErrorFilter)]:
+        server_log.removeFilter(old_filter)
+    server_log.addFilter(_PeerErrorFilter())
     logging.captureWarnings(True)  # warnings.warn(...) -> the "py.warnings" logger
     sys.excepthook = _excepthook
     threading.excepthook = _thread_excepthook

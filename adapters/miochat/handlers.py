@@ -39,7 +39,8 @@ def upgrade_credentials(request: web.Request | None) -> dict[str, Any] | None:
     if request is None:
         return None
     query = request.query
-    uid = request.headers.get("mio-chat-id") or query.get("mio-chat-id")
+    # A blank value (`?mio-chat-id=`) means no upgrade login, as if the parameter were absent.
+    uid = request.headers.get("mio-chat-id") or query.get("mio-chat-id") or None
     if uid is None:
         return None
     token = request.headers.get("mio-chat-token") or query.get("mio-chat-token") or ""

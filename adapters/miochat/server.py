@@ -129,7 +129,16 @@ class HubServer:
         app = web.Application(client_max_size=self.http.max_body())
         app.router.add_route("*", "/{tail:.*}", self._entry)
         app.on_response_prepare.append(_server_header)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        # A connection that has not completed a request (an upgrade included) within the login
+        # timeout is closed: aiohttp's default would hold a silent or trickling socket for an
+        # hour, outside the count of `max_connections`.
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=2.0,
+            keepalive_timeout=self.config.auth.login_timeout,
+        )
         await runner.setup()
         site = web.TCPSite(runner, cfg.host, cfg.port, backlog=1024)
         try:

@@ -42,6 +42,7 @@ class HubSocket:
         "_compressed",
         "_drain",
         "_pong_waiters",
+        "_sent_close",
         "_transport",
         "remote_address",
         "request",
@@ -65,6 +66,7 @@ class HubSocket:
         self._compressed = bool(ws.compress)
         self._pong_waiters: dict[bytes, asyncio.Future[None]] = {}
         self._closed = False
+        self._sent_close: int | None = None
 
     @property
     def open(self) -> bool:
@@ -73,7 +75,9 @@ class HubSocket:
 
     @property
     def close_code(self) -> int | None:
-        return self.ws.close_code
+        """The code this side closed with, else the peer's (aiohttp records 1000 for both once
+        the closing handshake ends)."""
+        return self._sent_close if self._sent_close is not None else self.ws.close_code
 
     def write_now(self, data: bytes) -> bool:
         """Write a text frame straight into the transport when that cannot wait on the peer:
@@ -155,6 +159,8 @@ class HubSocket:
             fut.cancel()
 
     async def close(self, code: int, reason: str) -> None:
+        if self._sent_close is None:
+            self._sent_close = code
         try:
             await self.ws.close(code=code, message=reason.encode()[:123])
         finally:

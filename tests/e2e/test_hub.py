@@ -136,6 +136,14 @@ async def test_upgrade_time_bad_credentials(bridge: Bridge) -> None:
     assert await c.wait_closed() == 4001
 
 
+async def test_upgrade_blank_id_means_no_upgrade_login(bridge: Bridge) -> None:
+    c = await HubClient.open(f"{bridge.url}?mio-chat-id=&mio-chat-token=")
+    bridge.clients.append(c)
+    answer = await c.login("erin")
+    assert answer["code"] == 0
+    assert [f["type"] for f in c.frames if f.get("type") == "login"] == ["login"]
+
+
 # ----- heartbeat -----------------------------------------------------------------------------
 
 
@@ -416,6 +424,22 @@ async def test_compression_negotiated_only_when_on_and_frames_arrive_whole(
         assert answer["code"] == 0 and answer["request_id"] == rid
     answered = [f["request_id"] for f in c.frames if f.get("type") == "heartbeat"]
     assert answered == ids
+
+
+async def test_sockets_that_never_complete_a_request_are_closed(bridge_factory) -> None:
+    """A silent socket and one trickling half a request line are closed after the login
+    timeout; the hub goes on serving."""
+    b = await bridge_factory(auth={"login_timeout": 0.5})
+    port = b.app.hub.port
+    silent = await asyncio.open_connection("127.0.0.1", port)
+    partial = await asyncio.open_connection("127.0.0.1", port)
+    partial[1].write(b"GET /api/gateway HTTP/1.1\r\nHost: x")
+    async with asyncio.timeout(10):
+        for reader, writer in (silent, partial):
+            assert await reader.read() == b""  # the server closed it
+            writer.close()
+    c = await b.client("after")
+    assert (await c.request("system", "heartbeat", {}))["code"] == 0
 
 
 async def test_server_header_names_the_bridge(bridge_factory) -> None:

@@ -34,6 +34,12 @@ logging.getLogger("x").error("two\nlines %s", "here")
 logging.getLogger("websockets.client").debug("> Authorization: Bearer s3cret")
 logging.getLogger("aiohttp.access").info("library.info")
 logging.getLogger("aiosqlite").warning("library.warning")
+from aiohttp.http_exceptions import BadHttpMessage
+for exc in (BadHttpMessage("bad.request.from.peer"), RuntimeError("handler.crash")):
+    try:
+        raise exc
+    except Exception:
+        logging.getLogger("aiohttp.server").exception("Error handling request %s", exc)
 warnings.warn("careful", UserWarning)
 
 
@@ -103,6 +109,11 @@ def test_every_line_is_json_and_tracebacks_are_fields() -> None:
     r = run()
     assert r.returncode == 1  # the uncaught exception still fails the process
     entries = json_lines(r)
+
+    # A malformed request is the peer's error (answered 400): not logged; a crash still is.
+    assert not [e for e in entries if "bad.request.from.peer" in e["event"]]
+    crash = by_event(entries, "handler.crash")
+    assert crash["level"] == "error" and "RuntimeError" in crash["exception"]
 
     stdlib = by_event(entries, "stdlib.boom")
     assert stdlib["level"] == "error" and stdlib["logger"] == "x"
