@@ -1909,7 +1909,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="MB/s a trickling reader asks for after that (default 0.25)",
     )
     g.add_argument("--target-slow", type=float, default=2.0, help="max p99 ratio (default 2)")
-    p.add_argument("--target-rate", type=float, default=0.6)
+    p.add_argument("--target-rate", type=float, default=0.8)
     p.add_argument("--target-rss", type=float, default=1.2)
     p.add_argument(
         "--target-cpu",
