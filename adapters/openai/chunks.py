@@ -4,6 +4,13 @@ Tool calls arrive fragmented: the first fragment of an index carries its name, l
 append to `function.arguments`. Each index gets `started` on its first fragment, `pending` with the
 arguments so far on every argument fragment, and `finished` with the whole text once the model
 is done (a finish_reason, or the end of the stream).
+
+A chunk whose structure is of the wrong type (a `delta`, a `tool_calls` list, a tool call or its
+`function` that is not what the API says) is `MalformedChunk`, which fails the stream: guessing
+what such a provider meant could relay a reply that is not the model's, and clients that check
+chunks against the API's schema (the Vercel AI SDK) refuse them too. Scalars of the wrong type (a
+number as `content`) keep being relayed as their text; a choice that is not an object is skipped,
+as it cannot be choice 0, the one the hub shows.
 """
 
 from __future__ import annotations
@@ -12,6 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.models import Delta, Done, ReplyEvent, ToolCall
+
+
+class MalformedChunk(ValueError):
+    """A chunk whose structure is not the API's; `str(e)` says which part, for a person."""
 
 
 @dataclass(slots=True)
@@ -40,13 +51,20 @@ class ChunkAssembler:
                 continue  # the hub shows choice 0 only
             delta = choice.get("delta")
             if delta:
-                # Servers name the thinking text differently (DeepSeek, vLLM, OpenRouter).
-                reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+                # Only a dict has `.get` among JSON values, and a try costs nothing until it
+                # catches: the well-formed chunk pays no type check on this, the hot path.
+                try:
+                    # Servers name the thinking text differently (DeepSeek, vLLM, OpenRouter).
+                    reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+                except AttributeError:
+                    raise MalformedChunk(f"the delta is {_kind(delta)}, not an object") from None
                 content = delta.get("content") or ""
                 if reasoning or content:
                     out.append(Delta(str(content), str(reasoning)))
                 tool_calls = delta.get("tool_calls")
                 if tool_calls:
+                    if type(tool_calls) is not list:
+                        raise MalformedChunk(f"tool_calls is {_kind(tool_calls)}, not a list")
                     for frag in tool_calls:
                         out.extend(self._tool_fragment(frag))
             if choice.get("finish_reason"):
@@ -54,10 +72,19 @@ class ChunkAssembler:
                 out.extend(self._finish_calls())
         return out
 
-    def _tool_fragment(self, frag: dict[str, Any]) -> list[ReplyEvent]:
-        index = int(frag.get("index") or 0)
-        call = self._calls.setdefault(index, _Call())
+    def _tool_fragment(self, frag: Any) -> list[ReplyEvent]:
+        if type(frag) is not dict:
+            raise MalformedChunk(f"a tool call is {_kind(frag)}, not an object")
+        try:
+            index = int(frag.get("index") or 0)
+        except (TypeError, ValueError):
+            raise MalformedChunk(
+                f"a tool call's index is {_kind(frag['index'])}, not an integer"
+            ) from None
         fn = frag.get("function") or {}
+        if type(fn) is not dict:
+            raise MalformedChunk(f"a tool call's function is {_kind(fn)}, not an object")
+        call = self._calls.setdefault(index, _Call())
         if fn.get("name") and not call.name:
             call.name = str(fn["name"])
         out: list[ReplyEvent] = []
@@ -82,6 +109,21 @@ class ChunkAssembler:
         if self.finish_reason is None:
             return None
         return Done(finish_reason=self.finish_reason, usage=self.usage)
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's type in the API's words (the value itself may be long or hostile)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "null"
 
 
 def merge_deltas(events: list[ReplyEvent]) -> list[ReplyEvent]:

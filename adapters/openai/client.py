@@ -10,6 +10,7 @@ object per chunk.
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.parse
 import urllib.request
@@ -43,6 +44,33 @@ MAX_ERROR_BODY = 64 << 10
 _PARAMS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "max_tokens")
 # What can go wrong reading a provider's reply; anything else is a bug of ours and is raised.
 _UPSTREAM_TROUBLE = (aiohttp.ClientError, OSError, ValueError)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lenient_loads(payload: bytes, error: orjson.JSONDecodeError) -> Any:
+    """A payload orjson refused, read by the stdlib parser, which takes what orjson does not.
+
+    That is a lone surrogate escape (`"\\ud83d"`), which proxies cutting text by UTF-16 units
+    send. It becomes U+FFFD here, as the hub would write it: a surrogate cannot be stored or
+    encoded as UTF-8 further on. A payload neither parser takes fails as orjson said.
+    """
+    try:
+        # Nesting orjson refused for depth can still overflow the stack here.
+        return _no_surrogates(json.loads(payload))
+    except (ValueError, RecursionError):
+        raise error from None
+
+
+def _no_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        if value.isascii() or _SURROGATE.search(value) is None:
+            return value
+        return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    if isinstance(value, dict):
+        return {_no_surrogates(k): _no_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_surrogates(v) for v in value]
+    return value
 
 
 def _encode(body: dict[str, Any]) -> bytes:
@@ -159,6 +187,8 @@ class ProviderClient:
         resp: aiohttp.ClientResponse | None = None
         # Whether the response was read to its end: only then can its connection be reused.
         ended = False
+        # The events of the read being parsed, which a failure in that read still delivers.
+        events: list[ReplyEvent] = []
         try:
             resp = await self._session().post(
                 self._url, data=_encode(body), headers=self._headers, proxy=self._proxy
@@ -169,16 +199,19 @@ class ProviderClient:
                 return
             read = resp.content.readany
             while not ended:
+                events = []
                 piece = await read()
                 if piece:
                     payloads = sse.feed(piece)
                 else:
                     payloads, ended = sse.close(), True
-                events: list[ReplyEvent] = []
                 for payload in payloads:
                     if payload == b"[DONE]":
                         continue
-                    chunk = loads(payload)
+                    try:
+                        chunk = loads(payload)
+                    except orjson.JSONDecodeError as e:
+                        chunk = _lenient_loads(payload, e)
                     if isinstance(chunk, dict):
                         if chunk.get("error"):
                             yield stream_error(self.name, chunk)
@@ -197,6 +230,8 @@ class ProviderClient:
                 yield done
         except _UPSTREAM_TROUBLE as e:  # TimeoutError is an OSError
             ended = False
+            for event in merge_deltas(events):
+                yield event
             yield exception_failure(
                 self.name, e, answered=resp is not None, timeout=self.provider.timeout
             )

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import openai
 
+from adapters.openai.chunks import MalformedChunk
 from bridge.errors import ErrorCode
 from bridge.models import Failed
 
@@ -106,6 +107,8 @@ def exception_failure(provider: str, e: BaseException, *, answered: bool, timeou
             ErrorCode.UPSTREAM_ERROR,
             f"provider {provider} sent a stream event that is not JSON ({_first_line(e)})",
         )
+    if isinstance(e, MalformedChunk):
+        return Failed(ErrorCode.UPSTREAM_ERROR, f"provider {provider} sent a malformed chunk: {e}")
     if isinstance(e, aiohttp.ClientConnectionError | OSError) and not answered:
         return Failed(
             ErrorCode.UPSTREAM_ERROR, f"provider {provider}: connection failed ({_first_line(e)})"

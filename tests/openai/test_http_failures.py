@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from adapters.openai.client import ProviderClient, env_proxy
+from adapters.openai.sse import MAX_EVENT
 from bridge.config import OpenAIProvider
 from bridge.errors import ErrorCode
 from bridge.models import CompletionRequest, Delta, Done, Failed, ReplyEvent, UserRef
@@ -263,3 +264,74 @@ async def test_cancelled_before_the_answer_closes_the_request(up: Upstream) -> N
     async with asyncio.timeout(5):
         await gone.wait()
     await client.close()
+
+
+async def test_a_lone_surrogate_escape_becomes_u_fffd(up: Upstream, client: ProviderClient) -> None:
+    # Written raw: json.dumps would escape the backslash. orjson refuses the lone \ud83d.
+    cut = b'data: {"choices":[{"index":0,"delta":{"content":"B\\ud83d"}}]}\n\n'
+
+    async def halved(request: web.Request) -> web.StreamResponse:
+        return await sse(request, chunk("A"), cut, chunk("C"), chunk(finish="stop"))
+
+    up.handler = halved
+    events = await collect(client)
+    assert events[-1] == Done(finish_reason="stop")
+    # Storage and the hub's frames cannot hold a lone surrogate; the hub writes U+FFFD for it.
+    assert "".join(e.text for e in events if isinstance(e, Delta)) == "AB\ufffdC"
+
+
+async def test_an_event_that_never_ends_fails_and_closes_the_response(
+    up: Upstream, client: ProviderClient
+) -> None:
+    gone = asyncio.Event()
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = await sse(request, chunk("partial"))
+        try:
+            while True:  # `data:` lines, never the blank line that would end the event
+                await resp.write(b"data: x\n" * 8192)
+        except (ConnectionError, asyncio.CancelledError):
+            gone.set()
+            raise
+
+    up.handler = endless
+    async with asyncio.timeout(5):
+        events = await collect(client)
+        await gone.wait()
+    assert events[0] == Delta(text="partial")
+    last = failed(events)
+    assert last.error == ErrorCode.UPSTREAM_ERROR
+    assert last.reason == f"provider odd: a stream event is longer than {MAX_EVENT} bytes"
+
+
+@pytest.mark.parametrize(
+    ("delta", "words"),
+    [
+        ("just text", "the delta is a string, not an object"),
+        (["text"], "the delta is an array, not an object"),
+        ({"tool_calls": {"index": 0}}, "tool_calls is an object, not a list"),
+        ({"tool_calls": "call"}, "tool_calls is a string, not a list"),
+        ({"tool_calls": 7}, "tool_calls is a number, not a list"),
+        ({"tool_calls": ["call"]}, "a tool call is a string, not an object"),
+        ({"tool_calls": [3]}, "a tool call is a number, not an object"),
+        ({"tool_calls": [{"index": 0, "function": "f(x)"}]}, "function is a string, not an"),
+        ({"tool_calls": [{"index": 0, "function": [1]}]}, "function is an array, not an"),
+        ({"tool_calls": [{"index": [0], "function": {}}]}, "index is an array, not an"),
+        ({"tool_calls": [{"index": "first"}]}, "index is a string, not an integer"),
+    ],
+)
+async def test_a_malformed_chunk_fails_the_stream_without_a_crash(
+    up: Upstream, client: ProviderClient, delta: object, words: str
+) -> None:
+    bad = json.dumps({"choices": [{"index": 0, "delta": delta}]}).encode()
+
+    async def malformed(request: web.Request) -> web.StreamResponse:
+        return await sse(request, chunk("ok"), b"data: " + bad + b"\n\n", chunk(finish="stop"))
+
+    up.handler = malformed
+    events = await collect(client)
+    assert events[0] == Delta(text="ok")
+    last = failed(events)
+    assert last.error == ErrorCode.UPSTREAM_ERROR
+    assert last.reason.startswith("provider odd sent a malformed chunk: ")
+    assert words in last.reason

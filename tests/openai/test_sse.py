@@ -7,7 +7,7 @@ import json
 import pytest
 
 from adapters.openai.chunks import ChunkAssembler, merge_deltas
-from adapters.openai.sse import MAX_LINE, SSEError, SSEReader
+from adapters.openai.sse import MAX_EVENT, MAX_LINE, SSEError, SSEReader
 from bridge.models import Delta, Done, ToolCall
 
 STREAM = (
@@ -55,6 +55,35 @@ def test_an_endless_line_is_refused() -> None:
     reader = SSEReader()
     with pytest.raises(SSEError):
         reader.feed(b"data: " + b"x" * (MAX_LINE + 1))
+
+
+def test_an_endless_event_is_refused_however_its_lines_arrive() -> None:
+    line = b"data: x\n"
+    # Each piece is well under MAX_LINE and ends its lines: only the event's size can trip.
+    piece = line * 1024
+    reader = SSEReader()
+    fed = 0
+    with pytest.raises(SSEError, match="stream event is longer than"):
+        while fed <= MAX_EVENT + len(piece):
+            assert reader.feed(piece) == []
+            fed += len(piece)
+    # Refused as soon as it passed the bound, not after holding much more.
+    assert fed <= MAX_EVENT
+
+
+def test_the_event_bound_counts_one_event_only() -> None:
+    # Many events together far past the bound are fine: each blank line starts the count anew.
+    event = b"data: " + b"y" * 1000 + b"\n" + b"data: z\n\n"
+    reader = SSEReader()
+    count = 0
+    for _ in range(2 * MAX_EVENT // len(event) + 1):
+        count += len(reader.feed(event))
+    assert count == 2 * MAX_EVENT // len(event) + 1
+    # An event just under the bound, in lines, still passes.
+    lines = b"data: w\n" * ((MAX_EVENT - 1) // 8)
+    assert reader.feed(lines + b"\n") == [b"\n".join([b"w"] * ((MAX_EVENT - 1) // 8))]
+    reader.feed(lines)
+    assert reader.close() == [b"\n".join([b"w"] * ((MAX_EVENT - 1) // 8))]
 
 
 def test_events_from_one_read_merge_into_one_delta_but_keep_tool_calls_apart() -> None:
