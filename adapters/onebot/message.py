@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.onebot.cq import parse_cq
+from bridge.json_names import json_type_name
 from bridge.models import JSON, Segment
 from bridge.models import plain_text as plain_text
 
@@ -181,20 +182,3 @@ def _to_json_value(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_to_json_value(v) for v in value]
     return value
-
-
-def json_type_name(value: Any) -> str:
-    """How a JSON value is named in an error message ("an array", "null", ...)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | tuple):
-        return "an array"
-    if isinstance(value, Mapping):
-        return "an object"
-    return type(value).__name__

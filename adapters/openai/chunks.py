@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.json_names import json_type_name
 from bridge.models import Delta, Done, ReplyEvent, ToolCall
 
 
@@ -57,14 +58,18 @@ class ChunkAssembler:
                     # Servers name the thinking text differently (DeepSeek, vLLM, OpenRouter).
                     reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
                 except AttributeError:
-                    raise MalformedChunk(f"the delta is {_kind(delta)}, not an object") from None
+                    raise MalformedChunk(
+                        f"the delta is {json_type_name(delta)}, not an object"
+                    ) from None
                 content = delta.get("content") or ""
                 if reasoning or content:
                     out.append(Delta(str(content), str(reasoning)))
                 tool_calls = delta.get("tool_calls")
                 if tool_calls:
                     if type(tool_calls) is not list:
-                        raise MalformedChunk(f"tool_calls is {_kind(tool_calls)}, not a list")
+                        raise MalformedChunk(
+                            f"tool_calls is {json_type_name(tool_calls)}, not a list"
+                        )
                     for frag in tool_calls:
                         out.extend(self._tool_fragment(frag))
             if choice.get("finish_reason"):
@@ -74,16 +79,16 @@ class ChunkAssembler:
 
     def _tool_fragment(self, frag: Any) -> list[ReplyEvent]:
         if type(frag) is not dict:
-            raise MalformedChunk(f"a tool call is {_kind(frag)}, not an object")
+            raise MalformedChunk(f"a tool call is {json_type_name(frag)}, not an object")
         try:
             index = int(frag.get("index") or 0)
         except (TypeError, ValueError):
             raise MalformedChunk(
-                f"a tool call's index is {_kind(frag['index'])}, not an integer"
+                f"a tool call's index is {json_type_name(frag['index'])}, not an integer"
             ) from None
         fn = frag.get("function") or {}
         if type(fn) is not dict:
-            raise MalformedChunk(f"a tool call's function is {_kind(fn)}, not an object")
+            raise MalformedChunk(f"a tool call's function is {json_type_name(fn)}, not an object")
         call = self._calls.setdefault(index, _Call())
         if fn.get("name") and not call.name:
             call.name = str(fn["name"])
@@ -109,21 +114,6 @@ class ChunkAssembler:
         if self.finish_reason is None:
             return None
         return Done(finish_reason=self.finish_reason, usage=self.usage)
-
-
-def _kind(value: Any) -> str:
-    """A JSON value's type in the API's words (the value itself may be long or hostile)."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return "null"
 
 
 def merge_deltas(events: list[ReplyEvent]) -> list[ReplyEvent]:
