@@ -7,8 +7,10 @@ Everything above this module sees only `HubSocket` and `web.Request`, so the lis
 swapped without touching the connection logic.
 
 `HubSocket` is the small surface a hub connection needs: read data frames, write a frame at
-once when the kernel buffer is empty (no task, no lock), write through aiohttp's writer with
-flow control otherwise, confirm delivery with a ping whose pong comes back, close or abort.
+once when the kernel buffer is empty (no task, no lock), write what queued behind a backlog in
+one go and wait for the buffer to drain, confirm delivery with a ping whose pong comes back,
+close or abort. Data frames are framed (and compressed, see `deflate`) here; aiohttp's writer
+only sends control frames.
 """
 
 from __future__ import annotations
@@ -19,14 +21,20 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
+from adapters.miochat.deflate import Deflater, negotiated
+
 # A data frame a server sends is never masked: 2-10 header bytes, then the payload.
 _FIN_TEXT = 0x81
+# The same with RSV1 set: a compressed message.
+_FIN_TEXT_DEFLATED = 0xC1
 _LEN2 = struct.Struct("!BBH").pack
 _LEN8 = struct.Struct("!BBQ").pack
 # permessage-deflate lets any message go uncompressed (RFC 7692 7.2.3.2): a frame this small
 # gains next to nothing from deflate, so it skips the compressor (CPU, and the compressor's
-# ~256 KB is allocated only once a larger frame needs it).
+# memory is allocated only once a larger frame needs it).
 _SMALL = 512
+# Larger messages are compressed in a worker thread, not on the loop.
+_DEFLATE_ON_LOOP = 64 * 1024
 # The first byte of our own ping payloads, so the pong to a keep-alive ping (empty payload,
 # sent by aiohttp when the peer is quiet) is never taken for a delivery confirmation.
 _CONFIRM = b"c"
@@ -39,7 +47,7 @@ class SocketClosed(Exception):
 class HubSocket:
     __slots__ = (
         "_closed",
-        "_compressed",
+        "_deflater",
         "_drain",
         "_pong_waiters",
         "_sent_close",
@@ -62,8 +70,12 @@ class HubSocket:
         self._transport: asyncio.Transport | None = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername") if transport is not None else None
         self.remote_address: tuple[str, int] | None = tuple(peer[:2]) if peer else None
-        # Compressed frames share one deflate context: they all go through aiohttp's writer.
-        self._compressed = bool(ws.compress)
+        deflate = (
+            negotiated(ws.headers.get("Sec-WebSocket-Extensions", "")) if ws.compress else None
+        )
+        self._deflater = (
+            Deflater(deflate[0], no_context_takeover=deflate[1]) if deflate is not None else None
+        )
         self._pong_waiters: dict[bytes, asyncio.Future[None]] = {}
         self._closed = False
         self._sent_close: int | None = None
@@ -84,34 +96,44 @@ class HubSocket:
         nothing is buffered ahead of it and it stays under the high-water mark."""
         transport = self._transport
         if (
-            (self._compressed and len(data) > _SMALL)
-            or not self.open
+            not self.open
             or transport is None
             or transport.get_write_buffer_size()
             or len(data) + 10 > transport.get_write_buffer_limits()[1]
         ):
             return False
-        transport.write(_framed(data))
+        deflater = self._deflater
+        if deflater is None or len(data) <= _SMALL:
+            transport.write(_framed(data))
+        elif len(data) <= _DEFLATE_ON_LOOP:
+            transport.write(_framed(deflater.compress(data), _FIN_TEXT_DEFLATED))
+        else:
+            return False
         return True
 
     async def send_many(self, frames: list[bytes]) -> None:
-        """Write text frames behind whatever is buffered (one write for the lot when nothing
-        needs the compressor), then wait while the peer's buffer is full."""
+        """Write text frames behind whatever is buffered, in one write, then wait while the
+        peer's buffer is full."""
+        deflater = self._deflater
+        out: list[bytes] = []
+        for data in frames:
+            if deflater is None or len(data) <= _SMALL:
+                out.append(_framed(data))
+            else:
+                if len(data) <= _DEFLATE_ON_LOOP:
+                    payload = deflater.compress(data)
+                else:
+                    # The deflater is this connection's alone and its writes are sequential:
+                    # nothing else uses it while the thread runs.
+                    payload = await asyncio.to_thread(deflater.compress, data)
+                out.append(_framed(payload, _FIN_TEXT_DEFLATED))
         transport = self._transport
         if not self.open or transport is None:
             raise SocketClosed
         try:
-            if not self._compressed:
-                transport.write(b"".join(map(_framed, frames)))
-            else:
-                for data in frames:
-                    if len(data) > _SMALL:
-                        await self.ws.send_frame(data, WSMsgType.TEXT)
-                    else:
-                        transport.write(_framed(data))
-            # The kernel buffer too, not just aiohttp's own counter: a peer that stops reading
-            # holds the frames here, in sight of the caller's send timeout, not in an
-            # unbounded transport buffer.
+            transport.write(b"".join(out))
+            # A peer that stops reading holds the frames here, in sight of the caller's send
+            # timeout, not in an unbounded transport buffer.
             await self._drain()
         except (ConnectionError, RuntimeError) as e:
             raise SocketClosed from e
@@ -193,13 +215,13 @@ async def accept(
     return HubSocket(ws, request, writer.drain)
 
 
-def _framed(data: bytes) -> bytes:
+def _framed(data: bytes, first: int = _FIN_TEXT) -> bytes:
     n = len(data)
     if n < 126:
-        return bytes((_FIN_TEXT, n)) + data
+        return bytes((first, n)) + data
     if n < 65536:
-        return _LEN2(_FIN_TEXT, 126, n) + data
-    return _LEN8(_FIN_TEXT, 127, n) + data
+        return _LEN2(first, 126, n) + data
+    return _LEN8(first, 127, n) + data
 
 
 def is_upgrade(request: web.Request) -> bool:

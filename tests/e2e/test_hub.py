@@ -442,6 +442,74 @@ async def test_sockets_that_never_complete_a_request_are_closed(bridge_factory) 
     assert (await c.request("system", "heartbeat", {}))["code"] == 0
 
 
+async def _raw_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readexactly(2)
+    n = head[1] & 0x7F
+    if n == 126:
+        n = int.from_bytes(await reader.readexactly(2), "big")
+    elif n == 127:
+        n = int.from_bytes(await reader.readexactly(8), "big")
+    return head[0], await reader.readexactly(n)
+
+
+async def test_large_frames_are_deflated_small_ones_not(bridge_factory) -> None:
+    """On the wire: with permessage-deflate negotiated, a small answer is sent plain (RSV1
+    clear) and a large one compressed (RSV1 set), decodable with the peer's window."""
+    import base64
+    import zlib
+
+    b = await bridge_factory(server={"compression": True})
+    reader, writer = await asyncio.open_connection("127.0.0.1", b.app.hub.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            "GET /api/gateway?mio-chat-id=wire HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+        ).encode()
+    )
+    async with asyncio.timeout(10):
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert b" 101 " in head.split(b"\r\n")[0] and b"permessage-deflate" in head
+        inflater = zlib.decompressobj(-15)
+        first, payload = await _raw_frame(reader)  # the pushed login answer
+        if first & 0x40:
+            payload = inflater.decompress(payload + b"\x00\x00\xff\xff")
+        assert json.loads(payload)["type"] == "login"
+
+        def masked(text: str) -> bytes:
+            data = text.encode()
+            mask = os.urandom(4)
+            body = bytes(c ^ mask[i % 4] for i, c in enumerate(data))
+            n = len(data)
+            size = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big")
+            return bytes([0x81]) + size + mask + body
+
+        for rid, compressed in (("small", False), ("large-" + "y" * 3000, True)):
+            frame = {"request_id": rid, "protocol": "system", "type": "heartbeat", "data": {}}
+            writer.write(masked(json.dumps(frame)))
+            first, payload = await _raw_frame(reader)
+            assert bool(first & 0x40) is compressed
+            if compressed:
+                assert len(payload) < 1000
+                payload = inflater.decompress(payload + b"\x00\x00\xff\xff")
+            assert json.loads(payload)["request_id"] == rid
+    writer.close()
+
+
+async def test_no_context_takeover_is_honoured(bridge_factory) -> None:
+    from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+
+    b = await bridge_factory(server={"compression": True})
+    factory = ClientPerMessageDeflateFactory(server_no_context_takeover=True)
+    c = await b.client("fresh", compression=None, extensions=[factory])
+    extensions = c.ws.response.headers.get("Sec-WebSocket-Extensions") or ""
+    assert "server_no_context_takeover" in extensions
+    for i in range(4):
+        rid = f"big-{i}-" + "z" * 2000
+        assert (await c.request("system", "heartbeat", {}, request_id=rid))["request_id"] == rid
+
+
 async def test_server_header_names_the_bridge(bridge_factory) -> None:
     b = await bridge_factory()
     async with aiohttp.ClientSession() as http:
