@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from adapters.momohub.client import MomoHubClient
     from adapters.momohub.sandbox import SandboxServer
     from adapters.momohub.target import CharacterTarget
+    from bridge.plugins import PluginHost
 
 log = structlog.get_logger(__name__)
 
@@ -245,6 +246,7 @@ class App:
         self._closers: list[Any] = []
         self._tasks = TaskSet("app")
         self.frameworks: Any = None
+        self.plugins: PluginHost | None = None
         self.health = Health()
         # Upstream start-ups still running; start() waits on them for STARTUP_GRACE at most.
         self._warming: list[asyncio.Task[Any]] = []
@@ -431,10 +433,24 @@ class App:
             # wait on the upstream, runs in the background).
             await self.sessions.schedule_recovery()
             await self.hub.start()
+            await self._load_plugins()
             await self._start_upstreams(places, admin_code)
         except BaseException:
             await self.stop()
             raise
+
+    async def _load_plugins(self) -> None:
+        """Commands and filters, imported off the loop; until they are in, messages to the
+        upstreams are refused as "starting" (their places are still pending), so no command
+        line can slip through to an upstream."""
+        from bridge.plugins import PluginHost
+
+        assert self.storage is not None and self.sessions is not None
+        host = PluginHost(self.config.plugins, services=self)
+        host.kv = self.storage.plugin_kv
+        await asyncio.to_thread(host.load)
+        self.plugins = host
+        self.sessions.plugins = host
 
     @property
     def port(self) -> int:

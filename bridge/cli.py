@@ -121,6 +121,29 @@ def _check_config(path: str | None) -> int:
     return 0
 
 
+def _list_plugins(config_path: str) -> int:
+    """What `serve` would load with this configuration: each plugin and its commands, each one
+    left out and why. Exit 1 if a plugin failed, 2 if the configuration is bad."""
+    loaded = _load(config_path)
+    if loaded is None:
+        return EXIT_BAD_CONFIG
+    config, _ = loaded
+    configure_logging("critical", "console")  # the listing below says it all
+    from bridge.plugins import PluginHost
+
+    host = PluginHost(config.plugins)
+    host.load()
+    prefix = host.prefixes[0]
+    for p in host.loaded:
+        commands = ", ".join(prefix + c for c in p.commands) or "(no commands)"
+        print(f"loaded   {p.name:<16} {commands}")
+    for name, why in sorted(host.skipped.items()):
+        print(f"skipped  {name:<16} {why}")
+    for name, why in sorted(host.failed.items()):
+        print(f"FAILED   {name:<16} {why}")
+    return 1 if host.failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="momobridge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -134,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config ([sandbox] section)")
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None, help="default 8080")
+    p = sub.add_parser("plugins", help="list the plugins the configuration loads, and why not")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config (default ./config.toml)")
     p = sub.add_parser("chat", help="a terminal client for the hub")
     p.add_argument("--url", default="ws://127.0.0.1:3080/api/gateway")
     p.add_argument("--id", default="10086", help="your mio-chat-id")
@@ -145,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_sandbox(args.config, args.host, args.port))
     if args.command == "check-config":
         return _check_config(args.path)
+    if args.command == "plugins":
+        return _list_plugins(args.config)
     if args.command == "chat":
         from bridge.chat_client import run_chat
 

@@ -207,6 +207,49 @@ class OneBotConfig(_Section):
     user_message_type: Literal["private", "group"] = "private"
 
 
+class PluginsConfig(BaseModel):
+    """``[plugins]``: which load, the command prefixes, and each plugin's own
+    ``[plugins.<name>]`` table (validated by that plugin when it loads)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    enabled: list[str] = Field(default_factory=list)
+    disabled: list[str] = Field(default_factory=list)
+    prefixes: list[str] = Field(default_factory=lambda: ["/"], min_length=1)
+
+    @field_validator("prefixes")
+    @classmethod
+    def _prefixes(cls, v: list[str]) -> list[str]:
+        for prefix in v:
+            if not prefix or len(prefix) > 4 or any(c.isspace() or c.isalnum() for c in prefix):
+                raise ValueError(
+                    f"{prefix!r} cannot be a command prefix: 1 to 4 characters, "
+                    "no letters, digits or spaces"
+                )
+        return v
+
+    @field_validator("enabled")
+    @classmethod
+    def _module_paths(cls, v: list[str]) -> list[str]:
+        for path in v:
+            if not all(part.isidentifier() for part in path.split(".")):
+                raise ValueError(f"{path!r} is not a module path (such as my_plugins.weather)")
+        return v
+
+    @model_validator(mode="after")
+    def _tables_only(self) -> PluginsConfig:
+        for key, value in (self.model_extra or {}).items():
+            if not isinstance(value, dict):
+                raise ValueError(
+                    f"plugins.{key}: unknown key (a plugin's own settings go in a "
+                    f"[plugins.{key}] table)"
+                )
+        return self
+
+    def tables(self) -> dict[str, dict[str, Any]]:
+        return dict(self.model_extra or {})
+
+
 class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
@@ -218,6 +261,7 @@ class Config(_Section):
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
     onebot: OneBotConfig = Field(default_factory=OneBotConfig)
     share: ShareConfig = Field(default_factory=ShareConfig)
+    plugins: PluginsConfig = Field(default_factory=PluginsConfig)
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> Config:
@@ -388,6 +432,17 @@ def _error_text(e: Any) -> str:
         return _unknown_key(tuple(e["loc"]))
     msg = str(e["msg"])
     return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+def validation_problems(err: ValidationError, where: str) -> list[str]:
+    """Each problem of ``err`` as "<where>.<key>: why" (for tables validated outside Config)."""
+    out = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        key = f"{where}.{loc}" if loc else where
+        text = "unknown key" if e["type"] == "extra_forbidden" else _error_text(e)
+        out.append(f"{key}: {text}")
+    return out
 
 
 def _env_source(keys: tuple[tuple[Any, ...], ...], env: dict[tuple[Any, ...], str]) -> str | None:

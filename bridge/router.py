@@ -87,6 +87,13 @@ class Router:
             out.extend(t.contacts(user))
         return out
 
+    def contact_name(self, user: UserRef, contact: str) -> str:
+        """The contact's display name as ``user`` sees it (its id if unknown)."""
+        for c in self.contacts(user):
+            if c.id == contact:
+                return c.name or contact
+        return contact
+
     def model_groups(self) -> list[ModelGroup]:
         out: list[ModelGroup] = []
         for t in self._model_targets:

@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -29,11 +29,15 @@ from bridge.models import (
     ReplyEvent,
     Segment,
     UserRef,
+    plain_text,
 )
 from bridge.outbox import Outbox, Push, Sink
 from bridge.router import ContactTarget, Router
 from bridge.tasks import TaskSet
 from storage import Storage
+
+if TYPE_CHECKING:
+    from bridge.plugins import PluginHost
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +80,12 @@ async def _outcome(coro: Awaitable[Accepted]) -> tuple[Accepted | None, Exceptio
         return None, e
 
 
+def _with_text(segments: list[Segment], text: str) -> list[Segment]:
+    """The message with its text (all text segments) replaced by ``text``; the rest kept."""
+    others = [s for s in segments if s.type != "text"]
+    return [Segment.text(text), *others] if text else others
+
+
 def _rid(value: str | int | float | None) -> str | None:
     return None if value is None else str(value)
 
@@ -95,6 +105,8 @@ class Sessions:
         self._tasks = TaskSet("sessions")
         # Replies a connection watches, so it can stop watching when it closes.
         self._watched: dict[int, _Reply] = {}
+        # Commands and filters (set by the app; None: messages go straight to their target).
+        self.plugins: PluginHost | None = None
 
     # ----- sending ---------------------------------------------------------------------------
 
@@ -134,8 +146,21 @@ class Sessions:
     ) -> Accepted:
         target = self._router.contact_target(contact)
         contact = target.canonical(contact)
-        await target.check_available(contact)
         key = ConversationKey(user.id, contact, thread)
+        plugins = self.plugins
+        # Bot frameworks have commands of their own: their messages pass through untouched.
+        if plugins is not None and getattr(target, "replies_stream", True):
+            text = plain_text(segments)
+            if plugins.input_filters and text:
+                filtered = await plugins.filter_input(key, user, text, self.say)
+                if not isinstance(filtered, str):
+                    return await self._settled(user, key, segments)
+                if filtered != text:
+                    segments = _with_text(segments, filtered)
+                    text = filtered
+            if plugins.is_command(text):
+                return await self._command(plugins, user, key, segments, text)
+        await target.check_available(contact)
         content = [s.to_json() for s in segments]
         msg = ChatMessage(key, user, segments, message_id=0, time=time.time())
         if not getattr(target, "replies_stream", True):
@@ -180,6 +205,63 @@ class Sessions:
         if reply.ended:  # it failed before the message was stored: nothing in flight
             await self._storage.inflight.remove(row.id)
         return Accepted(row.id, streaming=True)
+
+    async def _command(
+        self,
+        plugins: PluginHost,
+        user: UserRef,
+        key: ConversationKey,
+        segments: list[Segment],
+        text: str,
+    ) -> Accepted:
+        """A command line: stored like any message, answered by its handler as a turn of the
+        conversation (so it comes after a reply still running), never sent upstream."""
+
+        async def job(turn: Turn) -> None:
+            await plugins.run_command(key, user, text, self.say)
+
+        content = [s.to_json() for s in segments]
+        row = await self._storage.messages.add(
+            key.user_id, key.contact, "in", content, thread=key.thread
+        )
+        try:
+            self.engine.submit(key, job, message_id=row.id)
+        except BaseException:
+            await self._storage.messages.mark_deleted(row.id)
+            raise
+        return Accepted(row.id, streaming=False)
+
+    async def _settled(
+        self, user: UserRef, key: ConversationKey, segments: list[Segment]
+    ) -> Accepted:
+        """A message an input filter stopped: stored (the sender sees it acknowledged), not
+        sent on."""
+        content = [s.to_json() for s in segments]
+        row = await self._storage.messages.add(
+            key.user_id, key.contact, "in", content, thread=key.thread
+        )
+        return Accepted(row.id, streaming=False)
+
+    async def say(self, key: ConversationKey, text: str) -> None:
+        """A message from the conversation's contact to its user: stored, then pushed (a
+        command's answer, a filter's notice)."""
+        segs = [Segment.text(text).to_json()]
+        row = await self._storage.messages.add(
+            key.user_id, key.contact, "out", segs, thread=key.thread
+        )
+        name = self._router.contact_name(UserRef(key.user_id), key.contact)
+        await self._outbox.push(
+            key.user_id,
+            Push(
+                kind="message",
+                contact=key.contact,
+                message_id=row.id,
+                segments=segs,
+                time=int(row.time),
+                sender_id=key.contact,
+                sender_name=name,
+            ),
+        )
 
     async def _hand_off(
         self, target: ContactTarget, msg: ChatMessage, content: list[dict[str, Any]]
@@ -322,8 +404,10 @@ class Sessions:
         if reply.withdrawn:
             return
         text = "".join(reply.text)
-        segs = [Segment.text(text).to_json()] if text else []
         key = reply.key
+        if self.plugins is not None and self.plugins.reply_filters and text:
+            text = await self.plugins.filter_reply(key, text)
+        segs = [Segment.text(text).to_json()] if text else []
         refs: list[tuple[int | None, str, str]] = []
         if done.ref_system:
             if done.request_ref:

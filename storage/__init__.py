@@ -9,6 +9,7 @@ from storage.db import Database
 from storage.inflight import InflightRepo
 from storage.messages import MessageRepo
 from storage.outbox import OutboxRepo
+from storage.plugin_kv import PluginKVRepo
 from storage.shares import ShareRepo
 from storage.users import UserRepo
 
@@ -22,6 +23,7 @@ class Storage:
     shares: ShareRepo
     conversations: ConversationRepo
     inflight: InflightRepo
+    plugin_kv: PluginKVRepo
 
     @classmethod
     async def open(cls, path: str) -> Storage:
@@ -34,6 +36,7 @@ class Storage:
             shares=ShareRepo(db),
             conversations=ConversationRepo(db),
             inflight=InflightRepo(db),
+            plugin_kv=PluginKVRepo(db),
         )
 
     async def close(self) -> None:

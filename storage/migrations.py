@@ -78,4 +78,14 @@ MIGRATIONS: list[str] = [
     ALTER TABLE conversations ADD COLUMN anchor_id TEXT;
     ALTER TABLE conversations ADD COLUMN anchor_at TEXT;
     """,
+    # 5: each plugin's small persistent key-value store.
+    """
+    CREATE TABLE plugin_kv (
+        plugin TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        updated REAL NOT NULL,
+        PRIMARY KEY (plugin, key)
+    ) WITHOUT ROWID;
+    """,
 ]

@@ -36,7 +36,7 @@ STALL = 30
 # What "answered at once" means while an upstream is stalled for STALL seconds.
 PROMPT = 2.0
 # `/slow` streams one token per 0.2 s: this reply takes about 3 s.
-SLOW = "/slow take your time with this one please a b c d e f"
+SLOW = "take your time /slow with this one please a b c d e f"
 
 
 def text(t: str) -> list[dict[str, Any]]:
@@ -589,7 +589,7 @@ async def test_memory_is_back_to_baseline_after_a_burst(hub: Bridge) -> None:
         for r in rids:
             assert (await a.stream(r, timeout=30))[-1]["message"] == "completed"
         # A queued message recalled, and an aborted completion.
-        slow, _ = await submit(a, MOMO, "/slow short")
+        slow, _ = await submit(a, MOMO, "short /slow")
         _, queued_id = await submit(a, MOMO, "queued")
         assert (await recall(b, queued_id))["code"] == 0
         assert (await a.stream(slow, timeout=30))[-1]["message"] == "completed"
