@@ -102,6 +102,17 @@ async def test_nonebot_echo_roundtrip(bridge_factory, nonebot: FrameworkProcess)
     await tab.wait_push(lambda f: f["data"]["content"]["message_id"] == content["message_id"])
 
 
+async def test_command_lines_to_the_bot_reach_the_framework(
+    bridge_factory, nonebot: FrameworkProcess
+) -> None:
+    """The bridge's commands are for characters and models: a framework has its own."""
+    b = await linked(bridge_factory, nonebot)
+    c = await b.client("10087")
+    await say(c, "/help")
+    push = await c.wait_push(lambda f: f["data"]["id"] == BOT)
+    assert push["data"]["content"]["message"] == text("echo: /help")
+
+
 async def test_admin_and_mapped_users(bridge_factory, nonebot: FrameworkProcess) -> None:
     b = await linked(bridge_factory, nonebot)
     admin = await b.client("boss", ADMIN_CODE)
