@@ -70,6 +70,7 @@ class Connection:
         "_closed",
         "_confirmed_seq",
         "_confirming",
+        "_deferred",
         "_drained",
         "_in_flight",
         "_max_in_flight",
@@ -117,6 +118,8 @@ class Connection:
         self._confirmed_seq = 0
         self._confirming = False
         self._drained: asyncio.Future[None] | None = None
+        # Flushes to run when the writer comes back for more (renderers gathering deltas).
+        self._deferred: list[Callable[[], None]] = []
 
     # ----- sending -----------------------------------------------------------------------------
 
@@ -150,6 +153,25 @@ class Connection:
 
     def _write_now(self, data: bytes) -> bool:
         return self.sock.write_now(data)
+
+    def busy(self) -> bool:
+        """Frames are waiting for the peer (the writer is running)."""
+        return self._writer is not None
+
+    def defer(self, flush: Callable[[], None]) -> None:
+        """Run ``flush`` (which sends frames) when the writer next takes frames from the queue."""
+        if self._closed:
+            return
+        self._deferred.append(flush)
+        self._kick()
+
+    def _run_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        for flush in deferred:
+            try:
+                flush()
+            except Exception:
+                log.exception("hub.deferred_flush_failed", peer=self.peer)
 
     def _kick(self) -> None:
         if self._writer is None and not self._closed:
@@ -194,6 +216,8 @@ class Connection:
         sock = self.sock
         try:
             while True:
+                if self._deferred:
+                    self._run_deferred()
                 queue = self._queue
                 while queue:
                     if self._write_now(queue[0][0]):
@@ -217,7 +241,7 @@ class Connection:
                     async with asyncio.timeout(self._send_timeout):
                         await self._confirm_by_ping()
                     continue
-                if not self._queue:
+                if not self._queue and not self._deferred:
                     return  # nothing awaited since the check: no frame can be left behind
         except TimeoutError:
             self.abort("peer stopped reading")
@@ -372,6 +396,7 @@ class Connection:
 
     async def cleanup(self) -> None:
         self._closed = True
+        self._deferred = []
         if self._room is not None:
             self._room.set()
         hub = self.hub

@@ -131,7 +131,8 @@ async def test_broken_plugins_are_skipped_and_the_bridge_serves(
     assert "this plugin is broken on purpose" in host.failed["faulty"]
     assert "no setup(ctx)" in host.failed["nosetup"]
     assert "ModuleNotFoundError" in host.failed["missing"]
-    assert [p.name for p in host.loaded] == ["help"]
+    loaded = [p.name for p in host.loaded]
+    assert "help" in loaded and not {"faulty", "nosetup", "missing"} & set(loaded)
     c = await b.client("fay")
     assert (await command(c, "/help")).startswith("Commands:")
     for name in ("extra_plugins.faulty", "extra_plugins.nosetup"):
