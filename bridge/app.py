@@ -203,6 +203,24 @@ class PendingTarget:
         recover = getattr(owner, "recover", None)
         return await recover(key) if recover is not None else None
 
+    # ----- ContextTarget (optional; commands such as /reset wait for the target like a recall) --
+
+    async def _context_method(self, key: ConversationKey, name: str) -> Any:
+        method = getattr(await self._owner(key.contact), name, None)
+        if method is None:
+            raise BridgeError(ErrorCode.NOT_FOUND, "not supported in this conversation")
+        return method
+
+    async def reset_context(self, key: ConversationKey) -> None:
+        await (await self._context_method(key, "reset_context"))(key)
+
+    async def get_instructions(self, key: ConversationKey) -> str | None:
+        text: str | None = await (await self._context_method(key, "get_instructions"))(key)
+        return text
+
+    async def set_instructions(self, key: ConversationKey, text: str | None) -> None:
+        await (await self._context_method(key, "set_instructions"))(key, text)
+
     # ----- ModelTarget ----------------------------------------------------------------------------
 
     def model_groups(self) -> list[ModelGroup]:

@@ -14,6 +14,7 @@ from bridge.models import (
     ChatMessage,
     CompletionRequest,
     Contact,
+    ConversationKey,
     ModelGroup,
     RecallRequest,
     ReplyEvent,
@@ -52,6 +53,26 @@ class ContactTarget(Protocol):
     async def forward(
         self, message: ChatMessage, items: list[ChatMessage]
     ) -> AsyncIterator[ReplyEvent] | None: ...
+
+
+class ContextTarget(Protocol):
+    """Optional methods of a contact target whose conversations keep an upstream context
+    (a MomoHub chat). Callers look them up with ``getattr`` and say "not supported" without
+    them; a BridgeError's reason is for the user."""
+
+    async def reset_context(self, key: ConversationKey) -> None:
+        """The conversation's next message starts a fresh upstream context; its instructions
+        stay."""
+        ...
+
+    async def get_instructions(self, key: ConversationKey) -> str | None:
+        """The conversation's own extra instructions (a persona), None if it has none."""
+        ...
+
+    async def set_instructions(self, key: ConversationKey, text: str | None) -> None:
+        """Set (None: remove) the conversation's instructions: stored, applied to the upstream
+        context now and to any context it gets later."""
+        ...
 
 
 class ModelTarget(Protocol):

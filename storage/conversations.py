@@ -67,3 +67,31 @@ class ConversationRepo:
                 (anchor_id, anchor_at, user_id, contact, thread),
             )
         )
+
+    async def instructions(self, user_id: str, contact: str, thread: str) -> str | None:
+        """The conversation's own instructions (its persona), if it has any."""
+        async with self._db.conn.execute(
+            "SELECT text FROM conversation_instructions "
+            "WHERE user_id = ? AND contact = ? AND thread = ?",
+            (user_id, contact, thread),
+        ) as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row is not None else None
+
+    async def set_instructions(
+        self, user_id: str, contact: str, thread: str, text: str | None
+    ) -> None:
+        """Store (or, with None, remove) the conversation's instructions."""
+        if text is None:
+            sql = (
+                "DELETE FROM conversation_instructions "
+                "WHERE user_id = ? AND contact = ? AND thread = ?"
+            )
+            params: tuple[object, ...] = (user_id, contact, thread)
+        else:
+            sql = (
+                "INSERT OR REPLACE INTO conversation_instructions "
+                "(user_id, contact, thread, text, updated) VALUES (?, ?, ?, ?, ?)"
+            )
+            params = (user_id, contact, thread, text, time.time())
+        await self._db.run(lambda conn: write_one(conn, sql, params))

@@ -165,3 +165,13 @@ class MessageRepo:
         ) as cur:
             r = await cur.fetchone()
         return _row(r) if r is not None else None
+
+    async def recent(self, user_id: str, contact: str, thread: str, limit: int) -> list[MessageRow]:
+        """The conversation's newest ``limit`` messages that are not deleted, oldest first."""
+        async with self._db.conn.execute(
+            f"SELECT {_COLS} FROM messages WHERE user_id = ? AND contact = ? AND thread = ? "
+            "AND deleted = 0 ORDER BY id DESC LIMIT ?",
+            (user_id, contact, thread, max(0, limit)),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [_row(r) for r in reversed(rows)]

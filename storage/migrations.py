@@ -88,4 +88,16 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (plugin, key)
     ) WITHOUT ROWID;
     """,
+    # 6: each conversation's own instructions (a persona), kept apart from `conversations` so
+    # that forgetting a conversation's upstream chat (a reset) keeps them.
+    """
+    CREATE TABLE conversation_instructions (
+        user_id TEXT NOT NULL,
+        contact TEXT NOT NULL,
+        thread TEXT NOT NULL,
+        text TEXT NOT NULL,
+        updated REAL NOT NULL,
+        PRIMARY KEY (user_id, contact, thread)
+    ) WITHOUT ROWID;
+    """,
 ]

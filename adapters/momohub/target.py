@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
 
+from adapters.momohub.chats import ChatBook
 from adapters.momohub.client import MomoHubClient
 from adapters.momohub.content import parts_text, to_content_parts
 from adapters.momohub.types import (
@@ -77,13 +77,7 @@ class CharacterTarget:
         self._client = client
         self._storage = storage
         self._characters: dict[str, Character] = {}
-        # (user, character, thread) → chat id; the table is the truth, this saves a query a send.
-        # Bounded: threads are named by users.
-        self._chats: OrderedDict[tuple[str, str, str], str] = OrderedDict()
-        self._max_chats_per_user = max_chats_per_user
-        # user → chats being created now, not yet in the table (counted against the limit).
-        self._creating: dict[str, int] = {}
-        self._create_locks = KeyedLocks()
+        self._book = ChatBook(config, client, storage, max_chats_per_user=max_chats_per_user)
         # Conversations whose last turn ended before its place in the chat was recorded.
         # Bounded: an entry goes with the next turn of that conversation, and at most one per
         # conversation of a user who is active.
@@ -105,6 +99,11 @@ class CharacterTarget:
 
     async def close(self) -> None:
         await self._tasks.cancel_all()
+
+    @property
+    def _create_locks(self) -> KeyedLocks:
+        """Held per conversation (and per user) while its chat is found or created."""
+        return self._book.locks
 
     async def _refresher(self) -> None:
         delay = 1.0
@@ -208,6 +207,21 @@ class CharacterTarget:
             await self._client.delete_message(chat_id, ref)
         if unresolved:
             await self._settle(key, chat_id)
+
+    # ----- conversation context (bridge.router.ContextTarget) ---------------------------------
+
+    async def reset_context(self, key: ConversationKey) -> None:
+        """The conversation's next message goes to a new MomoHub chat (with its persona)."""
+        await self._book.forget(key)
+        # Where the old chat's last turn ended no longer matters.
+        self._unsettled.discard(key)
+
+    async def get_instructions(self, key: ConversationKey) -> str | None:
+        return await self._book.instructions(key)
+
+    async def set_instructions(self, key: ConversationKey, text: str | None) -> None:
+        """The chat's ``systemPrompt``: MomoHub appends it to the character's own prompt."""
+        await self._book.set_instructions(key, text)
 
     async def turn_ids(self, key: ConversationKey, chat_id: str) -> list[str]:
         """The ids of a turn that ended before they were learned (recalled while running, or
@@ -326,63 +340,6 @@ class CharacterTarget:
 
     # ----- the conversation itself -----------------------------------------------------------------
 
-    async def _chat_for(self, user_id: str, character_id: str, thread: str, *, fresh: bool) -> str:
-        key = (user_id, character_id, thread)
-        if not fresh and key in self._chats:
-            self._chats.move_to_end(key)
-            return self._chats[key]
-        async with self._create_locks.hold(key, timeout=self._config.connect_timeout * 2):
-            conversations = self._storage.conversations
-            if not fresh:
-                existing = await conversations.get(user_id, character_id, thread)
-                if existing is not None:
-                    self._remember(key, existing)
-                    return existing
-            # Distinct threads of one user are created concurrently (one lock per key), so the
-            # limit is checked, and a new chat stored, under a per-user lock that is never held
-            # across MomoHub; chats still being created count as made.
-            user_lock = ("user", user_id)
-            timeout = self._config.connect_timeout * 2
-            reserved = False
-            try:
-                if not fresh and thread != "default":
-                    async with self._create_locks.hold(user_lock, timeout=timeout):
-                        count = await conversations.count(user_id)
-                        if count + self._creating.get(user_id, 0) >= self._max_chats_per_user:
-                            raise BridgeError(
-                                ErrorCode.BUSY,
-                                f"at most {self._max_chats_per_user} conversations per user "
-                                "(limits.conversations_per_user); reuse a conversation_id",
-                            )
-                        self._creating[user_id] = self._creating.get(user_id, 0) + 1
-                        reserved = True
-                name = f"MomoBridge {user_id}" + ("" if thread == "default" else f" ({thread})")
-                chat = await self._client.create_chat(character_id, name=name)
-                async with self._create_locks.hold(user_lock, timeout=timeout):
-                    await conversations.set(user_id, character_id, thread, chat.id)
-                    self._unreserve(user_id, reserved)
-                    reserved = False
-            finally:
-                self._unreserve(user_id, reserved)
-            self._remember(key, chat.id)
-            log.info("momohub.chat_created", user=user_id, character=character_id, chat=chat.id)
-            return chat.id
-
-    def _unreserve(self, user_id: str, reserved: bool) -> None:
-        if not reserved:
-            return
-        left = self._creating.get(user_id, 0) - 1
-        if left > 0:
-            self._creating[user_id] = left
-        else:
-            self._creating.pop(user_id, None)
-
-    def _remember(self, key: tuple[str, str, str], chat_id: str) -> None:
-        self._chats[key] = chat_id
-        self._chats.move_to_end(key)
-        while len(self._chats) > 10_000:
-            self._chats.popitem(last=False)
-
     async def _converse(
         self,
         user_id: str,
@@ -401,7 +358,7 @@ class CharacterTarget:
             if not parts:
                 yield Failed(ErrorCode.INVALID_DATA, "nothing to send: the message has no content")
                 return
-            chat_id = await self._chat_for(user_id, character_id, thread, fresh=False)
+            chat_id = await self._book.chat_for(user_id, character_id, thread, fresh=False)
             key = ConversationKey(user_id, character_id, thread)
             if key in self._unsettled:
                 # A turn before this one was stopped unsettled: mark where this one starts.
@@ -415,7 +372,7 @@ class CharacterTarget:
                     raise
                 # The chat was deleted on MomoHub's side: start a new one for this conversation.
                 log.info("momohub.chat_gone", chat=chat_id)
-                chat_id = await self._chat_for(user_id, character_id, thread, fresh=True)
+                chat_id = await self._book.chat_for(user_id, character_id, thread, fresh=True)
                 stream = self._client.send_message(chat_id, parts)
                 first = await anext(aiter(stream), None)
             async for event in self._events(first, stream, chat_id, key):

@@ -69,6 +69,27 @@ async def test_tool_trigger_emits_tool_events_before_text(sandbox: SandboxHub) -
     assert result["name"] == "clock" and isinstance(result["result"], str) and result["result"]
 
 
+async def test_chat_system_prompt_is_appended_to_the_characters(sandbox: SandboxHub) -> None:
+    token = await sandbox.account()
+    chat = await sandbox.chat(token)
+    _, raw = await sandbox.send(token, chat, "who are you /prompt")
+
+    def system(raw: bytes) -> str:
+        reply = SandboxHub.events(raw)[-1][1]
+        return json.loads(reply.split(" [system: ", 1)[1].removesuffix("]"))
+
+    own = system(raw)
+    assert own.startswith("You are Momo")
+    path = f"/chats/{chat}/config"
+    await sandbox.call("PUT", path, token=token, json={"systemPrompt": "Speak like a pirate."})
+    _, raw = await sandbox.send(token, chat, "again /prompt")
+    assert system(raw) == own + "\n\nSpeak like a pirate."
+    # Cleared: the character's prompt alone again.
+    await sandbox.call("PUT", path, token=token, json={"systemPrompt": None})
+    _, raw = await sandbox.send(token, chat, "once more /prompt")
+    assert system(raw) == own
+
+
 async def test_model_failure_is_200_plus_error_event(sandbox: SandboxHub) -> None:
     token = await sandbox.account()
     chat = await sandbox.chat(token)

@@ -8,6 +8,7 @@ away, so responders must not swallow `CancelledError`.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -83,7 +84,9 @@ class EchoResponder:
     """Deterministic and offline: "<Name>: you said <text>", streamed token by token.
 
     Triggers inside the user's text, for tests: `/tool` runs a fake clock tool first, `/fail`
-    fails after one delta, `/slow` streams with a 0.2 s token delay.
+    fails after one delta, `/slow` streams with a 0.2 s token delay, `/prompt` ends the reply
+    with the system prompt the model got, as a JSON string (`` [system: "..."]``: a raw blank
+    line would end the SSE event early).
     """
 
     def __init__(self, token_delay: float) -> None:
@@ -96,7 +99,10 @@ class EchoResponder:
             yield ToolCallStart("clock", {"tz": "UTC"})
             await asyncio.sleep(delay)
             yield ToolCallResult("clock", datetime.now(UTC).isoformat(timespec="seconds"))
-        for i, token in enumerate(tokenize(f"{request.character_name}: you said {text}")):
+        answer = f"{request.character_name}: you said {text}"
+        if "/prompt" in text:
+            answer += f" [system: {json.dumps(request.system_prompt or '', ensure_ascii=False)}]"
+        for i, token in enumerate(tokenize(answer)):
             if i == 1 and "/fail" in text:
                 raise ResponderError("model failure: the echo model was asked to /fail")
             await asyncio.sleep(delay)

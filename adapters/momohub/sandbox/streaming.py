@@ -104,9 +104,11 @@ def _reply_request(state: SandboxState, chat: Chat, character: Character) -> Rep
         if m.text()
     ]
     settings = dict(chat.config or {})
+    # As MomoHub does: the chat's systemPrompt is appended to the character's own prompt.
+    prompts = [p for p in (character.origin_prompt, settings.get("systemPrompt")) if p]
     return ReplyRequest(
         character_name=character.name,
-        system_prompt=settings.get("systemPrompt") or character.origin_prompt,
+        system_prompt="\n\n".join(prompts) or None,
         history=history,
         settings=settings,
     )
