@@ -32,6 +32,7 @@ from bridge.models import (
 )
 from bridge.outbox import Outbox
 from bridge.router import Router
+from bridge.scheduler import Scheduler, housekeeping
 from bridge.sessions import Sessions
 from bridge.tasks import TaskSet
 from storage import Storage
@@ -266,6 +267,8 @@ class App:
         self.frameworks: Any = None
         self.plugins: PluginHost | None = None
         self.health = Health()
+        # The one scheduler: housekeeping and the plugins' jobs; runs from start() to stop().
+        self.scheduler = Scheduler()
         # Upstream start-ups still running; start() waits on them for STARTUP_GRACE at most.
         self._warming: list[asyncio.Task[Any]] = []
         # The embedded sandbox's first character load: start() waits for it (connect_timeout).
@@ -451,8 +454,13 @@ class App:
             # wait on the upstream, runs in the background).
             await self.sessions.schedule_recovery()
             await self.hub.start()
+            housekeeping(self.scheduler, lambda: self.storage, cfg.share.ttl_days * 86400.0)
+            self.scheduler.start()
             await self._load_plugins()
             await self._start_upstreams(places, admin_code)
+            assert self.plugins is not None
+            # After the upstreams had their chance: a plugin's start may send a turn upstream.
+            await self.plugins.start()
         except BaseException:
             await self.stop()
             raise
@@ -476,6 +484,8 @@ class App:
         return self.hub.port
 
     async def stop(self) -> None:
+        # First: nothing scheduled may start a turn while the rest shuts down.
+        await self.scheduler.shutdown()
         await self._tasks.cancel_all()
         if self.hub is not None:
             await self.hub.stop()

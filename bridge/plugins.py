@@ -73,6 +73,8 @@ class FilterInput:
 InputFilter = Callable[[FilterInput], Awaitable["str | Consume"]]
 # A reply filter gets a finished reply's text and returns what is delivered.
 ReplyFilter = Callable[[ConversationKey, str], Awaitable[str]]
+# Runs once the bridge serves (its upstreams had their chance to start): I/O allowed.
+StartHook = Callable[[], Awaitable[None]]
 
 
 class PluginStore:
@@ -106,6 +108,7 @@ class _Registered:
     commands: list[Command] = field(default_factory=list)
     input_filters: list[InputFilter] = field(default_factory=list)
     reply_filters: list[ReplyFilter] = field(default_factory=list)
+    start_hooks: list[StartHook] = field(default_factory=list)
 
 
 class PluginContext:
@@ -200,6 +203,13 @@ class PluginContext:
         self._done.reply_filters.append(fn)
         return fn
 
+    def on_start(self, fn: StartHook) -> StartHook:
+        """``async fn()`` runs once the bridge serves (setup must not do I/O; this may: load
+        what the plugin stored, arm its jobs on ``ctx.bridge.scheduler``). A hook that fails or
+        takes longer than COMMAND_TIMEOUT is logged; the bridge still starts."""
+        self._done.start_hooks.append(fn)
+        return fn
+
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
@@ -219,6 +229,7 @@ class PluginHost:
         self.commands = CommandRegistry()
         self.input_filters: list[tuple[str, InputFilter]] = []
         self.reply_filters: list[tuple[str, ReplyFilter]] = []
+        self.start_hooks: list[tuple[str, StartHook]] = []
         self.loaded: list[Loaded] = []
         self.failed: dict[str, str] = {}
         self.skipped: dict[str, str] = {}
@@ -277,12 +288,22 @@ class PluginHost:
             return
         self.input_filters += [(name, f) for f in ctx._done.input_filters]
         self.reply_filters += [(name, f) for f in ctx._done.reply_filters]
+        self.start_hooks += [(name, f) for f in ctx._done.start_hooks]
         self.loaded.append(Loaded(name, module_path, tuple(c.name for c in ctx._done.commands)))
         log.info("plugin.loaded", plugin=name, commands=[c.name for c in ctx._done.commands])
 
     def _fail(self, name: str, reason: str) -> None:
         self.failed[name] = reason
         log.error("plugin.failed", plugin=name, reason=reason)
+
+    async def start(self) -> None:
+        """Run the plugins' start hooks in load order; one failing does not stop the rest."""
+        for name, fn in self.start_hooks:
+            try:
+                async with asyncio.timeout(COMMAND_TIMEOUT):
+                    await fn()
+            except Exception:
+                log.exception("plugin.start_failed", plugin=name)
 
     # ----- messages ---------------------------------------------------------------------------
 

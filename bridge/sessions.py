@@ -33,6 +33,7 @@ from bridge.models import (
 )
 from bridge.outbox import Outbox, Push, Sink
 from bridge.router import ContactTarget, Router
+from bridge.session_plugins import PluginGlue, with_text
 from bridge.tasks import TaskSet
 from storage import Storage
 
@@ -80,12 +81,6 @@ async def _outcome(coro: Awaitable[Accepted]) -> tuple[Accepted | None, Exceptio
         return None, e
 
 
-def _with_text(segments: list[Segment], text: str) -> list[Segment]:
-    """The message with its text (all text segments) replaced by ``text``; the rest kept."""
-    others = [s for s in segments if s.type != "text"]
-    return [Segment.text(text), *others] if text else others
-
-
 def _rid(value: str | int | float | None) -> str | None:
     return None if value is None else str(value)
 
@@ -107,6 +102,7 @@ class Sessions:
         self._watched: dict[int, _Reply] = {}
         # Commands and filters (set by the app; None: messages go straight to their target).
         self.plugins: PluginHost | None = None
+        self._glue = PluginGlue(storage, router, outbox, self.engine)
 
     # ----- sending ---------------------------------------------------------------------------
 
@@ -154,12 +150,13 @@ class Sessions:
             if plugins.input_filters and text:
                 filtered = await plugins.filter_input(key, user, text, self.say)
                 if not isinstance(filtered, str):
-                    return await self._settled(user, key, segments)
+                    return Accepted(await self._glue.settled(key, segments), streaming=False)
                 if filtered != text:
-                    segments = _with_text(segments, filtered)
+                    segments = with_text(segments, filtered)
                     text = filtered
             if plugins.is_command(text):
-                return await self._command(plugins, user, key, segments, text)
+                message_id = await self._glue.command(plugins, user, key, segments, text)
+                return Accepted(message_id, streaming=False)
         await target.check_available(contact)
         content = [s.to_json() for s in segments]
         msg = ChatMessage(key, user, segments, message_id=0, time=time.time())
@@ -206,62 +203,31 @@ class Sessions:
             await self._storage.inflight.remove(row.id)
         return Accepted(row.id, streaming=True)
 
-    async def _command(
-        self,
-        plugins: PluginHost,
-        user: UserRef,
-        key: ConversationKey,
-        segments: list[Segment],
-        text: str,
-    ) -> Accepted:
-        """A command line: stored like any message, answered by its handler as a turn of the
-        conversation (so it comes after a reply still running), never sent upstream."""
-
-        async def job(turn: Turn) -> None:
-            await plugins.run_command(key, user, text, self.say)
-
-        content = [s.to_json() for s in segments]
-        row = await self._storage.messages.add(
-            key.user_id, key.contact, "in", content, thread=key.thread
-        )
-        try:
-            self.engine.submit(key, job, message_id=row.id)
-        except BaseException:
-            await self._storage.messages.mark_deleted(row.id)
-            raise
-        return Accepted(row.id, streaming=False)
-
-    async def _settled(
-        self, user: UserRef, key: ConversationKey, segments: list[Segment]
-    ) -> Accepted:
-        """A message an input filter stopped: stored (the sender sees it acknowledged), not
-        sent on."""
-        content = [s.to_json() for s in segments]
-        row = await self._storage.messages.add(
-            key.user_id, key.contact, "in", content, thread=key.thread
-        )
-        return Accepted(row.id, streaming=False)
-
     async def say(self, key: ConversationKey, text: str) -> None:
         """A message from the conversation's contact to its user: stored, then pushed (a
         command's answer, a filter's notice)."""
-        segs = [Segment.text(text).to_json()]
-        row = await self._storage.messages.add(
-            key.user_id, key.contact, "out", segs, thread=key.thread
-        )
-        name = self._router.contact_name(UserRef(key.user_id), key.contact)
-        await self._outbox.push(
-            key.user_id,
-            Push(
-                kind="message",
-                contact=key.contact,
-                message_id=row.id,
-                segments=segs,
-                time=int(row.time),
-                sender_id=key.contact,
-                sender_name=name,
-            ),
-        )
+        await self._glue.say(key, text)
+
+    async def prompt(self, key: ConversationKey, text: str) -> Turn:
+        """A turn the bridge starts itself (a scheduled message): ``text`` goes to the
+        conversation's target as a turn, behind a reply still running, but is neither stored
+        nor pushed as the user's message; the reply is delivered like any reply (a push to
+        every tab, or the outbox). Returns the queued turn; raises BridgeError when the target
+        cannot take it now (unavailable, busy, or a bot framework, which answers on its own)."""
+        target = self._router.contact_target(key.contact)
+        key = ConversationKey(key.user_id, target.canonical(key.contact), key.thread)
+        if not getattr(target, "replies_stream", True):
+            raise BridgeError(ErrorCode.INVALID_DATA, f"{key.contact} takes no prompts")
+        await target.check_available(key.contact)
+        user = UserRef(key.user_id)
+        msg = ChatMessage(key, user, [Segment.text(text)], message_id=0, time=time.time())
+        reply = _Reply(user, key)
+        reply.stored.set()  # nothing to store: the reply need not wait for it
+
+        async def job(turn: Turn) -> None:
+            await self._run(turn, reply, target, msg)
+
+        return self.engine.submit(key, job)
 
     async def _hand_off(
         self, target: ContactTarget, msg: ChatMessage, content: list[dict[str, Any]]
@@ -410,7 +376,7 @@ class Sessions:
         segs = [Segment.text(text).to_json()] if text else []
         refs: list[tuple[int | None, str, str]] = []
         if done.ref_system:
-            if done.request_ref:
+            if done.request_ref and reply.message_id:
                 refs.append((reply.message_id, done.ref_system, done.request_ref))
             if done.reply_ref:
                 refs.append((None, done.ref_system, done.reply_ref))
@@ -420,7 +386,7 @@ class Sessions:
             key.contact,
             "out",
             segs,
-            reply_to=reply.message_id,
+            reply_to=reply.message_id or None,
             thread=key.thread,
             refs=refs,
         )
@@ -438,7 +404,8 @@ class Sessions:
                 stream_request_id=reply.stream_request_id,
             ),
         )
-        await self._storage.inflight.remove(reply.message_id)
+        if reply.message_id:
+            await self._storage.inflight.remove(reply.message_id)
 
     # ----- recall ----------------------------------------------------------------------------
 

@@ -1,0 +1,88 @@
+"""What `Sessions` does for plugins: a command line answered as a turn of its conversation, a
+message an input filter stopped, and a message from the contact (a command's answer).
+
+Kept apart from `bridge.sessions`, which is about a message's trip to its target and back.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bridge.engine import Engine, Turn
+from bridge.models import ConversationKey, Segment, UserRef
+from bridge.outbox import Outbox, Push
+from bridge.router import Router
+from storage import Storage
+
+if TYPE_CHECKING:
+    from bridge.plugins import PluginHost
+
+
+def with_text(segments: list[Segment], text: str) -> list[Segment]:
+    """The message with its text (all text segments) replaced by ``text``; the rest kept."""
+    others = [s for s in segments if s.type != "text"]
+    return [Segment.text(text), *others] if text else others
+
+
+class PluginGlue:
+    def __init__(self, storage: Storage, router: Router, outbox: Outbox, engine: Engine) -> None:
+        self._storage = storage
+        self._router = router
+        self._outbox = outbox
+        self._engine = engine
+
+    async def command(
+        self,
+        plugins: PluginHost,
+        user: UserRef,
+        key: ConversationKey,
+        segments: list[Segment],
+        text: str,
+    ) -> int:
+        """A command line: stored like any message, answered by its handler as a turn of the
+        conversation (so it comes after a reply still running), never sent upstream. Returns
+        the stored message's id."""
+
+        async def job(turn: Turn) -> None:
+            await plugins.run_command(key, user, text, self.say)
+
+        content = [s.to_json() for s in segments]
+        row = await self._storage.messages.add(
+            key.user_id, key.contact, "in", content, thread=key.thread
+        )
+        try:
+            self._engine.submit(key, job, message_id=row.id)
+        except BaseException:
+            await self._storage.messages.mark_deleted(row.id)
+            raise
+        return row.id
+
+    async def settled(self, key: ConversationKey, segments: list[Segment]) -> int:
+        """A message an input filter stopped: stored (the sender sees it acknowledged), not
+        sent on. Returns its id."""
+        content = [s.to_json() for s in segments]
+        row = await self._storage.messages.add(
+            key.user_id, key.contact, "in", content, thread=key.thread
+        )
+        return row.id
+
+    async def say(self, key: ConversationKey, text: str) -> None:
+        """A message from the conversation's contact to its user: stored, then pushed (a
+        command's answer, a filter's notice)."""
+        segs = [Segment.text(text).to_json()]
+        row = await self._storage.messages.add(
+            key.user_id, key.contact, "out", segs, thread=key.thread
+        )
+        name = self._router.contact_name(UserRef(key.user_id), key.contact)
+        await self._outbox.push(
+            key.user_id,
+            Push(
+                kind="message",
+                contact=key.contact,
+                message_id=row.id,
+                segments=segs,
+                time=int(row.time),
+                sender_id=key.contact,
+                sender_name=name,
+            ),
+        )

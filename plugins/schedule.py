@@ -1,0 +1,304 @@
+"""`/schedule`: the conversation's character speaks on a schedule.
+
+    /schedule add cron "0 9 * * 1-5" Good morning! What's on today?
+    /schedule add every 30m Remind me to stretch.
+    /schedule list            (admins: /schedule list all)
+    /schedule del <id>
+
+At each time the prompt goes to the character as a turn of the conversation it was set in
+(queued behind a reply still running); the prompt is not shown as the user's message, and the
+reply arrives like any reply (a push to every tab, or the outbox while the user is offline).
+Schedules are stored and re-armed at start; a run missed while the bridge was down runs once at
+start if it is at most ``misfire_grace`` seconds old, else it is skipped.
+
+    [plugins.schedule]
+    max_per_user = 5        # schedules one user may have (admins are not limited)
+    max_total = 1000        # schedules the bridge keeps, all users together
+    misfire_grace = 300     # seconds a missed run stays worth running
+    timezone = ""           # the zone cron times are read in; "" is the server's own
+    min_interval = 5        # shortest `every`; lower it only for tests
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from datetime import datetime, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from bridge.commands import Arg, Invocation, UsageError
+from bridge.errors import BridgeError
+from bridge.models import ConversationKey
+from bridge.plugins import PluginContext
+from bridge.scheduler import as_datetime, missed_run
+
+# The longest `every` (a year): longer ones are better said with cron.
+MAX_EVERY = 366 * 86400.0
+MAX_PROMPT = 2000
+# How long a run waits for its reply before letting the next run of the schedule go ahead.
+REPLY_WAIT = 300.0
+_EVERY = re.compile(r"(\d+(?:\.\d+)?)([smh])", re.IGNORECASE)
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+# Standard cron numbers the week from Sunday = 0 (7 too); apscheduler 3 from Monday = 0.
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
+# A day number not after a "/" (which is a step, not a day).
+_DAY_NUMBER = re.compile(r"(?<![/\d])\d+")
+
+
+class ScheduleSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_per_user: int = Field(5, ge=0, le=1000)
+    max_total: int = Field(1000, ge=1, le=100_000)
+    misfire_grace: float = Field(300.0, ge=0)
+    timezone: str = ""
+    # A testing knob: users get at least 5 s between runs.
+    min_interval: float = Field(5.0, ge=0.5)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        if v:
+            try:
+                ZoneInfo(v)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {v!r}") from None
+        return v
+
+    def zone(self) -> tzinfo:
+        if self.timezone:
+            return ZoneInfo(self.timezone)
+        local = datetime.now().astimezone().tzinfo
+        assert local is not None
+        return local
+
+
+def parse_every(text: str, minimum: float = 5.0) -> float:
+    """``30s``, ``15m``, ``2h`` -> seconds. UsageError when malformed or out of range."""
+    m = _EVERY.fullmatch(text.strip())
+    if m is None:
+        raise UsageError(f"{text[:20]!r} is not an interval such as 30s, 15m or 2h")
+    seconds = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if seconds < minimum:
+        raise UsageError(f"the shortest interval is {minimum:g}s")
+    if seconds > MAX_EVERY:
+        raise UsageError("the longest interval is 366 days (use cron for rarer ones)")
+    return seconds
+
+
+def parse_cron(text: str, zone: tzinfo) -> CronTrigger:
+    """A standard 5-field crontab line (minute hour day month weekday, Sunday = 0 or 7)."""
+    fields = text.split()
+    if len(fields) != 5:
+        raise UsageError(f'cron takes 5 fields, such as "0 9 * * 1-5"; got {len(fields)}')
+
+    def day(m: re.Match[str]) -> str:
+        n = int(m.group(0))
+        if n > 7:
+            raise UsageError(f"weekday {n} is not 0-7")
+        return _DAYS[n]
+
+    fields[4] = _DAY_NUMBER.sub(day, fields[4])
+    try:
+        return CronTrigger.from_crontab(" ".join(fields), timezone=zone)
+    except ValueError as e:
+        raise UsageError(f"bad cron line: {e}") from None
+
+
+@dataclass(slots=True)
+class Entry:
+    id: int
+    user: str
+    contact: str
+    thread: str
+    kind: str  # "cron" or "every"
+    spec: str  # the cron line, or the interval in seconds
+    prompt: str
+    created: float
+    # When it last ran (or was created): what a run missed during a restart is counted from.
+    last: float
+
+    @property
+    def key(self) -> ConversationKey:
+        return ConversationKey(self.user, self.contact, self.thread)
+
+    def trigger(self, zone: tzinfo) -> BaseTrigger:
+        if self.kind == "cron":
+            return parse_cron(self.spec, zone)
+        # Anchored at creation: the cadence stays the same across restarts.
+        return IntervalTrigger(seconds=float(self.spec), start_date=as_datetime(self.created))
+
+    def when(self) -> str:
+        if self.kind == "cron":
+            return f'cron "{self.spec}"'
+        return f"every {_short(float(self.spec))}"
+
+
+def _short(seconds: float) -> str:
+    for unit, size in (("h", 3600.0), ("m", 60.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _store_key(entry_id: int) -> str:
+    return f"s:{entry_id}"
+
+
+def setup(ctx: PluginContext) -> None:
+    settings = ctx.settings(ScheduleSettings)
+    zone = settings.zone()
+    # Every schedule, by id, loaded at start: bounded by max_total.
+    entries: dict[int, Entry] = {}
+
+    def job_id(entry: Entry) -> str:
+        return f"schedule-{entry.id}"
+
+    def runner(entry_id: int) -> Any:
+        async def run() -> None:
+            entry = entries.get(entry_id)
+            if entry is None:
+                return
+            entry.last = ctx.bridge.scheduler.clock()
+            await ctx.store.set(_store_key(entry.id), asdict(entry))
+            try:
+                turn = await ctx.bridge.sessions.prompt(entry.key, entry.prompt)
+            except BridgeError as e:
+                ctx.log.warning("schedule.run_refused", schedule=entry.id, reason=e.reason)
+                return
+            ctx.log.info("schedule.run", schedule=entry.id, user=entry.user)
+            try:
+                await turn.wait(REPLY_WAIT)
+            except TimeoutError:
+                pass  # the reply goes on; the next run no longer waits for it
+
+        return run
+
+    def arm(entry: Entry) -> None:
+        scheduler = ctx.bridge.scheduler
+        scheduler.add(
+            job_id(entry),
+            runner(entry.id),
+            entry.trigger(zone),
+            misfire_grace=settings.misfire_grace,
+        )
+
+    @ctx.on_start
+    async def load() -> None:
+        scheduler = ctx.bridge.scheduler
+        now = scheduler.clock()
+        for name in await ctx.store.keys("s:", limit=settings.max_total):
+            raw = await ctx.store.get(name)
+            try:
+                entry = Entry(**raw)
+                trigger = entry.trigger(zone)
+            except (TypeError, UsageError) as e:
+                ctx.log.error("schedule.unreadable", key=name, error=str(e))
+                continue
+            entries[entry.id] = entry
+            arm(entry)
+            if missed_run(trigger, entry.last, now, settings.misfire_grace) is not None:
+                ctx.log.info("schedule.missed_run", schedule=entry.id)
+                scheduler.run_now(job_id(entry))
+        if entries:
+            ctx.log.info("schedule.loaded", count=len(entries))
+
+    group = ctx.group("schedule", help="the character messages you on a schedule")
+
+    @group.sub(
+        "add",
+        help='cron "<min hour day month weekday>" <prompt>, or every <N>s|m|h <prompt>',
+        args=(
+            Arg("kind", choices=("cron", "every")),
+            Arg("when"),
+            Arg("prompt", rest=True),
+        ),
+    )
+    async def add(inv: Invocation) -> None:
+        prompt: str = inv.args["prompt"]
+        if inv.caller.id != inv.key.user_id and not inv.caller.is_admin:
+            await inv.reply("Only an admin may schedule in a conversation that is not theirs.")
+            return
+        if len(prompt) > MAX_PROMPT:
+            raise UsageError(f"a prompt may have at most {MAX_PROMPT} characters")
+        now = ctx.bridge.scheduler.clock()
+        if inv.args["kind"] == "cron":
+            spec = " ".join(inv.args["when"].split())
+            trigger: BaseTrigger = parse_cron(spec, zone)
+        else:
+            seconds = parse_every(inv.args["when"], settings.min_interval)
+            spec = f"{seconds:g}"
+            trigger = IntervalTrigger(seconds=seconds, start_date=as_datetime(now))
+        mine = sum(1 for e in entries.values() if e.user == inv.key.user_id)
+        if not inv.caller.is_admin and mine >= settings.max_per_user:
+            await inv.reply(
+                f"You have {mine} schedules, the most allowed; "
+                f"{inv.prefix}schedule del <id> one first."
+            )
+            return
+        if len(entries) >= settings.max_total:
+            await inv.reply("The bridge holds as many schedules as it may; none can be added.")
+            return
+        if trigger.get_next_fire_time(None, as_datetime(now)) is None:
+            raise UsageError("that cron line never fires")
+        entry_id = int(await ctx.store.get("next_id", 1))
+        await ctx.store.set("next_id", entry_id + 1)
+        key = inv.key
+        entry = Entry(
+            entry_id, key.user_id, key.contact, key.thread, inv.args["kind"], spec, prompt, now, now
+        )
+        await ctx.store.set(_store_key(entry_id), asdict(entry))
+        entries[entry_id] = entry
+        arm(entry)
+        await inv.reply(f"Schedule #{entry_id} added: {entry.when()}, next {_next(entry)}.")
+
+    def _next(entry: Entry) -> str:
+        when = ctx.bridge.scheduler.next_run(job_id(entry))
+        if when is None:
+            return "never"
+        return datetime.fromtimestamp(when, tz=zone).strftime("%Y-%m-%d %H:%M:%S")
+
+    @group.sub(
+        "list",
+        help="your schedules (admins: list all)",
+        args=(Arg("scope", optional=True, choices=("all",)),),
+    )
+    async def list_(inv: Invocation) -> None:
+        every_user = inv.args["scope"] == "all"
+        if every_user and not inv.caller.is_admin:
+            await inv.reply(f"Only an admin may use {inv.prefix}schedule list all.")
+            return
+        shown = [e for e in entries.values() if every_user or e.user == inv.key.user_id]
+        if not shown:
+            await inv.reply(f"No schedules. {inv.prefix}help schedule tells how to add one.")
+            return
+        lines = []
+        for e in sorted(shown, key=lambda e: e.id)[:50]:
+            who = f" [{e.user} → {e.contact}]" if every_user else ""
+            text = e.prompt if len(e.prompt) <= 60 else e.prompt[:59] + "…"
+            lines.append(f"#{e.id} {e.when()}{who}: {text} (next {_next(e)})")
+        if len(shown) > 50:
+            lines.append(f"... and {len(shown) - 50} more")
+        await inv.reply("\n".join(lines))
+
+    @group.sub(
+        "del", help="delete one of your schedules", aliases=("delete", "rm"), args=(Arg("id"),)
+    )
+    async def delete(inv: Invocation) -> None:
+        raw: str = inv.args["id"].removeprefix("#")
+        if not raw.isdigit():
+            raise UsageError(f"{raw[:20]!r} is not a schedule id (see {inv.prefix}schedule list)")
+        entry = entries.get(int(raw))
+        if entry is None or (entry.user != inv.key.user_id and not inv.caller.is_admin):
+            await inv.reply(f"No schedule #{raw[:20]}.")
+            return
+        del entries[entry.id]
+        ctx.bridge.scheduler.remove(job_id(entry))
+        await ctx.store.delete(_store_key(entry.id))
+        await inv.reply(f"Schedule #{entry.id} deleted.")

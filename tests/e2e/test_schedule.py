@@ -1,0 +1,210 @@
+"""Scheduled character messages from a hub client, with the MomoHub sandbox behind, over real
+sockets: `/schedule` fires the prompt as a turn whose reply reaches the user like any reply."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from bridge.scheduler import PURGE_SHARES
+from tests.conftest import Bridge
+from tests.e2e.test_momohub import MOMO, text
+from tests.e2e.test_plugins import generations, pushed_texts
+from tests.support.hub_client import HubClient, eventually
+
+SETTINGS = {"schedule": {"min_interval": 0.5, "max_per_user": 2}}
+WAIT = 20.0
+
+
+@pytest.fixture
+async def hub(bridge_factory) -> Bridge:
+    return await bridge_factory(momohub={"enabled": True}, plugins=SETTINGS)
+
+
+async def ask(c: HubClient, line: str, expect: str) -> str:
+    """Send a command line; its answer is the next pushed message starting with ``expect``
+    (a scheduled reply may come in between)."""
+    before = len(c.pushes("message"))
+    rid = await c.send("onebot", "message", text(line), id=MOMO)
+    ack = await c.reply(rid)
+    assert ack["code"] == 0, ack
+
+    def answered(_: Any) -> bool:
+        return any(t.startswith(expect) for t in pushed_texts(c)[before:])
+
+    await c.wait_for(answered, WAIT)
+    return next(t for t in pushed_texts(c)[before:] if t.startswith(expect))
+
+
+async def wait_reply(c: HubClient, prompt: str, count: int = 1) -> None:
+    said = f"Momo: you said {prompt}"
+    await c.wait_for(lambda _: pushed_texts(c).count(said) >= count, WAIT)
+
+
+async def stored_in(bridge: Bridge, user: str) -> list[str]:
+    """The texts stored as the user's own messages."""
+    assert bridge.app.storage is not None
+    async with bridge.app.storage.db.conn.execute(
+        "SELECT content FROM messages WHERE user_id = ? AND direction = 'in'", (user,)
+    ) as cur:
+        rows = await cur.fetchall()
+    return ["".join(s["data"].get("text", "") for s in json.loads(r[0])) for r in rows]
+
+
+def job_id(entry_id: int) -> str:
+    return f"schedule-{entry_id}"
+
+
+async def test_a_schedule_fires_to_a_live_user_without_showing_the_prompt(hub: Bridge) -> None:
+    c = await hub.client("ann")
+    other_tab = await hub.client("ann")
+    before = await generations(hub)
+    answer = await ask(c, "/schedule add every 1s Tell me a joke", "Schedule #1 added")
+    assert answer.startswith("Schedule #1 added: every 1s, next ")
+    await wait_reply(c, "Tell me a joke")
+    await wait_reply(other_tab, "Tell me a joke")
+    push = next(
+        p["data"]
+        for p in c.pushes("message")
+        if "you said Tell me a joke" in json.dumps(p["data"]["content"])
+    )
+    assert push["id"] == MOMO and push["content"]["sender"]["name"] == "Momo"
+    # The prompt reached MomoHub as a turn, but is neither stored nor pushed as the user's.
+    assert await generations(hub) > before
+    assert "Tell me a joke" not in await stored_in(hub, "ann")
+    assert "Tell me a joke" not in pushed_texts(c)
+    assert await ask(c, "/schedule del 1", "Schedule #1") == "Schedule #1 deleted."
+    assert not hub.app.scheduler.has(job_id(1))
+    assert await ask(c, "/schedule list", "No schedules") == (
+        "No schedules. /help schedule tells how to add one."
+    )
+
+
+async def test_a_schedule_fires_to_an_offline_users_outbox(hub: Bridge) -> None:
+    c = await hub.client("bob")
+    await ask(c, "/schedule add every 1s Good night", "Schedule #1 added")
+    await c.close()
+    assert hub.app.outbox is not None
+    outbox = hub.app.outbox
+    await eventually(lambda: hub.app.scheduler.runs.get(job_id(1), 0) >= 1, WAIT, "a run")
+
+    async def kept() -> bool:
+        return await outbox.pending_count("bob") > 0
+
+    await eventually(kept, WAIT, "a reply kept in the outbox")
+    hub.app.scheduler.remove(job_id(1))  # no more runs: the outbox is what we look at
+    c2 = await hub.client("bob")
+    await wait_reply(c2, "Good night")
+
+
+async def test_list_del_and_max_per_user(hub: Bridge) -> None:
+    c = await hub.client("cat")
+    await ask(c, '/schedule add cron "0 9 * * 1-5" Morning briefing', "Schedule #1 added")
+    await ask(c, "/schedule add every 2h Drink water", "Schedule #2 added")
+    refused = await ask(c, "/schedule add every 1h One too many", "You have")
+    assert refused == "You have 2 schedules, the most allowed; /schedule del <id> one first."
+    listed = (await ask(c, "/schedule list", "#1")).splitlines()
+    assert listed[0].startswith('#1 cron "0 9 * * 1-5": Morning briefing (next ')
+    assert listed[1].startswith("#2 every 2h: Drink water (next ")
+    # Another user neither sees nor deletes them.
+    d = await hub.client("dan")
+    assert (await ask(d, "/schedule list", "No schedules")).startswith("No schedules.")
+    assert await ask(d, "/schedule del 1", "No schedule") == "No schedule #1."
+    assert await ask(d, "/schedule list all", "Only") == (
+        "Only an admin may use /schedule list all."
+    )
+    # Bad input gets the sub-command's usage.
+    assert (await ask(c, "/schedule add every 0.1s x", "the shortest")).startswith(
+        "the shortest interval is 0.5s. Usage: /schedule add "
+    )
+    assert (await ask(c, '/schedule add cron "* * *" x', "cron takes")).startswith(
+        'cron takes 5 fields, such as "0 9 * * 1-5"; got 3. Usage: /schedule add'
+    )
+    assert await ask(c, "/schedule del 1", "Schedule #1") == "Schedule #1 deleted."
+    assert (await ask(c, "/schedule list", "#2")).startswith("#2 every 2h: Drink water")
+    # An admin is not limited, and sees everyone's.
+    admin = await hub.client("root", token="admin-secret")
+    for i in range(3):
+        await ask(admin, f"/schedule add every 3h Admin {i}", f"Schedule #{3 + i} added")
+    everyone = await ask(admin, "/schedule list all", "#2")
+    assert f"#2 every 2h [cat → {MOMO}]: Drink water" in everyone
+    assert await ask(admin, "/schedule del 2", "Schedule #2") == "Schedule #2 deleted."
+
+
+async def test_schedules_survive_a_restart(hub: Bridge) -> None:
+    c = await hub.client("eve")
+    await ask(c, "/schedule add every 1h Still there?", "Schedule #1 added")
+    await hub.restart()
+    assert hub.app.scheduler.has(job_id(1))
+    assert hub.app.scheduler.runs[job_id(1)] == 0  # nothing was owed
+    c2 = await hub.client("eve")
+    assert (await ask(c2, "/schedule list", "#1")).startswith("#1 every 1h: Still there?")
+    # Ids keep counting after a restart.
+    assert (await ask(c2, "/schedule add every 1s Tick", "Schedule #2")).startswith(
+        "Schedule #2 added"
+    )
+    await wait_reply(c2, "Tick")
+    assert await ask(c2, "/schedule del 2", "Schedule #2") == "Schedule #2 deleted."
+
+
+async def _owe(bridge: Bridge, entry_id: int, overdue: float, period: float = 3600.0) -> None:
+    """Rewrite a stored schedule as if the bridge had been down when it was due ``overdue``
+    seconds ago (rather than waiting for that to happen)."""
+    assert bridge.app.storage is not None
+    kv = bridge.app.storage.plugin_kv
+    entry = await kv.get("schedule", f"s:{entry_id}")
+    entry["created"] = entry["last"] = time.time() - period - overdue
+    await kv.set("schedule", f"s:{entry_id}", entry)
+
+
+async def test_a_missed_run_runs_once_after_a_restart_within_the_grace(hub: Bridge) -> None:
+    c = await hub.client("fay")
+    await ask(c, "/schedule add every 1h Missed me?", "Schedule #1 added")
+    await ask(c, "/schedule add every 1h Too late", "Schedule #2 added")
+    await _owe(hub, 1, overdue=60)  # within misfire_grace (300 s)
+    await _owe(hub, 2, overdue=1000)  # past it: skipped
+    await hub.restart()
+    scheduler = hub.app.scheduler
+    assert scheduler.runs[job_id(1)] == 1
+    assert scheduler.runs[job_id(2)] == 0
+    c2 = await hub.client("fay")
+    await wait_reply(c2, "Missed me?")
+    # Once: it ran, so the next start owes nothing.
+    await hub.restart()
+    assert hub.app.scheduler.runs[job_id(1)] == 0
+    assert hub.app.scheduler.runs[job_id(2)] == 0
+    c3 = await hub.client("fay")
+    assert (await ask(c3, "/help schedule", "/schedule")).startswith("/schedule <add|del|")
+    assert "Momo: you said Too late" not in pushed_texts(c2) + pushed_texts(c3)
+    assert pushed_texts(c3).count("Momo: you said Missed me?") <= 1  # the outbox copy, if any
+
+
+async def test_housekeeping_purges_expired_shares(hub: Bridge) -> None:
+    storage = hub.app.storage
+    assert storage is not None
+    ttl = hub.config.share.ttl_days * 86400.0
+    await storage.shares.create({"name": "old"}, now=time.time() - ttl - 60)
+    fresh = await storage.shares.create({"name": "fresh"})
+    assert await storage.shares.count() == 2
+    scheduler = hub.app.scheduler
+    assert scheduler.running and scheduler.has(PURGE_SHARES)
+    assert scheduler.next_run(PURGE_SHARES) is not None
+    task = scheduler.run_now(PURGE_SHARES)
+    assert task is not None
+    await task
+    assert await storage.shares.count() == 1
+    assert await storage.shares.get(fresh) == {"name": "fresh"}
+
+
+async def test_stop_leaves_no_scheduled_run_behind(hub: Bridge) -> None:
+    c = await hub.client("gus")
+    await ask(c, "/schedule add every 0.5s /slow Keep talking", "Schedule #1 added")
+    await eventually(lambda: hub.app.scheduler.runs.get(job_id(1), 0) >= 1, WAIT, "a run")
+    scheduler = hub.app.scheduler
+    await hub.app.stop()
+    assert not scheduler.running and not scheduler._running
+    hub.app = type(hub.app)(hub.config)  # the fixture stops it again on teardown
+    await hub.app.start()
