@@ -24,20 +24,22 @@ def text(t: str) -> list[dict]:
 
 async def test_instructions_are_per_conversation_and_outlive_its_chat(tmp_path: Path) -> None:
     st = await Storage.open(str(tmp_path / "test.db"))
-    conv = st.conversations
-    assert await conv.instructions("u", "c", "default") is None
-    await conv.set("u", "c", "default", "chat-1")
-    await conv.set_instructions("u", "c", "default", "Talk like a pirate.")
-    await conv.set_instructions("u", "c", "work", "Be formal.")
-    assert await conv.instructions("u", "c", "default") == "Talk like a pirate."
-    assert await conv.instructions("u", "c", "work") == "Be formal."
-    assert await conv.instructions("v", "c", "default") is None
-    assert await conv.instructions("u", "other", "default") is None
-    await conv.set_instructions("u", "c", "default", "Talk like a cat.")  # replaces
-    # Forgetting the chat (a reset) keeps them; so does reopening the database.
-    await conv.forget("u", "c", "default")
-    assert await conv.get("u", "c", "default") is None
-    await st.close()
+    try:
+        conv = st.conversations
+        assert await conv.instructions("u", "c", "default") is None
+        await conv.set("u", "c", "default", "chat-1")
+        await conv.set_instructions("u", "c", "default", "Talk like a pirate.")
+        await conv.set_instructions("u", "c", "work", "Be formal.")
+        assert await conv.instructions("u", "c", "default") == "Talk like a pirate."
+        assert await conv.instructions("u", "c", "work") == "Be formal."
+        assert await conv.instructions("v", "c", "default") is None
+        assert await conv.instructions("u", "other", "default") is None
+        await conv.set_instructions("u", "c", "default", "Talk like a cat.")  # replaces
+        # Forgetting the chat (a reset) keeps them; so does reopening the database.
+        await conv.forget("u", "c", "default")
+        assert await conv.get("u", "c", "default") is None
+    finally:
+        await st.close()
     reopened = await Storage.open(str(tmp_path / "test.db"))
     try:
         conv = reopened.conversations
