@@ -55,6 +55,15 @@ class ContactTarget(Protocol):
     ) -> AsyncIterator[ReplyEvent] | None: ...
 
 
+class SearchableTarget(Protocol):
+    """Optional for a ContactTarget: finds contacts upstream beyond those already listed (a
+    character catalogue's search). Callers test for it with ``getattr``."""
+
+    async def search_contacts(self, user: UserRef, query: str, limit: int = 20) -> list[Contact]:
+        """Raise BridgeError when the upstream cannot answer (callers fall back to `contacts`)."""
+        ...
+
+
 class ContextTarget(Protocol):
     """Optional methods of a contact target whose conversations keep an upstream context
     (a MomoHub chat). Callers look them up with ``getattr`` and say "not supported" without

@@ -183,6 +183,14 @@ class CharacterTarget:
             for c in sorted(self._characters.values(), key=lambda c: (c.id != default, c.name))
         ]
 
+    async def search_contacts(self, user: UserRef, query: str, limit: int = 20) -> list[Contact]:
+        """MomoHub's character search (public ones and this account's), as contacts."""
+        page = await self._client.search_characters(query, limit=limit)
+        return [
+            Contact(id=c.id, kind="character", name=c.name, avatar=c.avatar, bio=c.bio)
+            for c in page.items
+        ]
+
     async def check_available(self, contact: str) -> None:
         if contact in self._characters:
             return
