@@ -360,7 +360,9 @@ class App:
             log.info("momohub.embedded_sandbox", url=base_url)
         # Signs in in the background: wrong credentials or an unreachable MomoHub are logged,
         # retried with backoff and reported (auth_failed / unreachable), never raised here.
-        self.momohub = MomoHubClient(cfg, on_state=self.health.reporter("momohub"))
+        self.momohub = MomoHubClient(
+            cfg, on_state=self.health.reporter("momohub"), scheduler=self.scheduler
+        )
         await self.momohub.start(wait=False)
         target = CharacterTarget(
             cfg,

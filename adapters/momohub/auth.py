@@ -3,8 +3,9 @@
 Auth state is a token pair plus a *generation* counter bumped on every new pair. A request remembers
 the generation it was sent with, so a 401 for a token that has meanwhile been replaced just retries
 with the new one; requests that fail with the current token all await the same renewal task.
-The proactive refresh (~30 s before the access token expires) is an apscheduler ``date`` job on a
-scheduler the client owns; the job only hands off to an owned task so ``close`` can cancel it.
+The proactive refresh (~30 s before the access token expires) is a ``date`` job on the app's one
+scheduler (`bridge.scheduler`), or on one the client owns when it runs on its own; the job only
+hands off to an owned task so ``close`` can cancel it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Self
 
 import structlog
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.date import DateTrigger
 from pydantic import ValidationError
 
 from adapters.momohub.errors import MomoHubAuthError, MomoHubError
@@ -26,6 +27,7 @@ from adapters.momohub.types import AuthResult, Tokens, User, jwt_expiry
 from bridge.config import MomoHubConfig
 from bridge.errors import ErrorCode
 from bridge.health import AUTH_FAILED, UNREACHABLE
+from bridge.scheduler import Scheduler
 
 __all__ = ["REFRESH_JOB_ID", "MomoHubAuth"]
 
@@ -54,10 +56,13 @@ class MomoHubAuth(MomoHubTransport):
         *,
         base_url: str | None = None,
         on_state: Callable[[str, str], None] | None = None,
+        scheduler: Scheduler | None = None,
     ) -> None:
         super().__init__(config, base_url=base_url, on_state=on_state)
         self.connect_backoff = 1.0
-        self._scheduler: AsyncIOScheduler | None = None
+        # The app's scheduler when given (started and stopped by the app), else our own.
+        self._shared_scheduler = scheduler
+        self._scheduler: Scheduler | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._renew_task: asyncio.Task[None] | None = None
         self._access = ""
@@ -85,8 +90,11 @@ class MomoHubAuth(MomoHubTransport):
         if not self._base:
             raise MomoHubError("momohub.base_url is not set", code=ErrorCode.UNAVAILABLE)
         self._open_http()
-        self._scheduler = AsyncIOScheduler(timezone=UTC)
-        self._scheduler.start()
+        if self._shared_scheduler is not None:
+            self._scheduler = self._shared_scheduler
+        else:
+            self._scheduler = Scheduler()
+            self._scheduler.start()
         try:
             if self._config.access_token:
                 self._install_tokens(
@@ -140,10 +148,12 @@ class MomoHubAuth(MomoHubTransport):
     async def close(self) -> None:
         """Stop the refresh job, cancel owned tasks, close the HTTP session (and open streams)."""
         self._closed = True
-        if self._scheduler is not None:
-            if self._scheduler.running:
-                self._scheduler.shutdown(wait=False)
-            self._scheduler = None
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            if scheduler is self._shared_scheduler:
+                scheduler.remove(REFRESH_JOB_ID)
+            else:
+                await scheduler.shutdown()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -293,8 +303,7 @@ class MomoHubAuth(MomoHubTransport):
         scheduler = self._scheduler
         if scheduler is None or not scheduler.running:
             return
-        if scheduler.get_job(REFRESH_JOB_ID) is not None:
-            scheduler.remove_job(REFRESH_JOB_ID)
+        scheduler.remove(REFRESH_JOB_ID)
         if self._access_exp is None:
             return  # unknown lifetime: the 401 path renews when needed
         remaining = self._access_exp - time.time()
@@ -306,19 +315,17 @@ class MomoHubAuth(MomoHubTransport):
 
     def _schedule_job(self, delay: float) -> None:
         assert self._scheduler is not None
-        self._scheduler.add_job(
+        run_date = datetime.fromtimestamp(time.time() + delay, tz=UTC)
+        self._scheduler.add(
+            REFRESH_JOB_ID,
             self._refresh_job,
-            "date",
-            run_date=datetime.fromtimestamp(time.time() + delay, tz=UTC),
-            id=REFRESH_JOB_ID,
-            replace_existing=True,
+            DateTrigger(run_date=run_date, timezone=UTC),
             # A late wake-up (busy loop, suspended laptop) must still refresh, not skip.
-            misfire_grace_time=None,
-            coalesce=True,
+            misfire_grace=None,
         )
 
     async def _refresh_job(self) -> None:
-        # Runs inside apscheduler's executor; hand off to an owned task so close() cancels it.
+        # Runs as the scheduler's task; hand off to a task of ours so close() cancels it.
         if not self._closed:
             self._spawn(self._scheduled_refresh(), name="momohub-scheduled-refresh")
 

@@ -427,3 +427,11 @@ async def test_shutdown_mid_reply_closes_cleanly(hub: Bridge) -> None:
     assert notice["data"]["content"]["reply_to"] == ack["data"]["message_id"]
     await c2.request("system", "heartbeat", {})
     assert c2.pushes() == [notice]
+
+
+async def test_token_refresh_runs_on_the_apps_one_scheduler(hub: Bridge) -> None:
+    from adapters.momohub.auth import REFRESH_JOB_ID
+
+    # The app starts once MomoHub signed in (its start waits for the upstreams' first try).
+    assert hub.app.momohub is not None and hub.app.momohub._scheduler is hub.app.scheduler
+    assert REFRESH_JOB_ID in hub.app.scheduler.job_ids()

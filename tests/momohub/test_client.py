@@ -945,7 +945,7 @@ async def test_closing_the_stream_disconnects(
 async def test_close_stops_background_work(hub: FakeHub, make_client: ClientFactory) -> None:
     hub.access_ttl = 120.0  # a refresh job gets scheduled
     client = await make_client()
-    assert client._scheduler is not None and client._scheduler.get_jobs()
+    assert client._scheduler is not None and client._scheduler.job_ids()
     await client.close()
     assert client._scheduler is None and not client._tasks
     with pytest.raises(MomoHubError):
