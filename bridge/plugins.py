@@ -360,6 +360,10 @@ class PluginHost:
                 f"Unknown command {prefix}{word[:MAX_ECHO]}. {prefix}help lists the commands."
             )
             return
+        if command.admin_only and not caller.is_admin:
+            # Before the arguments: a non-admin learns nothing of an admin command's usage.
+            await reply(f"Only an admin may use {prefix}{command.name}.")
+            return
         try:
             target, args = bind(command, rest)
         except UsageError as e:

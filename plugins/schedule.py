@@ -21,6 +21,7 @@ start if it is at most ``misfire_grace`` seconds old, else it is skipped.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, tzinfo
@@ -48,7 +49,6 @@ _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 # Standard cron numbers the week from Sunday = 0 (7 too); apscheduler 3 from Monday = 0.
 _DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
 # A day number not after a "/" (which is a step, not a day).
-_DAY_NUMBER = re.compile(r"(?<![/\d])\d+")
 
 
 class ScheduleSettings(BaseModel):
@@ -92,19 +92,54 @@ def parse_every(text: str, minimum: float = 5.0) -> float:
     return seconds
 
 
+_NAMES = {name: i for i, name in enumerate(_DAYS[:7])}
+
+
+def _weekdays(field: str) -> str:
+    """A crontab weekday field (Sunday = 0 or 7; `*`, `*/n`, `a-b`, `a-b/n`, lists, names) as
+    the explicit day names apscheduler takes: its own numbers start the week on Monday, so a
+    range or a step written in crontab numbers cannot be passed on as it is."""
+    if field == "*":
+        return field
+    days: set[int] = set()
+    for part in field.lower().split(","):
+        body, _, step_text = part.partition("/")
+        if step_text and not step_text.isdigit():
+            raise UsageError(f"bad weekday step {step_text[:10]!r}")
+        step = int(step_text) if step_text else 1
+        if step < 1:
+            raise UsageError("a weekday step must be at least 1")
+        if body == "*":
+            lo, hi = 0, 6
+        else:
+            a, dash, b = body.partition("-")
+            lo = _day_number(a)
+            hi = _day_number(b) if dash else (6 if step_text else lo)
+            if lo > hi:
+                raise UsageError(f"weekday range {body[:10]!r} runs backwards")
+        days.update(d % 7 for d in range(lo, hi + 1, step))
+    return ",".join(_DAYS[d] for d in sorted(days))
+
+
+def _day_number(text: str) -> int:
+    if text in _NAMES:
+        return _NAMES[text]
+    if not text.isdigit() or int(text) > 7:
+        raise UsageError(f"weekday {text[:10]!r} is not 0-7 or a day name")
+    return int(text)
+
+
 def parse_cron(text: str, zone: tzinfo) -> CronTrigger:
-    """A standard 5-field crontab line (minute hour day month weekday, Sunday = 0 or 7)."""
+    """A standard 5-field crontab line (minute hour day month weekday, Sunday = 0 or 7).
+
+    A line restricting both the day of the month and the weekday is refused: crontab fires
+    when either matches, apscheduler only when both do, and guessing would fire on wrong days."""
     fields = text.split()
     if len(fields) != 5:
         raise UsageError(f'cron takes 5 fields, such as "0 9 * * 1-5"; got {len(fields)}')
-
-    def day(m: re.Match[str]) -> str:
-        n = int(m.group(0))
-        if n > 7:
-            raise UsageError(f"weekday {n} is not 0-7")
-        return _DAYS[n]
-
-    fields[4] = _DAY_NUMBER.sub(day, fields[4])
+    if fields[2] != "*" and fields[4] != "*":
+        raise UsageError("give a day of the month or a weekday, not both")
+    fields[4] = _weekdays(fields[4])
     try:
         return CronTrigger.from_crontab(" ".join(fields), timezone=zone)
     except ValueError as e:
@@ -156,6 +191,7 @@ def setup(ctx: PluginContext) -> None:
     zone = settings.zone()
     # Every schedule, by id, loaded at start: bounded by max_total.
     entries: dict[int, Entry] = {}
+    adding = asyncio.Lock()
 
     def job_id(entry: Entry) -> str:
         return f"schedule-{entry.id}"
@@ -235,27 +271,40 @@ def setup(ctx: PluginContext) -> None:
             seconds = parse_every(inv.args["when"], settings.min_interval)
             spec = f"{seconds:g}"
             trigger = IntervalTrigger(seconds=seconds, start_date=as_datetime(now))
-        mine = sum(1 for e in entries.values() if e.user == inv.key.user_id)
-        if not inv.caller.is_admin and mine >= settings.max_per_user:
-            await inv.reply(
-                f"You have {mine} schedules, the most allowed; "
-                f"{inv.prefix}schedule del <id> one first."
-            )
-            return
-        if len(entries) >= settings.max_total:
-            await inv.reply("The bridge holds as many schedules as it may; none can be added.")
-            return
-        if trigger.get_next_fire_time(None, as_datetime(now)) is None:
+        # An impossible date (Feb 31) makes apscheduler search years ahead: off the loop.
+        first = await asyncio.to_thread(trigger.get_next_fire_time, None, as_datetime(now))
+        if first is None:
             raise UsageError("that cron line never fires")
-        entry_id = int(await ctx.store.get("next_id", 1))
-        await ctx.store.set("next_id", entry_id + 1)
-        key = inv.key
-        entry = Entry(
-            entry_id, key.user_id, key.contact, key.thread, inv.args["kind"], spec, prompt, now, now
-        )
-        await ctx.store.set(_store_key(entry_id), asdict(entry))
-        entries[entry_id] = entry
-        arm(entry)
+        # Commands of different conversations run at once: the limits, the next id and the
+        # entry are read and written as one step, or two adds would take the same id.
+        async with adding:
+            mine = sum(1 for e in entries.values() if e.user == inv.key.user_id)
+            if not inv.caller.is_admin and mine >= settings.max_per_user:
+                await inv.reply(
+                    f"You have {mine} schedules, the most allowed; "
+                    f"{inv.prefix}schedule del <id> one first."
+                )
+                return
+            if len(entries) >= settings.max_total:
+                await inv.reply("The bridge holds as many schedules as it may; none can be added.")
+                return
+            entry_id = int(await ctx.store.get("next_id", 1))
+            await ctx.store.set("next_id", entry_id + 1)
+            key = inv.key
+            entry = Entry(
+                entry_id,
+                key.user_id,
+                key.contact,
+                key.thread,
+                inv.args["kind"],
+                spec,
+                prompt,
+                now,
+                now,
+            )
+            await ctx.store.set(_store_key(entry_id), asdict(entry))
+            entries[entry_id] = entry
+            arm(entry)
         await inv.reply(f"Schedule #{entry_id} added: {entry.when()}, next {_next(entry)}.")
 
     def _next(entry: Entry) -> str:

@@ -134,6 +134,36 @@ async def test_list_del_and_max_per_user(hub: Bridge) -> None:
     assert await ask(admin, "/schedule del 2", "Schedule #2") == "Schedule #2 deleted."
 
 
+async def test_adds_at_the_same_moment_get_their_own_ids_and_respect_the_limit(
+    hub: Bridge,
+) -> None:
+    """Commands of different conversations run at once: no two adds share an id, none is
+    lost, and one user cannot pass max_per_user by adding from several conversations."""
+    import asyncio
+
+    from tests.e2e.test_momohub import KURO
+
+    a = await hub.client("amy")
+    b = await hub.client("ben")
+
+    async def add(c: HubClient, contact: str, what: str) -> None:
+        rid = await c.send("onebot", "message", text(f"/schedule add every 3h {what}"), id=contact)
+        assert (await c.reply(rid))["code"] == 0
+
+    await asyncio.gather(
+        add(a, MOMO, "a1"), add(b, MOMO, "b1"), add(a, KURO, "a2"), add(a, KURO, "a3")
+    )
+    await a.wait_for(lambda _: len(a.pushes("message")) >= 3, WAIT)
+    await b.wait_for(lambda _: len(b.pushes("message")) >= 1, WAIT)
+    answers = pushed_texts(a) + pushed_texts(b)
+    ids = [t.split()[1] for t in answers if t.startswith("Schedule #")]
+    assert len(ids) == 3 and len(set(ids)) == 3, answers
+    assert sum(t.startswith("You have 2 schedules") for t in pushed_texts(a)) == 1
+    admin = await hub.client("root", token="admin-secret")
+    everyone = await ask(admin, "/schedule list all", "#")
+    assert sorted(line.split()[0] for line in everyone.splitlines()) == sorted(ids)
+
+
 async def test_schedules_survive_a_restart(hub: Bridge) -> None:
     c = await hub.client("eve")
     await ask(c, "/schedule add every 1h Still there?", "Schedule #1 added")

@@ -138,6 +138,7 @@ async def test_commands_usage_admin_crash_and_timeout(pkg, monkeypatch: pytest.M
     said = Said()
     for caller, line in [
         (USER, "/secret"),
+        (USER, "/secret with arguments it does not take"),
         (ADMIN, "/secret"),
         (USER, "/boom"),
         (USER, "/hang"),
@@ -148,6 +149,7 @@ async def test_commands_usage_admin_crash_and_timeout(pkg, monkeypatch: pytest.M
         await host.run_command(KEY, caller, line, said)
     assert said.lines == [
         "Only an admin may use /secret.",
+        "Only an admin may use /secret.",  # not its usage
         "for admins",
         "/boom failed: RuntimeError.",
         "/hang took too long and was stopped.",

@@ -60,9 +60,36 @@ def test_cron_five_fields_with_sunday_as_zero() -> None:
     assert next_after(seven, ts(2024, 6, 1)) == ts(2024, 6, 2, 9, 30)
     weekdays = parse_cron("0 8 * * 1-5", UTC)
     assert next_after(weekdays, ts(2024, 6, 1)) == ts(2024, 6, 3, 8)  # Monday
-    # A step is not a weekday number.
+    # A weekday step counts from Sunday as crontab does: Sun, Tue, Thu, Sat (not Monday).
     steps = parse_cron("*/15 * * * */2", UTC)
-    assert next_after(steps, ts(2024, 6, 3, 10, 1)) == ts(2024, 6, 3, 10, 15)
+    assert next_after(steps, ts(2024, 6, 3, 10, 1)) == ts(2024, 6, 4)
+    assert next_after(steps, ts(2024, 6, 4, 10, 1)) == ts(2024, 6, 4, 10, 15)
+
+
+WEEK = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # datetime.weekday() order
+
+
+@pytest.mark.parametrize(
+    ("field", "days"),
+    [
+        ("0-6", "sun mon tue wed thu fri sat"),
+        ("1-5", "mon tue wed thu fri"),
+        ("mon-fri", "mon tue wed thu fri"),
+        ("0,6", "sun sat"),
+        ("5-7", "sun fri sat"),
+        ("*/2", "sun tue thu sat"),
+        ("1-5/2", "mon wed fri"),
+        ("3/2", "wed fri"),
+    ],
+)
+def test_cron_weekday_fields_fire_on_crontabs_days(field: str, days: str) -> None:
+    trigger = parse_cron(f"0 12 * * {field}", UTC)
+    fired = set()
+    at = ts(2024, 6, 1)  # a Saturday; one week of noons follows
+    for _ in range(7):
+        at = next_after(trigger, at)
+        fired.add(WEEK[datetime.fromtimestamp(at, UTC).weekday()])
+    assert fired == set(days.split())
 
 
 def test_cron_reads_times_in_its_zone() -> None:
@@ -76,7 +103,9 @@ def test_cron_reads_times_in_its_zone() -> None:
         ("* * * *", "5 fields"),
         ("* * * * * *", "5 fields"),
         ("61 * * * *", "bad cron line"),
-        ("* * * * 9", "weekday 9"),
+        ("* * * * 9", "weekday '9'"),
+        ("* * * * 5-1", "runs backwards"),
+        ("0 9 1 * 1", "not both"),
         ("x * * * *", "bad cron line"),
     ],
 )
