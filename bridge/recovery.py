@@ -23,6 +23,15 @@ from storage.inflight import InflightRow
 
 log = structlog.get_logger(__name__)
 
+REPLY_CUT = (
+    "The reply to this message was interrupted: the bridge stopped before it finished. "
+    "Send the message again to get a reply."
+)
+COMMAND_NOT_RUN = (
+    "This command may not have been carried out: the bridge stopped before it answered. "
+    "Send it again if it is still needed."
+)
+
 
 class Recovery:
     def __init__(self, storage: Storage, router: Router, outbox: Outbox) -> None:
@@ -67,6 +76,12 @@ class Recovery:
         msg = await self._storage.messages.get(row.message_id)
         if msg is None or msg.deleted:
             return
+        if row.kind == "command":
+            # It never went upstream: nothing to fetch, and what it did is unknown.
+            await self._interrupted(
+                row.user_id, row.contact, row.thread, msg.id, what=COMMAND_NOT_RUN
+            )
+            return
         key = ConversationKey(row.user_id, row.contact, row.thread)
         stored = [r for r in await self._storage.messages.replies_to(msg.id) if not r.deleted]
         if stored:
@@ -97,12 +112,10 @@ class Recovery:
         )
         log.info("recover.reply_recovered", message_id=msg.id, reply=reply.id)
 
-    async def _interrupted(self, user_id: str, contact: str, thread: str, message_id: int) -> None:
-        text = (
-            "The reply to this message was interrupted: the bridge stopped before it finished. "
-            "Send the message again to get a reply."
-        )
-        segs = [Segment.text(text).to_json()]
+    async def _interrupted(
+        self, user_id: str, contact: str, thread: str, message_id: int, what: str = REPLY_CUT
+    ) -> None:
+        segs = [Segment.text(what).to_json()]
         row = await self._storage.messages.add(
             user_id, contact, "out", segs, reply_to=message_id, thread=thread
         )

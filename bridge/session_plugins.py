@@ -44,16 +44,28 @@ class PluginGlue:
         the stored message's id."""
 
         async def job(turn: Turn) -> None:
-            await plugins.run_command(key, user, text, self.say)
+            try:
+                await plugins.run_command(key, user, text, self.say)
+            finally:
+                # Answered (or refused, or cancelled by a recall): no longer owed. A crash
+                # before this leaves the record, and the next start tells the user.
+                await self._storage.inflight.remove(row.id)
 
         content = [s.to_json() for s in segments]
         row = await self._storage.messages.add(
-            key.user_id, key.contact, "in", content, thread=key.thread
+            key.user_id,
+            key.contact,
+            "in",
+            content,
+            thread=key.thread,
+            inflight=True,
+            inflight_kind="command",
         )
         try:
             self._engine.submit(key, job, message_id=row.id)
         except BaseException:
             await self._storage.messages.mark_deleted(row.id)
+            await self._storage.inflight.remove(row.id)
             raise
         return row.id
 

@@ -16,6 +16,8 @@ class InflightRow:
     thread: str
     stream_request_id: str | None
     started: float
+    # 'reply' (a reply on its way) or 'command' (a command line not yet answered).
+    kind: str = "reply"
 
 
 class InflightRepo:
@@ -45,8 +47,8 @@ class InflightRepo:
 
     async def all(self) -> list[InflightRow]:
         async with self._db.conn.execute(
-            "SELECT message_id, user_id, contact, thread, stream_request_id, started "
+            "SELECT message_id, user_id, contact, thread, stream_request_id, started, kind "
             "FROM inflight ORDER BY message_id"
         ) as cur:
             rows = await cur.fetchall()
-        return [InflightRow(int(r[0]), r[1], r[2], r[3], r[4], float(r[5])) for r in rows]
+        return [InflightRow(int(r[0]), r[1], r[2], r[3], r[4], float(r[5]), r[6]) for r in rows]

@@ -61,6 +61,7 @@ class MessageRepo:
         inflight: bool = False,
         stream_request_id: str | None = None,
         refs: Sequence[tuple[int | None, str, str]] = (),
+        inflight_kind: Literal["reply", "command"] = "reply",
     ) -> MessageRow:
         """Store a message. ``inflight`` also records, in the same commit, that a reply to it is
         on its way (so a crash before it lands is noticed at the next start). ``refs`` are ids in
@@ -84,9 +85,9 @@ class MessageRepo:
                 if inflight:
                     conn.execute(
                         "INSERT OR REPLACE INTO inflight "
-                        "(message_id, user_id, contact, thread, stream_request_id, started) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        (new_id, user_id, contact, thread, stream_request_id, when),
+                        "(message_id, user_id, contact, thread, stream_request_id, started, kind) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (new_id, user_id, contact, thread, stream_request_id, when, inflight_kind),
                     )
                 for message_id, system, external_id in refs:
                     conn.execute(

@@ -100,4 +100,9 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (user_id, contact, thread)
     ) WITHOUT ROWID;
     """,
+    # 7: what is in flight: a reply on its way ('reply') or a command line not yet answered
+    # ('command'); after a crash the two are settled differently.
+    """
+    ALTER TABLE inflight ADD COLUMN kind TEXT NOT NULL DEFAULT 'reply';
+    """,
 ]

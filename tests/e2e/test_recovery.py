@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from adapters.momohub.sandbox.entities import DEMO_CHARACTERS
+from bridge.models import ConversationKey
 from tests.conftest import Bridge
 from tests.support.hub_client import HubClient
 
@@ -119,3 +120,40 @@ async def test_a_turn_that_never_reached_momohub_is_not_given_an_earlier_reply(
 
 def _about(push: dict[str, Any]) -> Any:
     return push["data"]["content"].get("stream_request_id")
+
+
+async def test_a_command_a_crash_left_unanswered_gets_a_notice_not_a_reply(
+    bridge_factory,
+) -> None:
+    hub = await bridge_factory(momohub={"enabled": True})
+    chat = await _first_turn(hub, "tim")
+    row = await hub.app.storage.messages.add(
+        "tim", MOMO, "in", text("/persona set be brief"), inflight=True, inflight_kind="command"
+    )
+    assert hub.app.momohub is not None
+    before = await hub.app.momohub.list_messages(chat, limit=50)
+    assert await hub.app.sessions.recover() == 1
+    c = await hub.client("tim")
+    push = await c.wait_push(lambda f: f["data"]["content"].get("interrupted") is True)
+    assert push["data"]["content"]["reply_to"] == row.id
+    assert (
+        "command may not have been carried out"
+        in push["data"]["content"]["message"][0]["data"]["text"]
+    )
+    assert await hub.app.storage.inflight.all() == []
+    # Nothing was asked of MomoHub for it.
+    assert await hub.app.momohub.list_messages(chat, limit=50) == before
+
+
+async def test_an_answered_command_leaves_nothing_in_flight(bridge_factory) -> None:
+    hub = await bridge_factory(momohub={"enabled": True})
+    c = await hub.client("uma")
+    rid = await c.send("onebot", "message", text("/help"), id=MOMO)
+    ack = await c.reply(rid)
+    assert ack["code"] == 0
+    await c.wait_push(lambda f: True)
+    key = ConversationKey("uma", MOMO, "default")
+    turn = hub.app.sessions.engine.find(key, ack["data"]["message_id"])
+    if turn is not None:  # the record goes when the command's turn ends
+        await turn.wait(10)
+    assert await hub.app.storage.inflight.all() == []
