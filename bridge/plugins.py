@@ -38,6 +38,7 @@ from bridge.commands import (
 )
 from bridge.config import PluginsConfig, validation_problems
 from bridge.models import ConversationKey, UserRef
+from bridge.stream_filters import Silent, StreamFilter, StreamFilterFactory, StreamGuard
 
 if TYPE_CHECKING:
     from storage.plugin_kv import PluginKVRepo
@@ -73,6 +74,8 @@ class FilterInput:
 InputFilter = Callable[[FilterInput], Awaitable["str | Consume"]]
 # A reply filter gets a finished reply's text and returns what is delivered.
 ReplyFilter = Callable[[ConversationKey, str], Awaitable[str]]
+
+
 # Runs once the bridge serves (its upstreams had their chance to start): I/O allowed.
 StartHook = Callable[[], Awaitable[None]]
 
@@ -108,6 +111,7 @@ class _Registered:
     commands: list[Command] = field(default_factory=list)
     input_filters: list[InputFilter] = field(default_factory=list)
     reply_filters: list[ReplyFilter] = field(default_factory=list)
+    stream_filters: list[StreamFilterFactory] = field(default_factory=list)
     start_hooks: list[StartHook] = field(default_factory=list)
 
 
@@ -203,6 +207,12 @@ class PluginContext:
         self._done.reply_filters.append(fn)
         return fn
 
+    def stream_filter(self, factory: StreamFilterFactory) -> StreamFilterFactory:
+        """``factory(key)`` makes a `StreamFilter` for each reply: what the user sees while the
+        reply streams (the reply filters then decide what is stored and pushed)."""
+        self._done.stream_filters.append(factory)
+        return factory
+
     def on_start(self, fn: StartHook) -> StartHook:
         """``async fn()`` runs once the bridge serves (setup must not do I/O; this may: load
         what the plugin stored, arm its jobs on ``ctx.bridge.scheduler``). A hook that fails or
@@ -229,6 +239,7 @@ class PluginHost:
         self.commands = CommandRegistry()
         self.input_filters: list[tuple[str, InputFilter]] = []
         self.reply_filters: list[tuple[str, ReplyFilter]] = []
+        self.stream_filters: list[tuple[str, StreamFilterFactory]] = []
         self.start_hooks: list[tuple[str, StartHook]] = []
         self.loaded: list[Loaded] = []
         self.failed: dict[str, str] = {}
@@ -288,6 +299,7 @@ class PluginHost:
             return
         self.input_filters += [(name, f) for f in ctx._done.input_filters]
         self.reply_filters += [(name, f) for f in ctx._done.reply_filters]
+        self.stream_filters += [(name, f) for f in ctx._done.stream_filters]
         self.start_hooks += [(name, f) for f in ctx._done.start_hooks]
         self.loaded.append(Loaded(name, module_path, tuple(c.name for c in ctx._done.commands)))
         log.info("plugin.loaded", plugin=name, commands=[c.name for c in ctx._done.commands])
@@ -331,6 +343,20 @@ class PluginHost:
             if isinstance(out, str):
                 text = out
         return text
+
+    def stream_guard(self, key: ConversationKey) -> StreamGuard | None:
+        """The live-text filters for one reply of ``key``; None when there are none."""
+        if not self.stream_filters:
+            return None
+        made: list[tuple[str, StreamFilter]] = []
+        for name, factory in self.stream_filters:
+            try:
+                made.append((name, factory(key)))
+            except Exception:
+                log.exception("plugin.stream_filter_crashed", plugin=name)
+                # Without it the reply's live text could show what it hides: show none.
+                made.append((name, Silent()))
+        return StreamGuard(made)
 
     async def filter_reply(self, key: ConversationKey, text: str) -> str:
         for name, fn in self.reply_filters:

@@ -320,6 +320,8 @@ class Sessions:
         outcome: ReplyEvent | None = None
         stream: AsyncIterator[ReplyEvent] | None = None
         forget = True  # the in-flight record goes, unless a restart must pick this reply up
+        # What the user may see while it streams (plugins' stream filters), if anything hides.
+        guard = self.plugins.stream_guard(reply.key) if self.plugins is not None else None
         try:
             stream = await target.deliver(msg)
             if stream is None:
@@ -327,10 +329,17 @@ class Sessions:
             async for event in stream:
                 if isinstance(event, Delta) and event.text:
                     reply.text.append(event.text)
+                    if guard is not None:
+                        shown = guard.feed(event.text)
+                        if not shown and not event.reasoning:
+                            continue
+                        event = Delta(shown, event.reasoning)
                 if isinstance(event, Done | Failed):
                     outcome = event
                     break
                 await self._notify(reply, event)
+            if guard is not None and isinstance(outcome, Done) and (rest := guard.end()):
+                await self._notify(reply, Delta(rest))
             if outcome is None:
                 outcome = Failed(
                     ErrorCode.UPSTREAM_ERROR, "the reply stream ended without a result"

@@ -10,6 +10,11 @@ Matching ignores case and width (full-width ``ＢＡＤ`` is ``bad``) and looks 
 anywhere in the text, not between word boundaries: Chinese and Japanese text has no spaces to
 anchor on. Invisible format characters (zero-width spaces and joiners) inside a word do not hide
 it. With no words (the default) the plugin registers no filter at all.
+
+A reply is filtered while it streams too: the last few characters of its live text wait, so a
+word split across two pieces is caught before any of it is shown; in block mode the live text
+stops at the word and the stored, pushed reply is the notice. Each piece is matched against
+every word: a list of thousands of words costs a little on every piece of every reply.
 """
 
 from __future__ import annotations
@@ -82,6 +87,13 @@ class WordMatcher:
     def __bool__(self) -> bool:
         return bool(self._words)
 
+    @property
+    def hold(self) -> int:
+        """How much live text must wait so no word can be split across what is shown: the
+        longest word, with room for format characters inside it and for folding that
+        shortens (``ß`` matches ``ss``)."""
+        return 2 * max(len(w) for w in self._words) + 8
+
     def spans(self, text: str) -> list[tuple[int, int]]:
         """Where the words occur in ``text`` (original indices, end exclusive), overlapping
         occurrences merged."""
@@ -121,6 +133,63 @@ class WordMatcher:
         return "".join(parts)
 
 
+class _MaskStream:
+    """A reply's live text, masked: the last ``hold`` characters wait, so a word split across
+    pieces is whole (and masked) before any of it is shown."""
+
+    __slots__ = ("_hold", "_matcher", "_pending")
+
+    def __init__(self, matcher: WordMatcher, hold: int) -> None:
+        self._matcher = matcher
+        self._hold = hold
+        self._pending = ""
+
+    def feed(self, text: str) -> str:
+        pending = self._pending + text
+        cut = len(pending) - self._hold
+        if cut <= 0:
+            self._pending = pending
+            return ""
+        for start, end in self._matcher.spans(pending):
+            if start < cut < end:  # never show half a word: it waits whole
+                cut = start
+                break
+        self._pending = pending[cut:]
+        return self._matcher.mask(pending[:cut])
+
+    def end(self) -> str:
+        out, self._pending = self._matcher.mask(self._pending), ""
+        return out
+
+
+class _BlockStream:
+    """A reply's live text, stopped for good at the first blocked word: no part of the word
+    is ever shown (the last ``hold`` characters wait), nor anything after it."""
+
+    __slots__ = ("_blocked", "_hold", "_matcher", "_pending")
+
+    def __init__(self, matcher: WordMatcher, hold: int) -> None:
+        self._matcher = matcher
+        self._hold = hold
+        self._pending = ""
+        self._blocked = False
+
+    def feed(self, text: str) -> str:
+        if self._blocked:
+            return ""
+        pending = self._pending + text
+        if self._matcher.found(pending):
+            self._blocked, self._pending = True, ""
+            return ""
+        cut = max(0, len(pending) - self._hold)
+        self._pending = pending[cut:]
+        return pending[:cut]
+
+    def end(self) -> str:
+        out, self._pending = ("" if self._blocked else self._pending), ""
+        return out
+
+
 async def _run(fn: Callable[[str], T], text: str) -> T:
     if len(text) > OFF_LOOP_CHARS:
         return await asyncio.to_thread(fn, text)
@@ -143,6 +212,7 @@ def setup(ctx: PluginContext) -> None:
         async def mask_reply(key: ConversationKey, text: str) -> str:
             return await _run(matcher.mask, text)
 
+        ctx.stream_filter(lambda key: _MaskStream(matcher, matcher.hold))
         return
 
     @ctx.input_filter
@@ -155,3 +225,5 @@ def setup(ctx: PluginContext) -> None:
     @ctx.reply_filter
     async def block_reply(key: ConversationKey, text: str) -> str:
         return settings.reply_notice if await _run(matcher.found, text) else text
+
+    ctx.stream_filter(lambda key: _BlockStream(matcher, matcher.hold))

@@ -189,15 +189,19 @@ async def test_filter_mask_on_input_and_replies(bridge_factory) -> None:
     pushes = len(c.pushes("message"))
     _, frames = await send(c, MOMO, "你是坏蛋 and you Said so")
     assert frames[-1]["message"] == "completed"
-    # The live stream is the upstream's words; the stored and pushed reply is filtered.
-    assert reply_text(frames) == "Momo: you said 你是** and you **** so"
+    # The live stream is masked as it streams (a word split across pieces too), and so is the
+    # stored and pushed reply.
+    assert reply_text(frames) == "Momo: you **** 你是** and you **** so"
+    assert not any(
+        "said" in f["data"]["chunk"].lower() for f in frames if "chunk" in f.get("data", {})
+    )
     assert await next_push_text(c, pushes) == "Momo: you **** 你是** and you **** so"
     assert await generations(b) == before + 1
     msgs = await chat_messages(b, "eli", MOMO)
     assert [m.text for m in msgs if m.senderType == "USER"] == ["你是** and you **** so"]
     # Full-width letters and a zero-width space do not hide a word.
     _, frames = await send(c, MOMO, "ｓａｉｄ 坏\u200b蛋")
-    assert reply_text(frames) == "Momo: you said **** **"
+    assert reply_text(frames) == "Momo: you **** **** **"
 
 
 async def test_filter_block_on_input_and_replies(bridge_factory) -> None:
@@ -213,10 +217,20 @@ async def test_filter_block_on_input_and_replies(bridge_factory) -> None:
     pushes = len(c.pushes("message"))
     _, frames = await send(c, MOMO, "hello")
     assert frames[-1]["message"] == "completed"
+    # Not a piece of the blocked reply was shown while it streamed.
+    assert reply_text(frames) == ""
     assert await generations(b) == before + 1
     assert await next_push_text(c, pushes) == (
         "[This reply was withheld: it contained a blocked word.]"
     )
+    # A reply without a blocked word streams whole (its end waits only for the last piece).
+    b2 = await bridge_factory(
+        momohub={"enabled": True},
+        plugins={"filter": {"words": ["nowhere-to-be-seen"], "action": "block"}},
+    )
+    c2 = await b2.client("fin")
+    _, frames = await send(c2, MOMO, "hello there")
+    assert reply_text(frames) == "Momo: you said hello there"
     # Commands are filtered too (the filter runs first), and still never reach MomoHub.
     assert (await command(c, "/help")).startswith("Commands:")
     assert await generations(b) == before + 1

@@ -251,3 +251,42 @@ def test_cli_lists_what_loads(tmp_path: Path) -> None:
     assert any(line.split()[:2] == ["loaded", "help"] for line in lines)
     broken = next(line for line in lines if line.startswith("FAILED"))
     assert "broken" in broken and "missing dependency" in broken
+
+
+def test_stream_filters_chain_and_a_broken_one_withholds_the_rest(pkg) -> None:
+    mod = pkg(
+        "streams",
+        """
+        class Upper:
+            def feed(self, text):
+                return text.upper()
+            def end(self):
+                return ""
+
+        class Fragile:
+            def __init__(self):
+                self.held = ""
+            def feed(self, text):
+                if "!" in text:
+                    raise ValueError("cannot cope")
+                out, self.held = self.held, text  # shows each piece one piece late
+                return out
+            def end(self):
+                return self.held
+
+        def setup(ctx):
+            ctx.stream_filter(lambda key: Upper())
+            ctx.stream_filter(lambda key: Fragile())
+    """,
+    )
+    host = host_with(enabled=[mod])
+    guard = host.stream_guard(KEY)
+    assert guard is not None
+    assert [guard.feed(t) for t in ("ab", "cd")] == ["", "AB"]
+    assert guard.end() == "CD"
+    broken = host.stream_guard(KEY)
+    assert broken is not None
+    assert broken.feed("ok") == ""
+    assert broken.feed("boom!") == ""  # the filter broke: nothing more is shown
+    assert broken.feed("more") == "" and broken.end() == ""
+    assert host_with().stream_guard(KEY) is None
