@@ -13,6 +13,7 @@ import pytest
 
 from adapters.momohub.sandbox import SandboxServer
 from bridge.config import OpenAIProvider, SandboxConfig
+from tests.momohub.sandbox_client import client, momo_sandbox  # noqa: F401 - fixtures
 
 MOMO_ID = "6d6f6d6f-0000-4000-8000-000000000001"
 PASSWORD = "correct horse"

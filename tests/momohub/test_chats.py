@@ -6,46 +6,21 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from adapters.momohub.chats import ChatBook
 from adapters.momohub.client import MomoHubClient
-from adapters.momohub.sandbox import SandboxServer
-from bridge.config import MomoHubConfig, SandboxConfig
+from bridge.config import MomoHubConfig
 from bridge.errors import BridgeError
 from bridge.models import ConversationKey
 from storage import Storage
 from tests.momohub.conftest import MOMO_ID
-from tests.momohub.test_client_sandbox import EMAIL, PASSWORD, WAIT, Sandbox
+from tests.momohub.sandbox_client import EMAIL, PASSWORD, Sandbox
 
 pytestmark = pytest.mark.timeout(20)
 
 KEY = ConversationKey("ann", MOMO_ID, "default")
 CONFIG_PUT = r"PUT /v1/chats/[^/]+/config"
-
-
-@pytest.fixture
-async def momo_sandbox() -> AsyncIterator[Sandbox]:
-    server = SandboxServer(SandboxConfig(token_delay=0.0, fault_injection=True))
-    await server.start()
-    await server.ensure_account(EMAIL, PASSWORD)
-    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT))
-    try:
-        yield Sandbox(server, http)
-    finally:
-        await http.close()
-        await server.stop()
-
-
-@pytest.fixture
-async def client(momo_sandbox: Sandbox) -> AsyncIterator[MomoHubClient]:
-    c = MomoHubClient(MomoHubConfig(email=EMAIL, password=PASSWORD), base_url=momo_sandbox.url)
-    await c.start()
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 @pytest.fixture
