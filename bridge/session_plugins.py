@@ -19,9 +19,18 @@ if TYPE_CHECKING:
 
 
 def with_text(segments: list[Segment], text: str) -> list[Segment]:
-    """The message with its text (all text segments) replaced by ``text``; the rest kept."""
-    others = [s for s in segments if s.type != "text"]
-    return [Segment.text(text), *others] if text else others
+    """The message with its text (all text segments, filtered as one) replaced by ``text``,
+    where the first text segment was; images and the rest keep their places."""
+    out: list[Segment] = []
+    placed = False
+    for seg in segments:
+        if seg.type != "text":
+            out.append(seg)
+        elif not placed:
+            placed = True
+            if text:
+                out.append(Segment.text(text))
+    return out
 
 
 class PluginGlue:
