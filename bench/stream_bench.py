@@ -194,37 +194,40 @@ def sandbox_config(tmp: Path, tag: str, token_delay: float) -> Path:
     return path
 
 
+def write_bridge_config(d: Path, *, port: int, log_level: str, upstream: list[str]) -> Path:
+    """The bridge's config in ``d``: the common sections, then ``upstream``'s lines."""
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "config.toml"
+    common = [
+        "[server]",
+        f'host = "{HOST}"',
+        f"port = {port}",
+        "[auth]",
+        f'admin_code = "{ADMIN_CODE}"',
+        "[storage]",
+        f"path = {json.dumps(str(d / 'bridge.db'))}",
+        "[log]",
+        f'level = "{log_level}"',
+        'format = "json"',
+    ]
+    path.write_text("\n".join([*common, *upstream, ""]), encoding="utf-8")
+    return path
+
+
 def bridge_config(
     tmp: Path, tag: str, *, port: int, base_url: str, email: str, log_level: str
 ) -> Path:
-    d = tmp / f"bridge-{tag}"
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / "config.toml"
-    path.write_text(
-        "\n".join(
-            [
-                "[server]",
-                f'host = "{HOST}"',
-                f"port = {port}",
-                "[auth]",
-                f'admin_code = "{ADMIN_CODE}"',
-                "[storage]",
-                f"path = {json.dumps(str(d / 'bridge.db'))}",
-                "[log]",
-                f'level = "{log_level}"',
-                'format = "json"',
-                "[momohub]",
-                f"base_url = {json.dumps(base_url)}",
-                f"email = {json.dumps(email)}",
-                f"password = {json.dumps(PASSWORD)}",
-                "list_public = true",
-                f'default_character = "{MOMO_NAME}"',
-                "",
-            ]
-        ),
-        encoding="utf-8",
+    upstream = [
+        "[momohub]",
+        f"base_url = {json.dumps(base_url)}",
+        f"email = {json.dumps(email)}",
+        f"password = {json.dumps(PASSWORD)}",
+        "list_public = true",
+        f'default_character = "{MOMO_NAME}"',
+    ]
+    return write_bridge_config(
+        tmp / f"bridge-{tag}", port=port, log_level=log_level, upstream=upstream
     )
-    return path
 
 
 def source_state(src: Path) -> str:
@@ -1390,39 +1393,22 @@ def openai_conns(args: argparse.Namespace) -> int:
 def openai_bridge_config(
     tmp: Path, *, port: int, fake_url: str, paced_url: str, log_level: str
 ) -> Path:
-    d = tmp / "bridge-openai"
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / "config.toml"
-    path.write_text(
-        "\n".join(
-            [
-                "[server]",
-                f'host = "{HOST}"',
-                f"port = {port}",
-                "[auth]",
-                f'admin_code = "{ADMIN_CODE}"',
-                "[storage]",
-                f"path = {json.dumps(str(d / 'bridge.db'))}",
-                "[log]",
-                f'level = "{log_level}"',
-                'format = "json"',
-                "[momohub]",
-                "enabled = false",
-                "[[openai.providers]]",
-                f'name = "{BURST_PROVIDER}"',
-                f"base_url = {json.dumps(fake_url)}",
-                f'api_key = "{OPENAI_KEY}"',
-                "[[openai.providers]]",
-                f'name = "{PACED_PROVIDER}"',
-                f"base_url = {json.dumps(paced_url)}",
-                f'api_key = "{OPENAI_KEY}"',
-                'models = ["paced"]',
-                "",
-            ]
-        ),
-        encoding="utf-8",
+    upstream = [
+        "[momohub]",
+        "enabled = false",
+        "[[openai.providers]]",
+        f'name = "{BURST_PROVIDER}"',
+        f"base_url = {json.dumps(fake_url)}",
+        f'api_key = "{OPENAI_KEY}"',
+        "[[openai.providers]]",
+        f'name = "{PACED_PROVIDER}"',
+        f"base_url = {json.dumps(paced_url)}",
+        f'api_key = "{OPENAI_KEY}"',
+        'models = ["paced"]',
+    ]
+    return write_bridge_config(
+        tmp / "bridge-openai", port=port, log_level=log_level, upstream=upstream
     )
-    return path
 
 
 def completions_frame(rid: str, model: str) -> str:
