@@ -423,17 +423,14 @@ def message_frame(rid: str, contact: str, text: str) -> str:
     )
 
 
-async def bridge_reply(
-    ws: ClientConnection, rid: str, contact: str, text: str, *, wait_push: bool = False
-) -> Reply:
-    """Send one onebot/message and read its stream up to `completed`.
-
-    The hot loop only timestamps and keeps each raw update frame (a substring test picks them);
-    every other frame is parsed. Updates are validated (request id, seq, text) afterwards.
-    """
+async def read_stream(
+    ws: ClientConnection, rid: str, frame: str
+) -> tuple[float, list[float], float, list[str]]:
+    """Send ``frame`` and read its stream up to `completed`: the send time, each update's
+    arrival, the end, and the raw updates. The hot loop only timestamps and keeps each raw update
+    frame (a substring test picks them); every other frame is parsed."""
     pc = time.perf_counter
     recv = ws.recv
-    frame = message_frame(rid, contact, text)
     frames: list[float] = []
     raws: list[str] = []
     async with asyncio.timeout(REPLY_TIMEOUT):
@@ -452,18 +449,25 @@ async def bridge_reply(
             if f.get("code", 0) != 0:
                 raise BenchError(f"bridge answered {rid} with a failure: {f}")
             if f.get("message") == "completed":
-                t_end = t
-                break
+                return t_send, frames, t, raws
+
+
+async def bridge_reply(
+    ws: ClientConnection, rid: str, contact: str, text: str, *, wait_push: bool = False
+) -> Reply:
+    """Send one onebot/message and read its stream up to `completed` (see `read_stream`);
+    updates are validated (request id, seq, text) afterwards."""
+    reply = Reply(*await read_stream(ws, rid, message_frame(rid, contact, text)))
     if wait_push:
         # The finished reply also arrives as a push; take it off the wire before the next
         # (timed) request so it cannot land in the middle of that one.
         async with asyncio.timeout(PUSH_TIMEOUT):
             while True:
-                f = json.loads(await recv())
+                f = json.loads(await ws.recv())
                 content = (f.get("data") or {}).get("content") or {}
                 if isinstance(content, dict) and content.get("stream_request_id") == rid:
                     break
-    return Reply(t_send, frames, t_end, raws)
+    return reply
 
 
 def token_arrivals(pieces: list[str], times: list[float], expected: str) -> list[float]:
@@ -482,15 +486,20 @@ def token_arrivals(pieces: list[str], times: list[float], expected: str) -> list
     return out
 
 
-def check_bridge_reply(reply: Reply, rid: str, expected: str) -> None:
+def update_chunks(reply: Reply, rid: str) -> list[str]:
+    """The text chunks of the raw update frames, checking their order."""
     parts = []
     for k, raw in enumerate(reply.raws):
         f = json.loads(raw)
         data = f.get("data") or {}
         if f.get("request_id") != rid or data.get("seq") != k:
             raise BenchError(f"update {k} of {rid} is not in sequence: {raw[:200]}")
-        parts.append(data.get("chunk", ""))
-    reply.chunks = token_arrivals(parts, reply.frames, expected)
+        parts.append(data.get("chunk") or "")
+    return parts
+
+
+def check_bridge_reply(reply: Reply, rid: str, expected: str) -> None:
+    reply.chunks = token_arrivals(update_chunks(reply, rid), reply.frames, expected)
 
 
 async def direct_reply(client: Any, chat_id: str, text: str) -> Reply:
@@ -1426,42 +1435,12 @@ def completions_frame(rid: str, model: str) -> str:
 async def hub_completion(ws: ClientConnection, rid: str, model: str) -> Reply:
     """Send one openai/completions and read its stream up to `completed` (raw updates kept,
     parsed after the timed part, as in bridge_reply)."""
-    pc = time.perf_counter
-    recv = ws.recv
-    frame = completions_frame(rid, model)
-    frames: list[float] = []
-    raws: list[str] = []
-    async with asyncio.timeout(REPLY_TIMEOUT):
-        t_send = pc()
-        await ws.send(frame)
-        while True:
-            raw = await recv()
-            t = pc()
-            if '"message":"update"' in raw:
-                frames.append(t)
-                raws.append(raw)  # type: ignore[arg-type]
-                continue
-            f = json.loads(raw)
-            if f.get("request_id") != rid:
-                continue
-            if f.get("code", 0) != 0:
-                raise BenchError(f"bridge answered {rid} with a failure: {f}")
-            if f.get("message") == "completed":
-                t_end = t
-                break
-    return Reply(t_send, frames, t_end, raws)
+    return Reply(*await read_stream(ws, rid, completions_frame(rid, model)))
 
 
 def hub_pieces(reply: Reply, rid: str) -> None:
     """Replace the raw update frames by their text chunks, checking their order."""
-    parts = []
-    for k, raw in enumerate(reply.raws):
-        f = json.loads(raw)
-        data = f.get("data") or {}
-        if f.get("request_id") != rid or data.get("seq") != k:
-            raise BenchError(f"update {k} of {rid} is not in sequence: {raw[:200]}")
-        parts.append(data.get("chunk") or "")
-    reply.raws = parts
+    reply.raws = update_chunks(reply, rid)
 
 
 async def direct_completion(http: aiohttp.ClientSession, url: str, model: str) -> Reply:
