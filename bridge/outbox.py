@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from bridge.locks import KeyedLocks
+from storage.messages import MessageRepo
 from storage.outbox import OutboxRepo
 
 log = structlog.get_logger(__name__)
@@ -151,3 +152,35 @@ class Outbox:
 
     async def pending_count(self, user_id: str) -> int:
         return await self._repo.count(user_id)
+
+
+async def send_from_contact(
+    messages: MessageRepo,
+    outbox: Outbox,
+    user_id: str,
+    contact: str,
+    segments: list[dict[str, Any]],
+    *,
+    sender_name: str,
+    thread: str = "default",
+    reply_to: int | None = None,
+    interrupted: bool = False,
+) -> int:
+    """A message from ``contact`` to a user that no reply stream carries (a command's answer, a
+    notice, a framework's or a broadcast's message): stored, then pushed. Returns its id."""
+    row = await messages.add(user_id, contact, "out", segments, reply_to=reply_to, thread=thread)
+    await outbox.push(
+        user_id,
+        Push(
+            kind="message",
+            contact=contact,
+            message_id=row.id,
+            segments=segments,
+            time=int(row.time),
+            sender_id=contact,
+            sender_name=sender_name,
+            interrupted=interrupted,
+            reply_to=reply_to if interrupted else None,
+        ),
+    )
+    return row.id

@@ -16,7 +16,7 @@ import structlog
 from bridge.engine import Engine, Turn
 from bridge.errors import BridgeError
 from bridge.models import ConversationKey, Segment
-from bridge.outbox import Outbox, Push
+from bridge.outbox import Outbox, Push, send_from_contact
 from bridge.router import Router
 from storage import Storage
 from storage.inflight import InflightRow
@@ -115,25 +115,18 @@ class Recovery:
     async def _interrupted(
         self, user_id: str, contact: str, thread: str, message_id: int, what: str = REPLY_CUT
     ) -> None:
-        segs = [Segment.text(what).to_json()]
-        row = await self._storage.messages.add(
-            user_id, contact, "out", segs, reply_to=message_id, thread=thread
-        )
-        await self._outbox.push(
+        notice = await send_from_contact(
+            self._storage.messages,
+            self._outbox,
             user_id,
-            Push(
-                kind="message",
-                contact=contact,
-                message_id=row.id,
-                segments=segs,
-                time=int(row.time),
-                sender_id=contact,
-                sender_name=contact,
-                interrupted=True,
-                reply_to=message_id,
-            ),
+            contact,
+            [Segment.text(what).to_json()],
+            sender_name=contact,
+            thread=thread,
+            reply_to=message_id,
+            interrupted=True,
         )
-        log.info("recover.reply_interrupted", message_id=message_id, notice=row.id)
+        log.info("recover.reply_interrupted", message_id=message_id, notice=notice)
 
     async def _push_message(
         self,

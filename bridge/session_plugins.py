@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from bridge.engine import Engine, Turn
 from bridge.models import ConversationKey, Segment, UserRef
-from bridge.outbox import Outbox, Push
+from bridge.outbox import Outbox, send_from_contact
 from bridge.router import Router
 from storage import Storage
 
@@ -90,20 +90,13 @@ class PluginGlue:
     async def say(self, key: ConversationKey, text: str) -> None:
         """A message from the conversation's contact to its user: stored, then pushed (a
         command's answer, a filter's notice)."""
-        segs = [Segment.text(text).to_json()]
-        row = await self._storage.messages.add(
-            key.user_id, key.contact, "out", segs, thread=key.thread
-        )
         name = self._router.contact_name(UserRef(key.user_id), key.contact)
-        await self._outbox.push(
+        await send_from_contact(
+            self._storage.messages,
+            self._outbox,
             key.user_id,
-            Push(
-                kind="message",
-                contact=key.contact,
-                message_id=row.id,
-                segments=segs,
-                time=int(row.time),
-                sender_id=key.contact,
-                sender_name=name,
-            ),
+            key.contact,
+            [Segment.text(text).to_json()],
+            sender_name=name,
+            thread=key.thread,
         )

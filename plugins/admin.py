@@ -11,7 +11,7 @@ import structlog
 
 from bridge.commands import Arg, Invocation
 from bridge.models import Segment
-from bridge.outbox import Push
+from bridge.outbox import send_from_contact
 from bridge.plugins import PluginContext
 
 log = structlog.get_logger(__name__)
@@ -111,19 +111,7 @@ async def broadcast(bridge: Any, text: str) -> tuple[int, int, int]:
     storage, outbox = bridge.storage, bridge.outbox
 
     async def one(user_id: str) -> bool:
-        row = await storage.messages.add(user_id, sender, "out", segs)
-        await outbox.push(
-            user_id,
-            Push(
-                kind="message",
-                contact=sender,
-                message_id=row.id,
-                segments=segs,
-                time=int(row.time),
-                sender_id=sender,
-                sender_name=name,
-            ),
-        )
+        await send_from_contact(storage.messages, outbox, user_id, sender, segs, sender_name=name)
         return outbox.online(user_id)
 
     users = [u.id for u in await storage.users.list(limit=MAX_BROADCAST_USERS)]

@@ -16,7 +16,7 @@ from typing import Any
 
 from adapters.onebot import protocol as P
 from bridge.config import Config
-from bridge.outbox import Outbox, Push
+from bridge.outbox import Outbox, send_from_contact
 from storage import Storage
 
 
@@ -120,18 +120,13 @@ class Account:
         users = await self.users_for(number)
         first_id = 0
         for user in users:
-            row = await self.storage.messages.add(user, self.contact, "out", segments)
-            first_id = first_id or row.id
-            await self.outbox.push(
+            message_id = await send_from_contact(
+                self.storage.messages,
+                self.outbox,
                 user,
-                Push(
-                    kind="message",
-                    contact=self.contact,
-                    message_id=row.id,
-                    segments=segments,
-                    time=int(row.time),
-                    sender_id=self.contact,
-                    sender_name=self.nickname,
-                ),
+                self.contact,
+                segments,
+                sender_name=self.nickname,
             )
+            first_id = first_id or message_id
         return first_id
