@@ -75,6 +75,9 @@ class Command:
     subcommands: dict[str, Command] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Names match in any case: stored folded, looked up folded.
+        self.name = self.name.lower()
+        self.aliases = tuple(a.lower() for a in self.aliases)
         for i, arg in enumerate(self.args):
             if arg.rest and i != len(self.args) - 1:
                 raise ValueError(f"/{self.name}: only the last argument may take the rest")
@@ -111,10 +114,10 @@ class Command:
 
         def register(fn: Handler) -> Handler:
             child = Command(
-                name.lower(),
+                name,
                 fn,
                 help=help,
-                aliases=tuple(a.lower() for a in aliases),
+                aliases=aliases,
                 args=args,
                 usage_text=usage,
                 admin_only=admin_only or self.admin_only,
@@ -174,14 +177,34 @@ def _convert(arg: Arg, word: str) -> Any:
     return word.lower() if arg.choices else word
 
 
+def _leading_sub(command: Command, text: str) -> tuple[Command, str] | None:
+    """The sub-command ``text`` starts with, and the text after its name; None if none."""
+    try:
+        first = next_word(text)
+    except UsageError:
+        return None
+    if first is None or first[0].lower() not in command.subcommands:
+        return None
+    return command.subcommands[first[0].lower()], text[first[1] :]
+
+
+def named_sub(command: Command, text: str) -> Command:
+    """The deepest (sub-)command ``text`` names under ``command`` (whose usage a mistake in
+    its arguments shows)."""
+    while (found := _leading_sub(command, text)) is not None:
+        command, text = found
+    return command
+
+
 def bind(command: Command, text: str) -> tuple[Command, dict[str, Any]]:
     """The (sub-)command ``text`` names under ``command`` and its converted arguments.
 
     Raises UsageError when they do not fit (the caller shows that command's usage)."""
     if command.subcommands:
+        found = _leading_sub(command, text)
+        if found is not None:
+            return bind(*found)
         first = next_word(text)
-        if first is not None and first[0].lower() in command.subcommands:
-            return bind(command.subcommands[first[0].lower()], text[first[1] :])
         if command.handler is None:
             if first is not None:
                 raise UsageError(f"unknown sub-command {first[0][:40]!r}")

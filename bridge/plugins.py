@@ -34,6 +34,7 @@ from bridge.commands import (
     Invocation,
     UsageError,
     bind,
+    named_sub,
     parse_line,
 )
 from bridge.config import PluginsConfig, validation_problems
@@ -165,10 +166,10 @@ class PluginContext:
 
         def register(fn: Handler) -> Command:
             cmd = Command(
-                name.lower(),
+                name,
                 fn,
                 help=help,
-                aliases=tuple(a.lower() for a in aliases),
+                aliases=aliases,
                 args=args,
                 usage_text=usage,
                 admin_only=admin_only,
@@ -189,10 +190,10 @@ class PluginContext:
     ) -> Command:
         """A command made only of sub-commands (``/char list``, ``/char use <name>``)."""
         cmd = Command(
-            name.lower(),
+            name,
             None,
             help=help,
-            aliases=tuple(a.lower() for a in aliases),
+            aliases=aliases,
             admin_only=admin_only,
             plugin=self.name,
         )
@@ -393,7 +394,7 @@ class PluginHost:
         try:
             target, args = bind(command, rest)
         except UsageError as e:
-            await reply(f"{e}. Usage: {_deepest_usage(command, rest, prefix)}")
+            await reply(f"{e}. Usage: {named_sub(command, rest).usage(prefix)}")
             return
         if target.admin_only and not caller.is_admin:
             await reply(f"Only an admin may use {prefix}{target.path}.")
@@ -413,24 +414,6 @@ class PluginHost:
 
 
 MAX_ECHO = 32
-
-
-def _deepest_usage(command: Command, rest: str, prefix: str) -> str:
-    """The usage of the sub-command the line got as far as naming."""
-    from bridge.commands import next_word
-
-    try:
-        first = next_word(rest)
-    except UsageError:
-        first = None
-    while first is not None and first[0].lower() in command.subcommands:
-        command = command.subcommands[first[0].lower()]
-        rest = rest[first[1] :]
-        try:
-            first = next_word(rest)
-        except UsageError:
-            first = None
-    return command.usage(prefix)
 
 
 def _builtin_names() -> list[str]:
