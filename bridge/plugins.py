@@ -160,11 +160,11 @@ class PluginContext:
         args: tuple[Arg, ...] = (),
         usage: str = "",
         admin_only: bool = False,
-    ) -> Callable[[Handler], Command]:
+    ) -> Callable[[Handler | None], Command]:
         """Register ``/name``; the decorated coroutine gets an `Invocation`. Returns the
         Command, whose ``.sub(...)`` registers sub-commands."""
 
-        def register(fn: Handler) -> Command:
+        def register(fn: Handler | None) -> Command:
             cmd = Command(
                 name,
                 fn,
@@ -189,16 +189,7 @@ class PluginContext:
         admin_only: bool = False,
     ) -> Command:
         """A command made only of sub-commands (``/char list``, ``/char use <name>``)."""
-        cmd = Command(
-            name,
-            None,
-            help=help,
-            aliases=aliases,
-            admin_only=admin_only,
-            plugin=self.name,
-        )
-        self._done.commands.append(cmd)
-        return cmd
+        return self.command(name, help=help, aliases=aliases, admin_only=admin_only)(None)
 
     def input_filter(self, fn: InputFilter) -> InputFilter:
         self._done.input_filters.append(fn)
