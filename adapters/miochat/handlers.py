@@ -59,9 +59,12 @@ def _same(a: str, b: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    handler: Callable[..., Awaitable[None]]
+    handler: Callable[..., Awaitable[None]] | None
     # Answered from memory as the frame is read (never waits on storage or an upstream).
     inline: bool = False
+    # A synchronous answer that cannot fail (built from the frame alone): called in place, no
+    # handler coroutine nor guard around it (heartbeats, the most frequent frame).
+    answer: Callable[[Connection, Any], None] | None = None
     # Run as the frame is read; returns the ordering key (frames with the same key run in
     # arrival order; None: no ordering) and what the handler gets as its third argument.
     prepare: Callable[[Connection, Any], tuple[Hashable | None, Any]] | None = None
@@ -90,12 +93,11 @@ async def dispatch(conn: Connection, raw: str | bytes) -> None:
         else:
             conn.send_frame(P.failure_from(frame))
         return
-    if type(frame) is P.HeartbeatRequest:
-        # The most frequent frame, answered from memory: no handler coroutine, no guard (the
-        # reply of a parsed heartbeat cannot fail to build).
-        conn.send_frame(P.heartbeat_reply(frame.request_id, frame.data, time.time() * 1000))
-        return
     route = ROUTES[type(frame)]
+    if route.answer is not None:
+        route.answer(conn, frame)
+        return
+    assert route.handler is not None
     if route.inline:
         await _guarded(conn, frame, route.handler)
         return
@@ -181,7 +183,7 @@ async def on_login(conn: Connection, f: P.LoginRequest) -> None:
     await login(conn, f.data, f.request_id)
 
 
-async def on_heartbeat(conn: Connection, f: P.HeartbeatRequest) -> None:
+def on_heartbeat(conn: Connection, f: P.HeartbeatRequest) -> None:
     conn.send_frame(P.heartbeat_reply(f.request_id, f.data, time.time() * 1000))
 
 
@@ -430,7 +432,7 @@ async def on_abort(conn: Connection, req: P.AbortRequest) -> None:
 
 ROUTES: dict[type, Route] = {
     P.LoginRequest: Route(on_login, inline=True),
-    P.HeartbeatRequest: Route(on_heartbeat, inline=True),
+    P.HeartbeatRequest: Route(None, answer=on_heartbeat),
     P.AckRequest: Route(on_ack, inline=True),
     P.AbortRequest: Route(on_abort, inline=True),
     P.ModelsRequest: Route(on_models, inline=True),
