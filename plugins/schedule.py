@@ -9,7 +9,11 @@ At each time the prompt goes to the character as a turn of the conversation it w
 (queued behind a reply still running); the prompt is not shown as the user's message, and the
 reply arrives like any reply (a push to every tab, or the outbox while the user is offline).
 Schedules are stored and re-armed at start; a run missed while the bridge was down runs once at
-start if it is at most ``misfire_grace`` seconds old, else it is skipped.
+start if it is at most ``misfire_grace`` seconds old, else it is skipped. A run is recorded
+(``last``) only once it has ended: its reply finished or failed, it was refused (the target was
+down or busy: not retried), or its reply was still going after REPLY_WAIT (it counts as run: the
+user has been reading it for minutes, and a second run would repeat it). A run the bridge's stop
+or crash cut short is not recorded, so it counts as missed at the next start.
 
     [plugins.schedule]
     max_per_user = 5        # schedules one user may have (admins are not limited)
@@ -34,6 +38,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bridge.commands import Arg, Invocation, UsageError
+from bridge.engine import Turn
 from bridge.errors import BridgeError
 from bridge.models import ConversationKey
 from bridge.plugins import PluginContext
@@ -156,7 +161,8 @@ class Entry:
     spec: str  # the cron line, or the interval in seconds
     prompt: str
     created: float
-    # When it last ran (or was created): what a run missed during a restart is counted from.
+    # When its last run ended (or it was created): what a run missed during a restart is
+    # counted from. Written only once a run has ended, so one cut short stays owed.
     last: float
 
     @property
@@ -186,12 +192,21 @@ def _store_key(entry_id: int) -> str:
     return f"s:{entry_id}"
 
 
+def _cut_short(turn: Turn) -> bool:
+    """Whether the turn ended because the bridge stopped (dropped from its queue or cancelled
+    with no reason given) rather than by running: a recall or a failure gives one."""
+    stopped = turn.state == "dropped" or (turn.task is not None and turn.task.cancelled())
+    return stopped and not turn.stop_reason
+
+
 def setup(ctx: PluginContext) -> None:
     settings = ctx.settings(ScheduleSettings)
     zone = settings.zone()
     # Every schedule, by id, loaded at start: bounded by max_total.
     entries: dict[int, Entry] = {}
-    adding = asyncio.Lock()
+    # Adds, deletes and a run's record are each a read of `entries` and a write of the store
+    # that must not interleave (see add; a run ending must not store a deleted schedule again).
+    changing = asyncio.Lock()
 
     def job_id(entry: Entry) -> str:
         return f"schedule-{entry.id}"
@@ -201,20 +216,40 @@ def setup(ctx: PluginContext) -> None:
             entry = entries.get(entry_id)
             if entry is None:
                 return
-            entry.last = ctx.bridge.scheduler.clock()
-            await ctx.store.set(_store_key(entry.id), asdict(entry))
+            # Nothing is recorded before the run has ended: a stop or a crash while the reply
+            # is generating (this task is cancelled, or never returns) leaves `last` as it was,
+            # and the next start runs it as missed.
             try:
                 turn = await ctx.bridge.sessions.prompt(entry.key, entry.prompt)
             except BridgeError as e:
+                # Recorded as run: a target that stays down must not have it retried at every
+                # start.
                 ctx.log.warning("schedule.run_refused", schedule=entry.id, reason=e.reason)
+                await ran(entry)
                 return
             ctx.log.info("schedule.run", schedule=entry.id, user=entry.user)
             try:
                 await turn.wait(REPLY_WAIT)
             except TimeoutError:
-                pass  # the reply goes on; the next run no longer waits for it
+                # The reply goes on and the next run no longer waits for it. Recorded as run
+                # (see the module's docstring): after this long, running it again is a repeat.
+                ctx.log.warning("schedule.reply_slow", schedule=entry.id, waited=REPLY_WAIT)
+            else:
+                if _cut_short(turn):
+                    ctx.log.info("schedule.run_cut_short", schedule=entry.id)
+                    return
+            await ran(entry)
 
         return run
+
+    async def ran(entry: Entry) -> None:
+        """Record that a run of ``entry`` has ended: whatever it owed until now is settled."""
+        async with changing:
+            if entries.get(entry.id) is not entry:
+                return  # deleted while it ran: storing it would bring it back
+            now = ctx.bridge.scheduler.clock()
+            await ctx.store.set(_store_key(entry.id), asdict(entry) | {"last": now})
+            entry.last = now
 
     def arm(entry: Entry) -> None:
         scheduler = ctx.bridge.scheduler
@@ -277,7 +312,7 @@ def setup(ctx: PluginContext) -> None:
             raise UsageError("that cron line never fires")
         # Commands of different conversations run at once: the limits, the next id and the
         # entry are read and written as one step, or two adds would take the same id.
-        async with adding:
+        async with changing:
             mine = sum(1 for e in entries.values() if e.user == inv.key.user_id)
             if not inv.caller.is_admin and mine >= settings.max_per_user:
                 await inv.reply(
@@ -343,11 +378,12 @@ def setup(ctx: PluginContext) -> None:
         raw: str = inv.args["id"].removeprefix("#")
         if not raw.isdigit():
             raise UsageError(f"{raw[:20]!r} is not a schedule id (see {inv.prefix}schedule list)")
-        entry = entries.get(int(raw))
-        if entry is None or (entry.user != inv.key.user_id and not inv.caller.is_admin):
-            await inv.reply(f"No schedule #{raw[:20]}.")
-            return
-        del entries[entry.id]
-        ctx.bridge.scheduler.remove(job_id(entry))
-        await ctx.store.delete(_store_key(entry.id))
+        async with changing:
+            entry = entries.get(int(raw))
+            if entry is None or (entry.user != inv.key.user_id and not inv.caller.is_admin):
+                await inv.reply(f"No schedule #{raw[:20]}.")
+                return
+            del entries[entry.id]
+            ctx.bridge.scheduler.remove(job_id(entry))
+            await ctx.store.delete(_store_key(entry.id))
         await inv.reply(f"Schedule #{entry.id} deleted.")

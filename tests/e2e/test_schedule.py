@@ -238,3 +238,43 @@ async def test_stop_leaves_no_scheduled_run_behind(hub: Bridge) -> None:
     assert not scheduler.running and not scheduler._running
     hub.app = type(hub.app)(hub.config)  # the fixture stops it again on teardown
     await hub.app.start()
+
+
+async def stored_last(bridge: Bridge, entry_id: int) -> float:
+    assert bridge.app.storage is not None
+    entry = await bridge.app.storage.plugin_kv.get("schedule", f"s:{entry_id}")
+    return float(entry["last"])
+
+
+async def test_a_run_a_stop_cut_short_runs_once_at_the_next_start(hub: Bridge) -> None:
+    """A run is recorded only once its reply has ended: a stop while the reply is generating
+    leaves the run owed, and the next start runs it (once) within the misfire grace."""
+    # /slow streams a token every 0.2 s: about three seconds for this reply.
+    prompt = "/slow " + " ".join(f"w{i}" for i in range(12))
+    c = await hub.client("hal")
+    await ask(c, f"/schedule add every 1h {prompt}", "Schedule #1 added")
+    await _owe(hub, 1, overdue=60)
+    owed_since = await stored_last(hub, 1)
+    await hub.restart()
+    assert hub.app.scheduler.runs[job_id(1)] == 1  # the owed run started at start
+
+    async def streaming() -> bool:
+        # Nothing went upstream before (commands never do): this is the owed run's prompt.
+        return await generations(hub) >= 1
+
+    # Stopped once MomoHub has the prompt and is streaming the reply.
+    await eventually(streaming, WAIT, "the prompt at MomoHub")
+    await hub.restart()
+    assert await stored_last(hub, 1) == owed_since  # nothing recorded for the cut-short run
+    assert hub.app.scheduler.runs[job_id(1)] == 1  # still owed: it runs again
+    c2 = await hub.client("hal")
+    await wait_reply(c2, prompt)
+
+    async def recorded() -> bool:
+        return await stored_last(hub, 1) > owed_since
+
+    await eventually(recorded, WAIT, "the run recorded once its reply ended")
+    await hub.restart()
+    assert hub.app.scheduler.runs[job_id(1)] == 0  # ran: nothing owed any more
+    c3 = await hub.client("hal")
+    assert (await ask(c3, "/schedule list", "#1")).startswith(f"#1 every 1h: {prompt[:20]}")

@@ -4,17 +4,27 @@ hooks, without a bridge."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from apscheduler.triggers.interval import IntervalTrigger
 
+import plugins.schedule as schedule_plugin
 from bridge.commands import UsageError
 from bridge.config import PluginsConfig
-from bridge.plugins import PluginHost
+from bridge.engine import Engine, Turn
+from bridge.errors import BridgeError, ErrorCode
+from bridge.models import ConversationKey, UserRef
+from bridge.plugins import PluginContext, PluginHost
 from bridge.scheduler import Scheduler, as_datetime, missed_run, next_after
 from plugins.schedule import ScheduleSettings, parse_cron, parse_every
+from storage import Storage
 
 
 def ts(*args: int) -> float:
@@ -236,3 +246,150 @@ def test_the_schedule_plugin_registers_a_start_hook() -> None:
     assert "schedule" in [p.name for p in host.loaded]
     assert [name for name, _ in host.start_hooks] == ["schedule"]
     assert host.commands.find("schedule") is not None
+
+
+# ----- a run is recorded once it has ended ------------------------------------------------------
+
+KEY = ConversationKey("u1", "momo", "default")
+USER = UserRef("u1")
+WAIT = 5.0
+
+
+class Prompts:
+    """Stands in for `Sessions.prompt`: each prompt is a turn of a real engine whose reply
+    goes on until the test releases it, or the prompt is refused when the test says so."""
+
+    def __init__(self) -> None:
+        self.engine = Engine()
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.refuse = False
+
+    async def prompt(self, key: ConversationKey, text: str) -> Turn:
+        if self.refuse:
+            raise BridgeError(ErrorCode.UNAVAILABLE, "the character is unavailable")
+
+        async def job(turn: Turn) -> None:
+            self.started.set()
+            async with asyncio.timeout(WAIT):
+                await self.release.wait()
+
+        return self.engine.submit(key, job)
+
+
+class Plugin:
+    """The schedule plugin on a real store and scheduler, with a clock the test sets."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.now = time.time()
+        self.storage = storage
+        self.scheduler = Scheduler(clock=lambda: self.now)
+        self.prompts = Prompts()
+        config = PluginsConfig.model_validate({"schedule": {"min_interval": 0.5}})
+        self.host = PluginHost(
+            config, services=SimpleNamespace(scheduler=self.scheduler, sessions=self.prompts)
+        )
+        self.host.kv = storage.plugin_kv
+        ctx = PluginContext(self.host, "schedule")
+        schedule_plugin.setup(ctx)
+        for cmd in ctx._done.commands:
+            self.host.commands.add(cmd)
+        self.said: list[str] = []
+
+    async def say(self, key: ConversationKey, text: str) -> None:
+        self.said.append(text)
+
+    async def command(self, line: str) -> str:
+        await self.host.run_command(KEY, USER, line, self.say)
+        return self.said[-1]
+
+    async def last(self, entry_id: int = 1) -> float | None:
+        entry = await self.storage.plugin_kv.get("schedule", f"s:{entry_id}")
+        return None if entry is None else float(entry["last"])
+
+    def run(self, entry_id: int = 1) -> asyncio.Task[None]:
+        task = self.scheduler.run_now(f"schedule-{entry_id}")
+        assert task is not None
+        return task
+
+
+@pytest.fixture
+async def plugin(tmp_path: Path) -> AsyncIterator[Plugin]:
+    storage = await Storage.open(str(tmp_path / "bridge.db"))
+    p = Plugin(storage)
+    p.scheduler.start()
+    try:
+        yield p
+    finally:
+        p.prompts.release.set()
+        await p.scheduler.shutdown()
+        await p.prompts.engine.close()
+        await storage.close()
+
+
+async def wait_for(event: asyncio.Event) -> None:
+    async with asyncio.timeout(WAIT):
+        await event.wait()
+
+
+async def finish(task: asyncio.Task[Any]) -> None:
+    async with asyncio.timeout(WAIT):
+        await task
+
+
+async def test_a_run_is_recorded_when_its_reply_ends_not_when_it_starts(plugin: Plugin) -> None:
+    assert (await plugin.command("/schedule add every 1h hi")).startswith("Schedule #1 added")
+    created = plugin.now
+    assert await plugin.last() == created
+    plugin.now += 10
+    run = plugin.run()
+    await wait_for(plugin.prompts.started)
+    assert await plugin.last() == created  # the reply is generating: nothing recorded yet
+    plugin.now += 10
+    plugin.prompts.release.set()
+    await finish(run)
+    assert await plugin.last() == plugin.now  # when it ended: what it owed is settled
+
+
+async def test_a_run_the_stop_cut_short_is_not_recorded(plugin: Plugin) -> None:
+    await plugin.command("/schedule add every 1h hi")
+    created = plugin.now
+    plugin.now += 10
+    run = plugin.run()
+    await wait_for(plugin.prompts.started)
+    # The engine stops (shutdown) before the run notices: its turn ends, cancelled.
+    await plugin.prompts.engine.close()
+    await finish(run)
+    assert await plugin.last() == created
+
+
+async def test_a_refused_run_counts_as_run(plugin: Plugin) -> None:
+    await plugin.command("/schedule add every 1h hi")
+    plugin.prompts.refuse = True
+    plugin.now += 10
+    await finish(plugin.run())
+    assert await plugin.last() == plugin.now  # not retried at every start while it is down
+
+
+async def test_a_reply_still_going_after_the_wait_counts_as_run(
+    plugin: Plugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(schedule_plugin, "REPLY_WAIT", 0.05)
+    await plugin.command("/schedule add every 1h hi")
+    plugin.now += 10
+    await finish(plugin.run())
+    assert not plugin.prompts.release.is_set()  # the reply goes on
+    assert await plugin.last() == plugin.now
+
+
+async def test_a_schedule_deleted_while_it_runs_is_not_stored_again(plugin: Plugin) -> None:
+    await plugin.command("/schedule add every 1h hi")
+    run = plugin.run()
+    await wait_for(plugin.prompts.started)
+    assert await plugin.command("/schedule del 1") == "Schedule #1 deleted."
+    plugin.prompts.release.set()
+    await finish(run)
+    assert await plugin.last() is None
+    assert await plugin.command("/schedule list") == (
+        "No schedules. /help schedule tells how to add one."
+    )
