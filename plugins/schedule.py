@@ -17,7 +17,8 @@ or crash cut short is not recorded, so it counts as missed at the next start.
 
     [plugins.schedule]
     max_per_user = 5        # schedules one user may have (admins are not limited)
-    max_total = 1000        # schedules the bridge keeps, all users together
+    max_total = 1000        # schedules users may add, all together; admins may add
+                            # ADMIN_RESERVE (100) more, so a full bridge still takes theirs
     misfire_grace = 300     # seconds a missed run stays worth running
     timezone = ""           # the zone cron times are read in; "" is the server's own
     min_interval = 5        # shortest `every`; lower it only for tests
@@ -49,6 +50,14 @@ MAX_EVERY = 366 * 86400.0
 MAX_PROMPT = 2000
 # How long a run waits for its reply before letting the next run of the schedule go ahead.
 REPLY_WAIT = 300.0
+# Schedules only admins may add past max_total: on an open bridge anyone can add up to it, and
+# an admin must still be able to. max_total + ADMIN_RESERVE is the hard bound on adds.
+ADMIN_RESERVE = 100
+# max_total's own upper bound.
+MAX_TOTAL = 100_000
+# What the start reads: every schedule any configuration could have stored, so lowering
+# max_total never leaves stored schedules unloaded (and silently never run).
+LOAD_LIMIT = MAX_TOTAL + ADMIN_RESERVE
 _EVERY = re.compile(r"(\d+(?:\.\d+)?)([smh])", re.IGNORECASE)
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 # Standard cron numbers the week from Sunday = 0 (7 too); apscheduler 3 from Monday = 0.
@@ -60,7 +69,7 @@ class ScheduleSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_per_user: int = Field(5, ge=0, le=1000)
-    max_total: int = Field(1000, ge=1, le=100_000)
+    max_total: int = Field(1000, ge=1, le=MAX_TOTAL)
     misfire_grace: float = Field(300.0, ge=0)
     timezone: str = ""
     # A testing knob: users get at least 5 s between runs.
@@ -202,7 +211,8 @@ def _cut_short(turn: Turn) -> bool:
 def setup(ctx: PluginContext) -> None:
     settings = ctx.settings(ScheduleSettings)
     zone = settings.zone()
-    # Every schedule, by id, loaded at start: bounded by max_total.
+    # Every schedule, by id, loaded at start: bounded by max_total + ADMIN_RESERVE (or what a
+    # larger max_total stored before).
     entries: dict[int, Entry] = {}
     # Adds, deletes and a run's record are each a read of `entries` and a write of the store
     # that must not interleave (see add; a run ending must not store a deleted schedule again).
@@ -264,7 +274,7 @@ def setup(ctx: PluginContext) -> None:
     async def load() -> None:
         scheduler = ctx.bridge.scheduler
         now = scheduler.clock()
-        for name in await ctx.store.keys("s:", limit=settings.max_total):
+        for name in await ctx.store.keys("s:", limit=LOAD_LIMIT):
             raw = await ctx.store.get(name)
             try:
                 entry = Entry(**raw)
@@ -279,6 +289,9 @@ def setup(ctx: PluginContext) -> None:
                 scheduler.run_now(job_id(entry))
         if entries:
             ctx.log.info("schedule.loaded", count=len(entries))
+        if len(entries) > settings.max_total + ADMIN_RESERVE:
+            # Stored under a larger max_total: all kept and run; adds wait until below it.
+            ctx.log.warning("schedule.over_limit", count=len(entries), max_total=settings.max_total)
 
     group = ctx.group("schedule", help="the character messages you on a schedule")
 
@@ -320,8 +333,14 @@ def setup(ctx: PluginContext) -> None:
                     f"{inv.prefix}schedule del <id> one first."
                 )
                 return
-            if len(entries) >= settings.max_total:
+            if not inv.caller.is_admin and len(entries) >= settings.max_total:
                 await inv.reply("The bridge holds as many schedules as it may; none can be added.")
+                return
+            if len(entries) >= settings.max_total + ADMIN_RESERVE:
+                await inv.reply(
+                    f"The bridge holds {len(entries)} schedules, the most even an admin may add "
+                    f"(max_total + {ADMIN_RESERVE}); delete some first."
+                )
                 return
             entry_id = int(await ctx.store.get("next_id", 1))
             await ctx.store.set("next_id", entry_id + 1)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import plugins.schedule as schedule_plugin
 from bridge.scheduler import PURGE_SHARES
 from tests.conftest import Bridge
 from tests.e2e.test_momohub import MOMO, text
@@ -278,3 +279,40 @@ async def test_a_run_a_stop_cut_short_runs_once_at_the_next_start(hub: Bridge) -
     assert hub.app.scheduler.runs[job_id(1)] == 0  # ran: nothing owed any more
     c3 = await hub.client("hal")
     assert (await ask(c3, "/schedule list", "#1")).startswith(f"#1 every 1h: {prompt[:20]}")
+
+
+async def test_admins_keep_a_reserve_past_max_total_and_the_start_loads_every_schedule(
+    bridge_factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On an open bridge anyone may fill max_total; an admin may still add, up to the reserve,
+    and every stored schedule (more than max_total) is loaded again at start."""
+    monkeypatch.setattr(schedule_plugin, "ADMIN_RESERVE", 2)
+    b = await bridge_factory(
+        momohub={"enabled": True}, plugins={"schedule": {"min_interval": 0.5, "max_total": 2}}
+    )
+    for user in ("ann", "bob"):  # no user code: anyone may log in as anyone
+        c = await b.client(user)
+        await ask(c, f"/schedule add every 3h For {user}", "Schedule #")
+    late = await b.client("cat")
+    assert await ask(late, "/schedule add every 3h Me too", "The bridge") == (
+        "The bridge holds as many schedules as it may; none can be added."
+    )
+    admin = await b.client("root", token="admin-secret")
+    await ask(admin, "/schedule add every 3h Admin 1", "Schedule #3 added")
+    await ask(admin, "/schedule add every 3h Admin 2", "Schedule #4 added")
+    assert await ask(admin, "/schedule add every 3h Admin 3", "The bridge") == (
+        "The bridge holds 4 schedules, the most even an admin may add (max_total + 2); "
+        "delete some first."
+    )
+    assert await ask(late, "/schedule add every 3h Me too", "The bridge") == (
+        "The bridge holds as many schedules as it may; none can be added."
+    )
+    await b.restart()
+    for entry_id in range(1, 5):
+        assert b.app.scheduler.has(job_id(entry_id)), entry_id
+    admin = await b.client("root", token="admin-secret")
+    listed = await ask(admin, "/schedule list all", "#")
+    assert [line.split()[0] for line in listed.splitlines()] == ["#1", "#2", "#3", "#4"]
+    # Below the bound again once one is gone.
+    assert await ask(admin, "/schedule del 1", "Schedule #1") == "Schedule #1 deleted."
+    await ask(admin, "/schedule add every 3h Admin 3", "Schedule #5 added")
