@@ -19,7 +19,7 @@ import asyncio
 import importlib
 import pkgutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -40,6 +40,7 @@ from bridge.commands import (
 from bridge.config import PluginsConfig, validation_problems
 from bridge.models import ConversationKey, UserRef
 from bridge.stream_filters import Silent, StreamFilter, StreamFilterFactory, StreamGuard
+from bridge.tasks import TaskSet
 
 if TYPE_CHECKING:
     from storage.plugin_kv import PluginKVRepo
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 # A command's handler gets this long; then it is cancelled and the caller told so.
 COMMAND_TIMEOUT = 30.0
@@ -212,6 +214,13 @@ class PluginContext:
         self._done.start_hooks.append(fn)
         return fn
 
+    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str = "") -> asyncio.Task[T]:
+        """Run ``coro`` in the background, owned by the bridge: for work that outlasts
+        COMMAND_TIMEOUT (a command answers at once and reports later through ``inv.reply``).
+        A failure is logged; shutdown cancels what is still running, so the coroutine must
+        bound its own waits and keep what it has done consistent when cancelled."""
+        return self._host.spawn(coro, name=f"plugin-{self.name}:{name or 'task'}")
+
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
@@ -238,6 +247,9 @@ class PluginHost:
         self.skipped: dict[str, str] = {}
         self.kv: PluginKVRepo | None = None
         self.started = time.time()
+        # The plugins' background work (`PluginContext.spawn`), cancelled by `close`.
+        self._tasks = TaskSet("plugins")
+        self._closed = False
 
     # ----- loading ----------------------------------------------------------------------------
 
@@ -308,6 +320,23 @@ class PluginHost:
                     await fn()
             except Exception:
                 log.exception("plugin.start_failed", plugin=name)
+
+    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
+        if self._closed:
+            coro.close()  # never awaited otherwise, and Python would warn about it
+            raise RuntimeError("the plugin host is closed")
+        return self._tasks.spawn(coro, name=name)
+
+    @property
+    def background(self) -> int:
+        """Spawned tasks still running."""
+        return len(self._tasks)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Cancel the plugins' background tasks and wait up to ``timeout`` for them to unwind;
+        nothing can be spawned after. For the app's shutdown, before the storage closes."""
+        self._closed = True
+        await self._tasks.cancel_all(timeout)
 
     # ----- messages ---------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@ plain data and a `say` that records what would be delivered."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import subprocess
 import sys
@@ -290,3 +291,56 @@ def test_stream_filters_chain_and_a_broken_one_withholds_the_rest(pkg) -> None:
     assert broken.feed("boom!") == ""  # the filter broke: nothing more is shown
     assert broken.feed("more") == "" and broken.end() == ""
     assert host_with().stream_guard(KEY) is None
+
+
+BACKGROUND = """
+import asyncio
+
+state = {"tasks": [], "cancelled": 0}
+gate = asyncio.Event()
+entered = asyncio.Event()
+
+def setup(ctx):
+    @ctx.command("later")
+    async def later(inv):
+        async def work():
+            entered.set()
+            try:
+                async with asyncio.timeout(30):
+                    await gate.wait()
+            except asyncio.CancelledError:
+                state["cancelled"] += 1
+                raise
+            await inv.reply("done")
+
+        state["tasks"].append(ctx.spawn(work(), name="work"))
+        await inv.reply("started")
+"""
+
+
+async def test_spawned_work_answers_after_the_command_and_is_cancelled_on_close(pkg) -> None:
+    mod = pkg("background", BACKGROUND)
+    host = host_with(enabled=[mod])
+    plugin = sys.modules[mod]
+    said = Said()
+    await host.run_command(KEY, USER, "/later", said)
+    # The handler has returned; its work goes on, owned by the host, and answers when done.
+    assert said.lines == ["started"] and host.background == 1
+    first = plugin.state["tasks"][0]
+    assert first.get_name() == "plugin-background:work"
+    plugin.gate.set()
+    async with asyncio.timeout(5):
+        await first
+    assert said.lines == ["started", "done"] and host.background == 0
+    # Work still going at close is cancelled (and waited for); nothing is spawned after.
+    plugin.gate.clear()
+    plugin.entered.clear()
+    await host.run_command(KEY, USER, "/later", said)
+    async with asyncio.timeout(5):
+        await plugin.entered.wait()
+    assert host.background == 1
+    await host.close()
+    assert host.background == 0 and plugin.state["cancelled"] == 1
+    assert plugin.state["tasks"][1].cancelled()
+    await host.run_command(KEY, USER, "/later", said)
+    assert said.lines[-1] == "/later failed: RuntimeError."
