@@ -19,6 +19,7 @@ from bridge.config import Config, OpenAIProvider, SandboxConfig
 from bridge.engine import Engine
 from bridge.errors import BridgeError, ErrorCode
 from bridge.health import AUTH_FAILED, ERROR, OK, UNREACHABLE, Health
+from bridge.model_chats import ModelChats
 from bridge.models import (
     ChatMessage,
     CompletionRequest,
@@ -291,6 +292,15 @@ class App:
                 self.health.register(f"openai:{provider.name}")
             places["openai"] = PendingTarget(self.router)
             self.router.add_model_target(places["openai"])
+            assert self.storage is not None
+            self.router.add_contact_target(
+                ModelChats(
+                    self.router,
+                    self.storage,
+                    history_turns=cfg.openai.history_turns,
+                    history_chars=cfg.openai.history_chars,
+                )
+            )
         if cfg.onebot.frameworks:
             # Each link reports itself as `framework:<url>` once the adapter is in.
             self.health.register(FRAMEWORKS_LOADING, "loading the bot-framework adapter")

@@ -73,6 +73,9 @@ class Command:
     plugin: str = ""
     parent: Command | None = None
     subcommands: dict[str, Command] = field(default_factory=dict)
+    # It starts the conversation afresh (`/reset`): where a client resends the whole history
+    # (`openai/completions`), what came before its line is not sent on.
+    clears_context: bool = False
 
     def __post_init__(self) -> None:
         # Names match in any case: stored folded, looked up folded.

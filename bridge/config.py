@@ -178,6 +178,10 @@ class OpenAIConfig(_Section):
     providers: list[OpenAIProvider] = Field(default_factory=list)
     default_model: str = ""
     models_cache_ttl: float = Field(300.0, gt=0)
+    # A `model:<model>` conversation's context: its newest turns since its last /reset, at
+    # most this many characters (the newest message always goes).
+    history_turns: int = Field(20, ge=1, le=1000)
+    history_chars: int = Field(24_000, ge=1000, le=2_000_000)
 
     @field_validator("providers")
     @classmethod

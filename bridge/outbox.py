@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from bridge.locks import KeyedLocks
-from storage.messages import MessageRepo
+from storage.messages import MessageKind, MessageRepo
 from storage.outbox import OutboxRepo
 
 log = structlog.get_logger(__name__)
@@ -165,10 +165,14 @@ async def send_from_contact(
     thread: str = "default",
     reply_to: int | None = None,
     interrupted: bool = False,
+    kind: MessageKind = "message",
 ) -> int:
     """A message from ``contact`` to a user that no reply stream carries (a command's answer, a
-    notice, a framework's or a broadcast's message): stored, then pushed. Returns its id."""
-    row = await messages.add(user_id, contact, "out", segments, reply_to=reply_to, thread=thread)
+    notice, a framework's or a broadcast's message): stored, then pushed. Returns its id.
+    ``kind`` 'notice' keeps the bridge's own answers out of histories and model contexts."""
+    row = await messages.add(
+        user_id, contact, "out", segments, reply_to=reply_to, thread=thread, kind=kind
+    )
     await outbox.push(
         user_id,
         Push(

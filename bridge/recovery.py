@@ -125,6 +125,7 @@ class Recovery:
             thread=thread,
             reply_to=message_id,
             interrupted=True,
+            kind="notice",
         )
         log.info("recover.reply_interrupted", message_id=message_id, notice=notice)
 

@@ -69,6 +69,7 @@ class PluginGlue:
             thread=key.thread,
             inflight=True,
             inflight_kind="command",
+            kind="command",
         )
         try:
             self._engine.submit(key, job, message_id=row.id)
@@ -83,7 +84,7 @@ class PluginGlue:
         sent on. Returns its id."""
         content = [s.to_json() for s in segments]
         row = await self._storage.messages.add(
-            key.user_id, key.contact, "in", content, thread=key.thread
+            key.user_id, key.contact, "in", content, thread=key.thread, kind="held"
         )
         return row.id
 
@@ -99,4 +100,5 @@ class PluginGlue:
             [Segment.text(text).to_json()],
             sender_name=name,
             thread=key.thread,
+            kind="notice",
         )

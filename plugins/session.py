@@ -64,6 +64,8 @@ def setup(ctx: PluginContext) -> None:
             f"({inv.prefix}history still shows the earlier messages)."
         )
 
+    reset.clears_context = True
+
     @ctx.command(
         "history",
         help=f"the last turns of this conversation ({HISTORY_DEFAULT} unless you say how many)",
@@ -81,16 +83,16 @@ def setup(ctx: PluginContext) -> None:
         )
         shown = []
         for row in rows:
-            if row.direction == "in":
+            if row.kind != "message":
+                continue  # command lines, the bridge's answers, messages a filter held back
+            if row.direction == "in" and host is not None:
                 text = "".join(
                     str((s.get("data") or {}).get("text", ""))
                     for s in row.content
                     if s.get("type") == "text"
                 )
-                if host is not None and host.is_command(text):
-                    continue
-            elif row.reply_to is None:
-                continue  # a command's answer or a filter's notice, not a reply
+                if host.is_command(text):
+                    continue  # stored before messages had kinds
             shown.append(row)
         starts = [i for i, row in enumerate(shown) if row.direction == "in"]
         if len(starts) >= n:

@@ -13,6 +13,8 @@ from storage.db import Database, write_one
 
 INT32_MAX = 2**31 - 1
 
+MessageKind = Literal["message", "command", "notice", "held"]
+
 
 @dataclass(frozen=True, slots=True)
 class MessageRow:
@@ -25,6 +27,7 @@ class MessageRow:
     reply_to: int | None
     deleted: bool
     thread: str = "default"
+    kind: MessageKind = "message"
 
 
 def _row(r: Any) -> MessageRow:
@@ -38,10 +41,11 @@ def _row(r: Any) -> MessageRow:
         reply_to=r[6],
         deleted=bool(r[7]),
         thread=str(r[8]),
+        kind=r[9],
     )
 
 
-_COLS = "id, user_id, contact, direction, content, time, reply_to, deleted, thread"
+_COLS = "id, user_id, contact, direction, content, time, reply_to, deleted, thread, kind"
 
 
 class MessageRepo:
@@ -62,6 +66,7 @@ class MessageRepo:
         stream_request_id: str | None = None,
         refs: Sequence[tuple[int | None, str, str]] = (),
         inflight_kind: Literal["reply", "command"] = "reply",
+        kind: MessageKind = "message",
     ) -> MessageRow:
         """Store a message. ``inflight`` also records, in the same commit, that a reply to it is
         on its way (so a crash before it lands is noticed at the next start). ``refs`` are ids in
@@ -74,9 +79,9 @@ class MessageRepo:
             try:
                 cur = conn.execute(
                     "INSERT INTO messages "
-                    "(user_id, contact, direction, content, time, reply_to, thread) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (user_id, contact, direction, text, when, reply_to, thread),
+                    "(user_id, contact, direction, content, time, reply_to, thread, kind) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (user_id, contact, direction, text, when, reply_to, thread, kind),
                 )
                 new_id = int(cur.lastrowid or 0)
                 if not 0 < new_id <= INT32_MAX:
@@ -103,7 +108,7 @@ class MessageRepo:
 
         new_id = await self._db.run(write)
         return MessageRow(
-            new_id, user_id, contact, direction, content, when, reply_to, False, thread
+            new_id, user_id, contact, direction, content, when, reply_to, False, thread, kind
         )
 
     async def get(self, message_id: int) -> MessageRow | None:
@@ -176,3 +181,30 @@ class MessageRepo:
         ) as cur:
             rows = await cur.fetchall()
         return [_row(r) for r in reversed(rows)]
+
+    async def context(
+        self, user_id: str, contact: str, thread: str, *, after: int, upto: int, limit: int
+    ) -> list[MessageRow]:
+        """What was said in the conversation (kind 'message', not deleted) after message
+        ``after`` and up to message ``upto``: each message followed by its reply, even one stored
+        after a later message (a reply that came while the next message waited), but no reply
+        to a message outside that range; oldest first, the newest ``limit`` rows."""
+        async with self._db.conn.execute(
+            f"SELECT {_COLS} FROM messages WHERE user_id = ? AND contact = ? AND id > ? "
+            "AND thread = ? AND kind = 'message' AND deleted = 0 "
+            "AND (reply_to IS NULL OR reply_to > ?) "
+            "AND (id <= ? OR (direction = 'out' AND reply_to < ?)) "
+            "ORDER BY COALESCE(reply_to, id) DESC, id DESC LIMIT ?",
+            (user_id, contact, after, thread, after, upto, upto, max(0, limit)),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [_row(r) for r in reversed(rows)]
+
+    async def newest_id(self, user_id: str, contact: str, thread: str) -> int:
+        """The id of the conversation's newest message (0 if it has none)."""
+        async with self._db.conn.execute(
+            "SELECT MAX(id) FROM messages WHERE user_id = ? AND contact = ? AND thread = ?",
+            (user_id, contact, thread),
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0] or 0) if row is not None else 0

@@ -105,4 +105,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE inflight ADD COLUMN kind TEXT NOT NULL DEFAULT 'reply';
     """,
+    # 8: what each message is: said in the conversation ('message': the user's, a reply, a
+    # scheduled message), a command line ('command'), the bridge's answer or notice ('notice'),
+    # or a message a filter held back ('held'). Histories and model contexts keep 'message' only.
+    """
+    ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'message';
+    """,
 ]

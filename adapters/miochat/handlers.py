@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from adapters.miochat import protocol as P
 from adapters.miochat.connection import CLOSE_LOGIN, StreamSlot
 from adapters.miochat.streams import StreamRenderer
+from bridge import completions
 from bridge.engine import Turn
 from bridge.errors import BridgeError, ErrorCode
 from bridge.models import CompletionRequest, ConversationKey, Failed, ReplyEvent, UserRef
@@ -345,8 +346,20 @@ async def on_completions(conn: Connection, req: P.CompletionsRequest, slot: Stre
             else ConversationKey(conn.user.id, f"model:{model}", data.conversation_id)
         )
 
+        sessions = hub.sessions
+        plan = await completions.plan(sessions.plugins, hub.router, key, request)
+        plugins = sessions.plugins
+
         async def job(turn: Turn) -> None:
-            await _run_completion(conn, slot, renderer, target.complete(request), turn)
+            if plan.command is not None and plugins is not None:
+                stream = completions.command_answer(
+                    plugins, key, plan.request, plan.command, sessions.say
+                )
+            elif plan.notice is not None:
+                stream = completions.notice_answer(plan.notice)
+            else:
+                stream = completions.filtered(plugins, key, target.complete(plan.request))
+            await _run_completion(conn, slot, renderer, stream, turn)
 
         slot.turn = hub.sessions.engine.submit(key, job)
         renderer.open()

@@ -372,7 +372,7 @@ async def test_abort_and_disconnect_close_upstream(hub: Bridge) -> None:
     rid = await c.send(
         "openai",
         "completions",
-        {"model": f"character:{MOMO}", "messages": [{"role": "user", "content": "/slow long"}]},
+        {"model": f"character:{MOMO}", "messages": [{"role": "user", "content": "long /slow"}]},
     )
     await c.wait_for(lambda f: f.get("request_id") == rid and f.get("message") == "update")
     f = await c.request("openai", "abort", {"request_id": rid})
@@ -384,7 +384,7 @@ async def test_abort_and_disconnect_close_upstream(hub: Bridge) -> None:
     rid2 = await d.send(
         "openai",
         "completions",
-        {"model": f"character:{KURO}", "messages": [{"role": "user", "content": "/slow long"}]},
+        {"model": f"character:{KURO}", "messages": [{"role": "user", "content": "long /slow"}]},
     )
     await d.wait_for(lambda f: f.get("request_id") == rid2 and f.get("message") == "update")
     assert (await sandbox.stats())["open_streams"] == 1
@@ -399,7 +399,7 @@ async def test_abort_and_disconnect_close_upstream(hub: Bridge) -> None:
 async def test_stream_limit_per_user(bridge_factory) -> None:
     b = await bridge_factory(momohub={"enabled": True}, limits={"streams_per_user": 2})
     c = await b.client("uma")
-    body = {"messages": [{"role": "user", "content": "/slow"}]}
+    body = {"messages": [{"role": "user", "content": "go /slow"}]}
     r1 = await c.send("openai", "completions", {"model": f"character:{MOMO}", **body})
     r2 = await c.send("openai", "completions", {"model": f"character:{KURO}", **body})
     await c.wait_for(lambda f: f.get("request_id") == r2 and f.get("message") == "pending")

@@ -74,3 +74,41 @@ async def test_recent_messages_newest_n_oldest_first_without_deleted(st: Storage
     ]
     assert await msgs.recent("u", "c", "default", 0) == []
     assert await msgs.recent("nobody", "c", "default", 5) == []
+
+
+async def test_context_pairs_each_message_with_its_reply_and_keeps_only_what_was_said(
+    st: Storage,
+) -> None:
+    m = st.messages
+    add = m.add
+    one = await add("u", "c", "in", text("one"))
+    two = await add("u", "c", "in", text("two"))  # sent while one's reply was generating
+    r1 = await add("u", "c", "out", text("r1"), reply_to=one.id)
+    await add("u", "c", "in", text("/help"), kind="command")
+    await add("u", "c", "out", text("Commands"), kind="notice")
+    await add("u", "c", "in", text("held"), kind="held")
+    r2 = await add("u", "c", "out", text("r2"), reply_to=two.id)
+    three = await add("u", "c", "in", text("three"))
+    gone = await add("u", "c", "in", text("recalled"))
+    await m.mark_deleted(gone.id)
+    await add("u", "other", "in", text("elsewhere"))
+    later = await add("u", "c", "in", text("later"))
+
+    async def ids(**kw: int) -> list[int]:
+        return [r.id for r in await m.context("u", "c", "default", **kw)]
+
+    assert await ids(after=0, upto=three.id, limit=50) == [one.id, r1.id, two.id, r2.id, three.id]
+    # Up to `two`: the reply to `one`, stored after `two`, is in; two's own is not.
+    assert await ids(after=0, upto=two.id, limit=50) == [one.id, r1.id, two.id]
+    # After a reset at r1: what was stored before it is out, and so are replies to it.
+    assert await ids(after=r1.id, upto=three.id, limit=50) == [three.id]
+    assert await ids(after=one.id, upto=three.id, limit=50) == [two.id, r2.id, three.id]
+    assert await ids(after=0, upto=three.id, limit=2) == [r2.id, three.id]
+    assert later.id > three.id and await m.newest_id("u", "c", "default") == later.id
+    assert await m.newest_id("u", "none", "default") == 0
+    # Kinds are stored and read back.
+    assert [r.kind for r in await m.recent("u", "c", "default", 50)][3:6] == [
+        "command",
+        "notice",
+        "held",
+    ]
