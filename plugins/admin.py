@@ -1,10 +1,18 @@
 """Admin commands: `/status` (how the bridge is doing) and `/broadcast <text>` (a message to
-every hub user). Both are admin only; the plugin host refuses everyone else."""
+every hub user). Both are admin only; the plugin host refuses everyone else.
+
+A broadcast to tens of thousands of users takes longer than a command may run, so `/broadcast`
+answers at once ("Broadcasting to N users…"), sends in the background (`ctx.spawn`, cancelled
+at shutdown) and answers again with the totals. One broadcast at a time: a second one while the
+first is going is refused (with its progress), not queued, so two admins cannot stack up
+unbounded work. A broadcast cut short by shutdown is not resumed (the users it reached would get
+it twice); the log says how far it got."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -20,6 +28,10 @@ log = structlog.get_logger(__name__)
 MAX_BROADCAST_USERS = 100_000
 # Users written at once: each is two storage hops, and the database has one thread.
 BROADCAST_BATCH = 50
+# A batch that takes longer means the storage has stopped answering: the broadcast ends there.
+BATCH_TIMEOUT = 30.0
+# The closing answer runs outside the command's own timeout: it gets one of its own.
+ANSWER_TIMEOUT = 30.0
 
 
 def _duration(seconds: float) -> str:
@@ -99,9 +111,32 @@ async def status_lines(bridge: Any, started: float) -> list[str]:
     return lines
 
 
-async def broadcast(bridge: Any, text: str) -> tuple[int, int, int]:
-    """Store ``text`` as a message to every hub user and push it (live, or kept in their outbox
-    for their next login). Returns (reached, of them online, failed)."""
+@dataclass(slots=True)
+class Progress:
+    """How far a broadcast has got (what a second `/broadcast` is told while it runs)."""
+
+    total: int = 0
+    reached: int = 0
+    online: int = 0
+    failed: int = 0
+    # Why it ended before every user had their turn ("" when it did not).
+    stopped: str = ""
+
+    @property
+    def done(self) -> int:
+        return self.reached + self.failed
+
+
+async def broadcast_users(bridge: Any) -> list[str]:
+    """Every hub user the store knows (at most MAX_BROADCAST_USERS)."""
+    return [u.id for u in await bridge.storage.users.list(limit=MAX_BROADCAST_USERS)]
+
+
+async def broadcast(
+    bridge: Any, text: str, users: list[str], progress: Progress | None = None
+) -> Progress:
+    """Store ``text`` as a message to each of ``users`` and push it (live, or kept in their
+    outbox for their next login), counting into ``progress`` as it goes."""
     # From the bot account (`auth.bot_qq`, shown under `server.title`): the bridge's own
     # identity, which every client learns at login. A broadcast is the bridge speaking, not a
     # character, and it must not land in (and confuse) any character's conversation.
@@ -109,29 +144,57 @@ async def broadcast(bridge: Any, text: str) -> tuple[int, int, int]:
     name = bridge.config.server.title
     segs = [Segment.text(text).to_json()]
     storage, outbox = bridge.storage, bridge.outbox
+    progress = progress if progress is not None else Progress()
+    progress.total = len(users)
 
     async def one(user_id: str) -> bool:
         await send_from_contact(storage.messages, outbox, user_id, sender, segs, sender_name=name)
         return outbox.online(user_id)
 
-    users = [u.id for u in await storage.users.list(limit=MAX_BROADCAST_USERS)]
-    reached = online = failed = 0
     for i in range(0, len(users), BROADCAST_BATCH):
+        if bridge.storage is not storage:
+            # The app closed its storage under us (shutdown without cancelling us first):
+            # every further write would fail, one warning per user.
+            progress.stopped = "the bridge is stopping"
+            break
         batch = users[i : i + BROADCAST_BATCH]
-        results = await asyncio.gather(*(one(u) for u in batch), return_exceptions=True)
+        try:
+            async with asyncio.timeout(BATCH_TIMEOUT):
+                results = await asyncio.gather(*(one(u) for u in batch), return_exceptions=True)
+        except TimeoutError:
+            progress.stopped = "the storage stopped answering"
+            break
         for user_id, result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, Exception):
                     raise result
                 log.warning("admin.broadcast_failed", user=user_id, error=type(result).__name__)
-                failed += 1
+                progress.failed += 1
                 continue
-            reached += 1
-            online += bool(result)
-    return reached, online, failed
+            progress.reached += 1
+            progress.online += bool(result)
+    return progress
+
+
+def _users(n: int) -> str:
+    return f"{n} user" if n == 1 else f"{n} users"
+
+
+def summary(p: Progress) -> str:
+    answer = (
+        f"Broadcast sent to {_users(p.reached)} ({p.online} online now, the rest at next login)."
+    )
+    if p.failed:
+        answer += f" {p.failed} could not be reached."
+    if p.stopped:
+        answer += f" Stopped after {p.done} of {p.total}: {p.stopped}."
+    return answer
 
 
 def setup(ctx: PluginContext) -> None:
+    # The broadcast in progress, if any (one at a time).
+    running: Progress | None = None
+
     @ctx.command("status", help="how the bridge is doing", admin_only=True)
     async def status(inv: Invocation) -> None:
         bridge = ctx.bridge
@@ -148,13 +211,56 @@ def setup(ctx: PluginContext) -> None:
         admin_only=True,
     )
     async def broadcast_(inv: Invocation) -> None:
+        nonlocal running
         bridge = ctx.bridge
         if bridge is None or bridge.storage is None or bridge.outbox is None:
             await inv.reply("The bridge is not running.")
             return
-        reached, online, failed = await broadcast(bridge, inv.args["text"])
-        ctx.log.info("admin.broadcast", by=inv.caller.id, reached=reached, failed=failed)
-        answer = f"Broadcast sent to {reached} users ({online} online now, the rest at next login)."
-        if failed:
-            answer += f" {failed} could not be reached."
-        await inv.reply(answer)
+        if running is not None:
+            await inv.reply(
+                f"A broadcast is still going ({running.done} of {running.total} users so far); "
+                "send yours once it has finished."
+            )
+            return
+        text: str = inv.args["text"]
+        # Taken before the first await: two /broadcast lines (from different conversations,
+        # which run at once) must not both pass the check above.
+        progress = running = Progress()
+        try:
+            users = await broadcast_users(bridge)
+            progress.total = len(users)
+            # Answered before the work starts, so this answer always comes before the totals.
+            await inv.reply(f"Broadcasting to {_users(len(users))}…")
+            task = ctx.spawn(send_all(inv, text, users, progress), name="broadcast")
+        except BaseException:
+            running = None
+            raise
+        task.add_done_callback(lambda _: finished(progress))
+
+    def finished(progress: Progress) -> None:
+        nonlocal running
+        if running is progress:
+            running = None
+
+    async def send_all(inv: Invocation, text: str, users: list[str], progress: Progress) -> None:
+        bridge = ctx.bridge
+        try:
+            await broadcast(bridge, text, users, progress)
+        except asyncio.CancelledError:
+            ctx.log.warning(
+                "admin.broadcast_cancelled", by=inv.caller.id, done=progress.done, of=progress.total
+            )
+            raise
+        except Exception as e:
+            ctx.log.exception("admin.broadcast_crashed", by=inv.caller.id, done=progress.done)
+            progress.stopped = type(e).__name__
+        finished(progress)  # before the answer: the admin may broadcast again once told
+        ctx.log.info(
+            "admin.broadcast",
+            by=inv.caller.id,
+            reached=progress.reached,
+            failed=progress.failed,
+            stopped=progress.stopped,
+        )
+        async with asyncio.timeout(ANSWER_TIMEOUT):
+            await inv.reply(summary(progress))
