@@ -686,7 +686,14 @@ async def test_delete_message_falls_back_once(
     assert hub.hits["DELETE /chats/c1/m1"] == 1
 
 
-async def test_delete_message_not_found_anywhere(hub: FakeHub, make_client: ClientFactory) -> None:
+@pytest.mark.parametrize("legacy_status", [404, 405])
+async def test_delete_message_not_found_anywhere(
+    hub: FakeHub, make_client: ClientFactory, legacy_status: int
+) -> None:
+    async def legacy(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=legacy_status, text="no such route")
+
+    hub.on("DELETE", "/chats/c1/m1", protected(hub, legacy))
     client = await make_client()
     with pytest.raises(BridgeError) as e:
         await client.delete_message("c1", "m1")
