@@ -156,3 +156,16 @@ class ChatBook:
                     # the persona stored below.
                     log.info("momohub.chat_gone", chat=chat_id)
             await self._storage.conversations.set_instructions(*k, text)
+
+
+def message_ref(chat_id: str, message_id: str | None) -> str | None:
+    """A message's ref (the id a recall deletes it by) names its chat too: after a reset the
+    conversation has another chat, and a recall must still reach (or find gone) the one the
+    message was in."""
+    return f"{chat_id}/{message_id}" if message_id else None
+
+
+def split_ref(ref: str) -> tuple[str | None, str]:
+    """(chat id, message id); refs recorded before they named their chat have no chat."""
+    chat_id, _, message_id = ref.rpartition("/")
+    return chat_id or None, message_id

@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from adapters.momohub.chats import ChatBook
+from adapters.momohub.chats import ChatBook, message_ref, split_ref
 from adapters.momohub.client import MomoHubClient
 from adapters.momohub.content import parts_text, to_content_parts
 from adapters.momohub.types import (
@@ -205,15 +205,24 @@ class CharacterTarget:
     async def recall(self, request: RecallRequest) -> None:
         key = request.conversation
         chat_id = await self._storage.conversations.get(key.user_id, key.contact, key.thread)
-        if chat_id is None:
-            return
-        refs = list(request.refs)
+        refs = [split_ref(ref) for ref in request.refs]
         unresolved = not refs and request.unresolved and not request.outgoing
-        if unresolved:
-            refs = await self.turn_ids(key, chat_id)
-        for ref in refs:
-            await self._client.delete_message(chat_id, ref)
-        if unresolved:
+        if unresolved and chat_id is not None:
+            refs = [(chat_id, m) for m in await self.turn_ids(key, chat_id)]
+        for in_chat, message_id in refs:
+            # A ref from before refs named their chat was in the conversation's chat of then:
+            # the current one, unless a reset forgot it (and deleted it with the message).
+            in_chat = in_chat or chat_id
+            if in_chat is None:
+                continue
+            try:
+                await self._client.delete_message(in_chat, message_id)
+            except BridgeError as e:
+                if e.code != ErrorCode.NOT_FOUND:
+                    raise
+                # Already gone upstream, e.g. with its chat, deleted by a reset: recalled.
+                log.info("momohub.recall_already_gone", chat=in_chat, message=message_id)
+        if unresolved and chat_id is not None:
             await self._settle(key, chat_id)
 
     # ----- conversation context (bridge.router.ContextTarget) ---------------------------------
@@ -300,10 +309,8 @@ class CharacterTarget:
         await self._settle(key, chat_id, latest)
         if reply_msg is None:
             return None
-        reply = reply_msg.id
-        return self._done(
-            key, request, reply, parts_text([p.model_dump() for p in reply_msg.content])
-        )
+        text = parts_text([p.model_dump() for p in reply_msg.content])
+        return self._done(key, chat_id, request, reply_msg.id, text)
 
     # ----- ModelTarget ----------------------------------------------------------------------------
 
@@ -426,22 +433,27 @@ class CharacterTarget:
                     return
                 elif isinstance(ev, StreamDone):
                     request_ref, reply_ref = await self._newest_ids(key, chat_id)
-                    yield self._done(key, request_ref, reply_ref)
+                    yield self._done(key, chat_id, request_ref, reply_ref)
                     return
                 ev = await anext(stream, None)
         finally:
             await _aclose(stream)
 
     def _done(
-        self, key: ConversationKey, request_ref: str | None, reply_ref: str | None, text: str = ""
+        self,
+        key: ConversationKey,
+        chat_id: str,
+        request_id: str | None,
+        reply_id: str | None,
+        text: str = "",
     ) -> Done:
         """A finished turn, with the MomoHub ids that a later recall deletes by."""
         character = self._characters.get(key.contact)
         return Done(
             finish_reason="stop",
             ref_system=SYSTEM,
-            request_ref=request_ref,
-            reply_ref=reply_ref,
+            request_ref=message_ref(chat_id, request_id),
+            reply_ref=message_ref(chat_id, reply_id),
             sender_name=character.name if character else "",
             text=text,
         )
