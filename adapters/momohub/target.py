@@ -99,6 +99,7 @@ class CharacterTarget:
 
     async def close(self) -> None:
         await self._tasks.cancel_all()
+        await self._book.close()
 
     @property
     def _create_locks(self) -> KeyedLocks:
@@ -228,7 +229,11 @@ class CharacterTarget:
     # ----- conversation context (bridge.router.ContextTarget) ---------------------------------
 
     async def reset_context(self, key: ConversationKey) -> None:
-        """The conversation's next message goes to a new MomoHub chat (with its persona)."""
+        """The conversation's next message goes to a new MomoHub chat (with its persona); the
+        old chat is deleted on MomoHub in the background, so a reset never waits on MomoHub.
+
+        The engine runs a reset as a turn of its conversation, after a reply still streaming
+        in the old chat has ended, so no send is cut off by the deletion."""
         await self._book.forget(key)
         # Where the old chat's last turn ended no longer matters.
         self._unsettled.discard(key)
