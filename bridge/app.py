@@ -498,6 +498,8 @@ class App:
     async def stop(self) -> None:
         # First: nothing scheduled may start a turn while the rest shuts down.
         await self.scheduler.shutdown()
+        if self.plugins is not None:
+            await self.plugins.close()  # what plugins left running (a broadcast going out)
         await self._tasks.cancel_all()
         if self.hub is not None:
             await self.hub.stop()
