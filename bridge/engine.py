@@ -94,6 +94,16 @@ class Engine:
             owner.queue.append(turn)
         return turn
 
+    def submit_next(self, key: ConversationKey, job: Job) -> Turn:
+        """Queue a turn to run right after the running one, ahead of those waiting (the upstream
+        cleanup of a turn being stopped, which the next turn must not overtake)."""
+        owner = self._owners.get(key)
+        if owner is None or owner.running is None:
+            return self.submit(key, job)
+        turn = Turn(key, job)
+        owner.queue.appendleft(turn)
+        return turn
+
     def _start(self, owner: _Owner, turn: Turn) -> None:
         owner.running = turn
         turn.state = "running"

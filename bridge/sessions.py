@@ -25,13 +25,13 @@ from bridge.models import (
     Delta,
     Done,
     Failed,
-    RecallRequest,
     ReplyEvent,
     Segment,
     UserRef,
     plain_text,
 )
 from bridge.outbox import Outbox, Push, Sink
+from bridge.recall import Recall
 from bridge.router import ContactTarget, Router
 from bridge.session_plugins import PluginGlue, with_text
 from bridge.tasks import TaskSet
@@ -103,6 +103,7 @@ class Sessions:
         # Commands and filters (set by the app; None: messages go straight to their target).
         self.plugins: PluginHost | None = None
         self._glue = PluginGlue(storage, router, outbox, self.engine)
+        self._recall = Recall(storage, router, outbox, self.engine, self._dropped)
 
     # ----- sending ---------------------------------------------------------------------------
 
@@ -421,57 +422,14 @@ class Sessions:
     async def recall(
         self, user: UserRef, message_id: int, *, exclude_sink: Sink | None = None
     ) -> str:
-        """Recall a message everywhere; recalling a user's message also recalls its replies and
-        stops a reply still queued or being generated. Returns the contact it belonged to."""
-        row = await self._storage.messages.get(message_id)
-        if row is None or row.user_id != user.id or row.deleted:
-            raise BridgeError(ErrorCode.NOT_FOUND, f"no message {message_id} to recall")
-        # Claimed atomically: a recall of the same message from another tab gets NOT_FOUND.
-        if not await self._storage.messages.mark_deleted(row.id):
-            raise BridgeError(ErrorCode.NOT_FOUND, f"message {message_id} was already recalled")
-        key = ConversationKey(row.user_id, row.contact, row.thread)
-        unresolved = False
-        if row.direction == "in":
-            outcome = await self.engine.recall(key, row.id)
-            # A turn stopped while running never learned its upstream ids.
-            unresolved = outcome == "cancelled"
-            if outcome != "finished":
-                await self._storage.inflight.remove(row.id)
-            watched = self._watched.pop(row.id, None)
-            if outcome == "dropped" and watched is not None:
-                # It never started, so nothing else will end its stream.
-                await self._notify(watched, Failed(ErrorCode.CANCELLED, "the message was recalled"))
-        rows = [row]
-        if row.direction == "in":
-            for r in await self._storage.messages.replies_to(row.id):
-                if await self._storage.messages.mark_deleted(r.id):
-                    rows.append(r)
-        try:
-            target: ContactTarget | None = self._router.contact_target(row.contact)
-        except BridgeError:
-            target = None
-        for r in rows:
-            if target is not None:
-                request = RecallRequest(
-                    user=user,
-                    conversation=key,
-                    message_id=r.id,
-                    segments=[Segment(s["type"], s.get("data", {})) for s in r.content],
-                    outgoing=r.direction == "out",
-                    refs=await self._storage.messages.refs(r.id),
-                    unresolved=unresolved and r.id == row.id,
-                )
-                try:
-                    await target.recall(request)
-                except BridgeError as e:
-                    log.warning("recall.upstream_failed", message_id=r.id, reason=e.reason)
-            await self._outbox.push(
-                user.id,
-                Push(kind="recall", contact=r.contact, message_id=r.id),
-                # The connection that asked knows about its own message; replies it may not.
-                exclude=exclude_sink if r.id == message_id else None,
-            )
-        return row.contact
+        """Recall a message everywhere (see `bridge.recall`). Returns its contact."""
+        return await self._recall.recall(user, message_id, exclude_sink=exclude_sink)
+
+    async def _dropped(self, message_id: int, never_started: bool) -> None:
+        watched = self._watched.pop(message_id, None)
+        if never_started and watched is not None:
+            # It never started, so nothing else will end its stream.
+            await self._notify(watched, Failed(ErrorCode.CANCELLED, "the message was recalled"))
 
     async def schedule_recovery(self, *, attempts: int = 5, backoff: float = 2.0) -> list[Turn]:
         """Queue the settling of replies a previous run left in flight (see `bridge.recovery`).

@@ -609,3 +609,26 @@ async def test_memory_is_back_to_baseline_after_a_burst(hub: Bridge) -> None:
     await eventually(lambda: outbox.tracked_users == 0, what="the outbox to forget the users")
     assert all(server.clients_of(f"burst{i}") == [] for i in range(4))
     assert len(engine) == 0 and server.active_streams == {} and sessions._watched == {}
+
+
+async def test_a_recalled_running_turn_is_cleaned_up_before_the_next_turn_starts(
+    hub: Bridge,
+) -> None:
+    """The running turn's MomoHub messages are found from the chat's state; the queued turn
+    must not reach MomoHub (and change that state) before they are gone."""
+    up = Upstream(hub)
+    c = await hub.client("gil")
+    await finished(c, "first")
+    await up.fault(path=r"POST /v1/chats/[^/]+/messages", stall=STALL)
+    running, running_id = await submit(c, MOMO, "cut me")
+    await up.wait_stored("gil", 3)
+    queued, _ = await submit(c, MOMO, "then me")
+    assert (await recall(c, running_id))["code"] == 0
+    assert (await c.stream(running))[-1]["data"]["error"] == "CANCELLED"
+    assert reply_text(await c.stream(queued)) == echo("then me")
+    assert await up.messages("gil") == [
+        ("USER", "first"),
+        ("CHARACTER", echo("first")),
+        ("USER", "then me"),
+        ("CHARACTER", echo("then me")),
+    ]

@@ -292,3 +292,29 @@ async def test_wait_times_out_without_stopping_the_turn(engine: Engine) -> None:
     jobs.release("slow")
     await t.wait(WAIT)
     await idle(engine)
+
+
+async def test_submit_next_runs_right_after_the_running_turn_ahead_of_the_queue(
+    engine: Engine,
+) -> None:
+    jobs = Jobs()
+    first = engine.submit(A, jobs.job("first"), message_id=1)
+    engine.submit(A, jobs.job("queued", park=False), message_id=2)
+    await jobs.wait_started("first")
+    cleanup = engine.submit_next(A, jobs.job("cleanup", park=False))
+    assert await engine.recall(A, 1) == "cancelled"
+    await cleanup.wait(WAIT)
+    await idle(engine)
+    assert jobs.log == [
+        "start first",
+        "cancelled first",
+        "start cleanup",
+        "end cleanup",
+        "start queued",
+        "end queued",
+    ]
+    assert first.state == "done"
+    # With nothing running it is an ordinary submit: it runs at once.
+    alone = engine.submit_next(B, jobs.job("alone", park=False))
+    await alone.wait(WAIT)
+    assert alone.state == "done"
