@@ -11,7 +11,7 @@ There the client keeps the conversation and resends all of it with each request,
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +90,38 @@ def without_commands(messages: list[JSON], plugins: PluginHost) -> list[JSON]:
     return out
 
 
+async def _say_nothing(key: ConversationKey, text: str) -> None:
+    return None
+
+
+async def filtered_history(
+    messages: list[JSON], plugins: PluginHost, key: ConversationKey, request: CompletionRequest
+) -> list[JSON]:
+    """The history through the input filters, as each message was when it was new: a message
+    a filter blocked is left out with the answer that followed it, a masked one goes masked
+    (the client keeps and resends what the user typed)."""
+    if not plugins.input_filters:
+        return messages
+    out: list[JSON] = []
+    skipping = False
+    for message in messages:
+        role = message.get("role")
+        if role == "user":
+            skipping = False
+            text = content_text(message.get("content"))
+            if text:
+                result = await plugins.filter_input(key, request.user, text, _say_nothing)
+                if isinstance(result, Consume):
+                    skipping = True
+                    continue
+                if result != text:
+                    message = _with_text(message, result)
+        elif role == "assistant" and skipping:
+            continue
+        out.append(message)
+    return out
+
+
 async def plan(
     plugins: PluginHost | None, router: Router, key: ConversationKey, request: CompletionRequest
 ) -> Plan:
@@ -104,17 +136,20 @@ async def plan(
             async def say(_: ConversationKey, answer: str) -> None:
                 said.append(answer)
 
-            filtered = await plugins.filter_input(key, request.user, text, say)
-            if isinstance(filtered, Consume):
+            result = await plugins.filter_input(key, request.user, text, say)
+            if isinstance(result, Consume):
                 return Plan(request, notice="\n\n".join(said) or "Your message was not sent.")
-            if filtered != text:
-                last = _with_text(last, filtered)
-                text = filtered
+            if result != text:
+                last = _with_text(last, result)
+                text = result
         if plugins.is_command(text):
             return Plan(request, command=text)
-        messages = [*without_commands(messages[:-1], plugins), last]
+        history = without_commands(messages[:-1], plugins)
+        messages = [*await filtered_history(history, plugins, key, request), last]
     elif plugins is not None:
-        messages = without_commands(messages, plugins)
+        messages = await filtered_history(
+            without_commands(messages, plugins), plugins, key, request
+        )
     try:
         target = router.contact_target(key.contact)
     except BridgeError:
@@ -123,6 +158,30 @@ async def plan(
     if shape is not None:
         messages = await shape(key, messages)
     return Plan(replace(request, messages=messages))
+
+
+async def answer(
+    plugins: PluginHost | None,
+    router: Router,
+    key: ConversationKey,
+    request: CompletionRequest,
+    complete: Callable[[CompletionRequest], AsyncIterator[ReplyEvent]],
+    late: Say,
+) -> AsyncIterator[ReplyEvent]:
+    """The completion's reply: a command's answer, a filter's notice, or the model's reply
+    through the filters (``complete`` asks the model)."""
+    planned = await plan(plugins, router, key, request)
+    if planned.command is not None and plugins is not None:
+        inner = command_answer(plugins, key, planned.request, planned.command, late)
+    elif planned.notice is not None:
+        inner = notice_answer(planned.notice)
+    else:
+        inner = filtered(plugins, key, complete(planned.request))
+    try:
+        async for event in inner:
+            yield event
+    finally:
+        await inner.aclose()
 
 
 class _Answers:

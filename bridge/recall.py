@@ -110,7 +110,11 @@ class Recall:
         after = None
         if running is not None and running.state == "running":
             after = self._engine.submit_next(key, cleanup)
-        outcome = await self._engine.recall(key, row.id)
+        try:
+            outcome = await self._engine.recall(key, row.id)
+        except BaseException:
+            decided.set_result(False)  # the cleanup turn must not hold the conversation
+            raise
         decided.set_result(outcome == "cancelled")
         if outcome != "finished":
             await self._storage.inflight.remove(row.id)

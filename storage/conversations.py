@@ -36,9 +36,11 @@ class ConversationRepo:
 
     async def count(self, user_id: str) -> int:
         """Conversations the user opened by name (threads other than each contact's default):
-        the default conversation with each contact is bounded by the contacts themselves."""
+        the default conversation with each contact is bounded by the contacts themselves.
+        A model conversation's reset mark is not an upstream chat and is not counted."""
         async with self._db.conn.execute(
-            "SELECT COUNT(*) FROM conversations WHERE user_id = ? AND thread != 'default'",
+            "SELECT COUNT(*) FROM conversations WHERE user_id = ? AND thread != 'default' "
+            "AND contact NOT LIKE 'model:%'",
             (user_id,),
         ) as cur:
             row = await cur.fetchone()

@@ -319,7 +319,7 @@ class AckData(_Payload):
 
 class CompletionsData(_Payload):
     model: str = ""
-    messages: list[dict[str, Any]]
+    messages: list[dict[str, Any]] = Field(min_length=1)
     temperature: float | None = None
     top_p: float | None = None
     presence_penalty: float | None = None

@@ -347,18 +347,13 @@ async def on_completions(conn: Connection, req: P.CompletionsRequest, slot: Stre
         )
 
         sessions = hub.sessions
-        plan = await completions.plan(sessions.plugins, hub.router, key, request)
-        plugins = sessions.plugins
 
         async def job(turn: Turn) -> None:
-            if plan.command is not None and plugins is not None:
-                stream = completions.command_answer(
-                    plugins, key, plan.request, plan.command, sessions.say
-                )
-            elif plan.notice is not None:
-                stream = completions.notice_answer(plan.notice)
-            else:
-                stream = completions.filtered(plugins, key, target.complete(plan.request))
+            # Planned as the conversation's turn, in order: a `/persona set` sent just before
+            # applies, and an abort meanwhile stops it like any turn.
+            stream = completions.answer(
+                sessions.plugins, hub.router, key, request, target.complete, sessions.say
+            )
             await _run_completion(conn, slot, renderer, stream, turn)
 
         slot.turn = hub.sessions.engine.submit(key, job)

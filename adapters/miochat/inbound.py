@@ -168,7 +168,8 @@ _COMPLETION_FIELDS = frozenset(CompletionsData.model_fields)
 
 def _completions(rid: Any, obj: dict[str, Any]) -> Any:
     data = obj.get("data")
-    if not isinstance(data, dict) or not _dicts(data.get("messages")):
+    messages = data.get("messages") if isinstance(data, dict) else None
+    if not messages or not _dicts(messages):
         return None
     values: dict[str, Any] = {"model": data.get("model", ""), "messages": data["messages"]}
     if type(values["model"]) is not str:

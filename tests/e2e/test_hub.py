@@ -223,7 +223,9 @@ async def test_router_honest_answers_with_nothing_configured(bridge: Bridge) -> 
     )
     assert _err(f) == "NOT_FOUND"
     assert _err(await c.request("openai", "models", {})) == "UNAVAILABLE"
-    f = await c.request("openai", "completions", {"model": "gpt-x", "messages": []})
+    f = await c.request(
+        "openai", "completions", {"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}]}
+    )
     assert _err(f) == "UNAVAILABLE"
     f = await c.request(
         "onebot",

@@ -224,8 +224,16 @@ def test_surrogate_in_forwarded_text_and_recall_contact_is_invalid_data() -> Non
     [
         (P.LoginData, {"mio-chat-id": "u", "mio-chat-token": "t\ud800"}, "mio-chat-token"),
         (P.CompletionsData, {"messages": [{"content": "\ud800"}]}, "messages[0].content"),
-        (P.CompletionsData, {"messages": [], "temperature": float("nan")}, "temperature"),
-        (P.CompletionsData, {"messages": [], "max_tokens": 2**70}, "max_tokens"),
+        (
+            P.CompletionsData,
+            {"messages": [{"role": "user", "content": "hi"}], "temperature": float("nan")},
+            "temperature",
+        ),
+        (
+            P.CompletionsData,
+            {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2**70},
+            "max_tokens",
+        ),
         (P.ShareData, {"contactor": {"name": "\udc00"}}, "contactor.name"),
         (P.AbortData, {"request_id": "\ud800"}, "request_id"),
         (P.AbortData, {"request_id": True}, "request_id"),
@@ -252,13 +260,17 @@ def test_payload_models_need_an_object(model: Any, data: Any) -> None:
 @pytest.mark.parametrize("cid", ["a", "default", "x" * 64, "A-Z_0.9:b", "thread:42"])
 def test_conversation_id_accepted(cid: str) -> None:
     assert (
-        P.CompletionsData.model_validate({"messages": [], "conversation_id": cid}).conversation_id
+        P.CompletionsData.model_validate(
+            {"messages": [{"role": "user", "content": "hi"}], "conversation_id": cid}
+        ).conversation_id
         == cid
     )
 
 
 def test_conversation_id_null_means_default() -> None:
-    d = P.CompletionsData.model_validate({"messages": [], "conversation_id": None})
+    d = P.CompletionsData.model_validate(
+        {"messages": [{"role": "user", "content": "hi"}], "conversation_id": None}
+    )
     assert d.conversation_id == "default"
 
 
@@ -267,7 +279,9 @@ def test_conversation_id_null_means_default() -> None:
 )
 def test_conversation_id_rejected(cid: Any) -> None:
     with pytest.raises(ValidationError) as ei:
-        P.CompletionsData.model_validate({"messages": [], "conversation_id": cid})
+        P.CompletionsData.model_validate(
+            {"messages": [{"role": "user", "content": "hi"}], "conversation_id": cid}
+        )
     assert "conversation_id" in P.validation_reason(ei.value)
 
 
@@ -276,7 +290,7 @@ def test_conversation_id_over_the_wire_is_invalid_data() -> None:
         request_id="c1",
         protocol="openai",
         type="completions",
-        data={"messages": [], "conversation_id": "../../etc"},
+        data={"messages": [{"role": "user", "content": "hi"}], "conversation_id": "../../etc"},
     )
     e = error_of(raw)
     assert e.code is ErrorCode.INVALID_DATA and e.request_id == "c1"
