@@ -6,32 +6,22 @@ import asyncio
 import hashlib
 import importlib
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from aiohttp import web
 
 # The hub and what it needs to answer a login: nothing else is imported before it listens.
 from adapters.miochat import handlers as _hub_handlers  # noqa: F401 - loaded before the 1st frame
 from adapters.miochat.server import HubServer
 from bridge.config import Config, OpenAIProvider, SandboxConfig
 from bridge.engine import Engine
-from bridge.errors import BridgeError, ErrorCode
 from bridge.health import AUTH_FAILED, ERROR, OK, UNREACHABLE, Health
 from bridge.model_chats import ModelChats
-from bridge.models import (
-    ChatMessage,
-    CompletionRequest,
-    Contact,
-    ConversationKey,
-    Failed,
-    ModelGroup,
-    RecallRequest,
-    ReplyEvent,
-    UserRef,
-)
 from bridge.outbox import Outbox
+from bridge.pending_target import PendingTarget
 from bridge.router import Router
 from bridge.scheduler import Scheduler, housekeeping
 from bridge.sessions import Sessions
@@ -43,6 +33,7 @@ if TYPE_CHECKING:
     from adapters.momohub.client import MomoHubClient
     from adapters.momohub.sandbox import SandboxServer
     from adapters.momohub.target import CharacterTarget
+    from adapters.onebot.qq_edge import QQEdge
     from bridge.plugins import PluginHost
 
 log = structlog.get_logger(__name__)
@@ -52,11 +43,16 @@ log = structlog.get_logger(__name__)
 # refusing our credentials never holds up the server. It serves at once, the upstream keeps
 # being retried in the background, and /readyz tells what is missing.
 STARTUP_GRACE = 0.5
-# How long a recall or a crash recovery that reaches an upstream still being set up waits for it.
-PENDING_WAIT = 30.0
-STARTING_REASON = "the bridge is starting; try again in a moment"
 # Shown in /readyz while the bot-framework adapter loads (each link reports itself after).
 FRAMEWORKS_LOADING = "frameworks"
+QQ_LOADING = "qq"
+QQ_PURGE = "housekeeping-qq-links"
+
+
+def _path_matcher(path: str) -> Callable[[str], bool]:
+    """The QQ link's path, with or without a trailing slash."""
+    path = path.rstrip("/")
+    return lambda requested: requested.rstrip("/") == path
 
 
 def _admin_code_file(config: Config) -> Path:
@@ -105,149 +101,6 @@ async def run_sandbox_command(
     await run_sandbox(config, providers, stop=stop)
 
 
-async def _failing(event: Failed) -> AsyncIterator[ReplyEvent]:
-    yield event
-
-
-class PendingTarget:
-    """Holds an upstream target's place in the router while its adapter loads.
-
-    The hub listens before the upstream adapters are imported and started (that takes a while
-    and must never keep a login waiting), but the router's order decides which target owns a
-    contact or a model, so each upstream's place is taken at once by one of these. Until its
-    target is installed it lists no contacts and no models, claims whatever it is asked about,
-    and refuses sends and completions as starting (UNAVAILABLE): nothing is queued for an
-    upstream that is not there yet. A recall or a crash recovery, which must reach the upstream,
-    waits for it instead. Once installed, every call goes to the target.
-    """
-
-    def __init__(self, router: Router) -> None:
-        self._router = router
-        self._target: Any = None
-        self._settled = asyncio.Event()
-
-    @property
-    def target(self) -> Any:
-        return self._target
-
-    @property
-    def pending(self) -> bool:
-        return not self._settled.is_set()
-
-    def install(self, target: Any) -> None:
-        self._target = target
-        self._settled.set()
-
-    def settle(self) -> None:
-        """No target will come (its start-up failed): stop claiming anything."""
-        self._settled.set()
-
-    def __getattr__(self, name: str) -> Any:
-        # The target's optional attributes (replies_stream, conversation_key, ...), once it is in.
-        target = self.__dict__.get("_target")
-        if target is None:
-            raise AttributeError(name)
-        return getattr(target, name)
-
-    async def _owner(self, contact: str) -> Any:
-        """The target that owns ``contact`` once this place is settled (None: nobody)."""
-        if self.pending:
-            try:
-                async with asyncio.timeout(PENDING_WAIT):
-                    await self._settled.wait()
-            except TimeoutError:
-                raise BridgeError(ErrorCode.UNAVAILABLE, STARTING_REASON) from None
-        if self._target is not None and self._target.owns(contact):
-            return self._target
-        # Claimed while pending: whoever really owns it comes later in the router.
-        try:
-            owner = self._router.contact_target(contact)
-        except BridgeError:
-            return None
-        return None if owner is self else owner
-
-    # ----- ContactTarget --------------------------------------------------------------------------
-
-    def owns(self, contact: str) -> bool:
-        if self._target is not None:
-            return bool(self._target.owns(contact))
-        return self.pending
-
-    def canonical(self, contact: str) -> str:
-        return contact if self._target is None else str(self._target.canonical(contact))
-
-    def contacts(self, user: UserRef) -> list[Contact]:
-        return [] if self._target is None else self._target.contacts(user)
-
-    async def check_available(self, contact: str) -> None:
-        if self._target is None:
-            raise BridgeError(ErrorCode.UNAVAILABLE, STARTING_REASON)
-        await self._target.check_available(contact)
-
-    async def deliver(self, message: ChatMessage) -> AsyncIterator[ReplyEvent] | None:
-        # Only reached once check_available passed, so the target is in.
-        result: AsyncIterator[ReplyEvent] | None = await self._target.deliver(message)
-        return result
-
-    async def forward(
-        self, message: ChatMessage, items: list[ChatMessage]
-    ) -> AsyncIterator[ReplyEvent] | None:
-        result: AsyncIterator[ReplyEvent] | None = await self._target.forward(message, items)
-        return result
-
-    async def recall(self, request: RecallRequest) -> None:
-        owner = await self._owner(request.conversation.contact)
-        if owner is not None:
-            await owner.recall(request)
-
-    async def recover(self, key: ConversationKey) -> Any:
-        owner = await self._owner(key.contact)
-        recover = getattr(owner, "recover", None)
-        return await recover(key) if recover is not None else None
-
-    # ----- ContextTarget (optional; commands such as /reset wait for the target like a recall) --
-
-    async def _context_method(self, key: ConversationKey, name: str) -> Any:
-        method = getattr(await self._owner(key.contact), name, None)
-        if method is None:
-            raise BridgeError(ErrorCode.NOT_FOUND, "not supported in this conversation")
-        return method
-
-    async def reset_context(self, key: ConversationKey) -> None:
-        await (await self._context_method(key, "reset_context"))(key)
-
-    async def get_instructions(self, key: ConversationKey) -> str | None:
-        text: str | None = await (await self._context_method(key, "get_instructions"))(key)
-        return text
-
-    async def set_instructions(self, key: ConversationKey, text: str | None) -> None:
-        await (await self._context_method(key, "set_instructions"))(key, text)
-
-    # ----- ModelTarget ----------------------------------------------------------------------------
-
-    def model_groups(self) -> list[ModelGroup]:
-        return [] if self._target is None else self._target.model_groups()
-
-    def owns_model(self, model: str) -> bool:
-        if self._target is not None:
-            return bool(self._target.owns_model(model))
-        return self.pending
-
-    def complete(self, request: CompletionRequest) -> AsyncIterator[ReplyEvent]:
-        target = self._target
-        if target is None or not target.owns_model(request.model):
-            if self.pending:
-                return _failing(Failed(ErrorCode.UNAVAILABLE, STARTING_REASON))
-            try:
-                target = self._router.model_target(request.model)
-            except BridgeError as e:
-                return _failing(Failed(e.code, e.reason))
-            if target is self:
-                return _failing(Failed(ErrorCode.NOT_FOUND, f"unknown model {request.model!r}"))
-        result: AsyncIterator[ReplyEvent] = target.complete(request)
-        return result
-
-
 def _import_all(modules: list[str]) -> None:
     for name in modules:
         importlib.import_module(name)
@@ -267,6 +120,7 @@ class App:
         self._tasks = TaskSet("app")
         self.frameworks: Any = None
         self.plugins: PluginHost | None = None
+        self.qq: QQEdge | None = None
         self.health = Health()
         # The one scheduler: housekeeping and the plugins' jobs; runs from start() to stop().
         self.scheduler = Scheduler()
@@ -299,6 +153,9 @@ class App:
                     self.storage,
                     history_turns=cfg.openai.history_turns,
                     history_chars=cfg.openai.history_chars,
+                    turns_by_owner=(
+                        {"qq:": cfg.onebot.qq.history_turns} if cfg.onebot.qq.history_turns else {}
+                    ),
                 )
             )
         if cfg.onebot.frameworks:
@@ -430,6 +287,30 @@ class App:
         # Loads the model lists (waiting up to 5 s itself): only STARTUP_GRACE of it holds start.
         self._warming.append(self._tasks.spawn(target.start(), name="openai-target-start"))
 
+    def _start_qq(self) -> None:
+        from adapters.onebot.qq_edge import QQEdge
+
+        assert self.storage is not None and self.sessions is not None and self.outbox is not None
+        cfg = self.config
+        edge = QQEdge(
+            cfg.onebot.qq,
+            self.sessions,
+            self.router,
+            self.storage,
+            self.outbox,
+            self.health,
+        )
+        self.router.add_binder(edge)
+        self.health.add_probe(edge.link.refresh_health)
+        self.scheduler.every(QQ_PURGE, edge.purge_links, 86400.0)
+        self.qq = edge
+        self.health.remove(QQ_LOADING)
+
+    async def _qq_entry(self, request: web.Request) -> web.StreamResponse:
+        if self.qq is None:
+            return web.Response(status=503, text="starting; connect again in a moment")
+        return await self.qq.link.handle(request)
+
     async def _probe_database(self) -> None:
         storage = self.storage
         if storage is None:
@@ -461,6 +342,9 @@ class App:
                 cfg, self.storage, self.router, self.outbox, self.sessions, admin_code=admin_code
             )
             self.hub.http.health = self.health
+            if cfg.onebot.qq.enabled:
+                self.health.register(QQ_LOADING, "loading the QQ link")
+                self.hub.mount(_path_matcher(cfg.onebot.qq.path), self._qq_entry)
             # Replies a previous run left in flight: queued before the hub takes connections, so
             # each conversation settles them before its new turns (the work itself, which may
             # wait on the upstream, runs in the background).
@@ -469,6 +353,8 @@ class App:
             housekeeping(self.scheduler, lambda: self.storage, cfg.share.ttl_days * 86400.0)
             self.scheduler.start()
             await self._load_plugins()
+            if cfg.onebot.qq.enabled:
+                self._start_qq()
             await self._start_upstreams(places, admin_code)
             assert self.plugins is not None
             # After the upstreams had their chance: a plugin's start may send a turn upstream.
@@ -503,6 +389,10 @@ class App:
         await self._tasks.cancel_all()
         if self.hub is not None:
             await self.hub.stop()
+        if self.qq is not None:
+            # Before the conversations close: the QQ sessions wait on their replies.
+            await self.qq.close()
+            self.qq = None
         if self.sessions is not None:
             await self.sessions.close()
         for close in reversed(self._closers):

@@ -56,6 +56,8 @@ class Invocation:
     command: Command
     prefix: str
     reply: Callable[[str], Awaitable[None]]
+    # The command line's stored message id (0 where it is not stored: `openai/completions`).
+    message_id: int = 0
 
 
 Handler = Callable[[Invocation], Awaitable[None]]

@@ -206,9 +206,58 @@ class FrameworkLink(_Section):
     connect_timeout: float = Field(10.0, gt=0)
 
 
+class QQConfig(_Section):
+    """``[onebot.qq]``: real QQ accounts (NapCat, LLBot, Lagrange, go-cqhttp) dialling the bridge's
+    reverse WebSocket; their private chats and groups talk to characters or models."""
+
+    enabled: bool = False
+    path: str = "/onebot/v11/ws"
+    access_token: str = ""
+    action_timeout: float = Field(30.0, gt=0)
+    # What a session talks to until `/char use`: a character (id or name; empty: the MomoHub
+    # default character) or `model:<provider>/<model>`.
+    default_target: str = ""
+    group_isolation: Literal["shared", "member"] = "shared"
+    # Group messages that start with one of these (or a nickname) reach the character even
+    # without an @ of the account.
+    prefixes: list[str] = Field(default_factory=list)
+    nicknames: list[str] = Field(default_factory=list)
+    allow_users: list[QQNumber] = Field(default_factory=list)
+    deny_users: list[QQNumber] = Field(default_factory=list)
+    allow_groups: list[QQNumber] = Field(default_factory=list)
+    deny_groups: list[QQNumber] = Field(default_factory=list)
+    admins: list[QQNumber] = Field(default_factory=list)
+    queue_size: int = Field(5, ge=1, le=100)
+    merge_window: float = Field(1.5, ge=0, le=60)
+    rate_per_minute: int = Field(20, ge=1)
+    max_event_age: float = Field(120.0, gt=0)
+    recall_follows: bool = False
+    reply_mode: Literal["segments", "whole"] = "segments"
+    segment_interval: float = Field(1.0, ge=0, le=60)
+    typing: bool = True
+    forward_threshold: int = Field(1500, ge=100)
+    # The longest plain message sent; longer text goes as several (the implementations' limits
+    # are a few thousand characters).
+    max_message_chars: int = Field(3000, ge=100, le=100_000)
+    show_tool_calls: bool = False
+    # A model session's context (None: `[openai] history_turns`).
+    history_turns: int | None = Field(None, ge=1, le=1000)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or any(c.isspace() for c in v) or "?" in v:
+            raise ValueError(f"must be a URL path such as /onebot/v11/ws, got {v!r}")
+        v = v.rstrip("/")
+        if v in ("", "/api/gateway", "/api/share", "/healthz", "/readyz"):
+            raise ValueError(f"{v or '/'} is a path of the hub itself; use e.g. /onebot/v11/ws")
+        return v
+
+
 class OneBotConfig(_Section):
     frameworks: list[FrameworkLink] = Field(default_factory=list)
     user_message_type: Literal["private", "group"] = "private"
+    qq: QQConfig = Field(default_factory=QQConfig)
 
 
 class PluginsConfig(BaseModel):

@@ -13,6 +13,7 @@ the history there), so ``/persona`` set in one applies to the other (see bridge.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,12 +27,12 @@ from bridge.models import (
     RecallRequest,
     ReplyEvent,
     UserRef,
-    plain_text,
 )
 from bridge.router import Router
 from storage import Storage
 
 PREFIX = "model:"
+MODEL_RE = re.compile(r"[A-Za-z0-9._:/@+-]{1,128}")
 # Where a reset stores the fresh context's start (in `conversations`, as a MomoHub chat id is).
 RESET_MARK = "after:"
 
@@ -88,12 +89,26 @@ class ModelChats:
     replies_need_message_id = True  # the history is read up to the turn's own message
 
     def __init__(
-        self, router: Router, storage: Storage, *, history_turns: int, history_chars: int
+        self,
+        router: Router,
+        storage: Storage,
+        *,
+        history_turns: int,
+        history_chars: int,
+        turns_by_owner: dict[str, int] | None = None,
     ) -> None:
         self._router = router
         self._storage = storage
         self._turns = history_turns
         self._chars = history_chars
+        # Conversations whose owner id starts with a key keep that many turns (QQ sessions).
+        self._turns_by_owner = turns_by_owner or {}
+
+    def _turns_for(self, key: ConversationKey) -> int:
+        for prefix, turns in self._turns_by_owner.items():
+            if key.user_id.startswith(prefix):
+                return turns
+        return self._turns
 
     # ----- ContactTarget ----------------------------------------------------------------------
 
@@ -109,26 +124,39 @@ class ModelChats:
 
     async def check_available(self, contact: str) -> None:
         model = model_of(contact)
+        if not MODEL_RE.fullmatch(model):
+            raise BridgeError(
+                ErrorCode.INVALID_DATA,
+                "a model contact is model:<model>, the model 1-128 characters of "
+                "A-Z a-z 0-9 . _ - : / @ +",
+            )
         if model.startswith("character:"):
             raise BridgeError(
                 ErrorCode.NOT_FOUND,
                 f"{model!r} is a character: message the character ({model[10:]!r}) itself",
             )
-        self._router.model_target(model)  # NOT_FOUND / UNAVAILABLE
+        self._router.model_target(model)  # UNAVAILABLE when no provider is configured
+        if not self._known(model):
+            raise BridgeError(ErrorCode.NOT_FOUND, f"unknown model {model!r}")
+
+    def _known(self, model: str) -> bool:
+        """Listed by a provider (``<provider>/<model>`` or a bare listed name); a provider that
+        lists nothing is taken at its word for ``<provider>/<anything>``. A conversation is
+        stored per model, so a name nobody serves must not make one."""
+        groups = self._router.model_groups()
+        provider, sep, name = model.partition("/")
+        for group in groups:
+            if sep and group.owner == provider:
+                return not group.models or name in group.models
+            if not sep and model in group.models:
+                return True
+        return False
 
     async def deliver(self, message: ChatMessage) -> AsyncIterator[ReplyEvent]:
         key = message.conversation
         model = model_of(key.contact)
         target = self._router.model_target(model)
-        if message.message_id:
-            messages = await self.context(key, upto=message.message_id)
-        else:
-            # A turn the bridge started (a scheduled prompt): not stored, so it is added here,
-            # after everything said so far.
-            newest = await self._storage.messages.newest_id(*_k(key))
-            messages = await self.context(
-                key, upto=newest, then={"role": "user", "content": plain_text(message.segments)}
-            )
+        messages = await self.context(key, upto=message.message_id)
         request = CompletionRequest(
             user=message.sender, model=model, messages=messages, conversation_id=key.thread
         )
@@ -146,9 +174,10 @@ class ModelChats:
 
     # ----- ContextTarget ----------------------------------------------------------------------
 
-    async def reset_context(self, key: ConversationKey) -> None:
-        newest = await self._storage.messages.newest_id(*_k(key))
-        await self._storage.conversations.set(*_k(key), f"{RESET_MARK}{newest}")
+    async def reset_context(self, key: ConversationKey, *, at: int = 0) -> None:
+        mark = at or await self._storage.messages.newest_id(*_k(key))
+        if mark:  # nothing stored (an `openai/completions` conversation): nothing to mark
+            await self._storage.conversations.set(*_k(key), f"{RESET_MARK}{mark}")
 
     async def get_instructions(self, key: ConversationKey) -> str | None:
         return await self._storage.conversations.instructions(*_k(key))
@@ -158,22 +187,15 @@ class ModelChats:
 
     # ----- the context a turn sends -----------------------------------------------------------
 
-    async def context(
-        self, key: ConversationKey, *, upto: int, then: JSON | None = None
-    ) -> list[JSON]:
-        """The instructions and the history up to (and including) message ``upto``, and
-        ``then`` after it."""
+    async def context(self, key: ConversationKey, *, upto: int) -> list[JSON]:
+        """The instructions and the history up to (and including) message ``upto``."""
         mark = await self._storage.conversations.get(*_k(key))
         after = 0
         if mark is not None and mark.startswith(RESET_MARK):
             after = int(mark[len(RESET_MARK) :] or 0)
         rows = await self._storage.messages.context(
-            *_k(key), after=after, upto=upto, limit=self._turns * 2
+            *_k(key), after=after, upto=upto, turns=self._turns_for(key)
         )
-        if len(rows) >= 2 * self._turns:
-            rows = rows[1:]  # the new message's turn is one of the turns
-        while rows and rows[0].direction == "out" and rows[0].reply_to is not None:
-            rows = rows[1:]  # a reply whose message fell out of the window
         history: list[JSON] = [
             {
                 "role": "user" if row.direction == "in" else "assistant",
@@ -181,8 +203,6 @@ class ModelChats:
             }
             for row in rows
         ]
-        if then is not None:
-            history.append(then)
         return await self.with_instructions(key, trimmed(history, self._chars))
 
     async def with_instructions(self, key: ConversationKey, messages: list[JSON]) -> list[JSON]:

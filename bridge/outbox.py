@@ -12,6 +12,7 @@ joins the live set, and a push that races with it waits, so nothing is reordered
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -70,12 +71,19 @@ class Sink(Protocol):
     # take no more for now) and `async room() -> bool` (until it can; False once it is gone).
 
 
+# Makes the sink that serves one user of a family (None: that user cannot be served now).
+SinkFactory = Callable[[str], "Sink | None"]
+
+
 class Outbox:
     def __init__(self, repo: OutboxRepo, limit_per_user: int) -> None:
         self._repo = repo
         self._limit = limit_per_user
         self._sinks: dict[str, set[Sink]] = {}
         self._locks = KeyedLocks()
+        # Users served by an edge rather than by connections of their own (a QQ account serves
+        # its private chats and groups): id prefix → the factory of their sinks.
+        self._families: dict[str, SinkFactory] = {}
 
     def next_push_id(self) -> str:
         return f"s-{self._repo.next_id()}"
@@ -119,6 +127,27 @@ class Outbox:
             if not await sink.room():  # type: ignore[attr-defined]
                 return 0
 
+    async def serve_family(self, prefix: str, factory: SinkFactory) -> int:
+        """Serve every user whose id starts with ``prefix`` through ``factory``'s sinks: the
+        pushes waiting for them now are offered at once, a later push to one of them without a
+        sink gets one. Returns how many users had pushes waiting."""
+        self._families[prefix] = factory
+        users = await self._repo.users_with_prefix(prefix)
+        for user_id in users:
+            if not self._sinks.get(user_id) and (sink := factory(user_id)) is not None:
+                await self.attach(user_id, sink)
+        return len(users)
+
+    def stop_family(self, prefix: str) -> None:
+        """No more sinks for the family; those it has are the factory owner's to detach."""
+        self._families.pop(prefix, None)
+
+    def _family_sink(self, user_id: str) -> Sink | None:
+        for prefix, factory in self._families.items():
+            if user_id.startswith(prefix):
+                return factory(user_id)
+        return None
+
     def detach(self, user_id: str, sink: Sink) -> None:
         sinks = self._sinks.get(user_id)
         if sinks is not None:
@@ -139,6 +168,13 @@ class Outbox:
             if dropped:
                 log.warning("outbox.dropped_oldest", user=user_id, dropped=dropped)
             offered = 0
+            if not self._sinks.get(user_id) and (new := self._family_sink(user_id)) is not None:
+                # Everything waiting for this user goes first, in order, then this push.
+                for seq, data in await self._repo.pending(user_id):
+                    if not new.offer(push if seq == push.seq else Push.from_json(data, seq)):
+                        return 0
+                self._sinks.setdefault(user_id, set()).add(new)
+                return 1
             for sink in list(self._sinks.get(user_id, ())):
                 if sink is exclude:
                     sink.note(push.seq)

@@ -391,7 +391,9 @@ class PluginHost:
                 text = out
         return text
 
-    async def run_command(self, key: ConversationKey, caller: UserRef, text: str, say: Say) -> None:
+    async def run_command(
+        self, key: ConversationKey, caller: UserRef, text: str, say: Say, message_id: int = 0
+    ) -> None:
         """Answer a command line (see `parse_line`): its handler's replies, its usage when the
         arguments do not fit, or a short hint; never raises for the user's mistakes."""
         parsed = parse_line(text, self.prefixes)
@@ -420,7 +422,7 @@ class PluginHost:
             await reply(f"Only an admin may use {prefix}{target.path}.")
             return
         assert target.handler is not None
-        inv = Invocation(key, caller, args, text, target, prefix, reply)
+        inv = Invocation(key, caller, args, text, target, prefix, reply, message_id)
         try:
             async with asyncio.timeout(COMMAND_TIMEOUT):
                 await target.handler(inv)

@@ -69,9 +69,10 @@ class ContextTarget(Protocol):
     (a MomoHub chat). Callers look them up with ``getattr`` and say "not supported" without
     them; a BridgeError's reason is for the user."""
 
-    async def reset_context(self, key: ConversationKey) -> None:
+    async def reset_context(self, key: ConversationKey, *, at: int = 0) -> None:
         """The conversation's next message starts a fresh upstream context; its instructions
-        stay."""
+        stay. ``at`` is the stored message the reset was asked by (0: none): messages after it
+        belong to the fresh context."""
         ...
 
     async def get_instructions(self, key: ConversationKey) -> str | None:
@@ -81,6 +82,17 @@ class ContextTarget(Protocol):
     async def set_instructions(self, key: ConversationKey, text: str | None) -> None:
         """Set (None: remove) the conversation's instructions: stored, applied to the upstream
         context now and to any context it gets later."""
+        ...
+
+
+class Binder(Protocol):
+    """An edge whose conversations choose what they talk to (a QQ chat: `/char use`), where a
+    hub user picks a contact instead."""
+
+    def binds(self, key: ConversationKey) -> bool: ...
+
+    async def bind(self, key: ConversationKey, contact: str) -> None:
+        """From the conversation's next message on, talk to ``contact`` (canonical id)."""
         ...
 
 
@@ -100,6 +112,14 @@ class Router:
     def __init__(self) -> None:
         self._contact_targets: list[ContactTarget] = []
         self._model_targets: list[ModelTarget] = []
+        self._binders: list[Binder] = []
+
+    def add_binder(self, binder: Binder) -> None:
+        self._binders.append(binder)
+
+    def binder_for(self, key: ConversationKey) -> Binder | None:
+        """The edge that lets this conversation choose its contact, if any."""
+        return next((b for b in self._binders if b.binds(key)), None)
 
     def add_contact_target(self, target: ContactTarget) -> None:
         self._contact_targets.append(target)

@@ -54,7 +54,7 @@ class PluginGlue:
 
         async def job(turn: Turn) -> None:
             try:
-                await plugins.run_command(key, user, text, self.say)
+                await plugins.run_command(key, user, text, self.say, row.id)
             finally:
                 # Answered (or refused, or cancelled by a recall): no longer owed. A crash
                 # before this leaves the record, and the next start tells the user.

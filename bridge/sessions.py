@@ -116,14 +116,23 @@ class Sessions:
         listener: Listener | None = None,
         stream_request_id: str | int | float | None = None,
         thread: str = "default",
+        caller: UserRef | None = None,
     ) -> Accepted:
         """Store a user's message and queue its turn; returns once it is stored (or refused).
+
+        ``user`` owns the conversation; ``caller`` is who wrote the message when that is
+        someone else (a member of a QQ group whose conversation the group owns): commands
+        answer to the caller's rights, and the target sees the caller as the sender.
 
         Runs to its end even if the caller is cancelled (its connection closed): a message
         whose storing began is either stored with its turn queued, or not stored at all.
         """
         task = self._tasks.spawn(
-            _outcome(self._send(user, contact, segments, listener, stream_request_id, thread)),
+            _outcome(
+                self._send(
+                    user, contact, segments, listener, stream_request_id, thread, caller or user
+                )
+            ),
             name="sessions-send",
         )
         accepted, error = await asyncio.shield(task)
@@ -140,6 +149,7 @@ class Sessions:
         listener: Listener | None,
         stream_request_id: str | int | float | None,
         thread: str,
+        caller: UserRef,
     ) -> Accepted:
         target = self._router.contact_target(contact)
         contact = target.canonical(contact)
@@ -149,18 +159,18 @@ class Sessions:
         if plugins is not None and getattr(target, "replies_stream", True):
             text = plain_text(segments)
             if plugins.input_filters and text:
-                filtered = await plugins.filter_input(key, user, text, self.say)
+                filtered = await plugins.filter_input(key, caller, text, self.say)
                 if not isinstance(filtered, str):
                     return Accepted(await self._glue.settled(key, segments), streaming=False)
                 if filtered != text:
                     segments = with_text(segments, filtered)
                     text = filtered
             if plugins.is_command(text):
-                message_id = await self._glue.command(plugins, user, key, segments, text)
+                message_id = await self._glue.command(plugins, caller, key, segments, text)
                 return Accepted(message_id, streaming=False)
         await target.check_available(contact)
         content = [s.to_json() for s in segments]
-        msg = ChatMessage(key, user, segments, message_id=0, time=time.time())
+        msg = ChatMessage(key, caller, segments, message_id=0, time=time.time())
         if not getattr(target, "replies_stream", True):
             return await self._hand_off(target, msg, content)
         reply = _Reply(user, key, listener=listener, stream_request_id=stream_request_id)
@@ -211,24 +221,39 @@ class Sessions:
 
     async def prompt(self, key: ConversationKey, text: str) -> Turn:
         """A turn the bridge starts itself (a scheduled message): ``text`` goes to the
-        conversation's target as a turn, behind a reply still running, but is neither stored
-        nor pushed as the user's message; the reply is delivered like any reply (a push to
-        every tab, or the outbox). Returns the queued turn; raises BridgeError when the target
-        cannot take it now (unavailable, busy, or a bot framework, which answers on its own)."""
+        conversation's target as a turn, behind a reply still running. It is stored as a
+        prompt (a model's context includes it; `/history` and the user do not see it), and the
+        reply is delivered like any reply (a push to every tab, or the outbox). Returns the
+        queued turn; raises BridgeError when the target cannot take it now (unavailable, busy,
+        or a bot framework, which answers on its own)."""
         target = self._router.contact_target(key.contact)
         key = ConversationKey(key.user_id, target.canonical(key.contact), key.thread)
         if not getattr(target, "replies_stream", True):
             raise BridgeError(ErrorCode.INVALID_DATA, f"{key.contact} takes no prompts")
         await target.check_available(key.contact)
         user = UserRef(key.user_id)
-        msg = ChatMessage(key, user, [Segment.text(text)], message_id=0, time=time.time())
+        segments = [Segment.text(text)]
+        row = await self._storage.messages.add(
+            key.user_id,
+            key.contact,
+            "in",
+            [s.to_json() for s in segments],
+            thread=key.thread,
+            kind="prompt",
+        )
+        msg = ChatMessage(key, user, segments, message_id=row.id, time=row.time)
         reply = _Reply(user, key)
-        reply.stored.set()  # nothing to store: the reply need not wait for it
+        reply.message_id = row.id
+        reply.stored.set()
 
         async def job(turn: Turn) -> None:
             await self._run(turn, reply, target, msg)
 
-        return self.engine.submit(key, job)
+        try:
+            return self.engine.submit(key, job, message_id=row.id)
+        except BaseException:
+            await self._storage.messages.mark_deleted(row.id)
+            raise
 
     async def _hand_off(
         self, target: ContactTarget, msg: ChatMessage, content: list[dict[str, Any]]

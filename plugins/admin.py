@@ -98,6 +98,12 @@ async def status_lines(bridge: Any, started: float) -> list[str]:
         lines += [f"  {name}: {_state(c)}" for name, c in sorted(links.items())]
     else:
         lines.append("Framework links: none configured")
+    accounts = {n.removeprefix("qq:"): c for n, c in components.items() if n.startswith("qq:")}
+    if accounts:
+        lines.append(f"QQ accounts ({len(accounts)}):")
+        lines += [f"  {name}: {_state(c)}" for name, c in sorted(accounts.items())]
+    elif getattr(bridge, "qq", None) is not None:
+        lines.append("QQ accounts: none connected yet")
     momohub = components.get("momohub")
     lines.append(f"MomoHub: {_state(momohub)}" if momohub else "MomoHub: not configured")
     openai = {

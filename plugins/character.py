@@ -82,6 +82,19 @@ async def _search_upstream(bridge: Any, user: UserRef, query: str) -> list[Conta
     return found
 
 
+async def _bind(inv: Invocation, binder: Any, contact: str, name: str) -> None:
+    """Switch a conversation whose edge lets it choose (a QQ chat) to ``contact``."""
+    try:
+        await binder.bind(inv.key, contact)
+    except BridgeError as e:
+        await inv.reply(f"Could not switch to {name}: {e.reason}")
+        return
+    await inv.reply(
+        f"Now talking to {name}. Each character keeps its own conversation here; "
+        f"{inv.prefix}char use switches back at any time."
+    )
+
+
 def setup(ctx: PluginContext) -> None:
     char = ctx.group("char", help="the characters you can talk to", aliases=("角色",))
 
@@ -151,6 +164,10 @@ def setup(ctx: PluginContext) -> None:
     )
     async def use(inv: Invocation) -> None:
         wanted: str = inv.args["character"]
+        binder = ctx.bridge.router.binder_for(inv.key)
+        if binder is not None and wanted.startswith("model:"):
+            await _bind(inv, binder, wanted, wanted)
+            return
         found = match(_characters(ctx.bridge, inv.caller), wanted)
         if not found:
             raise UsageError(f"no character named {wanted[:40]!r}")
@@ -161,6 +178,9 @@ def setup(ctx: PluginContext) -> None:
         c = found[0]
         if c.id == inv.key.contact:
             await inv.reply(f"You are already talking to {c.name}.")
+            return
+        if binder is not None:
+            await _bind(inv, binder, c.id, c.name)
             return
         # A hub conversation is bound to its contact; each character keeps its own chat.
         await inv.reply(

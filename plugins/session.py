@@ -55,7 +55,9 @@ def setup(ctx: PluginContext) -> None:
             await inv.reply(f"{inv.prefix}reset is {NOT_SUPPORTED}.")
             return
         try:
-            await method(inv.key)
+            # Where the command line was typed: what was sent after it belongs to the fresh
+            # context even when it was stored before this turn ran.
+            await method(inv.key, at=inv.message_id)
         except BridgeError as e:
             await inv.reply(f"Could not reset: {e.reason}")
             return

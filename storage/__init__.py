@@ -10,6 +10,7 @@ from storage.inflight import InflightRepo
 from storage.messages import MessageRepo
 from storage.outbox import OutboxRepo
 from storage.plugin_kv import PluginKVRepo
+from storage.qq import QQRepo
 from storage.shares import ShareRepo
 from storage.users import UserRepo
 
@@ -24,6 +25,7 @@ class Storage:
     conversations: ConversationRepo
     inflight: InflightRepo
     plugin_kv: PluginKVRepo
+    qq: QQRepo
 
     @classmethod
     async def open(cls, path: str) -> Storage:
@@ -37,6 +39,7 @@ class Storage:
             conversations=ConversationRepo(db),
             inflight=InflightRepo(db),
             plugin_kv=PluginKVRepo(db),
+            qq=QQRepo(db),
         )
 
     async def close(self) -> None:

@@ -13,7 +13,7 @@ from storage.db import Database, write_one
 
 INT32_MAX = 2**31 - 1
 
-MessageKind = Literal["message", "command", "notice", "held"]
+MessageKind = Literal["message", "command", "notice", "held", "prompt"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,22 +183,31 @@ class MessageRepo:
         return [_row(r) for r in reversed(rows)]
 
     async def context(
-        self, user_id: str, contact: str, thread: str, *, after: int, upto: int, limit: int
+        self, user_id: str, contact: str, thread: str, *, after: int, upto: int, turns: int
     ) -> list[MessageRow]:
-        """What was said in the conversation (kind 'message', not deleted) after message
-        ``after`` and up to message ``upto``: each message followed by its reply, even one stored
-        after a later message (a reply that came while the next message waited), but no reply
-        to a message outside that range; oldest first, the newest ``limit`` rows."""
+        """What was said in the conversation (not deleted; kinds 'message' and 'prompt') after
+        message ``after``, in its newest ``turns`` turns up to message ``upto``: each message
+        followed by its reply, even one stored after a later message (a reply that came while
+        the next message waited), but no reply to a message outside that window; oldest first.
+        Read from where the window starts (an index range), never the whole conversation."""
         async with self._db.conn.execute(
-            f"SELECT {_COLS} FROM messages WHERE user_id = ? AND contact = ? AND id > ? "
-            "AND thread = ? AND kind = 'message' AND deleted = 0 "
-            "AND (reply_to IS NULL OR reply_to > ?) "
-            "AND (id <= ? OR (direction = 'out' AND reply_to < ?)) "
-            "ORDER BY COALESCE(reply_to, id) DESC, id DESC LIMIT ?",
-            (user_id, contact, after, thread, after, upto, upto, max(0, limit)),
+            "SELECT MIN(id) FROM (SELECT id FROM messages WHERE user_id = ? AND contact = ? "
+            "AND id > ? AND id <= ? AND thread = ? AND direction = 'in' "
+            "AND kind IN ('message', 'prompt') AND deleted = 0 ORDER BY id DESC LIMIT ?)",
+            (user_id, contact, after, upto, thread, max(1, turns)),
         ) as cur:
-            rows = await cur.fetchall()
-        return [_row(r) for r in reversed(rows)]
+            row = await cur.fetchone()
+        start = int(row[0]) if row is not None and row[0] is not None else upto
+        async with self._db.conn.execute(
+            f"SELECT {_COLS} FROM messages WHERE user_id = ? AND contact = ? AND id >= ? "
+            "AND thread = ? AND kind IN ('message', 'prompt') AND deleted = 0 "
+            "AND (reply_to IS NULL OR reply_to >= ?) "
+            "AND (id <= ? OR (direction = 'out' AND reply_to < ?))",
+            (user_id, contact, start, thread, start, upto, upto),
+        ) as cur:
+            rows = [_row(r) for r in await cur.fetchall()]
+        rows.sort(key=lambda r: (r.reply_to or r.id, r.id))
+        return rows
 
     async def newest_id(self, user_id: str, contact: str, thread: str) -> int:
         """The id of the conversation's newest message (0 if it has none)."""

@@ -111,4 +111,27 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'message';
     """,
+    # 9: the QQ link: which stored message each QQ message is (a user's, or one the bridge sent
+    # for a reply), per account; and the contact each QQ session was switched to. And the kind
+    # of messages stored before 8: a message to a user that answered nothing was the bridge's
+    # own (a command's answer, a notice).
+    """
+    UPDATE messages SET kind = 'notice'
+        WHERE direction = 'out' AND reply_to IS NULL AND kind = 'message';
+    CREATE TABLE qq_messages (
+        account INTEGER NOT NULL,
+        qq_id INTEGER NOT NULL,
+        message_id INTEGER NOT NULL,
+        outgoing INTEGER NOT NULL,
+        time REAL NOT NULL,
+        PRIMARY KEY (account, qq_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX qq_messages_msg ON qq_messages (message_id);
+    CREATE INDEX qq_messages_time ON qq_messages (time);
+    CREATE TABLE qq_bindings (
+        session TEXT PRIMARY KEY,
+        contact TEXT NOT NULL,
+        updated REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]

@@ -64,6 +64,15 @@ class OutboxRepo:
             )
         )
 
+    async def users_with_prefix(self, prefix: str, limit: int = 100_000) -> list[str]:
+        """Users whose id starts with ``prefix`` and who have pushes waiting."""
+        async with self._db.conn.execute(
+            "SELECT DISTINCT user_id FROM outbox WHERE user_id >= ? AND user_id < ? LIMIT ?",
+            (prefix, prefix + "\U0010ffff", limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [str(r[0]) for r in rows]
+
     async def count(self, user_id: str) -> int:
         async with self._db.conn.execute(
             "SELECT COUNT(*) FROM outbox WHERE user_id = ?", (user_id,)

@@ -10,6 +10,7 @@ connections.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -53,6 +54,9 @@ class HubServer:
         self._count_changed = asyncio.Condition()
         self._max_connections = config.server.max_connections
         self.http = HttpRoutes(self)
+        self._mounts: list[
+            tuple[Callable[[str], bool], Callable[[web.Request], Awaitable[web.StreamResponse]]]
+        ] = []
 
     # ----- clients ----------------------------------------------------------------------------
 
@@ -168,7 +172,19 @@ class HubServer:
                 log.warning("hub.stop_timeout", open=len(done[1]))
         await runner.cleanup()
 
+    def mount(
+        self,
+        serves: Callable[[str], bool],
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> None:
+        """Serve the paths ``serves`` accepts with ``handler`` (another edge on this port: the
+        QQ link's reverse WebSocket)."""
+        self._mounts.append((serves, handler))
+
     async def _entry(self, request: web.Request) -> web.StreamResponse:
+        for serves, handler in self._mounts:
+            if serves(request.path):
+                return await handler(request)
         if request.path in WS_PATHS and transport.is_upgrade(request):
             if self.connection_count >= self.max_connections:
                 return self.http.server_full()

@@ -228,9 +228,10 @@ class CharacterTarget:
 
     # ----- conversation context (bridge.router.ContextTarget) ---------------------------------
 
-    async def reset_context(self, key: ConversationKey) -> None:
+    async def reset_context(self, key: ConversationKey, *, at: int = 0) -> None:
         """The conversation's next message goes to a new MomoHub chat (with its persona); the
         old chat is deleted on MomoHub in the background, so a reset never waits on MomoHub.
+        (Messages typed after the reset queue behind it: they reach the new chat, ``at`` or not.)
 
         The engine runs a reset as a turn of its conversation, after a reply still streaming
         in the old chat has ended, so no send is cut off by the deletion."""

@@ -11,7 +11,7 @@ import pytest
 
 from bridge.models import ConversationKey
 from tests.conftest import Bridge
-from tests.e2e.test_momohub import reply_text, send
+from tests.e2e.test_momohub import reply_text, send, text
 from tests.e2e.test_plugins import command
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.hub_client import HubClient
@@ -273,3 +273,102 @@ async def test_a_recalled_message_leaves_the_context(hub: Bridge, upstream: Fake
     assert frame["code"] == 0, frame
     await talk(c, "keep me")
     assert sent(upstream) == [said("user", "keep me")]
+
+
+async def test_a_message_sent_after_reset_while_a_reply_runs_starts_the_fresh_context(
+    hub: Bridge, upstream: FakeOpenAI
+) -> None:
+    """`/reset` runs as a turn after the running reply; what was typed after it (and so stored
+    before that turn ran) is the fresh context's first message, not lost before it."""
+    c = await hub.client("lou")
+    slow = "model:fake/slow"
+    running = await c.send("onebot", "message", text("one"), id=slow)
+    one = (await c.reply(running))["data"]["message_id"]
+    await c.wait_for(lambda f: f.get("request_id") == running and f.get("message") == "update")
+    reset = await c.send("onebot", "message", text("/reset"), id=slow)
+    fresh = await c.send("onebot", "message", text("fresh"), id=slow)
+    for rid in (reset, fresh):
+        assert (await c.reply(rid))["code"] == 0
+    # Stop the endless reply: the reset and the next message go on.
+    frame = await c.request(
+        "onebot", "del_message", {"id": slow, "type": "message", "content": {"message_id": one}}
+    )
+    assert frame["code"] == 0, frame
+    await c.wait_for(
+        lambda f: f.get("request_id") == fresh and f.get("message") == "update", timeout=30
+    )
+    fresh_request = next(r for r in upstream.requests if r["messages"][-1]["content"] == "fresh")
+    assert fresh_request["messages"] == [said("user", "fresh")]
+    messages = await hub.app.storage.messages.recent("lou", slow, "default", 10)
+    fresh_id = next(m.id for m in messages if m.content[0]["data"]["text"] == "fresh")
+    await c.request(
+        "onebot",
+        "del_message",
+        {"id": slow, "type": "message", "content": {"message_id": fresh_id}},
+    )
+
+
+async def test_completions_history_goes_through_the_filter_as_it_was_when_new(
+    bridge_factory, upstream: FakeOpenAI
+) -> None:
+    for action in ("block", "mask"):
+        hub = await bridge_factory(
+            openai=providers(upstream), plugins={"filter": {"words": ["secret"], "action": action}}
+        )
+        c = await hub.client("max")
+        first = said("user", "tell the secret")
+        notice = completed_text(await completion(c, [first]))
+        history = [first, said("assistant", notice), said("user", "ok then")]
+        assert completed_text(await completion(c, history)) == "You said: ok then"
+        if action == "block":
+            assert sent(upstream) == [said("user", "ok then")]
+        else:
+            assert sent(upstream) == [
+                said("user", "tell the ******"),
+                said("assistant", notice),
+                said("user", "ok then"),
+            ]
+
+
+async def test_a_persona_set_just_before_applies_to_the_next_completion(
+    hub: Bridge, upstream: FakeOpenAI
+) -> None:
+    """Completions are planned as turns of their conversation, in order."""
+    c = await hub.client("ned")
+    running = await c.send(
+        "openai", "completions", {"model": "fake/slow", "messages": [said("user", "long")]}
+    )
+    await c.wait_for(lambda f: f.get("request_id") == running and f.get("message") == "update")
+    persona = await c.send(
+        "openai",
+        "completions",
+        {"model": "fake/slow", "messages": [said("user", "/persona set Be terse.")]},
+    )
+    hi = await c.send(
+        "openai", "completions", {"model": "fake/slow", "messages": [said("user", "hi")]}
+    )
+    assert (await c.request("openai", "abort", {"request_id": running}))["code"] == 0
+    assert completed_text(await c.stream(persona)).startswith("Persona set.")
+    await c.wait_for(lambda f: f.get("request_id") == hi and f.get("message") == "update")
+    assert upstream.requests[-1]["messages"] == [said("system", "Be terse."), said("user", "hi")]
+    assert (await c.request("openai", "abort", {"request_id": hi}))["code"] == 0
+
+
+async def test_odd_model_contacts_are_refused_before_anything_is_stored(hub: Bridge) -> None:
+    c = await hub.client("oz")
+    for contact, code in (
+        ("model:" + "x" * 200, "INVALID_DATA"),
+        ("model:a\nb", "INVALID_DATA"),
+        ("model:ECHO", "NOT_FOUND"),
+        ("model:fake/nope", "NOT_FOUND"),
+    ):
+        rid = await c.send("onebot", "message", text("hi"), id=contact)
+        frame = await c.reply(rid)
+        assert frame["code"] == 1 and frame["data"]["error"] == code, (contact, frame)
+    assert await hub.app.storage.messages.newest_id("oz", "model:ECHO", "default") == 0
+
+
+async def test_an_empty_completion_is_refused(hub: Bridge) -> None:
+    c = await hub.client("pam")
+    frame = await c.request("openai", "completions", {"model": "fake/echo", "messages": []})
+    assert frame["code"] == 1 and frame["data"]["error"] == "INVALID_DATA", frame

@@ -45,11 +45,12 @@ async def wait_reply(c: HubClient, prompt: str, count: int = 1) -> None:
     await c.wait_for(lambda _: pushed_texts(c).count(said) >= count, WAIT)
 
 
-async def stored_in(bridge: Bridge, user: str) -> list[str]:
-    """The texts stored as the user's own messages."""
+async def stored_in(bridge: Bridge, user: str, kind: str = "message") -> list[str]:
+    """The texts stored as the user's own messages (or, with ``kind``, as prompts...)."""
     assert bridge.app.storage is not None
     async with bridge.app.storage.db.conn.execute(
-        "SELECT content FROM messages WHERE user_id = ? AND direction = 'in'", (user,)
+        "SELECT content FROM messages WHERE user_id = ? AND direction = 'in' AND kind = ?",
+        (user, kind),
     ) as cur:
         rows = await cur.fetchall()
     return ["".join(s["data"].get("text", "") for s in json.loads(r[0])) for r in rows]
@@ -73,9 +74,11 @@ async def test_a_schedule_fires_to_a_live_user_without_showing_the_prompt(hub: B
         if "you said Tell me a joke" in json.dumps(p["data"]["content"])
     )
     assert push["id"] == MOMO and push["content"]["sender"]["name"] == "Momo"
-    # The prompt reached MomoHub as a turn, but is neither stored nor pushed as the user's.
+    # The prompt reached MomoHub as a turn, but is neither stored nor pushed as the user's:
+    # it is stored as a prompt (the turn's own record).
     assert await generations(hub) > before
     assert "Tell me a joke" not in await stored_in(hub, "ann")
+    assert "Tell me a joke" in await stored_in(hub, "ann", "prompt")
     assert "Tell me a joke" not in pushed_texts(c)
     assert await ask(c, "/schedule del 1", "Schedule #1") == "Schedule #1 deleted."
     assert not hub.app.scheduler.has(job_id(1))

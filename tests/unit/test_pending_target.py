@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bridge.app import PendingTarget
 from bridge.errors import BridgeError, ErrorCode
 from bridge.models import (
     CompletionRequest,
@@ -21,6 +20,7 @@ from bridge.models import (
     ReplyEvent,
     UserRef,
 )
+from bridge.pending_target import PendingTarget
 from bridge.router import Router
 
 USER = UserRef("u1")

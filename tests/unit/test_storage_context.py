@@ -97,14 +97,19 @@ async def test_context_pairs_each_message_with_its_reply_and_keeps_only_what_was
     async def ids(**kw: int) -> list[int]:
         return [r.id for r in await m.context("u", "c", "default", **kw)]
 
-    assert await ids(after=0, upto=three.id, limit=50) == [one.id, r1.id, two.id, r2.id, three.id]
+    assert await ids(after=0, upto=three.id, turns=50) == [one.id, r1.id, two.id, r2.id, three.id]
     # Up to `two`: the reply to `one`, stored after `two`, is in; two's own is not.
-    assert await ids(after=0, upto=two.id, limit=50) == [one.id, r1.id, two.id]
+    assert await ids(after=0, upto=two.id, turns=50) == [one.id, r1.id, two.id]
     # After a reset at r1: what was stored before it is out, and so are replies to it.
-    assert await ids(after=r1.id, upto=three.id, limit=50) == [three.id]
-    assert await ids(after=one.id, upto=three.id, limit=50) == [two.id, r2.id, three.id]
-    assert await ids(after=0, upto=three.id, limit=2) == [r2.id, three.id]
-    assert later.id > three.id and await m.newest_id("u", "c", "default") == later.id
+    assert await ids(after=r1.id, upto=three.id, turns=50) == [three.id]
+    assert await ids(after=one.id, upto=three.id, turns=50) == [two.id, r2.id, three.id]
+    # The newest two turns: two (and its reply), three.
+    assert await ids(after=0, upto=three.id, turns=2) == [two.id, r2.id, three.id]
+    # A scheduled prompt is context too (its reply answers it).
+    prompt = await add("u", "c", "in", text("say hi"), kind="prompt")
+    hi = await add("u", "c", "out", text("hi"), reply_to=prompt.id)
+    assert await ids(after=three.id, upto=later.id + 10, turns=5) == [later.id, prompt.id, hi.id]
+    assert await m.newest_id("u", "c", "default") == hi.id
     assert await m.newest_id("u", "none", "default") == 0
     # Kinds are stored and read back.
     assert [r.kind for r in await m.recent("u", "c", "default", 50)][3:6] == [

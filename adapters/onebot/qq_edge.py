@@ -1,0 +1,351 @@
+"""The QQ edge: events from linked QQ accounts become turns of conversations with characters or
+models, and what the conversations say goes back to the QQ chats.
+
+A session is a private chat (account, user) or a group (account, group) — or (account, group,
+member) with ``group_isolation = "member"``; its conversation is owned by the id
+``qq:<account>:u<user>`` / ``qq:<account>:g<group>[:<member>]`` and talks to the session's
+contact (`/char use`, else ``default_target``). Everything before a session's queue is cheap
+and synchronous, in the order events arrive: too old (a replay after a reconnect), already seen
+(the same event twice), not allowed, not for the bot (no trigger), too fast (rate limit).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from adapters.onebot.events import (
+    Event,
+    FriendRecallNotice,
+    GroupMessageEvent,
+    GroupRecallNotice,
+    PrivateMessageEvent,
+)
+from adapters.onebot.qq_link import QQAccount, QQLink
+from adapters.onebot.qq_replies import Chat, QQWriter
+from adapters.onebot.qq_sessions import Input, QQSession
+from adapters.onebot.qq_text import quote_context, reply_id, strip_trigger, to_model_text
+from bridge.config import QQConfig
+from bridge.errors import BridgeError, ErrorCode
+from bridge.health import Health
+from bridge.models import ConversationKey, Segment, UserRef, plain_text
+from bridge.outbox import Outbox
+from bridge.router import Router
+from bridge.tasks import TaskSet
+from storage import Storage
+
+if TYPE_CHECKING:
+    from bridge.sessions import Sessions
+
+log = structlog.get_logger(__name__)
+
+# Bounds on what is keyed by QQ users, groups and messages.
+MAX_SESSIONS = 5000
+SEEN_EVENTS = 20_000
+RATE_KEYS = 10_000
+TOO_FAST = "You're sending messages too fast; please wait a minute."
+# QQ lets a message be recalled for two minutes and quoted for longer: links are kept a week.
+LINK_DAYS = 7
+
+
+class QQEdge:
+    def __init__(
+        self,
+        config: QQConfig,
+        sessions: Sessions,
+        router: Router,
+        storage: Storage,
+        outbox: Outbox,
+        health: Health,
+    ) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.router = router
+        self.storage = storage
+        self.outbox = outbox
+        self.tasks = TaskSet("qq")
+        self.link = QQLink(config, self._on_event, self._on_account, health)
+        self._sessions: OrderedDict[str, QQSession] = OrderedDict()
+        self._seen: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self._rates: OrderedDict[tuple[int, int], deque[float]] = OrderedDict()
+        self._admins = {int(q) for q in config.admins}
+        self._allow_users = {int(q) for q in config.allow_users}
+        self._deny_users = {int(q) for q in config.deny_users}
+        self._allow_groups = {int(q) for q in config.allow_groups}
+        self._deny_groups = {int(q) for q in config.deny_groups}
+
+    async def close(self) -> None:
+        await self.link.close()
+        await self.tasks.cancel_all()
+
+    # ----- Binder: `/char use` in a QQ chat -----------------------------------------------------
+
+    def binds(self, key: ConversationKey) -> bool:
+        return key.user_id.startswith("qq:")
+
+    async def bind(self, key: ConversationKey, contact: str) -> None:
+        target = self.router.contact_target(contact)
+        contact = target.canonical(contact)
+        if not getattr(target, "replies_stream", True):
+            raise BridgeError(ErrorCode.INVALID_DATA, f"{contact} does not talk to QQ chats")
+        await target.check_available(contact)
+        await self.storage.qq.bind(key.user_id, contact)
+
+    async def contact_for(self, owner: str) -> str:
+        contact = await self.storage.qq.binding(owner) or self.config.default_target
+        if not contact:
+            # The character the hub marks as default (`[momohub] default_character`).
+            contact = next((c.id for c in self.router.contacts(UserRef(owner)) if c.default), "")
+        if not contact:
+            raise BridgeError(
+                ErrorCode.NOT_FOUND,
+                "set [onebot.qq] default_target or [momohub] default_character",
+            )
+        return self.router.contact_target(contact).canonical(contact)
+
+    def contact_name(self, session: QQSession) -> str:
+        if not session.contact:
+            return "Reply"
+        return self.router.contact_name(UserRef(session.owner), session.contact)
+
+    def is_admin(self, user_id: int) -> bool:
+        return user_id in self._admins
+
+    @staticmethod
+    def refusal(error: BridgeError) -> str:
+        """A refusal as QQ users see it: short, no codes."""
+        if error.code == ErrorCode.BUSY:
+            return "I'm busy with earlier messages; please try again in a moment."
+        if error.code == ErrorCode.NOT_FOUND:
+            return "The character of this chat is not available any more; /char use picks another."
+        return "Sorry, I can't answer right now. Please try again later."
+
+    # ----- accounts -----------------------------------------------------------------------------
+
+    def _on_account(self, account: QQAccount, up: bool) -> None:
+        prefix = f"qq:{account.self_id}:"
+        if up:
+            for session in self._sessions.values():
+                if session.account_id == account.self_id:
+                    session.writer.broken = False
+            self.tasks.spawn(self._serve(prefix), name=f"qq-serve-{account.self_id}")
+            return
+        self.outbox.stop_family(prefix)
+        for session in self._sessions.values():
+            if session.account_id == account.self_id:
+                self.outbox.detach(session.owner, session.writer)
+
+    async def _serve(self, prefix: str) -> None:
+        waiting = await self.outbox.serve_family(prefix, self._writer_for)
+        if waiting:
+            log.info("qq.replaying", account=prefix, sessions=waiting)
+
+    def _writer_for(self, owner: str) -> QQWriter | None:
+        parsed = parse_owner(owner)
+        if parsed is None:
+            return None
+        account_id, chat = parsed
+        account = self.link.accounts.get(account_id)
+        if account is None or not account.connected:
+            return None
+        session = self._session(owner, account_id, chat)
+        session.writer.broken = False
+        return session.writer
+
+    def _session(self, owner: str, account_id: int, chat: Chat) -> QQSession:
+        session = self._sessions.get(owner)
+        if session is not None:
+            self._sessions.move_to_end(owner)
+            return session
+        session = self._sessions[owner] = QQSession(self, owner, account_id, chat)
+        if len(self._sessions) > MAX_SESSIONS:
+            for old_owner, old in list(self._sessions.items()):
+                if len(self._sessions) <= MAX_SESSIONS:
+                    break
+                if old.idle and old is not session:
+                    self.outbox.detach(old_owner, old.writer)
+                    del self._sessions[old_owner]
+        return session
+
+    # ----- events -------------------------------------------------------------------------------
+
+    def _on_event(self, account: QQAccount, event: Event) -> None:
+        if isinstance(event, PrivateMessageEvent | GroupMessageEvent):
+            self._message(account, event)
+        elif isinstance(event, FriendRecallNotice | GroupRecallNotice):
+            self.tasks.spawn(self._recalled(account, event), name="qq-recall")
+
+    def _message(self, account: QQAccount, event: PrivateMessageEvent | GroupMessageEvent) -> None:
+        self_id = account.self_id
+        if event.user_id == self_id:
+            return
+        if event.time < time.time() - self.config.max_event_age:
+            log.info("qq.event_too_old", account=self_id, message_id=event.message_id)
+            return
+        seen = (self_id, event.message_id)
+        if seen in self._seen:
+            log.info("qq.event_duplicate", account=self_id, message_id=event.message_id)
+            return
+        self._seen[seen] = None
+        if len(self._seen) > SEEN_EVENTS:
+            self._seen.popitem(last=False)
+        if not self._allowed(event):
+            return
+        segments = list(event.message)
+        name = event.sender.nickname or str(event.user_id)
+        if isinstance(event, GroupMessageEvent):
+            name = event.sender.card or name
+            triggered, segments = strip_trigger(
+                segments,
+                self_id=self_id,
+                prefixes=self.config.prefixes,
+                nicknames=self.config.nicknames,
+                reply_to_bot=False,
+            )
+            isolated = self.config.group_isolation == "member"
+            owner = f"qq:{self_id}:g{event.group_id}" + (f":{event.user_id}" if isolated else "")
+            chat = Chat("group", event.group_id)
+        else:
+            triggered = True
+            owner = f"qq:{self_id}:u{event.user_id}"
+            chat = Chat("private", event.user_id)
+        plugins = self.sessions.plugins
+        text = plain_text(segments).strip()
+        command = plugins is not None and plugins.is_command(text)
+        quoted = reply_id(segments)
+        if not (triggered or command or quoted is not None):
+            return
+        if not command and self._too_fast(self_id, event.user_id, owner, chat):
+            return
+        item = Input(
+            qq_id=event.message_id,
+            user_id=event.user_id,
+            name=name,
+            segments=[Segment.text(text)] if command else segments,
+            text=to_model_text(segments).strip(),
+            command=command,
+            maybe=not (triggered or command),
+            quoted=quoted,
+        )
+        self._session(owner, self_id, chat).offer(item)
+
+    def _allowed(self, event: PrivateMessageEvent | GroupMessageEvent) -> bool:
+        user = event.user_id
+        if user in self._deny_users:
+            return False
+        if self._allow_users and user not in self._allow_users and user not in self._admins:
+            return False
+        if isinstance(event, GroupMessageEvent):
+            group = event.group_id
+            if group in self._deny_groups:
+                return False
+            if self._allow_groups and group not in self._allow_groups:
+                return False
+        return True
+
+    def _too_fast(self, account: int, user: int, owner: str, chat: Chat) -> bool:
+        key = (account, user)
+        now = time.monotonic()
+        hits = self._rates.get(key)
+        if hits is None:
+            hits = self._rates[key] = deque()
+            if len(self._rates) > RATE_KEYS:
+                self._rates.popitem(last=False)
+        else:
+            self._rates.move_to_end(key)
+        while hits and hits[0] < now - 60:
+            hits.popleft()
+        if len(hits) >= self.config.rate_per_minute:
+            if len(hits) == self.config.rate_per_minute:  # told once per minute
+                hits.append(now)
+                self._session(owner, account, chat).writer.say(TOO_FAST)
+            log.info("qq.rate_limited", account=account, user=user)
+            return True
+        hits.append(now)
+        return False
+
+    async def _recalled(
+        self, account: QQAccount, notice: FriendRecallNotice | GroupRecallNotice
+    ) -> None:
+        self_id = account.self_id
+        if isinstance(notice, GroupRecallNotice):
+            isolated = self.config.group_isolation == "member"
+            owner = f"qq:{self_id}:g{notice.group_id}" + (f":{notice.user_id}" if isolated else "")
+        else:
+            owner = f"qq:{self_id}:u{notice.user_id}"
+        session = self._sessions.get(owner)
+        if session is not None and session.withdraw(notice.message_id):
+            log.info("qq.withdrawn", session=owner, qq_id=notice.message_id)
+            return
+        found = await self.storage.qq.find(self_id, notice.message_id)
+        if found is None or found[1]:
+            return  # not something the bridge took, or one of its own messages recalled
+        try:
+            await self.sessions.recall(UserRef(owner), found[0])
+        except BridgeError as e:
+            if e.code != ErrorCode.NOT_FOUND:
+                log.warning("qq.recall_failed", session=owner, reason=e.reason)
+            return
+        log.info("qq.recalled", session=owner, message_id=found[0])
+
+    # ----- what a session asks of the edge ------------------------------------------------------
+
+    async def replies_to_bot(self, account_id: int, quoted: str | None) -> bool:
+        """Whether the quoted message is one the bridge sent (its own record, else QQ's)."""
+        if quoted is None or not quoted.lstrip("-").isdigit():
+            return False
+        found = await self.storage.qq.find(account_id, int(quoted))
+        if found is not None:
+            return found[1]
+        message = await self._get_msg(account_id, quoted)
+        sender = (message or {}).get("sender") or {}
+        return str(sender.get("user_id", "")) == str(account_id)
+
+    async def quoted_context(self, account_id: int, quoted: str) -> str:
+        message = await self._get_msg(account_id, quoted)
+        if not message:
+            return ""
+        from adapters.onebot.message import MessageError, normalize_message
+
+        try:
+            segments = normalize_message(message.get("message", []))
+        except MessageError:
+            return ""
+        sender = message.get("sender") or {}
+        name = str(sender.get("card") or sender.get("nickname") or sender.get("user_id") or "?")
+        text = to_model_text([s for s in segments if s.type != "reply"]).strip()
+        return quote_context(name, text) if text else ""
+
+    async def _get_msg(self, account_id: int, qq_id: str) -> dict[str, Any] | None:
+        account = self.link.accounts.get(account_id)
+        if account is None:
+            return None
+        try:
+            data = await account.call("get_msg", {"message_id": int(qq_id)}, 10)
+        except (BridgeError, ValueError) as e:
+            log.info("qq.get_msg_failed", account=account_id, qq_id=qq_id, reason=str(e))
+            return None
+        return data if isinstance(data, dict) else None
+
+    async def purge_links(self) -> None:
+        gone = await self.storage.qq.purge(time.time() - LINK_DAYS * 86400)
+        if gone:
+            log.info("housekeeping.qq_links_purged", count=gone)
+
+
+def parse_owner(owner: str) -> tuple[int, Chat] | None:
+    """(account, chat) of a session owner id (see the module docstring); None if it is not one."""
+    parts = owner.split(":")
+    if len(parts) not in (3, 4) or parts[0] != "qq" or not parts[1].isdigit():
+        return None
+    peer = parts[2]
+    if len(peer) < 2 or not peer[1:].isdigit() or peer[0] not in "ug":
+        return None
+    if peer[0] == "u" and len(parts) == 3:
+        return int(parts[1]), Chat("private", int(peer[1:]))
+    if peer[0] == "g":
+        return int(parts[1]), Chat("group", int(peer[1:]))
+    return None

@@ -1,0 +1,77 @@
+"""The QQ link's tables: QQ message ids ↔ stored messages, and each session's chosen contact."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from storage.db import Database, write_one
+
+
+class QQRepo:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def link(
+        self, account: int, qq_ids: list[int], message_id: int, *, outgoing: bool
+    ) -> None:
+        """Record that these QQ messages of ``account`` are stored message ``message_id``."""
+        if not qq_ids:
+            return
+        now = time.time()
+        rows = [(account, q, message_id, int(outgoing), now) for q in qq_ids]
+
+        def write(conn: sqlite3.Connection) -> None:
+            try:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO qq_messages "
+                    "(account, qq_id, message_id, outgoing, time) VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+
+        await self._db.run(write)
+
+    async def find(self, account: int, qq_id: int) -> tuple[int, bool] | None:
+        """(stored message id, whether the bridge sent it) of a QQ message, if known."""
+        async with self._db.conn.execute(
+            "SELECT message_id, outgoing FROM qq_messages WHERE account = ? AND qq_id = ?",
+            (account, qq_id),
+        ) as cur:
+            row = await cur.fetchone()
+        return (int(row[0]), bool(row[1])) if row is not None else None
+
+    async def qq_ids(self, account: int, message_id: int) -> list[int]:
+        """The QQ messages the bridge sent for stored message ``message_id``."""
+        async with self._db.conn.execute(
+            "SELECT qq_id FROM qq_messages WHERE message_id = ? AND account = ? AND outgoing = 1",
+            (message_id, account),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [int(r[0]) for r in rows]
+
+    async def purge(self, older_than: float) -> int:
+        """Forget links older than ``older_than`` (epoch seconds): QQ itself only lets a message
+        be recalled or quoted for a while."""
+        return await self._db.run(
+            lambda conn: write_one(conn, "DELETE FROM qq_messages WHERE time < ?", (older_than,))
+        )
+
+    async def binding(self, session: str) -> str | None:
+        async with self._db.conn.execute(
+            "SELECT contact FROM qq_bindings WHERE session = ?", (session,)
+        ) as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row is not None else None
+
+    async def bind(self, session: str, contact: str) -> None:
+        await self._db.run(
+            lambda conn: write_one(
+                conn,
+                "INSERT OR REPLACE INTO qq_bindings (session, contact, updated) VALUES (?, ?, ?)",
+                (session, contact, time.time()),
+            )
+        )
