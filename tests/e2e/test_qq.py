@@ -328,3 +328,170 @@ async def test_an_implementation_that_drops_mid_reply_gets_the_rest_once_back(
         assert " ".join(texts) == "Momo: you said " + text
     finally:
         await sim.close()
+
+
+async def test_cq_string_events_negative_ids_and_own_echoes(hub: Bridge) -> None:
+    sim = await impl(hub, message_format="string", ids="negative", report_self=True)
+    try:
+        await sim.private(ALICE, "a [bracket] & amp")
+        await sim.wait_sent(1)
+        assert sim.texts() == ["Momo: you said a [bracket] & amp"]
+        assert sim.sent[0].message_id < 0 or sim.events[-1]["message_id"] < 0
+        # NapCat's echo of the account's own message (report_self) is not a message to answer.
+        await sim.group(
+            GROUP, BOB, [at(BOT), " sticker:", {"type": "mface", "data": {"summary": "[开心]"}}]
+        )
+        await sim.wait_sent(2)
+        assert sim.texts(("group", GROUP)) == ["Momo: you said BOB: sticker: [sticker: 开心]"] or (
+            "sticker" in sim.texts(("group", GROUP))[0]
+        )
+        assert len(sim.sent) == 2
+    finally:
+        await sim.close()
+
+
+async def test_a_failing_character_gets_one_short_apology(hub: Bridge) -> None:
+    sim = await impl(hub)
+    try:
+        await sim.private(ALICE, "please /fail")
+        await sim.wait_for(lambda: any(t.startswith("Sorry") for t in sim.texts()), 10, "apology")
+        assert [t for t in sim.texts() if t.startswith("Sorry")] == [
+            "Sorry, I could not answer that just now. Please try again in a moment."
+        ]
+        assert not any("model failure" in t or "UPSTREAM" in t for t in sim.texts())
+    finally:
+        await sim.close()
+
+
+async def test_rate_limit_and_allow_deny_lists(bridge_factory) -> None:
+    hub = await bridge_factory(
+        momohub={"enabled": True},
+        onebot=qq_settings(
+            rate_per_minute=2,
+            merge_window=0,
+            deny_users=[str(BOB)],
+            allow_groups=[str(GROUP)],
+        ),
+    )
+    sim = await impl(hub)
+    try:
+        await sim.private(BOB, "denied")
+        await sim.group(GROUP + 1, ALICE, [at(BOT), " other group"])
+        for n in range(4):
+            await sim.private(ALICE, f"message {n}")
+        await sim.wait_for(
+            lambda: any(t.startswith("You're sending") for t in sim.texts()), 10, "notice"
+        )
+        await sim.wait_sent(3)
+        texts = sim.texts()
+        assert texts.count("You're sending messages too fast; please wait a minute.") == 1
+        assert sorted(t for t in texts if "message" in t and "said" in t) == [
+            "Momo: you said message 0",
+            "Momo: you said message 1",
+        ]
+        assert not any("denied" in t or "other group" in t for t in texts)
+    finally:
+        await sim.close()
+
+
+async def test_status_and_readyz_show_the_account(hub: Bridge) -> None:
+    sim = await impl(hub)
+    try:
+        await sim.private(ALICE, "hi")
+        await sim.wait_sent(1)
+        await sim.private(ALICE, "/status")  # ALICE is an admin QQ number
+        status = await said(sim, "QQ accounts")
+        assert f"{BOT}: ok" in status and "messages in 2 / out 1" in status
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{hub.http}/readyz") as r:
+                body = await r.json()
+        assert body["components"][f"qq:{BOT}"]["state"] == "ok"
+        await sim.private(BOB, "/status")
+        assert await said(sim, "Only an admin") == "Only an admin may use /status."
+    finally:
+        await sim.close()
+
+
+async def test_a_forward_that_times_out_falls_back(bridge_factory) -> None:
+    hub = await bridge_factory(
+        momohub={"enabled": True},
+        onebot=qq_settings(forward_threshold=100, reply_mode="whole", action_timeout=0.5),
+    )
+    sim = await impl(hub)
+    try:
+        sim.stall("send_private_forward_msg")
+        long = "x " * 80
+        await sim.private(ALICE, long)
+        await sim.wait_for(lambda: any(not s.forward for s in sim.sent), 10, "fallback")
+        assert (
+            "".join(s.text for s in sim.sent if not s.forward) == ("Momo: you said " + long).strip()
+        )
+    finally:
+        await sim.close()
+
+
+async def test_hostile_frames_leave_the_link_working(hub: Bridge) -> None:
+    sim = await impl(hub)
+    try:
+        for frame in (
+            "not json",
+            "[1, 2]",
+            '{"post_type": "message"}',
+            '{"post_type": "message", "message_type": "private", "time": 1, "self_id": 1}',
+            '{"post_type": "alien", "self_id": 1, "time": 1}',
+            '{"status": "ok", "echo": "nobody-asked"}',
+            '{"post_type": "message", "message_type": "private", "sub_type": "friend", "time": '
+            f'{int(time.time())}, "self_id": {BOT}, "message_id": 5, "user_id": {ALICE}, '
+            '"message": [{"type": "text", "data": {"text": "\\ud800 lone"}}], "raw_message": "",'
+            ' "font": 0, "sender": {}}',
+        ):
+            await sim.send_raw(frame)
+        await sim.send_raw('{"post_type": "' + "x" * 200_000 + '"}')
+        await sim.private(ALICE, "still here")
+        await sim.wait_for(lambda: "Momo: you said still here" in sim.texts(), 10, "answer")
+    finally:
+        await sim.close()
+
+
+async def test_a_scheduled_message_reaches_the_qq_chat(hub: Bridge) -> None:
+    sim = await impl(hub)
+    try:
+        await sim.private(ALICE, "hello")
+        await sim.wait_sent(1)
+        from bridge.models import ConversationKey
+
+        turn = await hub.app.sessions.prompt(
+            ConversationKey(f"qq:{BOT}:u{ALICE}", MOMO), "good morning"
+        )
+        await turn.wait(10)
+        await sim.wait_sent(2)
+        assert sim.texts()[-1] == "Momo: you said good morning"
+    finally:
+        await sim.close()
+
+
+async def test_a_session_bound_to_a_model_keeps_its_history(bridge_factory, upstream) -> None:
+    hub = await bridge_factory(
+        openai={
+            "providers": [{"name": "fake", "base_url": upstream.base_url, "api_key": "sk-test"}],
+        },
+        onebot=qq_settings(default_target="model:fake/echo", history_turns=2),
+    )
+    sim = await impl(hub)
+    try:
+        for n, word in enumerate(("one", "two", "three")):
+            await sim.private(ALICE, word)
+            await sim.wait_sent(n + 1)
+        assert sim.texts() == ["You said: one", "You said: two", "You said: three"]
+        # history_turns = 2: the previous turn and the new message.
+        assert upstream.requests[-1]["messages"] == [
+            {"role": "user", "content": "two"},
+            {"role": "assistant", "content": "You said: two"},
+            {"role": "user", "content": "three"},
+        ]
+        await sim.private(ALICE, "/char use model:fake/reasoning")
+        assert (await said(sim, "Now talking to")).startswith("Now talking to model:fake/reasoning")
+    finally:
+        await sim.close()
