@@ -9,7 +9,8 @@ import sys
 
 import structlog
 
-from bridge.config import Config, ConfigError, load_config
+from bridge.config import Config, ConfigError
+from bridge.config_load import load_config
 from bridge.logging import configure_logging
 
 DEFAULT_CONFIG = "config.toml"

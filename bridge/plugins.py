@@ -37,7 +37,8 @@ from bridge.commands import (
     named_sub,
     parse_line,
 )
-from bridge.config import PluginsConfig, validation_problems
+from bridge.config import PluginsConfig
+from bridge.config_load import validation_problems
 from bridge.models import ConversationKey, UserRef
 from bridge.stream_filters import Silent, StreamFilter, StreamFilterFactory, StreamGuard
 from bridge.tasks import TaskSet

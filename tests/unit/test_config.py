@@ -21,8 +21,8 @@ from bridge.config import (
     ServerConfig,
     ShareConfig,
     StorageConfig,
-    load_config,
 )
+from bridge.config_load import load_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
 
@@ -636,3 +636,21 @@ def test_error_message_is_one_paragraph(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as ei:
         load_config(p, environ={"MOMOBRIDGE_SHARE__TTL_DAYS": "soon"})
     assert "\n" not in str(ei.value)
+
+
+def test_list_keys_take_json_arrays_or_comma_lists_from_the_environment() -> None:
+    config, _ = load_config(
+        None,
+        environ={
+            "MOMOBRIDGE_ONEBOT__QQ__ADMINS": "123, 456",
+            "MOMOBRIDGE_ONEBOT__QQ__NICKNAMES": '["momo", "小桃"]',
+            "MOMOBRIDGE_PLUGINS__PREFIXES": "/,!",
+            "MOMOBRIDGE_ONEBOT__QQ__ACCESS_TOKEN": "a,b",  # not a list key: kept as typed
+        },
+    )
+    assert config.onebot.qq.admins == ["123", "456"]
+    assert config.onebot.qq.nicknames == ["momo", "小桃"]
+    assert config.plugins.prefixes == ["/", "!"]
+    assert config.onebot.qq.access_token == "a,b"
+    with pytest.raises(ConfigError, match="MOMOBRIDGE_ONEBOT__QQ__ADMINS"):
+        load_config(None, environ={"MOMOBRIDGE_ONEBOT__QQ__ADMINS": "12,abc"})

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 import bridge.plugins as plugins_mod
-from bridge.config import ConfigError, PluginsConfig, load_config
+from bridge.config import ConfigError, PluginsConfig
+from bridge.config_load import load_config
 from bridge.models import ConversationKey, UserRef
 from bridge.plugins import Consume, PluginHost
 
