@@ -354,6 +354,8 @@ class App:
             self.scheduler.start()
             await self._load_plugins()
             if cfg.onebot.qq.enabled:
+                # Accounts linked before are the bridge's identities even while they are away.
+                self.storage.users.reserve(*await self.storage.qq.accounts())
                 self._start_qq()
             await self._start_upstreams(places, admin_code)
             assert self.plugins is not None

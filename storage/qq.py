@@ -60,6 +60,12 @@ class QQRepo:
             lambda conn: write_one(conn, "DELETE FROM qq_messages WHERE time < ?", (older_than,))
         )
 
+    async def accounts(self) -> list[int]:
+        """The QQ accounts that have been linked (while their messages are remembered)."""
+        async with self._db.conn.execute("SELECT DISTINCT account FROM qq_messages") as cur:
+            rows = await cur.fetchall()
+        return [int(r[0]) for r in rows]
+
     async def binding(self, session: str) -> str | None:
         async with self._db.conn.execute(
             "SELECT contact FROM qq_bindings WHERE session = ?", (session,)

@@ -41,6 +41,9 @@ class UserRepo:
     def reserved(self) -> frozenset[int]:
         return frozenset(self._reserved)
 
+    def is_reserved(self, number: int) -> bool:
+        return number in self._reserved
+
     async def touch(self, user_id: str, is_admin: bool) -> None:
         now = time.time()
         await self._db.conn.execute(

@@ -54,6 +54,8 @@ class NumberBook:
 
     async def number_for(self, user_id: str) -> int:
         number = self._numbers.get(user_id)
+        if number is not None and self._storage.users.is_reserved(number):
+            number = None  # reserved since (a QQ account linked): the user gets another
         if number is None:
             number = await self._storage.users.number_for(user_id)
             self._remember(user_id, number)

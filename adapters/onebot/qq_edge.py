@@ -128,6 +128,8 @@ class QQEdge:
     def _on_account(self, account: QQAccount, up: bool) -> None:
         prefix = f"qq:{account.self_id}:"
         if up:
+            # A linked account is the bridge's own identity: never a hub user's number.
+            self.storage.users.reserve(account.self_id)
             for session in self._sessions.values():
                 if session.account_id == account.self_id:
                     session.writer.broken = False

@@ -186,6 +186,10 @@ async def test_two_accounts_at_once_keep_their_sessions_apart(hub: Bridge) -> No
         await two.wait_sent(1)
         assert one.texts() == ["Momo: you said to one"]
         assert two.texts() == ["Momo: you said to two"]
+        # A hub user whose id is a linked account's number is never given that number.
+        users = hub.app.storage.users
+        assert await users.number_for(str(BOT)) != BOT
+        assert await users.number_for(str(BOT + 1)) != BOT + 1
         # A second connection for the same account replaces the first.
         again = await impl(hub, BOT, first_id=900)
         await one.wait_closed()
