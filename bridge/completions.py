@@ -18,11 +18,18 @@ from typing import TYPE_CHECKING, Any
 from bridge.commands import parse_line
 from bridge.errors import BridgeError
 from bridge.models import JSON, CompletionRequest, ConversationKey, Delta, Done, ReplyEvent
-from bridge.plugins import Consume
 from bridge.router import Router
 
 if TYPE_CHECKING:
     from bridge.plugins import PluginHost, Say
+
+
+def _consumed(result: object) -> bool:
+    """An input filter kept the message back. (`bridge.plugins` is imported when plugins load,
+    after the hub listens; this module is imported before.)"""
+    from bridge.plugins import Consume
+
+    return isinstance(result, Consume)
 
 
 def content_text(content: Any) -> str:
@@ -111,7 +118,7 @@ async def filtered_history(
             text = content_text(message.get("content"))
             if text:
                 result = await plugins.filter_input(key, request.user, text, _say_nothing)
-                if isinstance(result, Consume):
+                if _consumed(result):
                     skipping = True
                     continue
                 if result != text:
@@ -137,7 +144,7 @@ async def plan(
                 said.append(answer)
 
             result = await plugins.filter_input(key, request.user, text, say)
-            if isinstance(result, Consume):
+            if _consumed(result):
                 return Plan(request, notice="\n\n".join(said) or "Your message was not sent.")
             if result != text:
                 last = _with_text(last, result)

@@ -34,6 +34,9 @@ class Database:
             await conn.execute("PRAGMA synchronous=NORMAL")
             await conn.execute("PRAGMA foreign_keys=ON")
             await conn.execute("PRAGMA busy_timeout=5000")
+            # A 1 MiB page cache (SQLite's default is 2): the hot rows are few and recent, and a
+            # small self-hosted bridge counts its memory in megabytes.
+            await conn.execute("PRAGMA cache_size=-1024")
             await db._migrate()
         except BaseException:
             await conn.close()
