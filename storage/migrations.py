@@ -134,4 +134,15 @@ MIGRATIONS: list[str] = [
         updated REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 10: how much of each QQ reply QQ has (characters, and the QQ ids it went out as), so a
+    # reply finished after the implementation dropped, or the bridge restarted, goes on where
+    # it stopped.
+    """
+    CREATE TABLE qq_progress (
+        token TEXT PRIMARY KEY,
+        sent INTEGER NOT NULL,
+        qq_ids TEXT NOT NULL,
+        time REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]

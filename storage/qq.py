@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 
@@ -54,10 +55,43 @@ class QQRepo:
         return [int(r[0]) for r in rows]
 
     async def purge(self, older_than: float) -> int:
-        """Forget links older than ``older_than`` (epoch seconds): QQ itself only lets a message
-        be recalled or quoted for a while."""
-        return await self._db.run(
-            lambda conn: write_one(conn, "DELETE FROM qq_messages WHERE time < ?", (older_than,))
+        """Forget links (and the progress of replies never finished) older than ``older_than``
+        (epoch seconds): QQ itself only lets a message be recalled or quoted for a while."""
+
+        def write(conn: sqlite3.Connection) -> int:
+            try:
+                gone = conn.execute("DELETE FROM qq_messages WHERE time < ?", (older_than,))
+                conn.execute("DELETE FROM qq_progress WHERE time < ?", (older_than,))
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+            return gone.rowcount
+
+        return await self._db.run(write)
+
+    async def save_progress(self, token: str, sent: int, qq_ids: list[int]) -> None:
+        await self._db.run(
+            lambda conn: write_one(
+                conn,
+                "INSERT OR REPLACE INTO qq_progress (token, sent, qq_ids, time) VALUES (?, ?, ?, ?)",
+                (token, sent, json.dumps(qq_ids), time.time()),
+            )
+        )
+
+    async def progress(self, token: str) -> tuple[int, list[int]] | None:
+        """(characters QQ has, their QQ ids) of a reply still on its way, if any went out."""
+        async with self._db.conn.execute(
+            "SELECT sent, qq_ids FROM qq_progress WHERE token = ?", (token,)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return int(row[0]), [int(q) for q in json.loads(row[1])]
+
+    async def drop_progress(self, token: str) -> None:
+        await self._db.run(
+            lambda conn: write_one(conn, "DELETE FROM qq_progress WHERE token = ?", (token,))
         )
 
     async def accounts(self) -> list[int]:

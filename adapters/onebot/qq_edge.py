@@ -132,12 +132,14 @@ class QQEdge:
             self.storage.users.reserve(account.self_id)
             for session in self._sessions.values():
                 if session.account_id == account.self_id:
-                    session.writer.broken = False
+                    session.writer.attach()
             self.tasks.spawn(self._serve(prefix), name=f"qq-serve-{account.self_id}")
             return
         self.outbox.stop_family(prefix)
         for session in self._sessions.values():
             if session.account_id == account.self_id:
+                # Whatever its writer had queued is offered again, in order, once it is back.
+                session.writer.detach()
                 self.outbox.detach(session.owner, session.writer)
 
     async def _serve(self, prefix: str) -> None:
@@ -154,7 +156,7 @@ class QQEdge:
         if account is None or not account.connected:
             return None
         session = self._session(owner, account_id, chat)
-        session.writer.broken = False
+        session.writer.attach()
         return session.writer
 
     def _session(self, owner: str, account_id: int, chat: Chat) -> QQSession:

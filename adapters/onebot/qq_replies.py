@@ -7,20 +7,24 @@ message when done. A reply longer than ``forward_threshold`` goes as a merged fo
 character's name, and as plain messages within ``max_message_chars`` if the implementation
 refuses the forward or does not answer.
 
-The writer is also the session's outbox sink: the finished reply arrives as a push (stored
-before it is offered), and is confirmed only once QQ has it all. What streamed already is not
-sent again (the writer remembers how much of each reply went out, also across a reconnect of
-the implementation); whatever is still unconfirmed when the account drops is offered again
-when it comes back.
+The writer is the session's outbox sink: the finished reply arrives as a push (stored before it
+is offered) and is confirmed only once QQ has all of it, pushes strictly in order. How much of
+each reply QQ has is counted in characters of the reply, advanced only by sends that succeeded,
+and kept in storage as well, so nothing is sent twice and nothing is skipped, whether the
+implementation drops and comes back or the bridge restarts in between. When the account drops,
+the writer stops sending (what streams meanwhile is still recorded) and forgets the pushes it
+had queued: the outbox offers them again, in order, when the account is back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import count
 from typing import Any
 
 import structlog
@@ -37,20 +41,31 @@ from storage import Storage
 log = structlog.get_logger(__name__)
 
 APOLOGY = "Sorry, I could not answer that just now. Please try again in a moment."
-# Replies whose progress a writer remembers (a reply is forgotten once confirmed).
+# Replies whose progress a writer keeps in memory (each is also in storage until confirmed).
 MAX_REPLIES = 64
+# A plain message the implementation refused is tried once more in parts this long.
+SMALLER = 500
+
+_BOOT = secrets.token_hex(3)
+_count = count(1)
+
+
+def new_token() -> str:
+    """A reply's name for the push that finishes it: unique across restarts, since a reply's
+    progress outlives the process."""
+    return f"qq{_BOOT}-{next(_count)}"
 
 
 @dataclass(slots=True)
 class _Progress:
-    """How much of one streamed reply QQ has already."""
+    """How much of one reply QQ has."""
 
     trigger: int | None = None  # the QQ message it answers (quoted in groups)
     streamed: str = ""  # what streamed, as shown
-    consumed: int = 0  # characters of `streamed` already sent (or given up)
+    sent: int = 0  # characters of the reply QQ has (streamed, then the final text)
     overflow: bool = False  # too long for pieces: the rest goes as a forward at the end
     qq_ids: list[int] = field(default_factory=list)
-    typing_sent: bool = False
+    saved: bool = False  # in storage (qq_progress) until the reply is confirmed
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +74,10 @@ class Chat:
 
     kind: str  # "private" | "group"
     peer: int  # user id or group id
+
+
+class _Stopped(Exception):
+    """The account dropped (or was replaced) while this was being sent."""
 
 
 class QQWriter:
@@ -81,21 +100,42 @@ class QQWriter:
         self._confirm = confirm
         self._tasks = tasks
         self._name = sender_name
-        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[int, str, Any]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._replies: OrderedDict[str, _Progress] = OrderedDict()
         self._last_send = 0.0
         self.last_used = time.monotonic()
-        # Set when the account dropped mid-send: later pushes wait (unconfirmed) for the
-        # account to come back, so a confirmation never covers one that was not sent.
-        self.broken = False
+        # Bumped whenever the account drops: what was queued before is not sent (pushes come
+        # again from the outbox, in order) and a send under way stops.
+        self._generation = 0
+        # Sessions are made for events of a connected account (or to serve its pushes).
+        current = account()
+        self._live = current is not None and current.connected
+        # Pushes queued or done in this generation, so an offer twice is sent once.
+        self._seqs: set[int] = set()
+        self._confirmed = 0
+
+    # ----- the account coming and going (the edge calls these) ---------------------------------
+
+    def attach(self) -> None:
+        """The account is connected: sending may go on."""
+        self._live = True
+
+    def detach(self) -> None:
+        """The account is gone: stop sending; whatever is queued is offered again later."""
+        self._live = False
+        self._generation += 1
+        self._seqs.clear()
 
     # ----- the outbox sink ----------------------------------------------------------------------
 
     def offer(self, push: Push) -> bool:
-        account = self._account()
-        if account is None or not account.connected or self.broken:
+        if not self._live:
             return False
+        if push.seq and (push.seq <= self._confirmed or push.seq in self._seqs):
+            return True  # already queued or sent (offered again by a replay)
+        if push.seq:
+            self._seqs.add(push.seq)
         self._put("push", push)
         return True
 
@@ -138,7 +178,7 @@ class QQWriter:
 
     def _put(self, kind: str, item: Any) -> None:
         self.last_used = time.monotonic()
-        self._queue.put_nowait((kind, item))
+        self._queue.put_nowait((self._generation, kind, item))
         if self._worker is None or self._worker.done():
             self._worker = self._tasks.spawn(self._work(), name=f"qq-writer-{self.owner}")
 
@@ -150,28 +190,28 @@ class QQWriter:
 
     async def _work(self) -> None:
         while not self._queue.empty():
-            kind, item = self._queue.get_nowait()
-            if self.broken and kind in ("push", "confirm", "delta"):
+            generation, kind, item = self._queue.get_nowait()
+            if kind == "delta":
+                token, text = item
+                self._progress(token).streamed += text  # recorded even while not sending
+            if generation != self._generation and kind in ("push", "confirm", "delta"):
                 continue
             try:
-                await self._handle(kind, item)
+                await self._handle(generation, kind, item)
             except asyncio.CancelledError:
                 raise
-            except BridgeError as e:
-                if e.code == ErrorCode.UNAVAILABLE:
-                    self.broken = True
-                log.info("qq.writer_stopped", session=self.owner, reason=e.reason)
+            except _Stopped:
+                log.info("qq.writer_paused", session=self.owner)
             except Exception:
                 log.exception("qq.writer_failed", session=self.owner, kind=kind)
 
-    async def _handle(self, kind: str, item: Any) -> None:
+    async def _handle(self, generation: int, kind: str, item: Any) -> None:
         if kind == "delta":
-            token, text = item
-            await self._streamed(token, text)
+            await self._streamed(generation, item[0])
         elif kind == "push":
-            await self._pushed(item)
+            await self._pushed(generation, item)
         elif kind == "confirm":
-            await self._confirm(self.owner, item)
+            await self._done(item)
         elif kind == "failed":
             token, failed = item
             progress = self._replies.pop(token, None)
@@ -182,12 +222,14 @@ class QQWriter:
                 log.warning(
                     "qq.reply_failed", session=self.owner, error=failed.error, reason=failed.reason
                 )
-                await self._send_text(APOLOGY)
+                await self._notice(APOLOGY)
+            if progress is not None and progress.saved:
+                await self._storage.qq.drop_progress(token)
         elif kind == "say":
-            await self._send_text(item)
+            await self._notice(item)
         elif kind == "typing":
             account = self._account()
-            if account is not None:
+            if account is not None and self._live:
                 try:
                     await account.call(
                         "set_input_status", {"user_id": self.chat.peer, "event_type": 1}, 5
@@ -195,29 +237,33 @@ class QQWriter:
                 except BridgeError:
                     pass  # only NapCat and LLBot know it; nothing lost without it
 
-    async def _streamed(self, token: str, text: str) -> None:
+    async def _streamed(self, generation: int, token: str) -> None:
+        """Send the pieces of ``token``'s reply that are complete."""
+        if self._config.reply_mode != "segments":
+            return
         progress = self._progress(token)
-        progress.streamed += text
-        if self._config.reply_mode != "segments" or progress.overflow:
+        if progress.overflow:
             return
-        pending = progress.streamed[progress.consumed :]
-        pieces, rest = cut_ready(pending)
-        if not pieces:
-            return
-        if progress.consumed + len(pending) - len(rest) > self._config.forward_threshold:
-            progress.overflow = True  # long: what has not gone yet goes as a forward
-            return
-        progress.consumed += len(pending) - len(rest)
+        base = progress.sent
+        pending = progress.streamed[base:]
+        pieces, _ = cut_ready(pending)
+        cursor = 0
         for piece in pieces:
-            await self._pace()
-            ids = await self._send_plain(piece, quote=self._quote(progress))
-            progress.qq_ids += ids
+            start = pending.find(piece, cursor)
+            cursor = (start if start >= 0 else cursor) + len(piece)
+            if base + cursor > self._config.forward_threshold:
+                progress.overflow = True  # long: what has not gone yet goes as a forward
+                return
+            await self._pace(generation)
+            progress.qq_ids += await self._plain(generation, piece, self._quote(progress))
+            progress.sent = base + cursor
+            await self._save(token, progress)
 
-    async def _pushed(self, push: Push) -> None:
+    async def _pushed(self, generation: int, push: Push) -> None:
         if push.kind == "recall":
             if self._config.recall_follows:
                 await self._recall(push.message_id)
-            await self._confirm(self.owner, push.seq)
+            await self._done(push.seq)
             return
         text = "".join(
             str((s.get("data") or {}).get("text", ""))
@@ -225,48 +271,73 @@ class QQWriter:
             if s.get("type") == "text"
         )
         token = str(push.stream_request_id) if push.stream_request_id is not None else ""
-        progress = self._replies.pop(token, None) if token else None
+        progress = self._replies.get(token) if token else None
         if progress is None:
             progress = _Progress()
-        done = progress.streamed[: progress.consumed]
-        rest = text[len(done) :] if text.startswith(done) else text
-        sent = list(progress.qq_ids)
+            if token:  # a reply that streamed before a restart: what QQ has of it
+                stored = await self._storage.qq.progress(token)
+                if stored is not None:
+                    progress.sent, progress.qq_ids = stored
+                    progress.streamed = text[: progress.sent]
+                    progress.saved = True
+                self._replies[token] = progress
+        if not text.startswith(progress.streamed[: progress.sent]):
+            # A reply filter changed what streamed (a blocked word): the final text goes whole.
+            progress.sent = 0
         try:
-            # A reply goes in pieces; the bridge's own answers (a command's) as they are.
-            sent += await self._deliver(rest, progress, pieces=bool(token))
-        except BridgeError as e:
-            if e.code == ErrorCode.UNAVAILABLE:
-                # The account dropped: unconfirmed, so it is offered again when it is back;
-                # what went out already is remembered.
-                progress.consumed = len(progress.streamed)
-                progress.qq_ids = sent
-                if token:
-                    self._replies[token] = progress
-                raise
+            await self._deliver(generation, text, progress, token, name=push.sender_name)
+        except ActionFailed as e:
+            # Refused for good (the account muted or removed from the group): nothing more
+            # can be done for this push; the next ones may still go.
             log.warning("qq.send_refused", session=self.owner, reason=e.reason)
         account = self._account()
-        if account is not None and sent:
-            await self._storage.qq.link(account.self_id, sent, push.message_id, outgoing=True)
-        await self._confirm(self.owner, push.seq)
+        if account is not None and progress.qq_ids:
+            await self._storage.qq.link(
+                account.self_id, progress.qq_ids, push.message_id, outgoing=True
+            )
+        if token:
+            self._replies.pop(token, None)
+            if progress.saved:
+                await self._storage.qq.drop_progress(token)
+        await self._done(push.seq)
 
-    async def _deliver(self, text: str, progress: _Progress, *, pieces: bool) -> list[int]:
-        text = text.strip()
-        if not text:
-            return []
-        quote = self._quote(progress)
-        if progress.overflow or len(text) > self._config.forward_threshold:
-            ids = await self._forward(text)
+    async def _deliver(
+        self, generation: int, text: str, progress: _Progress, token: str, *, name: str
+    ) -> None:
+        base = progress.sent
+        rest = text[base:]
+        if not rest.strip():
+            return
+        if progress.overflow or len(rest.strip()) > self._config.forward_threshold:
+            ids = await self._forward(generation, rest.strip(), name)
             if ids is not None:
-                return ids
-        segmented = pieces and self._config.reply_mode == "segments"
-        parts = cut_ready(text, final=True)[0] if segmented else [text]
-        ids: list[int] = []
-        for piece in parts:
-            for part in split_for_limit(piece, self._config.max_message_chars):
-                if segmented:
-                    await self._pace()
-                ids += await self._send_plain(part, quote=quote if not ids else None)
-        return ids
+                progress.qq_ids += ids
+                progress.sent = len(text)
+                return
+        # A reply goes in pieces; the bridge's own answers (a command's) as they are.
+        segmented = bool(token) and self._config.reply_mode == "segments"
+        pieces = cut_ready(rest, final=True)[0] if segmented else [rest.strip()]
+        cursor = 0
+        for piece in pieces:
+            start = rest.find(piece, cursor)
+            cursor = (start if start >= 0 else cursor) + len(piece)
+            if segmented:
+                await self._pace(generation)
+            progress.qq_ids += await self._plain(generation, piece, self._quote(progress))
+            progress.sent = base + cursor
+            if token and piece is not pieces[-1]:
+                await self._save(token, progress)
+        progress.sent = len(text)
+
+    async def _save(self, token: str, progress: _Progress) -> None:
+        progress.saved = True
+        await self._storage.qq.save_progress(token, progress.sent, progress.qq_ids)
+
+    async def _done(self, seq: int) -> None:
+        if seq:
+            self._confirmed = max(self._confirmed, seq)
+            self._seqs.discard(seq)
+            await self._confirm(self.owner, seq)
 
     def _quote(self, progress: _Progress) -> int | None:
         """Groups: the first message of a reply quotes what it answers."""
@@ -274,71 +345,85 @@ class QQWriter:
             return None
         return progress.trigger
 
-    async def _pace(self) -> None:
+    async def _pace(self, generation: int) -> None:
         wait = self._last_send + self._config.segment_interval - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
+        if generation != self._generation:
+            raise _Stopped
 
-    async def _send_text(self, text: str) -> None:
-        try:
-            for part in split_for_limit(text, self._config.max_message_chars):
-                await self._send_plain(part)
-        except BridgeError as e:
-            log.warning("qq.send_failed", session=self.owner, reason=e.reason)
+    # ----- sending ------------------------------------------------------------------------------
 
-    async def _send_plain(self, text: str, quote: int | None = None) -> list[int]:
+    def _target(self, action: str) -> tuple[str, dict[str, Any]]:
+        if self.chat.kind == "group":
+            return f"send_group_{action}", {"group_id": self.chat.peer}
+        return f"send_private_{action}", {"user_id": self.chat.peer}
+
+    async def _call(self, generation: int, action: str, params: dict[str, Any]) -> Any:
         account = self._account()
-        if account is None:
-            raise BridgeError(ErrorCode.UNAVAILABLE, "the QQ account is not connected")
+        if account is None or generation != self._generation or not self._live:
+            raise _Stopped
+        try:
+            data = await account.call(action, params)
+        except BridgeError as e:
+            if isinstance(e, ActionFailed):
+                raise
+            if e.code == ErrorCode.UNAVAILABLE:
+                raise _Stopped from None
+            # No answer in time: most likely sent and the answer is late. Sending it again
+            # could show it twice; going on loses nothing that QQ did not already take.
+            log.warning("qq.send_unconfirmed", session=self.owner, action=action, reason=e.reason)
+            return None
+        self._last_send = time.monotonic()
+        account.messages_out += 1
+        return data
+
+    async def _plain(self, generation: int, text: str, quote: int | None) -> list[int]:
+        """``text`` as plain messages within the implementation's limit; their QQ ids."""
+        ids: list[int] = []
+        for part in split_for_limit(text, self._config.max_message_chars):
+            try:
+                ids += await self._one(generation, part, quote if not ids else None)
+            except ActionFailed as e:
+                if len(part) <= SMALLER:
+                    raise
+                log.info("qq.send_refused_retry", session=self.owner, reason=e.reason)
+                for small in split_for_limit(part, SMALLER):
+                    ids += await self._one(generation, small, None)
+        return ids
+
+    async def _one(self, generation: int, text: str, quote: int | None) -> list[int]:
         message: list[dict[str, Any]] = []
         if quote is not None:
             message.append({"type": "reply", "data": {"id": str(quote)}})
         message.append({"type": "text", "data": {"text": text}})
-        if self.chat.kind == "group":
-            action, params = "send_group_msg", {"group_id": self.chat.peer, "message": message}
-        else:
-            action, params = "send_private_msg", {"user_id": self.chat.peer, "message": message}
-        data = await account.call(action, params)
-        self._last_send = time.monotonic()
-        account.messages_out += 1
-        qq_id = data.get("message_id") if isinstance(data, dict) else None
-        return (
-            [int(qq_id)]
-            if isinstance(qq_id, int | str) and str(qq_id).lstrip("-").isdigit()
-            else []
-        )
+        action, params = self._target("msg")
+        data = await self._call(generation, action, {**params, "message": message})
+        return _message_ids(data)
 
-    async def _forward(self, text: str) -> list[int] | None:
+    async def _forward(self, generation: int, text: str, name: str) -> list[int] | None:
         """The text as one merged forward; None when the implementation would not take it."""
         account = self._account()
         if account is None:
-            raise BridgeError(ErrorCode.UNAVAILABLE, "the QQ account is not connected")
-        nodes = forward_nodes(text, name=self._name(self.owner), uin=account.self_id)
-        if self.chat.kind == "group":
-            action, params = (
-                "send_group_forward_msg",
-                {"group_id": self.chat.peer, "messages": nodes},
-            )
-        else:
-            action, params = (
-                "send_private_forward_msg",
-                {"user_id": self.chat.peer, "messages": nodes},
-            )
+            raise _Stopped
+        sender = name or self._name(self.owner)
+        nodes = forward_nodes(text, name=sender, uin=account.self_id)
+        action, params = self._target("forward_msg")
         try:
-            data = await account.call(action, params)
-        except (ActionFailed, BridgeError) as e:
-            if e.code == ErrorCode.UNAVAILABLE:
-                raise
+            data = await self._call(generation, action, {**params, "messages": nodes})
+        except ActionFailed as e:
             log.info("qq.forward_refused", session=self.owner, reason=e.reason)
             return None
-        self._last_send = time.monotonic()
-        account.messages_out += 1
-        qq_id = data.get("message_id") if isinstance(data, dict) else None
-        return (
-            [int(qq_id)]
-            if isinstance(qq_id, int | str) and str(qq_id).lstrip("-").isdigit()
-            else []
-        )
+        if data is None:  # timed out: fall back rather than risk nothing arriving
+            log.info("qq.forward_timed_out", session=self.owner)
+            return None
+        return _message_ids(data)
+
+    async def _notice(self, text: str) -> None:
+        try:
+            await self._plain(self._generation, text, None)
+        except (_Stopped, BridgeError) as e:
+            log.info("qq.notice_not_sent", session=self.owner, reason=str(e))
 
     async def _recall(self, message_id: int) -> None:
         account = self._account()
@@ -354,3 +439,11 @@ class QQWriter:
                 await account.call("delete_msg", {"message_id": qq_id})
             except BridgeError as e:
                 log.info("qq.recall_failed", session=self.owner, qq_id=qq_id, reason=e.reason)
+
+
+def _message_ids(data: Any) -> list[int]:
+    qq_id = data.get("message_id") if isinstance(data, dict) else None
+    if isinstance(qq_id, bool) or not isinstance(qq_id, int | str):
+        return []
+    text = str(qq_id).strip()
+    return [int(text)] if text.lstrip("-").isdigit() else []

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from adapters.onebot.qq_replies import Chat, QQWriter
+from adapters.onebot.qq_replies import Chat, QQWriter, new_token
 from bridge.errors import BridgeError, ErrorCode
 from bridge.models import Done, Failed, ReplyEvent, Segment, UserRef
 
@@ -145,7 +145,7 @@ class QQSession:
             self.writer.say(f"Sorry, no character to talk to here: {e.reason}")
             return
         self.contact = contact
-        token = f"qq{next(_tokens)}"
+        token = new_token()
         ended = asyncio.Event()
         listen = self.writer.listener(token, last.qq_id)
 
