@@ -389,6 +389,9 @@ class App:
         if self.plugins is not None:
             await self.plugins.close()  # what plugins left running (a broadcast going out)
         await self._tasks.cancel_all()
+        if self.qq is not None:
+            # The QQ accounts' connections first: the hub's stop waits for every handler.
+            await self.qq.link.close()
         if self.hub is not None:
             await self.hub.stop()
         if self.qq is not None:

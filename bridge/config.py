@@ -9,6 +9,7 @@ All validation, cross-field rules included, lives in the models (``Config``'s mo
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import typing
 from typing import Annotated, Any, Literal
@@ -224,6 +225,8 @@ class QQConfig(_Section):
     admins: list[QQNumber] = Field(default_factory=list)
     queue_size: int = Field(5, ge=1, le=100)
     merge_window: float = Field(1.5, ge=0, le=60)
+    # Turns of one account running at once; the chats past it wait their turn (queued).
+    max_active: int = Field(50, ge=1, le=10_000)
     rate_per_minute: int = Field(20, ge=1)
     max_event_age: float = Field(120.0, gt=0)
     recall_follows: bool = False
@@ -330,10 +333,38 @@ class Config(_Section):
                         f"the bot account must differ from auth.admin_qq ({auth.admin_qq})",
                     )
                 )
+        problems.extend(self._qq_problems())
         problems.extend(self._sandbox_problems())
         if problems:
             raise CrossFieldError(problems)
         return self
+
+    def _qq_problems(self) -> list[Problem]:
+        qq = self.onebot.qq
+        if not qq.enabled:
+            return []
+        problems: list[Problem] = []
+        token = qq.access_token.strip()
+        if not _loopback(self.server.host) and token in ("", QQ_TOKEN_PLACEHOLDER):
+            problems.append(
+                Problem(
+                    (("onebot", "qq", "access_token"), ("server", "host")),
+                    f"{'empty' if not token else 'the placeholder ' + repr(token)} while "
+                    f"server.host ({self.server.host!r}) is not a loopback address: anyone who "
+                    "reaches the port could pose as a QQ account; set a long random token "
+                    "(e.g. openssl rand -hex 16) and the same one in the QQ implementation",
+                )
+            )
+        if self.onebot.frameworks and qq.default_target.strip() == self.auth.bot_qq:
+            problems.append(
+                Problem(
+                    (("onebot", "qq", "default_target"), ("auth", "bot_qq")),
+                    f"{qq.default_target!r} is the bot frameworks' account (auth.bot_qq), which "
+                    "answers on its own and cannot talk to QQ chats; name a character or "
+                    "model:<provider>/<model>",
+                )
+            )
+        return problems
 
     def _sandbox_problems(self) -> list[Problem]:
         sandbox, providers = self.sandbox, self.openai.providers
@@ -365,6 +396,21 @@ class Config(_Section):
                 )
             ]
         return []
+
+
+# The compose file's token when QQ_TOKEN is not set.
+QQ_TOKEN_PLACEHOLDER = "change-me"
+
+
+def _loopback(host: str) -> bool:
+    """Whether a listen address is reachable from this machine only."""
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ConfigError(Exception):

@@ -6,11 +6,14 @@ member) with ``group_isolation = "member"``; its conversation is owned by the id
 ``qq:<account>:u<user>`` / ``qq:<account>:g<group>[:<member>]`` and talks to the session's
 contact (`/char use`, else ``default_target``). Everything before a session's queue is cheap
 and synchronous, in the order events arrive: too old (a replay after a reconnect), already seen
-(the same event twice), not allowed, not for the bot (no trigger), too fast (rate limit).
+(the same event twice), not allowed, not for the bot (no trigger; in a group a command the
+bridge does not know is another bot's), no room (MAX_SESSIONS sessions, none idle), too fast
+(rate limit; a quote that may not be for the bot is counted once it is known to be).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any
@@ -28,6 +31,7 @@ from adapters.onebot.qq_link import QQAccount, QQLink
 from adapters.onebot.qq_replies import Chat, QQWriter
 from adapters.onebot.qq_sessions import Input, QQSession
 from adapters.onebot.qq_text import quote_context, reply_id, strip_trigger, to_model_text
+from bridge.commands import parse_line
 from bridge.config import QQConfig
 from bridge.errors import BridgeError, ErrorCode
 from bridge.health import Health
@@ -44,11 +48,15 @@ log = structlog.get_logger(__name__)
 
 # Bounds on what is keyed by QQ users, groups and messages.
 MAX_SESSIONS = 5000
+# Sessions looked at for an idle one to evict when MAX_SESSIONS are open (busy ones go last).
+EVICT_SCAN = 64
 SEEN_EVENTS = 20_000
 RATE_KEYS = 10_000
 TOO_FAST = "You're sending messages too fast; please wait a minute."
 # QQ lets a message be recalled for two minutes and quoted for longer: links are kept a week.
 LINK_DAYS = 7
+# The longest wait for a quoted message (`get_msg`); `action_timeout` when that is shorter.
+GET_MSG_WAIT = 10.0
 
 
 class QQEdge:
@@ -71,6 +79,9 @@ class QQEdge:
         self._sessions: OrderedDict[str, QQSession] = OrderedDict()
         self._seen: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._rates: OrderedDict[tuple[int, int], deque[float]] = OrderedDict()
+        # Per account: turns running at once (`max_active`).
+        self._slots: dict[int, asyncio.Semaphore] = {}
+        self._full_logged = -60.0
         self._admins = {int(q) for q in config.admins}
         self._allow_users = {int(q) for q in config.allow_users}
         self._deny_users = {int(q) for q in config.deny_users}
@@ -104,7 +115,11 @@ class QQEdge:
                 ErrorCode.NOT_FOUND,
                 "set [onebot.qq] default_target or [momohub] default_character",
             )
-        return self.router.contact_target(contact).canonical(contact)
+        target = self.router.contact_target(contact)
+        if not getattr(target, "replies_stream", True):
+            # A bot framework's account answers on its own, never as a QQ chat's reply.
+            raise BridgeError(ErrorCode.INVALID_DATA, f"{contact} does not talk to QQ chats")
+        return target.canonical(contact)
 
     def contact_name(self, session: QQSession) -> str:
         if not session.contact:
@@ -164,15 +179,43 @@ class QQEdge:
         if session is not None:
             self._sessions.move_to_end(owner)
             return session
+        if len(self._sessions) >= MAX_SESSIONS:
+            self._evict()
         session = self._sessions[owner] = QQSession(self, owner, account_id, chat)
-        if len(self._sessions) > MAX_SESSIONS:
-            for old_owner, old in list(self._sessions.items()):
-                if len(self._sessions) <= MAX_SESSIONS:
-                    break
-                if old.idle and old is not session:
-                    self.outbox.detach(old_owner, old.writer)
-                    del self._sessions[old_owner]
         return session
+
+    def _admit(self, owner: str, account_id: int, chat: Chat) -> QQSession | None:
+        """The session a new message goes to; None when MAX_SESSIONS are open and none of
+        them is idle (the message is dropped: the sessions never grow past the bound)."""
+        if owner not in self._sessions and len(self._sessions) >= MAX_SESSIONS:
+            self._evict()
+            if len(self._sessions) >= MAX_SESSIONS:
+                now = time.monotonic()
+                if now - self._full_logged >= 60:
+                    self._full_logged = now
+                    log.warning("qq.too_many_sessions", account=account_id, limit=MAX_SESSIONS)
+                return None
+        return self._session(owner, account_id, chat)
+
+    def _evict(self) -> None:
+        """Close the least recently used idle sessions until there is room for one more;
+        looks at EVICT_SCAN of them at most (a busy one goes to the back of the line)."""
+        for _ in range(min(EVICT_SCAN, len(self._sessions))):
+            if len(self._sessions) < MAX_SESSIONS:
+                return
+            owner, session = next(iter(self._sessions.items()))
+            if session.idle:
+                self.outbox.detach(owner, session.writer)
+                del self._sessions[owner]
+            else:
+                self._sessions.move_to_end(owner)
+
+    def turn_slot(self, account_id: int) -> asyncio.Semaphore:
+        """Held by a session while its turn runs: `max_active` per account at once."""
+        slot = self._slots.get(account_id)
+        if slot is None:
+            slot = self._slots[account_id] = asyncio.Semaphore(self.config.max_active)
+        return slot
 
     # ----- events -------------------------------------------------------------------------------
 
@@ -218,23 +261,36 @@ class QQEdge:
             chat = Chat("private", event.user_id)
         plugins = self.sessions.plugins
         text = plain_text(segments).strip()
-        command = plugins is not None and plugins.is_command(text)
+        parsed = parse_line(text, plugins.prefixes) if plugins is not None else None
+        command = parsed is not None
+        if (
+            parsed is not None
+            and plugins is not None
+            and not triggered
+            and plugins.commands.find(parsed[1]) is None
+        ):
+            return  # a group's other bot's command (with an @ of the account: the hint)
         quoted = reply_id(segments)
         if not (triggered or command or quoted is not None):
             return
-        if not command and self._too_fast(self_id, event.user_id, owner, chat):
+        maybe = not (triggered or command)
+        session = self._admit(owner, self_id, chat)
+        if session is None:
+            return
+        # A quote that may not be for the bot counts once it is known to be (in the session).
+        if not maybe and self.too_fast(self_id, event.user_id, session):
             return
         item = Input(
             qq_id=event.message_id,
             user_id=event.user_id,
             name=name,
-            segments=[Segment.text(text)] if command else segments,
-            text=to_model_text(segments).strip(),
+            segments=[Segment.text(_storable(text))] if command else segments,
+            text=_storable(to_model_text(segments).strip()),
             command=command,
-            maybe=not (triggered or command),
+            maybe=maybe,
             quoted=quoted,
         )
-        self._session(owner, self_id, chat).offer(item)
+        session.offer(item)
 
     def _allowed(self, event: PrivateMessageEvent | GroupMessageEvent) -> bool:
         user = event.user_id
@@ -250,7 +306,8 @@ class QQEdge:
                 return False
         return True
 
-    def _too_fast(self, account: int, user: int, owner: str, chat: Chat) -> bool:
+    def too_fast(self, account: int, user: int, session: QQSession) -> bool:
+        """Whether ``user`` sent more than rate_per_minute messages (this one counted)."""
         key = (account, user)
         now = time.monotonic()
         hits = self._rates.get(key)
@@ -265,7 +322,7 @@ class QQEdge:
         if len(hits) >= self.config.rate_per_minute:
             if len(hits) == self.config.rate_per_minute:  # told once per minute
                 hits.append(now)
-                self._session(owner, account, chat).writer.say(TOO_FAST)
+                session.writer.say(TOO_FAST)
             log.info("qq.rate_limited", account=account, user=user)
             return True
         hits.append(now)
@@ -328,7 +385,8 @@ class QQEdge:
         if account is None:
             return None
         try:
-            data = await account.call("get_msg", {"message_id": int(qq_id)}, 10)
+            wait = min(GET_MSG_WAIT, self.config.action_timeout)
+            data = await account.call("get_msg", {"message_id": int(qq_id)}, wait)
         except (BridgeError, ValueError) as e:
             log.info("qq.get_msg_failed", account=account_id, qq_id=qq_id, reason=str(e))
             return None
@@ -338,6 +396,16 @@ class QQEdge:
         gone = await self.storage.qq.purge(time.time() - LINK_DAYS * 86400)
         if gone:
             log.info("housekeeping.qq_links_purged", count=gone)
+
+
+def _storable(text: str) -> str:
+    """``text`` without lone surrogates (JSON allows them, UTF-8 and the database do not): one
+    such message must not sink the others merged into its turn."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode(errors="replace").decode()
+    return text
 
 
 def parse_owner(owner: str) -> tuple[int, Chat] | None:

@@ -1,10 +1,12 @@
 """The bridge as a OneBot v11 application: QQ implementations (NapCat, LLBot, Lagrange,
 go-cqhttp) dial its reverse WebSocket on the hub's port, one connection per QQ account.
 
-This module is the connection only: the handshake (token, `X-Self-ID`), events handed to the
-edge as they arrive, and action calls. A call registers its pending answer before the frame is
-sent, has a deadline, and fails at once when the connection drops; a failed answer raises
-`ActionFailed` with the implementation's retcode.
+This module is the connection only: the handshake (token, `X-Self-ID`, a Universal
+`X-Client-Role`), events handed to the edge as they arrive (heartbeats also tell whether the
+QQ account is logged in), and action calls. A call registers its pending answer before the
+frame is sent, has a deadline, and fails at once when the connection drops; a failed answer
+raises `ActionFailed` with the implementation's retcode. A second connection for an account
+replaces the first: the edge sees the old one go down, then the new one come up.
 """
 
 from __future__ import annotations
@@ -20,18 +22,23 @@ from typing import Any
 import structlog
 from aiohttp import WSMsgType, web
 
-from adapters.onebot.events import Event, parse_event
+from adapters.onebot.events import Event, HeartbeatEvent, parse_event
 from adapters.onebot.responses import ProtocolError, is_response_frame, parse_response
 from bridge.config import QQConfig
 from bridge.errors import BridgeError, ErrorCode
 from bridge.health import Health
+from bridge.tasks import TaskSet
 
 log = structlog.get_logger(__name__)
 
 # Frames an implementation may send; a NapCat history answer can be large, a hostile peer not.
-MAX_FRAME = 16 * 1024 * 1024
+MAX_FRAME = 4 * 1024 * 1024
 # aiohttp pings an implementation this often and drops one that stops answering.
 PING_EVERY = 30.0
+# The longest a closing connection may take to answer its close frame before it is cut.
+CLOSE_WAIT = 2.0
+# A heartbeat saying the QQ account is not logged in (`status.online` false).
+LOGGED_OUT = "logged_out"
 
 
 class ActionFailed(BridgeError):
@@ -55,6 +62,9 @@ class QQAccount:
         self.messages_in = 0
         self.messages_out = 0
         self.user_agent = ""
+        self.transport: asyncio.Transport | None = None
+        # What the implementation's last heartbeat said of the QQ login (no heartbeat: online).
+        self.online = True
         self.closed = asyncio.Event()
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._echo = itertools.count(1)
@@ -128,11 +138,8 @@ class QQLink:
         self._on_account = on_account
         self._health = health
         self.accounts: dict[int, QQAccount] = {}
-
-    def serves(self, path: str) -> bool:
-        return path.rstrip("/") == self.config.path.rstrip("/") or (
-            path == "/" and self.config.path == "/"
-        )
+        self._closing = False
+        self._tasks = TaskSet("qq-link")
 
     def _authorized(self, request: web.Request) -> int:
         """200, or the refusal's HTTP status: 401 (no token) or 403 (a wrong one)."""
@@ -158,22 +165,40 @@ class QQLink:
             text = "access token required" if status == 401 else "wrong access token"
             return web.Response(status=status, text=text)
         raw_id = request.headers.get("X-Self-ID", "").strip()
-        if not raw_id.isdigit() or not 0 < int(raw_id) < 1 << 63:
+        if not (raw_id.isascii() and raw_id.isdigit()) or not 0 < int(raw_id) < 1 << 63:
             log.warning("qq.refused", peer=peer, status=400, reason="X-Self-ID")
             return web.Response(status=400, text="X-Self-ID must be the QQ account's number")
+        role = request.headers.get("X-Client-Role", "").strip()
+        if role.lower() in ("api", "event"):
+            # go-cqhttp's split connections: events on one, actions on the other.
+            log.warning("qq.refused", peer=peer, status=400, reason=f"X-Client-Role {role}")
+            return web.Response(
+                status=400,
+                text=f"X-Client-Role {role} is not supported: use one Universal connection "
+                "(go-cqhttp: ws-reverse with universal set, not api and event)",
+            )
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return web.Response(status=426, text="a OneBot v11 reverse WebSocket is expected here")
+        if self._closing:
+            return web.Response(status=503, text="shutting down")
         self_id = int(raw_id)
         ws = web.WebSocketResponse(heartbeat=PING_EVERY, max_msg_size=MAX_FRAME)
         await ws.prepare(request)
         account = QQAccount(self_id, ws, self.config.action_timeout)
         account.user_agent = request.headers.get("User-Agent", "")[:100]
+        account.transport = request.transport
         old = self.accounts.get(self_id)
         self.accounts[self_id] = account
         if old is not None:
+            # The old connection goes down before the new one comes up, as if it had dropped;
+            # its own handler, ending later, finds it replaced and reports nothing more.
             log.info("qq.replaced", account=self_id)
             old.lost()
-            await old.ws.close(code=1000, message=b"replaced by a new connection")
+            self._on_account(old, False)
+            self._tasks.spawn(
+                self._close(old, 1000, "replaced by a new connection"),
+                name=f"qq-close-{self_id}",
+            )
         log.info("qq.connected", account=self_id, peer=peer, agent=account.user_agent)
         self._report(account)
         self._on_account(account, True)
@@ -187,6 +212,18 @@ class QQLink:
                 self._on_account(account, False)
             log.info("qq.disconnected", account=self_id, code=ws.close_code)
         return ws
+
+    @staticmethod
+    async def _close(account: QQAccount, code: int, reason: str) -> None:
+        """Close one connection; a peer that does not answer the close frame is cut."""
+        ws = account.ws
+        try:
+            async with asyncio.timeout(CLOSE_WAIT):
+                await ws.close(code=code, message=reason.encode())
+        except TimeoutError:
+            log.info("qq.close_timeout", account=account.self_id)
+            if account.transport is not None:
+                account.transport.abort()
 
     async def _read(self, account: QQAccount) -> None:
         async for msg in account.ws:
@@ -206,13 +243,27 @@ class QQLink:
                 log.warning("qq.bad_frame", account=account.self_id, reason=str(e))
                 continue
             account.last_event_at = time.time()
+            if isinstance(event, HeartbeatEvent):
+                online = event.status.online is not False
+                if online != account.online:
+                    account.online = online
+                    if online:
+                        log.info("qq.logged_in", account=account.self_id)
+                    else:
+                        log.warning("qq.logged_out", account=account.self_id)
+                    self._report(account)
             try:
                 self._on_event(account, event)
             except Exception:
                 log.exception("qq.event_failed", account=account.self_id)
 
     def _report(self, account: QQAccount) -> None:
-        self._health.set(f"qq:{account.self_id}", "ok", self.describe(account))
+        detail = self.describe(account)
+        if not account.online:
+            detail = f"the implementation says the QQ account is logged out; {detail}"
+            self._health.set(f"qq:{account.self_id}", LOGGED_OUT, detail)
+            return
+        self._health.set(f"qq:{account.self_id}", "ok", detail)
 
     @staticmethod
     def describe(account: QQAccount) -> str:
@@ -232,7 +283,15 @@ class QQLink:
             self._report(account)
 
     async def close(self) -> None:
-        for account in list(self.accounts.values()):
-            account.lost()
-            await account.ws.close(code=1001, message=b"server shutting down")
+        """Refuse new connections and close every one (at once, each within CLOSE_WAIT)."""
+        self._closing = True
+        accounts = list(self.accounts.values())
         self.accounts.clear()
+        for account in accounts:
+            account.lost()
+        if accounts:
+            await asyncio.gather(
+                *(self._close(a, 1001, "server shutting down") for a in accounts),
+                return_exceptions=True,
+            )
+        await self._tasks.cancel_all()

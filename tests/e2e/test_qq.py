@@ -26,7 +26,7 @@ def qq_settings(**extra: Any) -> dict[str, Any]:
             "enabled": True,
             "access_token": TOKEN,
             "segment_interval": 0,
-            "merge_window": 0.5,
+            "merge_window": 0,
             "nicknames": ["momo"],
             "prefixes": ["#"],
             "admins": [str(ALICE)],
@@ -230,7 +230,7 @@ async def test_a_burst_while_a_reply_runs_becomes_one_turn_and_overflow_is_told(
     bridge_factory,
 ) -> None:
     hub = await bridge_factory(
-        momohub={"enabled": True}, onebot=qq_settings(queue_size=3, merge_window=5)
+        momohub={"enabled": True}, onebot=qq_settings(queue_size=3, merge_window=1)
     )
     sim = await impl(hub)
     try:
@@ -334,22 +334,39 @@ async def test_an_implementation_that_drops_mid_reply_gets_the_rest_once_back(
         await sim.close()
 
 
-async def test_cq_string_events_negative_ids_and_own_echoes(hub: Bridge) -> None:
+async def test_cq_string_events_negative_ids_and_own_echoes(bridge_factory) -> None:
+    hub = await bridge_factory(momohub={"enabled": True}, onebot=qq_settings(recall_follows=True))
     sim = await impl(hub, message_format="string", ids="negative", report_self=True)
     try:
-        await sim.private(ALICE, "a [bracket] & amp")
+        event = await sim.private(ALICE, "a [bracket] & amp")
         await sim.wait_sent(1)
         assert sim.texts() == ["Momo: you said a [bracket] & amp"]
-        assert sim.sent[0].message_id < 0 or sim.events[-1]["message_id"] < 0
-        # NapCat's echo of the account's own message (report_self) is not a message to answer.
-        await sim.group(
-            GROUP, BOB, [at(BOT), " sticker:", {"type": "mface", "data": {"summary": "[开心]"}}]
+        # Negative ids are stored as they are: recalling the user's message finds the reply.
+        assert event["message_id"] < 0 and sim.sent[0].message_id < 0
+        await sim.friend_recall(ALICE, event["message_id"])
+        assert await sim.wait_deleted(1) == [sim.sent[0].message_id]
+        # A group reply quotes the (negative) id of what it answers.
+        sticker = await sim.group(
+            GROUP,
+            BOB,
+            [at(BOT), " sticker: ", {"type": "mface", "data": {"summary": "[开心]"}}],
+            card="Bob",
         )
         await sim.wait_sent(2)
-        assert sim.texts(("group", GROUP)) == ["Momo: you said BOB: sticker: [sticker: 开心]"] or (
-            "sticker" in sim.texts(("group", GROUP))[0]
-        )
-        assert len(sim.sent) == 2
+        assert sim.texts(("group", GROUP)) == ["Momo: you said Bob: sticker: [sticker: 开心]"]
+        assert sim.sent[1].segments[0] == {
+            "type": "reply",
+            "data": {"id": str(sticker["message_id"])},
+        }
+        # The account's own messages are never answered: NapCat's echoes of what the bridge
+        # sent (report_self: `message_sent`), and a message event from the account itself.
+        await sim.group(GROUP, BOT, [at(BOT), " talking to myself"], card="MomoQQ")
+        await sim.group(GROUP, BOB, [at(BOT), " last one"], card="Bob")
+        await sim.wait_sent(3)
+        await sim.wait_for(lambda: len(sim.events) >= 9, 5, "the echoes")
+        assert sum(e["post_type"] == "message_sent" for e in sim.events) == 3
+        assert sim.texts(("group", GROUP))[1:] == ["Momo: you said Bob: last one"]
+        assert len(sim.sent) == 3
     finally:
         await sim.close()
 
