@@ -332,11 +332,13 @@ def bridge_lines(args: argparse.Namespace, base_url: str, email: str, typing: bo
         "enabled = true",
         f"access_token = {json.dumps(QQ_TOKEN)}",
         'reply_mode = "whole"',
-        # A session merges the messages of one sender that are waiting when its reply ends and
-        # came within merge_window of each other. In a closed loop a user's next message is
-        # only sent after the reply, so nothing ever waits and there is no burst to merge: 0
-        # says so, and every message must get a reply of its own.
+        # merge_window makes each message wait until its sender has been quiet that long (a
+        # burst becomes one turn). A closed loop never bursts: each user's next message follows
+        # the reply. 0 measures the bridge rather than the (configurable) wait; the default
+        # 1.5 s would add 1.5 s to every reply by design.
         "merge_window = 0",
+        # Every user's turn may run at once (the default, 50 per account, would queue half).
+        "max_active = 200",
         # Every message of the run within the limit (each user sends them within a minute).
         f"rate_per_minute = {per_user + 10}",
         # At most one message per user waits in a closed loop; past the queue the sender would
