@@ -206,6 +206,14 @@ async def test_a_missed_run_runs_once_after_a_restart_within_the_grace(hub: Brid
     assert scheduler.runs[job_id(2)] == 0
     c2 = await hub.client("fay")
     await wait_reply(c2, "Missed me?")
+    # The run is recorded once it has ended (just after its reply is pushed).
+    kv = hub.app.storage.plugin_kv
+    owed_since = time.time() - 3600
+
+    async def recorded() -> bool:
+        return (await kv.get("schedule", "s:1"))["last"] > owed_since
+
+    await eventually(recorded, what="the run recorded")
     # Once: it ran, so the next start owes nothing.
     await hub.restart()
     assert hub.app.scheduler.runs[job_id(1)] == 0
