@@ -794,79 +794,21 @@ class QQImpl:
         await self._post(ev)
         return ev
 
-    async def private(
-        self,
-        user_id: int,
-        message: str | Seg | Iterable[Seg | str],
-        *,
-        nickname: str | None = None,
-        message_id: int | None = None,
-        time: int | None = None,
-        sub_type: str = "friend",
-        extra: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Post a private message from `user_id`; returns the event (its `message_id` included)."""
-        return await self.send_event(
-            self.private_event(
-                user_id,
-                message,
-                nickname=nickname,
-                message_id=message_id,
-                time=time,
-                sub_type=sub_type,
-                extra=extra,
-            )
-        )
+    # Posting: each takes the arguments of its builder above (private_event, group_event,
+    # message_sent_event) and returns the event it posted (its `message_id` included).
 
-    async def group(
-        self,
-        group_id: int,
-        user_id: int,
-        message: str | Seg | Iterable[Seg | str],
-        *,
-        card: str = "",
-        nickname: str | None = None,
-        role: str = "member",
-        title: str = "",
-        message_id: int | None = None,
-        time: int | None = None,
-        sub_type: str = "normal",
-        group_name: str | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Post a group message from `user_id` in `group_id`; returns the event."""
-        return await self.send_event(
-            self.group_event(
-                group_id,
-                user_id,
-                message,
-                card=card,
-                nickname=nickname,
-                role=role,
-                title=title,
-                message_id=message_id,
-                time=time,
-                sub_type=sub_type,
-                group_name=group_name,
-                extra=extra,
-            )
-        )
+    async def private(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Post a private message (`private_event`'s arguments)."""
+        return await self.send_event(self.private_event(*args, **kwargs))
 
-    async def message_sent(
-        self,
-        message: str | Seg | Iterable[Seg | str],
-        *,
-        user_id: int | None = None,
-        group_id: int | None = None,
-        message_id: int | None = None,
-        time: int | None = None,
-    ) -> dict[str, Any]:
-        """Post a `message_sent` echo of the account's own message."""
-        return await self.send_event(
-            self.message_sent_event(
-                message, user_id=user_id, group_id=group_id, message_id=message_id, time=time
-            )
-        )
+    async def group(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Post a group message (`group_event`'s arguments)."""
+        return await self.send_event(self.group_event(*args, **kwargs))
+
+    async def message_sent(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Post a `message_sent` echo of the account's own message (`message_sent_event`'s
+        arguments)."""
+        return await self.send_event(self.message_sent_event(*args, **kwargs))
 
     async def friend_recall(
         self, user_id: int, message_id: int, *, time: int | None = None
