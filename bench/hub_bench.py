@@ -51,12 +51,10 @@ import gc
 import json
 import os
 import platform
-import pstats
 import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -69,12 +67,27 @@ from pathlib import Path
 from typing import Any
 
 import websockets
+from _common import (
+    HOST,
+    REPO,
+    BenchError,
+    add_output_args,
+    cancel_on_sigterm,
+    core_busy_seconds,
+    cpu_seconds,
+    free_port,
+    machine_info,
+    machine_line,
+    print_profile,
+    proc_status_kb,
+    resolve_src,
+    run_bench,
+    write_json,
+)
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-HOST = "127.0.0.1"
-REPO = Path(__file__).resolve().parent.parent
 THIS = Path(__file__).resolve()
 
 READY_TIMEOUT = 60.0  # a server must log its ready line within this
@@ -92,66 +105,13 @@ START_TIMEOUT = 60.0  # one launch must answer a login within this
 START_POLL = 0.005  # pause between connection attempts while a launched server is not up yet
 
 
-class BenchError(Exception):
-    """The benchmark could not measure what it set out to (server died, login failed, ...)."""
-
-
 # ================================================================================================
 # machine info and /proc readers (sync: tiny reads of procfs)
 # ================================================================================================
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_avg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
-def mem_total_gib() -> float:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) / (1 << 20)
-    except OSError:
-        pass
-    return 0.0
-
-
 def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise BenchError(f"no VmRSS for pid {pid}")
-
-
-def cpu_seconds(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def core_busy_seconds(cpu: int | None) -> float:
-    """Busy (non-idle, non-iowait) seconds of one CPU, or of all CPUs when ``cpu`` is None."""
-    name = "cpu" if cpu is None else f"cpu{cpu}"
-    for line in Path("/proc/stat").read_text().splitlines():
-        parts = line.split()
-        if parts and parts[0] == name:
-            ticks = [int(x) for x in parts[1:]]
-            busy = sum(ticks[:8]) - ticks[3] - ticks[4]  # minus idle and iowait
-            return busy / os.sysconf("SC_CLK_TCK")
-    return 0.0
+    return proc_status_kb(pid, "VmRSS")
 
 
 def nofile_limits(pid: int) -> tuple[str, str]:
@@ -171,17 +131,6 @@ def source_raises_nofile(src: Path) -> list[str]:
                 if re.search(r"\b(setrlimit|prlimit)\b", path.read_text(encoding="utf-8")):
                     hits.append(str(path.relative_to(src)))
     return hits
-
-
-def resolve_src(path: str) -> Path:
-    src = Path(path).resolve()
-    if not (src / "bridge" / "cli.py").is_file():
-        raise BenchError(f"--src {src} has no bridge/cli.py")
-    return src
-
-
-def write_json(path: str, results: dict[str, Any]) -> None:
-    Path(path).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 
 def raise_own_nofile(needed: int) -> tuple[int, int]:
@@ -1167,12 +1116,6 @@ def report_slow(r: dict[str, Any], target: float) -> tuple[bool, list[str]]:
 # ================================================================================================
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 def _child_setup(cpu: int | None) -> Callable[[], None]:
     """``preexec_fn`` of a launched server: its CPU, and death with this benchmark. (No exec
     wrapper here: its own interpreter start would be counted as the server's.)"""
@@ -1407,20 +1350,18 @@ def cpu_per_1k(cpu: dict[str, dict[str, list[Any]]]) -> dict[str, dict[str, Any]
     return out
 
 
-def print_profile(path: Path, top: int = 25) -> None:
-    if not path.is_file():
-        print(f"  (no profile written at {path}: the hub did not exit cleanly)")
-        return
-    print(f"\nhub cProfile during the heartbeat phase (top {top} by own time; {path}):")
-    stats = pstats.Stats(str(path), stream=sys.stdout)
-    stats.strip_dirs().sort_stats("tottime").print_stats(top)
+def print_hub_profile(path: Path, top: int = 25) -> None:
+    print_profile(
+        path,
+        top,
+        missing=f"  (no profile written at {path}: the hub did not exit cleanly)",
+        title=f"\nhub cProfile during the heartbeat phase (top {top} by own time; {path}):",
+        cumulative=None,
+    )
 
 
 async def run(args: argparse.Namespace) -> int:
-    loop = asyncio.get_running_loop()
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
+    cancel_on_sigterm()
 
     src = resolve_src(args.src)
     orig_soft, orig_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -1438,10 +1379,7 @@ async def run(args: argparse.Namespace) -> int:
         pinning = "off"
 
     print("MomoBridge hub benchmark")
-    print(
-        f"machine : nproc={len(cpus)} (os.cpu_count={os.cpu_count()}) cpu={cpu_model()!r} "
-        f"mem={mem_total_gib():.1f} GiB kernel={platform.release()} loadavg={load_avg()}"
-    )
+    print(machine_line(cpus))
     print(
         f"software: python={platform.python_version()} websockets={websockets.__version__} "
         f"({sys.executable}) hub source={src}"
@@ -1528,7 +1466,7 @@ async def run(args: argparse.Namespace) -> int:
                 for kind, rs in rounds.items()
             }
             if prof is not None:
-                print_profile(prof)
+                print_hub_profile(prof)
 
         # ---------------- (b) idle RSS per connection ----------------
         if "idle" in args.scenarios:
@@ -1694,12 +1632,7 @@ async def run(args: argparse.Namespace) -> int:
             print(f"  - {f}")
     print(f"\ntotal time {total:.0f} s; all targets {'met' if ok else 'NOT met'}")
     if args.json:
-        results["machine"] = {
-            "nproc": len(cpus),
-            "cpu": cpu_model(),
-            "python": platform.python_version(),
-            "websockets": websockets.__version__,
-        }
+        results["machine"] = machine_info(cpus, websockets=websockets.__version__)
         results["findings"] = findings
         write_json(args.json, results)
     return 1 if (args.strict and not ok) else 0
@@ -1919,9 +1852,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=0.5,
         help="max median seconds from launch to an accepted login (default 0.5)",
     )
-    p.add_argument("--json", help="also write the results as JSON here")
-    p.add_argument("--keep", action="store_true", help="keep the temp dir (server logs, dbs)")
-    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    add_output_args(p)
     a = p.parse_args(argv)
     quick = a.quick
     a.seconds = a.seconds if a.seconds is not None else (1.0 if quick else 5.0)
@@ -1970,18 +1901,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             "be positive"
         )
     return a
-
-
-def run_bench(coro: Any) -> int:
-    """Run a benchmark's main coroutine; failures and Ctrl-C become exit codes, not tracebacks."""
-    try:
-        return asyncio.run(coro)
-    except BenchError as e:
-        print(f"\nbenchmark failed: {e}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("\ninterrupted", file=sys.stderr)
-        return 130
 
 
 def main(argv: list[str] | None = None) -> int:

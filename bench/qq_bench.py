@@ -66,7 +66,8 @@ Usage (from the repository root)::
     .venv/bin/python bench/qq_bench.py --profile-bridge  # + cProfile of the loaded bridge
     .venv/bin/python bench/qq_bench.py --help
 
-Subprocess handling, CPU pinning, /proc readers and percentiles come from ``bench/hub_bench.py``,
+Machine info, /proc readers, free ports, the shared options and header lines come from
+``bench/_common.py``; subprocess handling, CPU pinning and percentiles from ``bench/hub_bench.py``;
 the sandbox and bridge configs from ``bench/stream_bench.py``.
 """
 
@@ -77,10 +78,7 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
-import pstats
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -91,36 +89,42 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import websockets
 from websockets.exceptions import WebSocketException
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hub_bench import (
+from _common import (
     HOST,
-    REPO,
-    BenchError,
-    ServerProc,
-    _spawn,
-    core_busy_seconds,
-    cpu_model,
-    cpu_seconds,
-    interpreter_floor,
-    load_avg,
-    mem_total_gib,
-    percentile,
-    resolve_src,
-    run_bench,
-    verdict,
-    write_json,
-)
-from stream_bench import (
     MOMO_NAME,
     PASSWORD,
+    REPO,
+    BenchError,
+    add_bridge_args,
+    add_output_args,
+    cancel_on_sigterm,
+    core_busy_seconds,
+    cpu_seconds,
     free_port,
+    machine_info,
+    machine_line,
+    momohub_lines,
+    print_bridge_software,
+    print_profile,
+    proc_status_kb,
+    resolve_src,
+    run_bench,
+    write_json,
+)
+from hub_bench import (
+    ServerProc,
+    _spawn,
+    interpreter_floor,
+    percentile,
+    verdict,
+)
+from stream_bench import (
     sandbox_config,
     sign_up,
-    source_state,
     write_bridge_config,
 )
 
@@ -171,13 +175,6 @@ def rss_split_mib(pid: int) -> tuple[float, float]:
             elif line.startswith("Anonymous:"):
                 anon = int(line.split()[1])
     return (rss - anon) / 1024, anon / 1024
-
-
-def proc_status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise BenchError(f"no {key} for pid {pid}")
 
 
 # ================================================================================================
@@ -322,12 +319,7 @@ def bridge_cmd(src: Path, config: Path, profile: Path | None) -> list[str]:
 def bridge_lines(args: argparse.Namespace, base_url: str, email: str, typing: bool) -> list[str]:
     per_user = args.messages * args.repeats + 1  # + the warm-up message
     return [
-        "[momohub]",
-        f"base_url = {json.dumps(base_url)}",
-        f"email = {json.dumps(email)}",
-        f"password = {json.dumps(PASSWORD)}",
-        "list_public = true",
-        f'default_character = "{MOMO_NAME}"',
+        *momohub_lines(base_url, email),
         "[onebot.qq]",
         "enabled = true",
         f"access_token = {json.dumps(QQ_TOKEN)}",
@@ -749,44 +741,29 @@ async def run_variant(
     for rep in range(args.repeats):
         order = ("direct", "bridge") if rep % 2 == 0 else ("bridge", "direct")
         for mode in order:
+            if mode == "direct" and direct is None:
+                continue
+            texts = {
+                u: [message_text(u, f"r{rep}", k) for k in range(args.messages)] for u in users
+            }
+            tally = Tally()
             if mode == "direct":
-                if direct is None:
-                    continue
+                assert direct is not None
                 client, chats = direct
                 set_own_cpu(layout.loadgen_direct, cpus)
-                tally = Tally()
                 coros = [
-                    direct_user(
-                        client,
-                        c,
-                        [message_text(u, f"r{rep}", k) for k in range(args.messages)],
-                        tally,
-                        args.reply_timeout,
-                    )
+                    direct_user(client, c, texts[u], tally, args.reply_timeout)
                     for u, c in zip(users, chats, strict=True)
                 ]
-                ph = await measure(
-                    "direct", rep, coros, tally, args.users * args.messages, procs, layout.cores()
-                )
-                direct_phases.append(ph)
             else:
                 set_own_cpu(layout.loadgen_bridge, cpus)
-                tally = Tally()
                 coros = [
-                    qq_user(
-                        impl,
-                        u,
-                        [message_text(u, f"r{rep}", k) for k in range(args.messages)],
-                        earlier[u],
-                        tally,
-                        args.reply_timeout,
-                    )
-                    for u in users
+                    qq_user(impl, u, texts[u], earlier[u], tally, args.reply_timeout) for u in users
                 ]
-                ph = await measure(
-                    "bridge", rep, coros, tally, args.users * args.messages, procs, layout.cores()
-                )
-                phases.append(ph)
+            ph = await measure(
+                mode, rep, coros, tally, args.users * args.messages, procs, layout.cores()
+            )
+            (direct_phases if mode == "direct" else phases).append(ph)
             print(phase_line(ph), flush=True)
 
     peak_rss = proc_status_kb(srv.pid, "VmHWM") / 1024
@@ -1078,10 +1055,7 @@ def report(
 
 
 async def run(args: argparse.Namespace) -> int:
-    loop = asyncio.get_running_loop()
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
+    cancel_on_sigterm()
 
     src = resolve_src(args.src)
     for p in (str(REPO), str(src)):  # the simulator from this checkout; the client from src
@@ -1095,15 +1069,8 @@ async def run(args: argparse.Namespace) -> int:
     layout = plan_layout(args.pin, cpus)
     variants = {"off": [False], "on": [True], "both": [False, True]}[args.typing]
     print("MomoBridge QQ link benchmark")
-    print(
-        f"machine : nproc={len(cpus)} (os.cpu_count={os.cpu_count()}) cpu={cpu_model()!r} "
-        f"mem={mem_total_gib():.1f} GiB kernel={platform.release()} loadavg={load_avg()}"
-    )
-    print(
-        f"software: python={platform.python_version()} websockets={websockets.__version__} "
-        f"aiohttp={aiohttp.__version__} ({sys.executable})"
-    )
-    print(f"source  : {src} at {source_state(src)}")
+    print(machine_line(cpus))
+    print_bridge_software(src)
     print(
         f"settings: {'QUICK ' if args.quick else ''}users={args.users} messages={args.messages} "
         f"repeats={args.repeats} launches={args.launches} typing={args.typing} "
@@ -1174,14 +1141,9 @@ async def run(args: argparse.Namespace) -> int:
             f"\ntotal time {time.perf_counter() - t_start:.0f} s; all targets {'met' if ok else 'NOT met'}"
         )
         if prof is not None:
-            print_profile(prof, args.profile_top)
+            print_bridge_profile(prof, args.profile_top)
         if args.json:
-            results["machine"] = {
-                "nproc": len(cpus),
-                "cpu": cpu_model(),
-                "python": platform.python_version(),
-                "layout": layout.text,
-            }
+            results["machine"] = machine_info(cpus, layout=layout.text)
             write_json(args.json, results)
     finally:
         await live.close()
@@ -1192,14 +1154,14 @@ async def run(args: argparse.Namespace) -> int:
     return 1 if (args.strict and not ok) else 0
 
 
-def print_profile(path: Path, top: int) -> None:
-    if not path.is_file():
-        print(f"  (no profile written at {path}: the bridge did not exit cleanly)")
-        return
-    print(f"\nbridge cProfile, launch to exit (top {top} by own time, then by cumulative time):")
-    stats = pstats.Stats(str(path), stream=sys.stdout)
-    stats.strip_dirs().sort_stats("tottime").print_stats(top)
-    stats.sort_stats("cumulative").print_stats(top)
+def print_bridge_profile(path: Path, top: int) -> None:
+    print_profile(
+        path,
+        top,
+        missing=f"  (no profile written at {path}: the bridge did not exit cleanly)",
+        title=f"\nbridge cProfile, launch to exit (top {top} by own time, then by cumulative time):",
+        cumulative="",
+    )
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -1243,18 +1205,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_false",
         help="skip the direct MomoHub reads",
     )
-    p.add_argument("--src", default=str(REPO), help="source tree the servers run from")
-    p.add_argument(
-        "--bridge-log-level",
-        default="warning",
-        choices=("debug", "info", "warning", "error"),
-        help="bridge [log] level (default warning)",
-    )
-    p.add_argument("--no-pin", dest="pin", action="store_false", help="no CPU pinning")
-    p.add_argument(
-        "--profile-bridge",
-        action="store_true",
-        help="run the bridge under cProfile (one launch) and print its top costs",
+    add_bridge_args(
+        p, profile_help="run the bridge under cProfile (one launch) and print its top costs"
     )
     p.add_argument("--profile-top", type=int, default=30, help="profile rows printed")
     p.add_argument(
@@ -1266,9 +1218,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--target-cpu-ms", type=float, default=8.0)
     p.add_argument("--target-rss-mib", type=float, default=64.0)
     p.add_argument("--target-ready-s", type=float, default=1.0)
-    p.add_argument("--json", help="also write the results as JSON here")
-    p.add_argument("--keep", action="store_true", help="keep the temp dir (server logs, dbs)")
-    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    add_output_args(p)
     a = p.parse_args(argv)
     q = a.quick
     a.users = a.users if a.users is not None else (20 if q else 100)

@@ -62,8 +62,9 @@ Usage (from the repository root)::
     .venv/bin/python bench/stream_bench.py --profile-bridge   # + cProfile of the loaded bridge
     .venv/bin/python bench/stream_bench.py --help
 
-Subprocesses, the exec launcher (RLIMIT_NOFILE / CPU affinity / parent-death signal), machine info
-and percentiles come from ``bench/hub_bench.py``.
+Subprocesses, the exec launcher (RLIMIT_NOFILE / CPU affinity / parent-death signal) and
+percentiles come from ``bench/hub_bench.py``; machine info, /proc readers, free ports, the shared
+options and header lines from ``bench/_common.py``.
 """
 
 from __future__ import annotations
@@ -75,16 +76,11 @@ import gc
 import itertools
 import json
 import os
-import platform
-import pstats
 import random
 import re
 import resource
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -93,28 +89,36 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import websockets
 from websockets.asyncio.client import ClientConnection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hub_bench import (
+from _common import (
     HOST,
-    REPO,
+    MOMO_NAME,
+    PASSWORD,
     BenchError,
-    ServerProc,
-    close_all,
+    add_bridge_args,
+    add_output_args,
+    cancel_on_sigterm,
     core_busy_seconds,
-    cpu_model,
     cpu_seconds,
-    load_avg,
-    mem_total_gib,
-    open_many,
-    percentile,
-    raise_own_nofile,
+    free_port,
+    machine_info,
+    machine_line,
+    momohub_lines,
+    print_bridge_software,
+    print_profile,
     resolve_src,
     run_bench,
     write_json,
+)
+from hub_bench import (
+    ServerProc,
+    close_all,
+    open_many,
+    percentile,
+    raise_own_nofile,
 )
 
 READY_TIMEOUT = 60.0  # a server must be ready within this
@@ -124,9 +128,7 @@ PUSH_TIMEOUT = 5.0  # the finished-reply push after `completed` (paired mode onl
 TAP_CONNECT_TIMEOUT = 5.0
 PAIR_GAP = 0.02  # quiet time before each paired request
 MODES = ("momohub", "openai")  # --mode all runs them in this order
-MOMO_NAME = "Momo"
 ADMIN_CODE = "bench-admin-code"
-PASSWORD = "bench-password-123"
 # How the sandbox's echo responder splits a reply into tokens (whitespace rides in front).
 TOKEN_RE = re.compile(r"\s*\S+|\s+")
 DELTA_MARK = b"event: delta\n"
@@ -141,12 +143,6 @@ VOCAB = (
 # ================================================================================================
 # helpers
 # ================================================================================================
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def make_text(words: int, seed: int) -> str:
@@ -217,39 +213,12 @@ def write_bridge_config(d: Path, *, port: int, log_level: str, upstream: list[st
 def bridge_config(
     tmp: Path, tag: str, *, port: int, base_url: str, email: str, log_level: str
 ) -> Path:
-    upstream = [
-        "[momohub]",
-        f"base_url = {json.dumps(base_url)}",
-        f"email = {json.dumps(email)}",
-        f"password = {json.dumps(PASSWORD)}",
-        "list_public = true",
-        f'default_character = "{MOMO_NAME}"',
-    ]
     return write_bridge_config(
-        tmp / f"bridge-{tag}", port=port, log_level=log_level, upstream=upstream
+        tmp / f"bridge-{tag}",
+        port=port,
+        log_level=log_level,
+        upstream=momohub_lines(base_url, email),
     )
-
-
-def source_state(src: Path) -> str:
-    """``<commit>`` plus the number of changed files, so a result names the code it measured."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.splitlines()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git)"
-    return f"{head}" + (f" + {len(dirty)} modified file(s)" if dirty else " (clean)")
 
 
 async def sign_up(base_url: str, email: str) -> None:
@@ -962,10 +931,7 @@ async def direct_client(base_url: str, sandbox_url: str, tag: str, live: Live) -
 
 
 async def run(args: argparse.Namespace) -> int:
-    loop = asyncio.get_running_loop()
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
+    cancel_on_sigterm()
 
     src = resolve_src(args.src)
     if str(src) not in sys.path:
@@ -986,15 +952,8 @@ async def run(args: argparse.Namespace) -> int:
     layout = plan_layout(args.pin, cpus)
 
     print(f"MomoBridge streaming benchmark (mode {args.mode}: {', '.join(modes)})")
-    print(
-        f"machine : nproc={len(cpus)} (os.cpu_count={os.cpu_count()}) cpu={cpu_model()!r} "
-        f"mem={mem_total_gib():.1f} GiB kernel={platform.release()} loadavg={load_avg()}"
-    )
-    print(
-        f"software: python={platform.python_version()} websockets={websockets.__version__} "
-        f"aiohttp={aiohttp.__version__} ({sys.executable})"
-    )
-    print(f"source  : {src} at {source_state(src)}")
+    print(machine_line(cpus))
+    print_bridge_software(src)
     print(
         f"fds     : shell RLIMIT_NOFILE soft={orig_soft} hard={orig_hard}; "
         f"load generator raised to soft={own_soft}"
@@ -1013,12 +972,7 @@ async def run(args: argparse.Namespace) -> int:
         print(f"\nall modes: total time {total:.0f} s; all targets {'met' if ok else 'NOT met'}")
     if args.json:
         out = results[modes[0]] if len(modes) == 1 else results
-        out["machine"] = {
-            "nproc": len(cpus),
-            "cpu": cpu_model(),
-            "python": platform.python_version(),
-            "layout": layout.text,
-        }
+        out["machine"] = machine_info(cpus, layout=layout.text)
         write_json(args.json, out)
     return 1 if (args.strict and not ok) else 0
 
@@ -1184,7 +1138,7 @@ async def run_momohub(
     total = time.perf_counter() - t_start
     ok = report(args, layout, runs, direct, bridge, pairs, findings, results)
     if prof is not None:
-        print_profile(prof)
+        print_bridge_profile(prof)
     print(f"\nmode momohub: total time {total:.0f} s; all targets {'met' if ok else 'NOT met'}")
     results["findings"] = findings
     return ok, results
@@ -1371,15 +1325,14 @@ def report(
     return ok
 
 
-def print_profile(path: Path, top: int = 30) -> None:
-    if not path.is_file():
-        print(f"\n(no bridge profile at {path}: the bridge did not exit cleanly)")
-        return
-    print(f"\nbridge cProfile, warm-up + load phases (top {top} by own time; {path}):")
-    stats = pstats.Stats(str(path), stream=sys.stdout)
-    stats.strip_dirs().sort_stats("tottime").print_stats(top)
-    print(f"bridge cProfile (top {top} by cumulative time):")
-    stats.sort_stats("cumulative").print_stats(top)
+def print_bridge_profile(path: Path, top: int = 30) -> None:
+    print_profile(
+        path,
+        top,
+        missing=f"\n(no bridge profile at {path}: the bridge did not exit cleanly)",
+        title=f"\nbridge cProfile, warm-up + load phases (top {top} by own time; {path}):",
+        cumulative=f"bridge cProfile (top {top} by cumulative time):",
+    )
 
 
 # ================================================================================================
@@ -1880,7 +1833,7 @@ async def run_openai(
     total = time.perf_counter() - t_start
     ok = report_openai(args, layout, runs, direct, bridge, paced, findings, results)
     if prof is not None:
-        print_profile(prof)
+        print_bridge_profile(prof)
     print(f"\nmode openai: total time {total:.0f} s; all targets {'met' if ok else 'NOT met'}")
     results["findings"] = findings
     return ok, results
@@ -2092,19 +2045,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="token delay of the paced paired measurement (default 2; 0 = skip it)",
     )
     p.add_argument("--paced-samples", type=int, help="paced paired samples (default 10, quick 3)")
-    p.add_argument("--src", default=str(REPO), help="source tree the servers run from")
-    p.add_argument(
-        "--bridge-log-level",
-        default="warning",
-        choices=("debug", "info", "warning", "error"),
-        help="bridge [log] level (default warning)",
-    )
-    p.add_argument("--no-pin", dest="pin", action="store_false", help="no CPU pinning")
-    p.add_argument(
-        "--profile-bridge",
-        action="store_true",
-        help="run the loaded bridge under cProfile and print its top costs",
-    )
+    add_bridge_args(p, profile_help="run the loaded bridge under cProfile and print its top costs")
     p.add_argument("--target-ratio", type=float, default=0.5)
     p.add_argument("--target-added-ms", type=float, default=1.0)
     g = p.add_argument_group("mode openai (bridge vs an OpenAI-compatible upstream)")
@@ -2158,9 +2099,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=1.5,
         help="max time-to-first-token p50 ratio bridge/direct at the widest paced count",
     )
-    p.add_argument("--json", help="also write the results as JSON here")
-    p.add_argument("--keep", action="store_true", help="keep the temp dir (server logs, dbs)")
-    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    add_output_args(p)
     a = p.parse_args(argv)
     q = a.quick
     a.users = a.users if a.users is not None else (10 if q else 100)
