@@ -70,24 +70,30 @@ class QQRepo:
 
         return await self._db.run(write)
 
-    async def save_progress(self, token: str, sent: int, qq_ids: list[int]) -> None:
+    async def save_progress(self, token: str, sent: int, qq_ids: list[int], head: str) -> None:
+        """How much of a reply QQ has: ``sent`` characters (whose fingerprint is ``head``),
+        as the QQ messages ``qq_ids``."""
+        ids = json.dumps({"ids": qq_ids, "head": head})
         await self._db.run(
             lambda conn: write_one(
                 conn,
                 "INSERT OR REPLACE INTO qq_progress (token, sent, qq_ids, time) VALUES (?, ?, ?, ?)",
-                (token, sent, json.dumps(qq_ids), time.time()),
+                (token, sent, ids, time.time()),
             )
         )
 
-    async def progress(self, token: str) -> tuple[int, list[int]] | None:
-        """(characters QQ has, their QQ ids) of a reply still on its way, if any went out."""
+    async def progress(self, token: str) -> tuple[int, list[int], str] | None:
+        """(characters QQ has, their QQ ids, their fingerprint) of a reply on its way."""
         async with self._db.conn.execute(
             "SELECT sent, qq_ids FROM qq_progress WHERE token = ?", (token,)
         ) as cur:
             row = await cur.fetchone()
         if row is None:
             return None
-        return int(row[0]), [int(q) for q in json.loads(row[1])]
+        saved = json.loads(row[1])
+        if isinstance(saved, list):  # written before fingerprints
+            return int(row[0]), [int(q) for q in saved], ""
+        return int(row[0]), [int(q) for q in saved.get("ids", [])], str(saved.get("head", ""))
 
     async def drop_progress(self, token: str) -> None:
         await self._db.run(

@@ -157,6 +157,21 @@ class QQEdge:
                 session.writer.detach()
                 self.outbox.detach(session.owner, session.writer)
 
+    def reoffer(self, writer: QQWriter) -> None:
+        """A writer stopped mid-push while its account may still be connected: it leaves the
+        outbox and, if the account is there, joins again, which offers every unsent push anew,
+        in order."""
+        self.outbox.detach(writer.owner, writer)
+        self.tasks.spawn(self._rejoin(writer), name=f"qq-rejoin-{writer.owner}")
+
+    async def _rejoin(self, writer: QQWriter) -> None:
+        parsed = parse_owner(writer.owner)
+        account = self.link.accounts.get(parsed[0]) if parsed is not None else None
+        if account is None or not account.connected:
+            return  # it comes back with the account (`_serve`)
+        writer.attach()
+        await self.outbox.attach(writer.owner, writer)
+
     async def _serve(self, prefix: str) -> None:
         waiting = await self.outbox.serve_family(prefix, self._writer_for)
         if waiting:

@@ -115,11 +115,15 @@ class QQAccount:
         if not future.done():
             future.set_result(response)
 
-    def lost(self) -> None:
+    def lost(self, *, replaced: bool = False) -> None:
+        """The connection is gone. Calls still waiting fail at once: as "no answer" when a new
+        connection replaced this one (what was sent may well have arrived), else as gone."""
         self.closed.set()
         for future in self._pending.values():
             if not future.done():
-                future.set_exception(ConnectionError("the connection closed"))
+                future.set_exception(
+                    TimeoutError() if replaced else ConnectionError("the connection closed")
+                )
         self._pending.clear()
 
 
@@ -184,6 +188,9 @@ class QQLink:
         self_id = int(raw_id)
         ws = web.WebSocketResponse(heartbeat=PING_EVERY, max_msg_size=MAX_FRAME)
         await ws.prepare(request)
+        if self._closing:  # shutdown began while the handshake was answered
+            await ws.close(code=1001, message=b"server shutting down")
+            return ws
         account = QQAccount(self_id, ws, self.config.action_timeout)
         account.user_agent = request.headers.get("User-Agent", "")[:100]
         account.transport = request.transport
@@ -193,7 +200,7 @@ class QQLink:
             # The old connection goes down before the new one comes up, as if it had dropped;
             # its own handler, ending later, finds it replaced and reports nothing more.
             log.info("qq.replaced", account=self_id)
-            old.lost()
+            old.lost(replaced=True)
             self._on_account(old, False)
             self._tasks.spawn(
                 self._close(old, 1000, "replaced by a new connection"),
@@ -289,6 +296,7 @@ class QQLink:
         self.accounts.clear()
         for account in accounts:
             account.lost()
+            self._on_account(account, False)
         if accounts:
             await asyncio.gather(
                 *(self._close(a, 1001, "server shutting down") for a in accounts),

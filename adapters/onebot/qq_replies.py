@@ -19,6 +19,7 @@ had queued: the outbox offers them again, in order, when the account is back.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 import time
 from collections import OrderedDict
@@ -45,6 +46,9 @@ APOLOGY = "Sorry, I could not answer that just now. Please try again in a moment
 MAX_REPLIES = 64
 # A plain message the implementation refused is tried once more in parts this long.
 SMALLER = 500
+# Refused sends after which a reply is given up (the account muted, or no longer a friend):
+# sending on would be a storm of refused calls.
+REFUSALS = 3
 
 _BOOT = secrets.token_hex(3)
 _count = count(1)
@@ -66,6 +70,7 @@ class _Progress:
     overflow: bool = False  # too long for pieces: the rest goes as a forward at the end
     qq_ids: list[int] = field(default_factory=list)
     saved: bool = False  # in storage (qq_progress) until the reply is confirmed
+    refused: int = 0  # sends the implementation refused (past REFUSALS: it is given up)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +96,7 @@ class QQWriter:
         confirm: Callable[[str, int], Any],
         tasks: TaskSet,
         sender_name: Callable[[str], str],
+        reoffer: Callable[[QQWriter], None] = lambda writer: None,
     ) -> None:
         self.owner = owner
         self.chat = chat
@@ -100,6 +106,9 @@ class QQWriter:
         self._confirm = confirm
         self._tasks = tasks
         self._name = sender_name
+        # Called when a send stopped although the account may still be there (a write on a
+        # closing socket): the outbox offers the unsent pushes again, in order.
+        self._reoffer = reoffer
         self._queue: asyncio.Queue[tuple[int, str, Any]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._replies: OrderedDict[str, _Progress] = OrderedDict()
@@ -196,12 +205,20 @@ class QQWriter:
                 self._progress(token).streamed += text  # recorded even while not sending
             if generation != self._generation and kind in ("push", "confirm", "delta"):
                 continue
+            if kind == "push" and item.seq and item.seq <= self._confirmed:
+                continue  # a copy offered again while the first was finishing
             try:
                 await self._handle(generation, kind, item)
             except asyncio.CancelledError:
                 raise
             except _Stopped:
                 log.info("qq.writer_paused", session=self.owner)
+                if generation == self._generation:
+                    # Nothing queued behind the stopped push may be sent (or confirmed) before
+                    # it: they all come again from the outbox.
+                    self._generation += 1
+                    self._seqs.clear()
+                    self._reoffer(self)
             except Exception:
                 log.exception("qq.writer_failed", session=self.owner, kind=kind)
 
@@ -242,7 +259,7 @@ class QQWriter:
         if self._config.reply_mode != "segments":
             return
         progress = self._progress(token)
-        if progress.overflow:
+        if progress.overflow or progress.refused >= REFUSALS:
             return
         base = progress.sent
         pending = progress.streamed[base:]
@@ -255,9 +272,11 @@ class QQWriter:
                 progress.overflow = True  # long: what has not gone yet goes as a forward
                 return
             await self._pace(generation)
-            progress.qq_ids += await self._plain(generation, piece, self._quote(progress))
+            await self._piece(generation, piece, progress)
             progress.sent = base + cursor
-            await self._save(token, progress)
+            await self._save(token, progress, text=progress.streamed)
+            if progress.refused >= REFUSALS:
+                return
 
     async def _pushed(self, generation: int, push: Push) -> None:
         if push.kind == "recall":
@@ -277,19 +296,20 @@ class QQWriter:
             if token:  # a reply that streamed before a restart: what QQ has of it
                 stored = await self._storage.qq.progress(token)
                 if stored is not None:
-                    progress.sent, progress.qq_ids = stored
-                    progress.streamed = text[: progress.sent]
+                    progress.sent, progress.qq_ids, head = stored
                     progress.saved = True
+                    # What went out must be how this text begins (a filter may have changed it).
+                    progress.streamed = (
+                        text[: progress.sent] if _head(text, progress.sent) == head else ""
+                    )
                 self._replies[token] = progress
         if not text.startswith(progress.streamed[: progress.sent]):
             # A reply filter changed what streamed (a blocked word): the final text goes whole.
             progress.sent = 0
-        try:
+        if progress.refused >= REFUSALS:
+            log.warning("qq.reply_undeliverable", session=self.owner, message_id=push.message_id)
+        else:
             await self._deliver(generation, text, progress, token, name=push.sender_name)
-        except ActionFailed as e:
-            # Refused for good (the account muted or removed from the group): nothing more
-            # can be done for this push; the next ones may still go.
-            log.warning("qq.send_refused", session=self.owner, reason=e.reason)
         account = self._account()
         if account is not None and progress.qq_ids:
             await self._storage.qq.link(
@@ -323,15 +343,27 @@ class QQWriter:
             cursor = (start if start >= 0 else cursor) + len(piece)
             if segmented:
                 await self._pace(generation)
-            progress.qq_ids += await self._plain(generation, piece, self._quote(progress))
+            await self._piece(generation, piece, progress)
             progress.sent = base + cursor
             if token and piece is not pieces[-1]:
-                await self._save(token, progress)
+                await self._save(token, progress, text=text)
+            if progress.refused >= REFUSALS:
+                log.warning("qq.reply_undeliverable", session=self.owner)
+                break
         progress.sent = len(text)
 
-    async def _save(self, token: str, progress: _Progress) -> None:
+    async def _save(self, token: str, progress: _Progress, *, text: str) -> None:
         progress.saved = True
-        await self._storage.qq.save_progress(token, progress.sent, progress.qq_ids)
+        await self._storage.qq.save_progress(
+            token, progress.sent, progress.qq_ids, _head(text, progress.sent)
+        )
+
+    async def _piece(self, generation: int, piece: str, progress: _Progress) -> None:
+        """One piece of a reply: sent (its QQ ids kept) or, refused, skipped and counted."""
+        ids, refused = await self._plain(generation, piece, self._quote(progress))
+        progress.qq_ids += ids
+        if refused:
+            progress.refused += 1
 
     async def _done(self, seq: int) -> None:
         if seq:
@@ -367,6 +399,7 @@ class QQWriter:
             data = await account.call(action, params)
         except BridgeError as e:
             if isinstance(e, ActionFailed):
+                self._last_send = time.monotonic()  # refusals are paced like sends
                 raise
             if e.code == ErrorCode.UNAVAILABLE:
                 raise _Stopped from None
@@ -378,19 +411,28 @@ class QQWriter:
         account.messages_out += 1
         return data
 
-    async def _plain(self, generation: int, text: str, quote: int | None) -> list[int]:
-        """``text`` as plain messages within the implementation's limit; their QQ ids."""
+    async def _plain(self, generation: int, text: str, quote: int | None) -> tuple[list[int], bool]:
+        """``text`` as plain messages within the implementation's limit: the QQ ids of those
+        sent, and whether any part was refused (a refused part is tried once more in smaller
+        parts, then skipped)."""
         ids: list[int] = []
+        refused = False
         for part in split_for_limit(text, self._config.max_message_chars):
             try:
                 ids += await self._one(generation, part, quote if not ids else None)
+                continue
             except ActionFailed as e:
+                log.info("qq.send_refused", session=self.owner, reason=e.reason)
                 if len(part) <= SMALLER:
-                    raise
-                log.info("qq.send_refused_retry", session=self.owner, reason=e.reason)
-                for small in split_for_limit(part, SMALLER):
+                    refused = True
+                    continue
+            for small in split_for_limit(part, SMALLER):
+                try:
                     ids += await self._one(generation, small, None)
-        return ids
+                except ActionFailed as e:
+                    log.info("qq.send_refused", session=self.owner, reason=e.reason)
+                    refused = True
+        return ids, refused
 
     async def _one(self, generation: int, text: str, quote: int | None) -> list[int]:
         message: list[dict[str, Any]] = []
@@ -439,6 +481,11 @@ class QQWriter:
                 await account.call("delete_msg", {"message_id": qq_id})
             except BridgeError as e:
                 log.info("qq.recall_failed", session=self.owner, qq_id=qq_id, reason=e.reason)
+
+
+def _head(text: str, n: int) -> str:
+    """A short fingerprint of what a reply's first ``n`` characters were."""
+    return hashlib.sha1(text[:n].encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def _message_ids(data: Any) -> list[int]:

@@ -86,6 +86,7 @@ class QQSession:
             edge.outbox.confirm,
             edge.tasks,
             lambda _: edge.contact_name(self),
+            reoffer=edge.reoffer,
         )
 
     @property

@@ -156,3 +156,90 @@ async def test_a_forward_sent_after_a_restart_carries_the_characters_name(bridge
         assert again.forwards[0].nodes[0]["name"] == "Momo"
     finally:
         await again.close()
+
+
+def refusing(sim: Any, word: str) -> None:
+    """QQ refuses (retcode 1200, like its content filter) any private message containing
+    ``word``; the rest go through as usual."""
+    from tests.support.qq_impl import ActionFailed
+
+    original = sim._act_send_private_msg
+
+    def picky(params: dict, call: Any) -> Any:
+        text = " ".join(str(s.get("data", {}).get("text", "")) for s in params.get("message", []))
+        if word in text:
+            raise ActionFailed(1200, "content refused")
+        return original(params, call)
+
+    sim._act_send_private_msg = picky
+
+
+async def test_a_refused_piece_is_skipped_and_the_rest_still_goes(bridge_factory) -> None:
+    hub = await make(bridge_factory)
+    sim = await impl(hub)
+    refusing(sim, "forbidden")
+    try:
+        text = "First sentence is fine. The forbidden sentence is here. Later one. The end is near!"
+        await sim.private(ALICE, text)
+        await sim.wait_for(lambda: "The end is near!" in " ".join(sim.texts()), 10, "the rest")
+        assert not any("forbidden" in t for t in sim.texts())
+        assert len(sim.texts()) == len(set(sim.texts()))
+        await eventually(lambda: _nothing_waiting(hub), 10, "the reply confirmed")
+    finally:
+        await sim.close()
+
+
+async def test_a_refused_long_piece_is_not_sent_again_and_again(bridge_factory) -> None:
+    hub = await make(bridge_factory)
+    sim = await impl(hub)
+    refusing(sim, "forbidden")
+    try:
+        long = " ".join(f"w{i:03d}" for i in range(110)) + " forbidden tail"
+        tail = " ".join(f"x{i}" for i in range(40))
+        text = f"First sentence is fine. {long}. Later sentence one. More {tail}. The end is near!"
+        await sim.private(ALICE, text)
+        await sim.wait_for(lambda: "The end is near!" in " ".join(sim.texts()), 10, "the rest")
+        texts = sim.texts()
+        assert len(texts) == len(set(texts)), [t[:20] for t in texts]
+    finally:
+        await sim.close()
+
+
+async def test_a_chat_that_refuses_everything_is_not_stormed(bridge_factory) -> None:
+    hub = await make(bridge_factory)
+    sim = await impl(hub)
+    sim.refuse("send_private_msg", times=None)
+    try:
+        words = " ".join(f"word{i}." for i in range(60))
+        await sim.private(ALICE, "First sentence is here. " + words + " The end.")
+        await eventually(lambda: _stored_and_confirmed(hub), 15, "the reply given up and confirmed")
+        # A few refused sends, then the reply is given up (it stays in /history).
+        assert len(sim.calls_of("send_private_msg")) <= 6
+    finally:
+        await sim.close()
+
+
+async def _stored_and_confirmed(hub: Bridge) -> bool:
+    storage = hub.app.storage
+    assert storage is not None and hub.app.outbox is not None
+    rows = await storage.messages.recent(
+        OWNER, "6d6f6d6f-0000-4000-8000-000000000001", "default", 5
+    )
+    replied = any(r.direction == "out" for r in rows)
+    return replied and await hub.app.outbox.pending_count(OWNER) == 0
+
+
+async def test_a_replacing_connection_does_not_repeat_the_send_in_flight(bridge_factory) -> None:
+    hub = await make(bridge_factory)
+    one = await impl(hub, answer_delay=1.0)
+    try:
+        await one.private(ALICE, SLOW)
+        await one.wait_call("send_private_msg")
+        two = await impl(hub, first_id=9000)  # NapCat back before the old socket is seen dead
+        try:
+            await two.wait_for(lambda: "The end is near!" in " ".join(two.texts()), 15, "rest")
+            assert " ".join(one.texts() + two.texts()) == "Momo: you said " + SLOW
+        finally:
+            await two.close()
+    finally:
+        await one.close()
