@@ -124,6 +124,12 @@ class ShareConfig(_Section):
     max_total: int = Field(10000, ge=1)
 
 
+class MioChatConfig(_Section):
+    """``[miochat]``: the current mio-chat web client (Socket.IO at /socket.io on the hub's port)."""
+
+    socketio: bool = False
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -312,6 +318,7 @@ class Config(_Section):
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
     onebot: OneBotConfig = Field(default_factory=OneBotConfig)
     share: ShareConfig = Field(default_factory=ShareConfig)
+    miochat: MioChatConfig = Field(default_factory=MioChatConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
 
     @model_validator(mode="after")
