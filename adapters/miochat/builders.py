@@ -11,6 +11,7 @@ from typing import Any, Literal
 from adapters.miochat.envelope import FrameError, HeartbeatData, RequestId, safe_request_id
 from adapters.miochat.wire import dumps
 from bridge.errors import ErrorCode
+from bridge.outbox import Push
 
 __all__ = [
     "dumps",
@@ -18,6 +19,7 @@ __all__ = [
     "failure_from",
     "heartbeat_reply",
     "message_push",
+    "push_frame",
     "recall_push",
     "stream_completed",
     "stream_frame",
@@ -180,6 +182,25 @@ def recall_push(
         "del_msg",
         {"id": contact, "type": "del_msg", "content": {"message_id": message_id}},
         seq,
+    )
+
+
+def push_frame(push: Push) -> dict[str, Any]:
+    """The frame carrying an outbox push (a message or a recall), with its seq."""
+    if push.kind == "recall":
+        return recall_push(push.push_id, push.contact, push.message_id, seq=push.seq)
+    return message_push(
+        push.push_id,
+        push.contact,
+        push.segments,
+        push.message_id,
+        push.time,
+        push.sender_id,
+        push.sender_name,
+        push.stream_request_id,
+        seq=push.seq,
+        interrupted=push.interrupted,
+        reply_to=push.reply_to,
     )
 
 

@@ -296,23 +296,7 @@ class Connection:
     # ----- the push sink ----------------------------------------------------------------------
 
     def offer(self, push: Push) -> bool:
-        if push.kind == "recall":
-            frame = P.recall_push(push.push_id, push.contact, push.message_id, seq=push.seq)
-        else:
-            frame = P.message_push(
-                push.push_id,
-                push.contact,
-                push.segments,
-                push.message_id,
-                push.time,
-                push.sender_id,
-                push.sender_name,
-                push.stream_request_id,
-                seq=push.seq,
-                interrupted=push.interrupted,
-                reply_to=push.reply_to,
-            )
-        return self.send_frame(frame, push.seq)
+        return self.send_frame(P.push_frame(push), push.seq)
 
     def note(self, seq: int) -> None:
         if seq > self._sent_seq and not self._closed:

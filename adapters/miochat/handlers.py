@@ -55,6 +55,15 @@ def _same(a: str, b: str) -> bool:
     )
 
 
+def code_rights(admin_code: str, user_code: str, token: str) -> bool | None:
+    """The login rule for every hub transport: True admin, False user, None refused."""
+    if admin_code and _same(token, admin_code):
+        return True
+    if user_code and not _same(token, user_code):
+        return None
+    return False
+
+
 # ----- dispatch ------------------------------------------------------------------------------
 
 
@@ -100,22 +109,22 @@ async def dispatch(conn: Connection, raw: str | bytes) -> None:
         return
     assert route.handler is not None
     if route.inline:
-        await _guarded(conn, frame, route.handler)
+        await guarded(conn, frame, route.handler)
         return
     if not conn.has_room(frame):
         return
     if route.prepare is None:
-        conn.spawn_frame(frame, lambda: _guarded(conn, frame, route.handler), None)
+        conn.spawn_frame(frame, lambda: guarded(conn, frame, route.handler), None)
         return
     try:
         order, extra = route.prepare(conn, frame)
     except BridgeError as e:
         conn.fail(frame, e.code, e.reason)
         return
-    conn.spawn_frame(frame, lambda: _guarded(conn, frame, route.handler, extra), order)
+    conn.spawn_frame(frame, lambda: guarded(conn, frame, route.handler, extra), order)
 
 
-async def _guarded(
+async def guarded(
     conn: Connection, req: Frame, handler: Callable[..., Awaitable[None]], *extra: Any
 ) -> None:
     try:
@@ -151,13 +160,10 @@ async def login(
         except (ValidationError, ValueError) as e:
             await _login_failed(conn, request_id, P.validation_reason(e))
             return
-    if hub.admin_code and _same(data.token, hub.admin_code):
-        is_admin = True
-    elif auth.user_code and not _same(data.token, auth.user_code):
+    is_admin = code_rights(hub.admin_code, auth.user_code, data.token)
+    if is_admin is None:
         await _login_failed(conn, request_id, "invalid code")
         return
-    else:
-        is_admin = False
     if conn.user is not None:
         hub.outbox.detach(conn.user.id, conn)
         hub.drop_client(conn.user.id, conn)
