@@ -30,6 +30,7 @@ from storage import Storage
 
 if TYPE_CHECKING:
     # Imported when the configuration uses them, after the hub listens (see App._start_upstreams).
+    from adapters.miochat.socketio_server import SocketIOEdge
     from adapters.momohub.client import MomoHubClient
     from adapters.momohub.sandbox import SandboxServer
     from adapters.momohub.target import CharacterTarget
@@ -114,6 +115,7 @@ class App:
         self.outbox: Outbox | None = None
         self.sessions: Sessions | None = None
         self.hub: HubServer | None = None
+        self.socketio: SocketIOEdge | None = None
         self.sandbox: SandboxServer | None = None
         self.momohub: MomoHubClient | None = None
         self._closers: list[Any] = []
@@ -342,6 +344,11 @@ class App:
                 cfg, self.storage, self.router, self.outbox, self.sessions, admin_code=admin_code
             )
             self.hub.http.health = self.health
+            if cfg.miochat.socketio:
+                from adapters.miochat import socketio_server
+
+                self.socketio = socketio_server.SocketIOEdge(self.hub)
+                self.hub.mount(socketio_server.serves, self.socketio.handle)
             if cfg.onebot.qq.enabled:
                 self.health.register(QQ_LOADING, "loading the QQ link")
                 self.hub.mount(_path_matcher(cfg.onebot.qq.path), self._qq_entry)
@@ -392,6 +399,9 @@ class App:
         if self.qq is not None:
             # The QQ accounts' connections first: the hub's stop waits for every handler.
             await self.qq.link.close()
+        if self.socketio is not None:
+            await self.socketio.stop()
+            self.socketio = None
         if self.hub is not None:
             await self.hub.stop()
         if self.qq is not None:

@@ -22,7 +22,7 @@ def test_auth_object() -> None:
 
 @pytest.mark.parametrize("raw", [[1], "x", {"id": "a b"}, {"id": True}, {"id": "x", "token": {}}])
 def test_bad_auth_has_a_reason(raw: object) -> None:
-    with pytest.raises(ValueError, match="."):
+    with pytest.raises(ValueError, match=r"."):
         S.parse_auth(raw)
 
 

@@ -1,0 +1,327 @@
+"""The Socket.IO transport of the hub: today's mio-chat web client, on the hub's port.
+
+python-socketio (Engine.IO v4, websocket and long-polling) serves `/socket.io/` through the
+hub's mount. A connection authenticates in the handshake with the same rule as the plain hub's
+`system/login`, gets the login frame pushed as soon as the handshake completes, then exchanges
+frames as JSON strings in the `message` event. Frames go into the same core as the plain hub's
+(`Sessions`, the outbox); `socketio_frames` does the parsing and building.
+
+Each connection is a push sink of its user. Frames it sends leave through one writer task in
+order; reading is in order too (a frame's work runs as a task of the connection, so nothing
+read waits on an upstream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import socketio
+import structlog
+from aiohttp import web
+
+from adapters.miochat import handlers
+from adapters.miochat import protocol as P
+from adapters.miochat import socketio_frames as S
+from bridge.errors import ErrorCode
+from bridge.models import UserRef
+from bridge.outbox import Push
+from bridge.tasks import TaskSet
+
+if TYPE_CHECKING:
+    from adapters.miochat.server import HubServer
+
+log = structlog.get_logger(__name__)
+
+# How long a frame's work waits for the previous one to the same contact.
+ORDER_TIMEOUT = 120.0
+# How long closing an Engine.IO session waits for the peer to fetch the close packet.
+ENGINE_CLOSE_TIMEOUT = 5.0
+
+
+def serves(path: str) -> bool:
+    return path == S.PATH or path.startswith(S.PATH + "/")
+
+
+class _Manager(socketio.AsyncManager):
+    """Tells the edge when a connection is fully connected (the CONNECT packet has gone out),
+    the first moment a frame sent to it arrives after the handshake's answer."""
+
+    def __init__(
+        self, on_connected: Callable[[str], None], on_disconnected: Callable[[str], None]
+    ) -> None:
+        super().__init__()
+        self._on_connected = on_connected
+        self._on_disconnected = on_disconnected
+
+    async def disconnect(self, sid: str, namespace: str, **kwargs: Any) -> Any:
+        result = await super().disconnect(sid, namespace, **kwargs)
+        self._on_disconnected(sid)
+        return result
+
+    async def connect(self, sid: str, namespace: str) -> Any:
+        sid = await super().connect(sid, namespace)
+        if namespace == "/":
+            self._on_connected(sid)
+        return sid
+
+
+class SioConnection:
+    """One Socket.IO connection of a logged-in user: its sender and its frames' work."""
+
+    def __init__(self, edge: SocketIOEdge, sid: str, user: UserRef) -> None:
+        cfg = edge.hub.config
+        self.edge = edge
+        self.hub = edge.hub
+        self.sid = sid
+        self.user = user
+        self.tasks = TaskSet("socketio-connection")
+        self.closed = False
+        self._queue: deque[str] = deque()
+        self._queued_bytes = 0
+        self._max_queue = cfg.server.max_send_queue
+        self._send_timeout = cfg.server.send_timeout
+        self._writer: asyncio.Task[None] | None = None
+        self._in_flight = 0
+        self._max_in_flight = cfg.limits.frames_in_flight
+        self._chains: dict[Hashable, asyncio.Task[None]] = {}
+
+    # ----- sending (what `handlers` and the outbox call) ---------------------------------------
+
+    def send_frame(self, frame: dict[str, Any], seq: int = 0) -> bool:
+        """Queue a frame for the writer; never waits. False when the connection is gone."""
+        if self.closed:
+            return False
+        text = S.encode(frame)
+        self._queue.append(text)
+        self._queued_bytes += len(text)
+        if self._queued_bytes > self._max_queue and len(self._queue) > 1:
+            self.abort("send queue overflow")
+            return False
+        if self._writer is None:
+            self._writer = self.tasks.spawn(self._write_loop(), name="socketio-writer")
+        return True
+
+    def fail(self, req: P.Request, code: ErrorCode, reason: str) -> None:
+        self.send_frame(P.failure(req.request_id, req.protocol, req.type, code, reason))
+
+    async def _write_loop(self) -> None:
+        try:
+            while self._queue and not self.closed:
+                text = self._queue.popleft()
+                self._queued_bytes -= len(text)
+                async with asyncio.timeout(self._send_timeout):
+                    await self.edge.sio.emit(S.EVENT, text, to=self.sid)
+        except TimeoutError:
+            self.abort("peer stopped reading")
+        finally:
+            self._writer = None
+        if self._queue and not self.closed:  # queued while the last emit ran
+            self._writer = self.tasks.spawn(self._write_loop(), name="socketio-writer")
+
+    def abort(self, why: str) -> None:
+        if self.closed:
+            return
+        log.warning("socketio.peer_aborted", sid=self.sid, reason=why)
+        self.closed = True
+        self._queue.clear()
+        self._queued_bytes = 0
+        self.edge.spawn(self.edge.sio.disconnect(self.sid), name="socketio-abort")
+
+    # ----- the push sink -----------------------------------------------------------------------
+
+    def offer(self, push: Push) -> bool:
+        return self.send_frame(P.push_frame(push), push.seq)
+
+    def note(self, seq: int) -> None:
+        """Pushes stay in the outbox until the peer confirms them; the mio-chat client has no
+        confirmation of its own yet (its `ack_message` is still to be mapped), so a push this
+        connection caused is confirmed like the others: not yet."""
+
+    # ----- frames' work ------------------------------------------------------------------------
+
+    def spawn_frame(
+        self, req: P.Request, work: Callable[[], Awaitable[None]], order: Hashable | None
+    ) -> None:
+        """Run a frame's work as a task; after the previous one with the same ``order``;
+        past `limits.frames_in_flight` the frame is answered BUSY."""
+        if self._in_flight >= self._max_in_flight:
+            self.fail(
+                req,
+                ErrorCode.BUSY,
+                f"{self._max_in_flight} requests of this connection are still being handled",
+            )
+            return
+        self._in_flight += 1
+        before = self._chains.get(order) if order is not None else None
+
+        async def run() -> None:
+            try:
+                if before is not None and not before.done():
+                    await asyncio.wait([before], timeout=ORDER_TIMEOUT)
+                await handlers.guarded(self, req, lambda *_: work())
+            finally:
+                self._in_flight -= 1
+
+        task = self.tasks.spawn(run(), name=f"socketio-{req.protocol}/{req.type}")
+        if order is not None:
+            self._chains[order] = task
+            task.add_done_callback(
+                lambda t: self._chains.pop(order, None) if self._chains.get(order) is t else None
+            )
+
+    async def close(self) -> None:
+        self.closed = True
+        self._queue.clear()
+        self.hub.outbox.detach(self.user.id, self)
+        await self.tasks.cancel_all()
+
+
+class SocketIOEdge:
+    def __init__(self, hub: HubServer) -> None:
+        self.hub = hub
+        self.boot_id = f"{int(time.time() * 1000):x}-{secrets.token_hex(4)}"
+        self._conns: dict[str, SioConnection] = {}
+        # Refused handshakes (sid → Engine.IO session) whose session ends once the refusal is out.
+        self._refused: dict[str, str] = {}
+        self._tasks = TaskSet("socketio")
+        self.sio = socketio.AsyncServer(
+            async_mode="aiohttp",
+            client_manager=_Manager(self._connected, self._refusal_sent),
+            max_http_buffer_size=S.MAX_MESSAGE_BYTES,
+            transports=["websocket", "polling"],
+            # Frames are read in order; their work runs as the connection's own tasks.
+            async_handlers=False,
+            logger=False,
+            engineio_logger=False,
+        )
+        self.sio.on("connect", self._connect)
+        self.sio.on("disconnect", self._disconnect)
+        self.sio.on(S.EVENT, self._message)
+
+    def spawn(self, coro: Any, *, name: str) -> None:
+        self._tasks.spawn(coro, name=name)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        return await self.sio.handle_request(request)
+
+    async def stop(self) -> None:
+        for sid in list(self._conns):
+            await self.sio.disconnect(sid)
+        if self.sio.eio.sockets:
+            try:
+                # Ends the Engine.IO sessions, long-polls included (bounded: a peer that is gone
+                # never fetches its close packet).
+                async with asyncio.timeout(ENGINE_CLOSE_TIMEOUT):
+                    await self.sio.eio.disconnect()
+            except TimeoutError:
+                log.warning("socketio.stop_timeout", open=len(self.sio.eio.sockets))
+        await self._tasks.cancel_all()
+        await self.sio.shutdown()
+
+    # ----- handshake ---------------------------------------------------------------------------
+
+    async def _connect(self, sid: str, environ: dict[str, Any], auth: Any) -> bool:
+        hub = self.hub
+        try:
+            a = S.parse_auth(auth)
+        except ValueError as e:
+            self._refuse(sid, str(e))
+        is_admin = handlers.code_rights(hub.admin_code, hub.config.auth.user_code, a.token)
+        if is_admin is None:
+            self._refuse(sid, "invalid code")
+        # A client without an id (its first setup failed) still gets in, as a new user.
+        user_id = a.user_id or f"sio-{secrets.token_hex(8)}"
+        await hub.storage.users.touch(user_id, is_admin)
+        self._conns[sid] = SioConnection(self, sid, UserRef(user_id, is_admin))
+        log.info("socketio.login", user=user_id, admin=is_admin, generated=a.user_id is None)
+        return True
+
+    def _refuse(self, sid: str, reason: str) -> NoReturn:
+        """A connect error carrying ``reason`` (the web client shows its message)."""
+        log.info("socketio.login_failed", reason=reason)
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+        if eio_sid is not None:
+            self._refused[sid] = eio_sid
+        raise socketio.exceptions.ConnectionRefusedError(reason)
+
+    def _refusal_sent(self, sid: str) -> None:
+        """A refused handshake's session has nothing left to do: it ends now rather than at
+        its next ping (a long-poll held open by nobody's login)."""
+        eio_sid = self._refused.pop(sid, None)
+        if eio_sid is not None:
+            self.spawn(self._close_engine(eio_sid), name="socketio-close-refused")
+
+    async def _close_engine(self, eio_sid: str) -> None:
+        try:
+            async with asyncio.timeout(ENGINE_CLOSE_TIMEOUT):
+                await self.sio.eio.disconnect(eio_sid)
+        except TimeoutError:
+            pass
+
+    def _connected(self, sid: str) -> None:
+        conn = self._conns.get(sid)
+        if conn is None:
+            return
+        hub = self.hub
+        conn.send_frame(
+            S.login_frame(
+                hub.outbox.next_push_id(),
+                boot_id=self.boot_id,
+                is_admin=conn.user.is_admin,
+                groups=hub.router.model_groups(),
+                onebot_enabled=bool(hub.config.onebot.frameworks),
+                user_id=conn.user.id,
+            )
+        )
+        conn.tasks.spawn(self._attach(conn), name="socketio-attach")
+
+    async def _attach(self, conn: SioConnection) -> None:
+        replayed = await self.hub.outbox.attach(conn.user.id, conn)
+        if replayed:
+            log.info("socketio.outbox_replayed", user=conn.user.id, count=replayed)
+
+    async def _disconnect(self, sid: str, reason: Any = None) -> None:
+        conn = self._conns.pop(sid, None)
+        if conn is not None:
+            log.info("socketio.close", user=conn.user.id, reason=str(reason))
+            await conn.close()
+
+    # ----- frames ------------------------------------------------------------------------------
+
+    async def _message(self, sid: str, data: Any) -> None:
+        conn = self._conns.get(sid)
+        if conn is None or conn.closed:
+            return
+        frame = S.parse(data)
+        if isinstance(frame, P.FrameError):
+            conn.send_frame(P.failure_from(frame))
+            return
+        if isinstance(frame, P.HeartbeatRequest):
+            handlers.on_heartbeat(conn, frame)  # type: ignore[arg-type]
+        elif isinstance(frame, P.MessageRequest):
+            conn.spawn_frame(
+                frame, lambda: self._send(conn, frame), ("contact", frame.data.contact)
+            )
+        elif isinstance(frame, P.DeleteMessageRequest):
+            conn.spawn_frame(frame, lambda: handlers.on_del_message(conn, frame), None)  # type: ignore[arg-type]
+        elif isinstance(frame, P.LoginRequest):
+            conn.fail(frame, ErrorCode.INVALID_DATA, "log in with the Socket.IO auth object")
+        else:
+            conn.fail(
+                frame,
+                ErrorCode.UNKNOWN_TYPE,
+                f"{frame.protocol}/{frame.type} is not served on the Socket.IO transport yet",
+            )
+
+    async def _send(self, conn: SioConnection, req: P.MessageRequest) -> None:
+        """onebot/message: stored and queued by the core; the reply comes as a push."""
+        msg = req.data
+        accepted = await self.hub.sessions.send(
+            conn.user, msg.contact, msg.segments, stream_request_id=req.request_id
+        )
+        conn.send_frame(S.onebot_ack(req.request_id, accepted.message_id))

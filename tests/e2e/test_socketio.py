@@ -1,0 +1,177 @@
+"""The mio-chat web client's transport: python-socketio's client ↔ bridge (↔ MomoHub sandbox),
+over real loopback sockets, with each of the two transports the client uses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+import socketio
+
+from adapters.momohub.sandbox.entities import DEMO_CHARACTERS
+from tests.conftest import ADMIN_CODE, Bridge
+
+MOMO = next(c.id for c in DEMO_CHARACTERS if c.name == "Momo")
+WAIT = 15.0
+
+pytestmark = pytest.mark.parametrize("transport", ["websocket", "polling"])
+
+
+class SioClient:
+    """A Socket.IO client that keeps every `message` frame (JSON strings, as the web client)."""
+
+    def __init__(self) -> None:
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.frames: list[dict[str, Any]] = []
+        self.refusals: list[Any] = []
+        self._arrived = asyncio.Condition()
+        self.sio.on("message", self._on_message)
+        self.sio.on("connect_error", self.refusals.append)
+
+    async def _on_message(self, data: Any) -> None:
+        assert isinstance(data, str), data  # the client JSON.parse()s it
+        async with self._arrived:
+            self.frames.append(json.loads(data))
+            self._arrived.notify_all()
+
+    async def wait_for(self, match: Any) -> dict[str, Any]:
+        async with asyncio.timeout(WAIT), self._arrived:
+            while True:
+                for f in self.frames:
+                    if match(f):
+                        return f
+                await self._arrived.wait()
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.sio.emit("message", json.dumps(frame))
+
+    async def close(self) -> None:
+        # Without waiting for the long-poll in flight (the server answers it at its next ping).
+        await self.sio.eio.disconnect(abort=True)
+
+
+async def connect(b: Bridge, transport: str, auth: dict[str, Any]) -> SioClient:
+    c = SioClient()
+    await c.sio.connect(
+        b.http, socketio_path="/socket.io", transports=[transport], auth=auth, wait_timeout=WAIT
+    )
+    return c
+
+
+def is_login(f: dict[str, Any]) -> bool:
+    return f.get("protocol") == "system" and f.get("type") == "login"
+
+
+@pytest.fixture
+async def hub(bridge_factory) -> Bridge:
+    return await bridge_factory(
+        momohub={"enabled": True}, auth={"user_code": "users"}, miochat={"socketio": True}
+    )
+
+
+async def test_admin_login_frame(hub: Bridge, transport: str) -> None:
+    c = await connect(hub, transport, {"id": "1234567890", "token": ADMIN_CODE, "firstLogin": True})
+    try:
+        login = await c.wait_for(is_login)
+        data = login["data"]
+        assert data["is_admin"] is True and data["id"] == "1234567890"
+        assert data["bootId"] and data["pendingTasks"] == [] and data["models_meta"] == {}
+        assert data["onebot_enabled"] is False
+        assert login["request_id"] is not None
+        assert [g["owner"] for g in data["models"]["momohub"]] == ["momohub"]
+        assert f"character:{MOMO}" in data["models"]["momohub"][0]["models"]
+    finally:
+        await c.close()
+
+
+async def test_user_and_null_id_logins(hub: Bridge, transport: str) -> None:
+    user = await connect(hub, transport, {"id": "2000000001", "token": "users"})
+    guest = await connect(hub, transport, {"id": None, "token": "users", "firstLogin": True})
+    try:
+        assert (await user.wait_for(is_login))["data"]["is_admin"] is False
+        data = (await guest.wait_for(is_login))["data"]
+        assert data["is_admin"] is False and data["id"].startswith("sio-")
+    finally:
+        await user.close()
+        await guest.close()
+
+
+async def test_wrong_token_is_a_connect_error_with_the_reason(hub: Bridge, transport: str) -> None:
+    for auth, reason in (
+        ({"id": "2000000002", "token": "nope"}, "invalid code"),
+        ({"id": "2000000002"}, "invalid code"),  # a guest while a user code is set
+        ({"id": "not an id", "token": "users"}, "mio-chat-id"),
+    ):
+        c = SioClient()
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await c.sio.connect(
+                hub.http, transports=[transport], auth=auth, wait_timeout=WAIT, retry=False
+            )
+        # What the web client shows is the refusal's message.
+        assert len(c.refusals) == 1 and reason in c.refusals[0]["message"], c.refusals
+        assert c.frames == []
+
+
+async def test_onebot_message_acked_and_reply_pushed(hub: Bridge, transport: str) -> None:
+    c = await connect(hub, transport, {"id": "2000000003", "token": "users"})
+    try:
+        await c.wait_for(is_login)
+        seg = [{"type": "text", "data": {"text": "hello"}}]
+        await c.send(
+            {
+                "request_id": "r-1",
+                "protocol": "onebot",
+                "type": "message",
+                "id": MOMO,
+                "data": seg,
+                "metaData": {"contactorId": MOMO},
+            }
+        )
+        ack = await c.wait_for(lambda f: f.get("request_id") == "r-1")
+        assert "protocol" not in ack and ack["code"] == 0 and ack["message"] == "ok"
+        mid = ack["data"]["message_id"]
+        assert isinstance(mid, int) and mid > 0
+        push = await c.wait_for(
+            lambda f: (
+                f.get("protocol") == "onebot"
+                and f["data"]["content"].get("stream_request_id") == "r-1"
+            )
+        )
+        content = push["data"]["content"]
+        assert push["data"]["id"] == MOMO and content["message_id"] > mid
+        assert content["message"] == [{"type": "text", "data": {"text": "Momo: you said hello"}}]
+        assert content["sender"] == {"id": MOMO, "name": "Momo"}
+    finally:
+        await c.close()
+
+
+async def test_bad_frames_get_failures_and_the_connection_lives_on(
+    hub: Bridge, transport: str
+) -> None:
+    c = await connect(hub, transport, {"id": "2000000004", "token": "users"})
+    try:
+        await c.wait_for(is_login)
+        await c.sio.emit("message", "{not json")
+        bad = await c.wait_for(lambda f: f.get("code") == 1 and f["data"]["error"] == "BAD_FRAME")
+        assert bad["request_id"] is None
+        await c.send({"request_id": "u-1", "protocol": "nope", "type": "x", "data": {}})
+        unknown = await c.wait_for(lambda f: f.get("request_id") == "u-1")
+        assert unknown["code"] == 1 and unknown["data"]["error"] == "UNKNOWN_PROTOCOL"
+        await c.send({"request_id": "u-2", "protocol": "llm", "type": "completions", "data": {}})
+        later = await c.wait_for(lambda f: f.get("request_id") == "u-2")
+        assert later["code"] == 1 and later["data"]["reason"]
+        await c.send({"request_id": "h-1", "protocol": "system", "type": "heartbeat", "data": {}})
+        beat = await c.wait_for(lambda f: f.get("request_id") == "h-1")
+        assert beat["code"] == 0 and c.sio.connected
+    finally:
+        await c.close()
+
+
+async def test_off_by_default_answers_404(bridge_factory, transport: str) -> None:
+    b = await bridge_factory()
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{b.http}/socket.io/?EIO=4&transport={transport}") as r:
+            assert r.status == 404
