@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from adapters.miochat import protocol as P
+from adapters.miochat.frame_order import FrameOrder
 from adapters.miochat.transport import HubSocket, SocketClosed
 from bridge.errors import ErrorCode
 from bridge.models import UserRef
@@ -37,9 +38,6 @@ if TYPE_CHECKING:
     from bridge.engine import Turn
 
 log = structlog.get_logger(__name__)
-
-# How long work waits for the previous work with the same ordering key.
-ORDER_TIMEOUT = 120.0
 
 CLOSE_LOGIN = 4001
 # The most queued bytes framed into one transport write.
@@ -66,15 +64,14 @@ class StreamSlot:
 
 class Connection:
     __slots__ = (
-        "_chains",
         "_closed",
         "_confirmed_seq",
         "_confirming",
         "_deferred",
         "_drained",
-        "_in_flight",
         "_max_in_flight",
         "_max_queue",
+        "_order",
         "_queue",
         "_queued_bytes",
         "_room",
@@ -100,9 +97,8 @@ class Connection:
         self.streams: dict[P.RequestId, StreamSlot] = {}
         # Listeners this connection registered with Sessions, detached when it closes.
         self.listeners: set[Callable[..., Awaitable[None]]] = set()
-        self._in_flight = 0
         self._max_in_flight = cfg.limits.frames_in_flight
-        self._chains: dict[Hashable, asyncio.Task[None]] = {}
+        self._order = FrameOrder(self.tasks)
         # The send queue, (text, push seq or 0), and its writer: both exist only while frames
         # wait (an idle connection costs neither), since most frames go straight out.
         self._queue: deque[tuple[bytes, int]] | None = None
@@ -331,7 +327,7 @@ class Connection:
 
     def has_room(self, req: P.Request) -> bool:
         """Whether another frame may start; if not, the frame is answered with BUSY."""
-        if self._in_flight < self._max_in_flight:
+        if self._order.running < self._max_in_flight:
             return True
         self.fail(
             req,
@@ -344,26 +340,7 @@ class Connection:
         self, req: P.Request, work: Callable[[], Awaitable[None]], order: Hashable | None
     ) -> None:
         """Run a frame's work concurrently; after the previous frame with the same ``order``."""
-        self._in_flight += 1
-        before = self._chains.get(order) if order is not None else None
-
-        async def run() -> None:
-            try:
-                if before is not None and not before.done():
-                    # Bounded: a frame stuck behind a wedged one goes ahead rather than wait forever.
-                    await asyncio.wait([before], timeout=ORDER_TIMEOUT)
-                await work()
-            finally:
-                self._in_flight -= 1
-
-        task = self.tasks.spawn(run(), name=f"frame-{req.protocol}/{req.type}")
-        if order is not None:
-            self._chains[order] = task
-            task.add_done_callback(lambda t: self._unchain(order, t))
-
-    def _unchain(self, order: Hashable, task: asyncio.Task[None]) -> None:
-        if self._chains.get(order) is task:
-            del self._chains[order]
+        self._order.spawn(work, order, f"frame-{req.protocol}/{req.type}")
 
     async def close(self, code: int, reason: str) -> None:
         """A polite close, after what is queued has gone out (bounded by the send timeout)."""

@@ -27,6 +27,7 @@ from aiohttp import web
 from adapters.miochat import handlers
 from adapters.miochat import protocol as P
 from adapters.miochat import socketio_frames as S
+from adapters.miochat.frame_order import FrameOrder
 from bridge.errors import ErrorCode
 from bridge.models import UserRef
 from bridge.outbox import Push
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 # How long a frame's work waits for the previous one to the same contact.
-ORDER_TIMEOUT = 120.0
 # How long closing an Engine.IO session waits for the peer to fetch the close packet.
 ENGINE_CLOSE_TIMEOUT = 5.0
 
@@ -86,9 +86,8 @@ class SioConnection:
         self._max_queue = cfg.server.max_send_queue
         self._send_timeout = cfg.server.send_timeout
         self._writer: asyncio.Task[None] | None = None
-        self._in_flight = 0
         self._max_in_flight = cfg.limits.frames_in_flight
-        self._chains: dict[Hashable, asyncio.Task[None]] = {}
+        self._order = FrameOrder(self.tasks)
 
     # ----- sending (what `handlers` and the outbox call) ---------------------------------------
 
@@ -149,30 +148,18 @@ class SioConnection:
     ) -> None:
         """Run a frame's work as a task; after the previous one with the same ``order``;
         past `limits.frames_in_flight` the frame is answered BUSY."""
-        if self._in_flight >= self._max_in_flight:
+        if self._order.running >= self._max_in_flight:
             self.fail(
                 req,
                 ErrorCode.BUSY,
                 f"{self._max_in_flight} requests of this connection are still being handled",
             )
             return
-        self._in_flight += 1
-        before = self._chains.get(order) if order is not None else None
-
-        async def run() -> None:
-            try:
-                if before is not None and not before.done():
-                    await asyncio.wait([before], timeout=ORDER_TIMEOUT)
-                await handlers.guarded(self, req, lambda *_: work())
-            finally:
-                self._in_flight -= 1
-
-        task = self.tasks.spawn(run(), name=f"socketio-{req.protocol}/{req.type}")
-        if order is not None:
-            self._chains[order] = task
-            task.add_done_callback(
-                lambda t: self._chains.pop(order, None) if self._chains.get(order) is t else None
-            )
+        self._order.spawn(
+            lambda: handlers.guarded(self, req, lambda *_: work()),
+            order,
+            f"socketio-{req.protocol}/{req.type}",
+        )
 
     async def close(self) -> None:
         self.closed = True
