@@ -34,7 +34,7 @@ from adapters.onebot.qq_link import ActionFailed, QQAccount
 from adapters.onebot.qq_text import cut_ready, forward_nodes, split_for_limit
 from bridge.config import QQConfig
 from bridge.errors import BridgeError, ErrorCode
-from bridge.models import Delta, Failed, ReplyEvent, ToolCall
+from bridge.models import Delta, Failed, ReplyEvent, Segment, ToolCall, plain_text
 from bridge.outbox import Push
 from bridge.tasks import TaskSet
 from storage import Storage
@@ -113,7 +113,6 @@ class QQWriter:
         self._worker: asyncio.Task[None] | None = None
         self._replies: OrderedDict[str, _Progress] = OrderedDict()
         self._last_send = 0.0
-        self.last_used = time.monotonic()
         # Bumped whenever the account drops: what was queued before is not sent (pushes come
         # again from the outbox, in order) and a send under way stops.
         self._generation = 0
@@ -186,7 +185,6 @@ class QQWriter:
         return progress
 
     def _put(self, kind: str, item: Any) -> None:
-        self.last_used = time.monotonic()
         self._queue.put_nowait((self._generation, kind, item))
         if self._worker is None or self._worker.done():
             self._worker = self._tasks.spawn(self._work(), name=f"qq-writer-{self.owner}")
@@ -284,11 +282,7 @@ class QQWriter:
                 await self._recall(push.message_id)
             await self._done(push.seq)
             return
-        text = "".join(
-            str((s.get("data") or {}).get("text", ""))
-            for s in push.segments
-            if s.get("type") == "text"
-        )
+        text = plain_text([Segment(str(s.get("type")), s.get("data") or {}) for s in push.segments])
         token = str(push.stream_request_id) if push.stream_request_id is not None else ""
         progress = self._replies.get(token) if token else None
         if progress is None:
