@@ -19,17 +19,10 @@ from bridge.commands import parse_line
 from bridge.errors import BridgeError
 from bridge.models import JSON, CompletionRequest, ConversationKey, Delta, Done, ReplyEvent
 from bridge.router import Router
+from bridge.stream_filters import Consume
 
 if TYPE_CHECKING:
     from bridge.plugins import PluginHost, Say
-
-
-def _consumed(result: object) -> bool:
-    """An input filter kept the message back. (`bridge.plugins` is imported when plugins load,
-    after the hub listens; this module is imported before.)"""
-    from bridge.plugins import Consume
-
-    return isinstance(result, Consume)
 
 
 def content_text(content: Any) -> str:
@@ -118,7 +111,7 @@ async def filtered_history(
             text = content_text(message.get("content"))
             if text:
                 result = await plugins.filter_input(key, request.user, text, _say_nothing)
-                if _consumed(result):
+                if isinstance(result, Consume):
                     skipping = True
                     continue
                 if result != text:
@@ -144,7 +137,7 @@ async def plan(
                 said.append(answer)
 
             result = await plugins.filter_input(key, request.user, text, say)
-            if _consumed(result):
+            if isinstance(result, Consume):
                 return Plan(request, notice="\n\n".join(said) or "Your message was not sent.")
             if result != text:
                 last = _with_text(last, result)

@@ -40,7 +40,13 @@ from bridge.commands import (
 from bridge.config import PluginsConfig
 from bridge.config_load import validation_problems
 from bridge.models import ConversationKey, UserRef
-from bridge.stream_filters import Silent, StreamFilter, StreamFilterFactory, StreamGuard
+from bridge.stream_filters import (
+    Consume,
+    Silent,
+    StreamFilter,
+    StreamFilterFactory,
+    StreamGuard,
+)
 from bridge.tasks import TaskSet
 
 if TYPE_CHECKING:
@@ -55,15 +61,6 @@ T = TypeVar("T")
 COMMAND_TIMEOUT = 30.0
 # Built-in plugins live in this package.
 BUILTIN_PACKAGE = "plugins"
-
-
-class Consume:
-    """What an input filter returns to stop a message (it may have replied itself)."""
-
-    __slots__ = ("reason",)
-
-    def __init__(self, reason: str = "") -> None:
-        self.reason = reason
 
 
 @dataclass(slots=True)

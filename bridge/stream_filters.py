@@ -1,4 +1,5 @@
-"""Plugins' filters on a reply's live text: what the user sees while a reply streams.
+"""Plugins' filters on a reply's live text: what the user sees while a reply streams (and
+`Consume`, what an input filter returns to stop a message).
 
 A stream filter may hold text back (a word's beginning, until the piece that completes it has
 arrived) and must be synchronous: it runs for every piece of every reply.
@@ -14,6 +15,17 @@ import structlog
 from bridge.models import ConversationKey
 
 log = structlog.get_logger(__name__)
+
+
+class Consume:
+    """What an input filter returns to stop a message (it may have replied itself). Here, with
+    the other filter types, rather than in `bridge.plugins`: the hub's completions path needs it
+    before the plugin host is imported (which happens after the hub listens)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str = "") -> None:
+        self.reason = reason
 
 
 class StreamFilter(Protocol):
