@@ -74,8 +74,7 @@ class PluginGlue:
         try:
             self._engine.submit(key, job, message_id=row.id)
         except BaseException:
-            await self._storage.messages.mark_deleted(row.id)
-            await self._storage.inflight.remove(row.id)
+            await self._storage.withdraw(row.id)
             raise
         return row.id
 

@@ -191,9 +191,7 @@ class Sessions:
             try:
                 self.engine.submit(key, job, message_id=row.id)
             except BaseException:
-                # Refused (BUSY, shutting down): withdrawn, nothing half-stored.
-                await self._storage.messages.mark_deleted(row.id)
-                await self._storage.inflight.remove(row.id)
+                await self._storage.withdraw(row.id)
                 raise
             self._watch(reply)
             return Accepted(row.id, streaming=True)
@@ -252,7 +250,7 @@ class Sessions:
         try:
             return self.engine.submit(key, job, message_id=row.id)
         except BaseException:
-            await self._storage.messages.mark_deleted(row.id)
+            await self._storage.withdraw(row.id)
             raise
 
     async def _hand_off(

@@ -42,5 +42,11 @@ class Storage:
             qq=QQRepo(db),
         )
 
+    async def withdraw(self, message_id: int) -> None:
+        """A stored message whose turn was refused (busy, shutting down): deleted, with
+        nothing of it left in flight, so nothing is half-delivered."""
+        await self.messages.mark_deleted(message_id)
+        await self.inflight.remove(message_id)
+
     async def close(self) -> None:
         await self.db.close()
