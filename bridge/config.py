@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import typing
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -125,9 +126,29 @@ class ShareConfig(_Section):
 
 
 class MioChatConfig(_Section):
-    """``[miochat]``: the current mio-chat web client (Socket.IO at /socket.io on the hub's port)."""
+    """``[miochat]``: the current mio-chat web client (Socket.IO at /socket.io on the hub's port,
+    the HTTP endpoints it calls, and optionally its build served at /)."""
 
     socketio: bool = False
+    # A directory holding a mio-chat build (index.html, assets/); empty: nothing served at /.
+    web_root: str = ""
+
+    @field_validator("web_root")
+    @classmethod
+    def _web_root(cls, v: str) -> str:
+        # Checked here so `check-config` and `serve` refuse the same mistake, before the bridge
+        # would answer every page with a 404.
+        if not v.strip():
+            return ""
+        root = Path(v).expanduser()
+        if not root.is_dir():
+            raise ValueError(f"{v!r} is not a directory (point it at a mio-chat build's folder)")
+        if not (root / "index.html").is_file():
+            raise ValueError(
+                f"no index.html in {v!r}: point it at a mio-chat build's folder "
+                "(e.g. the backend's dist/)"
+            )
+        return str(root)
 
 
 class LogConfig(_Section):

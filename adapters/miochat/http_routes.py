@@ -27,6 +27,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from adapters.miochat import protocol as P
+from adapters.miochat.web_root import WebRoot
 from bridge.errors import BridgeError, ErrorCode
 from bridge.health import Health
 from storage.shares import ShareStorageFull
@@ -131,6 +132,8 @@ class HttpRoutes:
         # Set by the app: the registry behind /readyz (None: nothing to report, ready).
         self.health: Health | None = None
         self.share_limiter = RateLimiter(self.config.share.per_minute)
+        # The mio-chat build served at / (None: `[miochat] web_root` unset).
+        self.web = WebRoot.from_config(self.config.miochat.web_root)
 
     def public_url(self, request: web.Request | None) -> str:
         """Where clients reach this server: `server.public_url` if set, else the host the
@@ -194,7 +197,7 @@ class HttpRoutes:
             "previewImg": f"{base}/share/{share_id}/preview.svg",
         }
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         try:
             return await self._route(request, request.method, path)
@@ -206,7 +209,7 @@ class HttpRoutes:
         log.warning("hub.connection_limit", limit=self.hub.max_connections)
         return _json(503, _fail("server is full, try again later", ErrorCode.BUSY))
 
-    async def _route(self, request: web.Request, method: str, path: str) -> web.Response:
+    async def _route(self, request: web.Request, method: str, path: str) -> web.StreamResponse:
         if method == "OPTIONS":
             return _cors(web.Response(status=204))
         if method == "GET" and path == "/healthz":
@@ -246,6 +249,8 @@ class HttpRoutes:
                 return _json(404, _fail("no such page", ErrorCode.NOT_FOUND))
             return _json(200, contactor)
         if path in WS_PATHS and method == "GET":
+            if path == "/" and self.web is not None:
+                return self.web.index()
             return _json(
                 426,
                 _fail(
@@ -253,6 +258,8 @@ class HttpRoutes:
                     ErrorCode.BAD_FRAME,
                 ),
             )
+        if self.web is not None and (page := self.web.serve(request)) is not None:
+            return page
         return _json(404, _fail(f"no route {method} {path}", ErrorCode.NOT_FOUND))
 
     def max_body(self) -> int:
