@@ -132,6 +132,12 @@ class MioChatConfig(_Section):
     socketio: bool = False
     # A directory holding a mio-chat build (index.html, assets/); empty: nothing served at /.
     web_root: str = ""
+    # Image uploads (POST /api/upload/image): one file at most this big, all of them together
+    # at most the total (refused beyond, never evicted: URLs already sent keep working), and
+    # this many uploads per client address a minute.
+    max_upload_bytes: int = Field(10 << 20, ge=1024, le=1 << 30)
+    max_upload_total_bytes: int = Field(1 << 30, ge=1 << 20)
+    uploads_per_minute: int = Field(30, ge=1)
 
     @field_validator("web_root")
     @classmethod

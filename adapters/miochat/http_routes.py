@@ -134,6 +134,10 @@ class HttpRoutes:
         self.share_limiter = RateLimiter(self.config.share.per_minute)
         # The mio-chat build served at / (None: `[miochat] web_root` unset).
         self.web = WebRoot.from_config(self.config.miochat.web_root)
+        # The mio-chat client's endpoints. Imported here: that module builds on this one's helpers.
+        from adapters.miochat.client_api import ClientApi
+
+        self.client = ClientApi(self)
 
     def public_url(self, request: web.Request | None) -> str:
         """Where clients reach this server: `server.public_url` if set, else the host the
@@ -167,6 +171,18 @@ class HttpRoutes:
 
         ``peer`` is the client's "host:port". Raises ShareRefused.
         """
+        share_id = await self.store_share(contactor, peer)
+        return self.share_links(share_id, request)
+
+    def share_links(self, share_id: str, request: web.Request | None) -> dict[str, str]:
+        base = self.public_url(request)
+        return {
+            "shareUrl": f"{base}/share/{share_id}",
+            "previewImg": f"{base}/share/{share_id}/preview.svg",
+        }
+
+    async def store_share(self, contactor: dict[str, Any], peer: str) -> str:
+        """Store a card within the limits; its id. Raises ShareRefused."""
         limits = self.config.share
         size = len(json.dumps(contactor, ensure_ascii=False).encode())
         if size > limits.max_bytes:
@@ -191,11 +207,7 @@ class HttpRoutes:
         except ShareStorageFull:
             log.warning("share.storage_full", max_total=limits.max_total)
             raise ShareRefused(ErrorCode.UNAVAILABLE, "share storage full", 503) from None
-        base = self.public_url(request)
-        return {
-            "shareUrl": f"{base}/share/{share_id}",
-            "previewImg": f"{base}/share/{share_id}/preview.svg",
-        }
+        return share_id
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
@@ -212,6 +224,9 @@ class HttpRoutes:
     async def _route(self, request: web.Request, method: str, path: str) -> web.StreamResponse:
         if method == "OPTIONS":
             return _cors(web.Response(status=204))
+        answer = await self.client.route(request, method, path)
+        if answer is not None:
+            return answer
         if method == "GET" and path == "/healthz":
             return _json(200, {"status": "ok", "connections": self.hub.connection_count})
         if method == "GET" and path == "/readyz":
@@ -220,18 +235,10 @@ class HttpRoutes:
             else:
                 body = await self.health.snapshot()
             return _json(200 if body["status"] == "ok" else 503, body)
-        if method == "GET" and path == "/api/base_info":
-            auth = self.config.auth
-            info = {
-                "admin_qq": auth.admin_qq,
-                "bot_qq": auth.bot_qq,
-                "title": self.config.server.title,
-            }
-            return _json(200, P.http_success(info))
         if path == "/api/share":
             if method != "POST":
                 return _json(405, _fail("use POST", ErrorCode.BAD_FRAME))
-            return await self._share(request)
+            return await self.share_from_body(request, self.share_links)
         if method == "GET" and path.startswith("/share/"):
             rest = path[len("/share/") :]
             share_id, _, tail = rest.partition("/")
@@ -260,6 +267,8 @@ class HttpRoutes:
             )
         if self.web is not None and (page := self.web.serve(request)) is not None:
             return page
+        if path.startswith("/api/"):
+            return self.client.not_supported()
         return _json(404, _fail(f"no route {method} {path}", ErrorCode.NOT_FOUND))
 
     def max_body(self) -> int:
@@ -267,7 +276,12 @@ class HttpRoutes:
         far past what a card may be."""
         return min(self.config.server.max_frame_bytes, 4 * self.config.share.max_bytes + 1024)
 
-    async def _share(self, request: web.Request) -> web.Response:
+    async def share_from_body(
+        self,
+        request: web.Request,
+        links: Callable[[str, web.Request], dict[str, str]],
+    ) -> web.Response:
+        """A share from a `{"contactor": {...}}` body, answered with ``links(id, request)``."""
         too_large = _json(413, _fail("body too large", ErrorCode.INVALID_DATA))
         length = request.content_length
         if length is not None and length > self.max_body():
@@ -288,13 +302,13 @@ class HttpRoutes:
             )
             return _json(400, _fail(reason, ErrorCode.INVALID_DATA))
         try:
-            result = await self.create_share(data.contactor, request, peer_of(request))
+            share_id = await self.store_share(data.contactor, peer_of(request))
         except ShareRefused as e:
             resp = _json(e.status, _fail(e.reason, e.code))
             if e.retry_after is not None:
                 resp.headers["Retry-After"] = str(e.retry_after)
             return resp
-        return _json(200, P.http_success(result))
+        return _json(200, P.http_success(links(share_id, request)))
 
 
 _fail = P.http_failure
