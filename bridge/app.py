@@ -348,6 +348,7 @@ class App:
                 from adapters.miochat import socketio_server
 
                 self.socketio = socketio_server.SocketIOEdge(self.hub)
+                await self.socketio.start()
                 self.hub.mount(socketio_server.serves, self.socketio.handle)
             if cfg.onebot.qq.enabled:
                 self.health.register(QQ_LOADING, "loading the QQ link")

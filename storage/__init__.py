@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from storage.client_replies import ClientReplyRepo
 from storage.conversations import ConversationRepo
 from storage.db import Database
 from storage.inflight import InflightRepo
@@ -26,6 +27,7 @@ class Storage:
     inflight: InflightRepo
     plugin_kv: PluginKVRepo
     qq: QQRepo
+    client_replies: ClientReplyRepo
 
     @classmethod
     async def open(cls, path: str) -> Storage:
@@ -40,6 +42,7 @@ class Storage:
             inflight=InflightRepo(db),
             plugin_kv=PluginKVRepo(db),
             qq=QQRepo(db),
+            client_replies=ClientReplyRepo(db),
         )
 
     async def withdraw(self, message_id: int) -> None:

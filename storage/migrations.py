@@ -145,4 +145,20 @@ MIGRATIONS: list[str] = [
         time REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 11: web-client replies kept until the client confirms it has stored them (`ack_message`),
+    # so a tab that was closed while a reply ran gets it when it comes back.
+    """
+    CREATE TABLE client_replies (
+        user_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        contactor_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        chunks TEXT NOT NULL,
+        error TEXT,
+        meta TEXT NOT NULL,
+        updated REAL NOT NULL,
+        PRIMARY KEY (user_id, message_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX client_replies_contactor ON client_replies (user_id, contactor_id);
+    """,
 ]

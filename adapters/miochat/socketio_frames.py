@@ -13,15 +13,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from adapters.miochat import llm_frames
 from adapters.miochat.envelope import (
     FrameError,
     RequestId,
+    bad_json,
+    envelope_of,
     login_token,
     login_user_id,
     safe_request_id,
 )
-from adapters.miochat.inbound import parse_request
-from adapters.miochat.wire import dumps
+from adapters.miochat.inbound import general_request, shortcut_request
+from adapters.miochat.wire import WireError, dumps, loads
 from bridge.errors import ErrorCode
 from bridge.models import ModelGroup
 
@@ -109,12 +112,23 @@ def decode(data: Any) -> str | bytes:
 
 
 def parse(data: Any) -> Any:
-    """A typed request (see `protocol.RequestFrame`) or the FrameError that answers it."""
+    """A typed request (see `protocol.RequestFrame`, `llm_frames.LlmRequest`) or the FrameError
+    that answers it."""
     try:
         raw = decode(data)
+        obj = loads(raw)
     except FrameError as e:
         return e
-    return parse_request(raw, logged_in=True)
+    except WireError as e:
+        return bad_json(e)
+    if isinstance(obj, dict) and obj.get("protocol") == llm_frames.PROTOCOL:
+        try:
+            envelope_of(obj)  # the request_id checks every frame passes
+        except FrameError as e:
+            return e
+        return llm_frames.parse(obj)
+    fast = shortcut_request(obj, logged_in=True)
+    return fast if fast is not None else general_request(obj, logged_in=True)
 
 
 def encode(frame: dict[str, Any]) -> str:

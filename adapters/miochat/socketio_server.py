@@ -23,10 +23,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import socketio
 import structlog
 from aiohttp import web
+from engineio import packet
 
 from adapters.miochat import handlers
+from adapters.miochat import llm_frames as L
 from adapters.miochat import protocol as P
 from adapters.miochat import socketio_frames as S
+from adapters.miochat.client_replies import ClientReplies
 from adapters.miochat.frame_order import FrameOrder
 from bridge.errors import ErrorCode
 from bridge.models import UserRef
@@ -81,13 +84,21 @@ class SioConnection:
         self.user = user
         self.tasks = TaskSet("socketio-connection")
         self.closed = False
-        self._queue: deque[str] = deque()
+        self._queue: deque[tuple[str, int]] = deque()
         self._queued_bytes = 0
         self._max_queue = cfg.server.max_send_queue
         self._send_timeout = cfg.server.send_timeout
         self._writer: asyncio.Task[None] | None = None
         self._max_in_flight = cfg.limits.frames_in_flight
         self._order = FrameOrder(self.tasks)
+        # Push confirmation: the highest seq emitted, confirmed, and for each ping in flight
+        # the highest seq emitted before it.
+        self._written_seq = 0
+        self._confirmed_seq = 0
+        self._pings: deque[int] = deque()
+        self._engine: Any = None
+        # Contactors with replies the client has not confirmed, for the login frame.
+        self.pending_tasks: list[str] = []
 
     # ----- sending (what `handlers` and the outbox call) ---------------------------------------
 
@@ -96,7 +107,7 @@ class SioConnection:
         if self.closed:
             return False
         text = S.encode(frame)
-        self._queue.append(text)
+        self._queue.append((text, seq))
         self._queued_bytes += len(text)
         if self._queued_bytes > self._max_queue and len(self._queue) > 1:
             self.abort("send queue overflow")
@@ -111,10 +122,12 @@ class SioConnection:
     async def _write_loop(self) -> None:
         try:
             while self._queue and not self.closed:
-                text = self._queue.popleft()
+                text, seq = self._queue.popleft()
                 self._queued_bytes -= len(text)
                 async with asyncio.timeout(self._send_timeout):
                     await self.edge.sio.emit(S.EVENT, text, to=self.sid)
+                if seq:
+                    self.note(seq)
         except TimeoutError:
             self.abort("peer stopped reading")
         finally:
@@ -137,9 +150,39 @@ class SioConnection:
         return self.send_frame(P.push_frame(push), push.seq)
 
     def note(self, seq: int) -> None:
-        """Pushes stay in the outbox until the peer confirms them; the mio-chat client has no
-        confirmation of its own yet (its `ack_message` is still to be mapped), so a push this
-        connection caused is confirmed like the others: not yet."""
+        """Push ``seq`` is out (or the peer knows it already: it caused it). The web client
+        never acknowledges pushes, so they are confirmed by Engine.IO's heartbeat: a pong to a
+        ping queued after the push means the client has read it (one transport, in order). A
+        ping is sent for it at once rather than at the next heartbeat."""
+        if seq <= self._written_seq or self.closed:
+            return
+        self._written_seq = seq
+        sock = self._engine
+        if sock is not None and not self._pings and not sock.closed:
+            self.tasks.spawn(sock.send(packet.Packet(packet.PING)), name="socketio-probe")
+
+    def watch_engine(self, sock: Any) -> None:
+        """Follow the Engine.IO session's pings and pongs (python-engineio tells nobody of a
+        pong, so its socket's send and receive are wrapped)."""
+        self._engine = sock
+        send, receive = sock.send, sock.receive
+
+        async def sending(pkt: packet.Packet) -> None:
+            if pkt.packet_type == packet.PING:
+                self._pings.append(self._written_seq)
+            await send(pkt)
+
+        async def receiving(pkt: packet.Packet) -> None:
+            if pkt.packet_type == packet.PONG and self._pings:
+                self._confirm(self._pings.popleft())
+            await receive(pkt)
+
+        sock.send, sock.receive = sending, receiving
+
+    def _confirm(self, seq: int) -> None:
+        if seq > self._confirmed_seq and not self.closed:
+            self._confirmed_seq = seq
+            self.tasks.spawn(self.hub.outbox.confirm(self.user.id, seq), name="socketio-confirm")
 
     # ----- frames' work ------------------------------------------------------------------------
 
@@ -176,6 +219,7 @@ class SocketIOEdge:
         # Refused handshakes (sid → Engine.IO session) whose session ends once the refusal is out.
         self._refused: dict[str, str] = {}
         self._tasks = TaskSet("socketio")
+        self.replies = ClientReplies(hub, lambda coro: self.spawn(coro, name="client-reply"))
         self.sio = socketio.AsyncServer(
             async_mode="aiohttp",
             client_manager=_Manager(self._connected, self._refusal_sent),
@@ -189,6 +233,11 @@ class SocketIOEdge:
         self.sio.on("connect", self._connect)
         self.sio.on("disconnect", self._disconnect)
         self.sio.on(S.EVENT, self._message)
+        self.sio.on("interruptGeneration", self._interrupt)
+
+    async def start(self) -> None:
+        """Replies a previous run left streaming are failed (their client is told on return)."""
+        await self.replies.recover()
 
     def spawn(self, coro: Any, *, name: str) -> None:
         self._tasks.spawn(coro, name=name)
@@ -224,7 +273,9 @@ class SocketIOEdge:
         # A client without an id (its first setup failed) still gets in, as a new user.
         user_id = a.user_id or f"sio-{secrets.token_hex(8)}"
         await hub.storage.users.touch(user_id, is_admin)
-        self._conns[sid] = SioConnection(self, sid, UserRef(user_id, is_admin))
+        conn = SioConnection(self, sid, UserRef(user_id, is_admin))
+        conn.pending_tasks = await self.replies.pending_contactors(user_id)
+        self._conns[sid] = conn
         log.info("socketio.login", user=user_id, admin=is_admin, generated=a.user_id is None)
         return True
 
@@ -255,6 +306,9 @@ class SocketIOEdge:
         if conn is None:
             return
         hub = self.hub
+        sock = self.sio.eio.sockets.get(self.sio.manager.eio_sid_from_sid(sid, "/"))
+        if sock is not None:
+            conn.watch_engine(sock)
         conn.send_frame(
             S.login_frame(
                 hub.outbox.next_push_id(),
@@ -263,6 +317,7 @@ class SocketIOEdge:
                 groups=hub.router.model_groups(),
                 onebot_enabled=bool(hub.config.onebot.frameworks),
                 user_id=conn.user.id,
+                pending_tasks=conn.pending_tasks,
             )
         )
         conn.tasks.spawn(self._attach(conn), name="socketio-attach")
@@ -276,6 +331,7 @@ class SocketIOEdge:
         conn = self._conns.pop(sid, None)
         if conn is not None:
             log.info("socketio.close", user=conn.user.id, reason=str(reason))
+            self.replies.leave(conn)
             await conn.close()
 
     # ----- frames ------------------------------------------------------------------------------
@@ -296,6 +352,24 @@ class SocketIOEdge:
             )
         elif isinstance(frame, P.DeleteMessageRequest):
             conn.spawn_frame(frame, lambda: handlers.on_del_message(conn, frame), None)  # type: ignore[arg-type]
+        elif isinstance(frame, L.Completions):
+            conn.spawn_frame(
+                frame,  # type: ignore[arg-type]
+                lambda: self.replies.start(conn, conn.user, frame),
+                ("llm", frame.contactor_id),
+            )
+        elif isinstance(frame, L.EnterChat):
+            conn.spawn_frame(
+                frame,  # type: ignore[arg-type]
+                lambda: self.replies.enter(conn, conn.user, frame.contactor_id),
+                ("llm", frame.contactor_id),
+            )
+        elif isinstance(frame, L.AckMessage):
+            conn.spawn_frame(
+                frame,  # type: ignore[arg-type]
+                lambda: self.replies.ack(conn.user, frame.message_id),
+                ("llm", frame.contactor_id),
+            )
         elif isinstance(frame, P.LoginRequest):
             conn.fail(frame, ErrorCode.INVALID_DATA, "log in with the Socket.IO auth object")
         else:
@@ -304,6 +378,16 @@ class SocketIOEdge:
                 ErrorCode.UNKNOWN_TYPE,
                 f"{frame.protocol}/{frame.type} is not served on the Socket.IO transport yet",
             )
+
+    async def _interrupt(self, sid: str, data: Any = None) -> None:
+        """`interruptGeneration {contactorId, messageId}`: a plain object, not a frame; nothing
+        answers it but the reply's own `complete`."""
+        conn = self._conns.get(sid)
+        it = L.parse_interrupt(data)
+        if conn is None or conn.closed or it is None:
+            return
+        stopped = self.replies.interrupt(conn.user, it)
+        log.info("socketio.interrupt", user=conn.user.id, message=it.message_id, stopped=stopped)
 
     async def _send(self, conn: SioConnection, req: P.MessageRequest) -> None:
         """onebot/message: stored and queued by the core; the reply comes as a push."""

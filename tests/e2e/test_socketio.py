@@ -3,66 +3,17 @@ over real loopback sockets, with each of the two transports the client uses."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-from typing import Any
-
 import aiohttp
 import pytest
 import socketio
 
 from adapters.momohub.sandbox.entities import DEMO_CHARACTERS
 from tests.conftest import ADMIN_CODE, Bridge
+from tests.support.sio_client import WAIT, SioClient, connect, is_login
 
 MOMO = next(c.id for c in DEMO_CHARACTERS if c.name == "Momo")
-WAIT = 15.0
 
 pytestmark = pytest.mark.parametrize("transport", ["websocket", "polling"])
-
-
-class SioClient:
-    """A Socket.IO client that keeps every `message` frame (JSON strings, as the web client)."""
-
-    def __init__(self) -> None:
-        self.sio = socketio.AsyncClient(reconnection=False)
-        self.frames: list[dict[str, Any]] = []
-        self.refusals: list[Any] = []
-        self._arrived = asyncio.Condition()
-        self.sio.on("message", self._on_message)
-        self.sio.on("connect_error", self.refusals.append)
-
-    async def _on_message(self, data: Any) -> None:
-        assert isinstance(data, str), data  # the client JSON.parse()s it
-        async with self._arrived:
-            self.frames.append(json.loads(data))
-            self._arrived.notify_all()
-
-    async def wait_for(self, match: Any) -> dict[str, Any]:
-        async with asyncio.timeout(WAIT), self._arrived:
-            while True:
-                for f in self.frames:
-                    if match(f):
-                        return f
-                await self._arrived.wait()
-
-    async def send(self, frame: dict[str, Any]) -> None:
-        await self.sio.emit("message", json.dumps(frame))
-
-    async def close(self) -> None:
-        # Without waiting for the long-poll in flight (the server answers it at its next ping).
-        await self.sio.eio.disconnect(abort=True)
-
-
-async def connect(b: Bridge, transport: str, auth: dict[str, Any]) -> SioClient:
-    c = SioClient()
-    await c.sio.connect(
-        b.http, socketio_path="/socket.io", transports=[transport], auth=auth, wait_timeout=WAIT
-    )
-    return c
-
-
-def is_login(f: dict[str, Any]) -> bool:
-    return f.get("protocol") == "system" and f.get("type") == "login"
 
 
 @pytest.fixture

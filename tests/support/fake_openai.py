@@ -1,7 +1,8 @@
 """A real OpenAI-compatible HTTP server for tests and benchmarks (aiohttp, loopback only).
 
 The `model` name picks the behaviour, so one server covers every case:
-echo, reasoning, tools, fail-400, fail-429, fail-500, stall, drop, slow, tokens-N.
+echo, reasoning, tools, fail-400, fail-429, fail-500, stall, drop, slow, tokens-N, gated (a first
+part, then the rest once the test sets `gate`), reason-tools (reasoning, text, then tool calls).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ MODELS = [
     "drop",
     "slow",
     "error-midstream",
+    "gated",
+    "reason-tools",
 ]
 
 
@@ -62,6 +65,7 @@ class FakeOpenAI:
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
+        self.gate = asyncio.Event()
         self.base_url = ""
 
     async def start(self) -> str:
@@ -79,6 +83,7 @@ class FakeOpenAI:
     async def stop(self) -> None:
         # Endless streams (slow, stall) end at once so shutdown never waits on a client.
         self._stopping.set()
+        self.gate.set()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -215,6 +220,23 @@ class FakeOpenAI:
             err = {"error": {"message": "the model crashed mid-reply", "type": "server_error"}}
             await w(f"data: {json.dumps(err)}\n\n".encode())
             return
+        elif model == "gated":
+            await w(_chunk(model, {"content": "first part, "}))
+            await self.gate.wait()
+            await w(_chunk(model, {"content": "then the rest"}))
+            await w(_chunk(model, {}, "stop"))
+        elif model == "reason-tools":
+            for part in ("Weighing ", "it up."):
+                await w(_chunk(model, {"reasoning_content": part}))
+            await w(_chunk(model, {"content": "Let me look."}))
+            frags = [
+                {"index": 0, "id": "c1", "type": "function", "function": {"name": "lookup"}},
+                {"index": 0, "function": {"arguments": '{"q": '}},
+                {"index": 0, "function": {"arguments": '"tea"}'}},
+            ]
+            for f in frags:
+                await w(_chunk(model, {"tool_calls": [f]}))
+            await w(_chunk(model, {}, "tool_calls"))
         elif model == "slow":
             for i in range(2000):
                 await w(_chunk(model, {"content": f"{i} "}))

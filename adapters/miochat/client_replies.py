@@ -1,0 +1,377 @@
+"""The web client's `llm` replies: run as conversation turns, streamed to the tabs that want
+them, kept until the client confirms it has stored them.
+
+A reply belongs to its user, not to the connection that asked for it: when that tab goes away
+the reply runs on, and a tab that comes back (`enter_chat`, listed in the login frame's
+`pendingTasks`) gets it as a `sync` frame, then any live updates. A reply is stored when it
+starts and when it ends, before its last frame goes out, so the client's `ack_message` (sent
+after that frame) always finds it and deletes it; a bridge that stops mid-reply leaves it as
+`streaming`, which the next start turns into a failure the client is told about.
+
+A conversation is (user, model or character, contactor): each contactor of the client is its
+own thread. For a MomoHub character only the newest user message goes (MomoHub keeps the
+history), without the client's `<message time=…>` wrapper; for a plain model the client's
+history goes as given, trimmed to `[openai] history_chars` (a command line the user typed is
+unwrapped so the bridge's commands still answer it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+
+from adapters.miochat import llm_frames as L
+from bridge import completions
+from bridge.engine import Turn
+from bridge.errors import BridgeError, ErrorCode
+from bridge.models import JSON, CompletionRequest, ConversationKey, UserRef
+from storage.client_replies import StoredReply
+
+if TYPE_CHECKING:
+    from adapters.miochat.server import HubServer
+
+log = structlog.get_logger(__name__)
+
+RESTART_ERROR = {
+    "code": str(ErrorCode.UNAVAILABLE),
+    "message": "the bridge restarted before this reply finished",
+}
+
+
+class Tab(Protocol):
+    """A live connection of the web client."""
+
+    closed: bool
+
+    def send_frame(self, frame: dict[str, Any], seq: int = 0) -> bool: ...
+
+
+@dataclass(eq=False)
+class Running:
+    """A reply being made: who it goes to, its turn, its slot in the user's stream limit."""
+
+    user: UserRef
+    contactor_id: str
+    log: L.ReplyLog
+    origin: Tab | None
+    release: Callable[[], None]
+    watchers: set[Tab] = field(default_factory=set)
+    turn: Turn | None = None
+    interrupted: bool = False
+    superseded: bool = False
+    acked: bool = False
+    started: float = field(default_factory=time.time)
+
+    def emit(self, frames: list[dict[str, Any]]) -> None:
+        if self.superseded or not frames:
+            return
+        tabs = [t for t in (self.origin, *self.watchers) if t is not None and not t.closed]
+        for tab in dict.fromkeys(tabs):
+            for f in frames:
+                tab.send_frame(f)
+
+    def done(self) -> None:
+        release, self.release = self.release, _nothing
+        release()
+
+
+def _nothing() -> None:
+    return None
+
+
+def _lead_systems(messages: list[JSON]) -> int:
+    n = 0
+    while n < len(messages) and messages[n].get("role") == "system":
+        n += 1
+    return n
+
+
+def trimmed_history(messages: list[JSON], max_chars: int) -> list[JSON]:
+    """The client's leading system messages, then the newest messages that fit ``max_chars``
+    (the newest always kept)."""
+    lead = _lead_systems(messages)
+    head, rest = messages[:lead], messages[lead:]
+    budget = max_chars - sum(len(str(m.get("content", ""))) for m in head)
+    total = 0
+    keep = len(rest)
+    for i in range(len(rest) - 1, -1, -1):
+        total += len(str(rest[i].get("content", "")))
+        if total > budget and i < len(rest) - 1:
+            break
+        keep = i
+    return head + rest[keep:]
+
+
+class ClientReplies:
+    def __init__(self, hub: HubServer, spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+        self.hub = hub
+        self._spawn = spawn  # runs a coroutine as a task the edge owns
+        # (user id, message id) → the reply running for it.
+        self._running: dict[tuple[str, str], Running] = {}
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    # ----- start-up ----------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        n = await self.hub.storage.client_replies.interrupted(RESTART_ERROR)
+        if n:
+            log.info("client_replies.interrupted_by_restart", count=n)
+
+    async def pending_contactors(self, user_id: str) -> list[str]:
+        return await self.hub.storage.client_replies.contactors(user_id)
+
+    # ----- llm/completions ---------------------------------------------------------------------
+
+    def _reserve(self, user_id: str) -> Callable[[], None]:
+        hub = self.hub
+        limit = hub.config.limits.streams_per_user
+        if hub.active_streams.get(user_id, 0) >= limit:
+            raise BridgeError(ErrorCode.BUSY, f"at most {limit} replies at once per user")
+        hub.active_streams[user_id] = hub.active_streams.get(user_id, 0) + 1
+
+        def release() -> None:
+            left = hub.active_streams.get(user_id, 0) - 1
+            if left > 0:
+                hub.active_streams[user_id] = left
+            else:
+                hub.active_streams.pop(user_id, None)
+
+        return release
+
+    def _model(self, provider: str, model: str) -> str:
+        """The bridge's name of ``model`` as the client picked it: under a provider, as listed
+        in the login frame's `models` (an OpenAI-compatible provider's models are listed bare)."""
+        router = self.hub.router
+        if provider and any(
+            g.owner == provider and model in g.models for g in router.model_groups()
+        ):
+            qualified = f"{provider}/{model}"
+            try:
+                router.model_target(qualified)
+            except BridgeError:
+                return model
+            return qualified
+        return model
+
+    def _request(self, user: UserRef, req: L.Completions) -> tuple[ConversationKey, Any, Any]:
+        hub = self.hub
+        model = self._model(req.provider, req.model)
+        target = hub.router.model_target(model)
+        key_of = getattr(target, "conversation_key", None)
+        messages = req.messages
+        if key_of is not None:
+            # Keeps its own history: only what the user just said.
+            last = next((m for m in reversed(messages) if m.get("role") == "user"), None)
+            if last is None:
+                raise BridgeError(ErrorCode.INVALID_DATA, "messages has no user message")
+            messages = [L.unwrapped(last)]
+        else:
+            plugins = hub.sessions.plugins
+            if plugins is not None:
+                messages = [
+                    u
+                    if m.get("role") == "user"
+                    and plugins.is_command(
+                        completions.content_text((u := L.unwrapped(m))["content"])
+                    )
+                    else m
+                    for m in messages
+                ]
+            messages = trimmed_history(messages, hub.config.openai.history_chars)
+        p = req.params
+        request = CompletionRequest(
+            user=user,
+            model=model,
+            messages=messages,
+            conversation_id=req.contactor_id,
+            temperature=p.get("temperature"),
+            top_p=p.get("top_p"),
+            presence_penalty=p.get("presence_penalty"),
+            frequency_penalty=p.get("frequency_penalty"),
+            max_tokens=int(p["max_tokens"]) if "max_tokens" in p else None,
+        )
+        key = (
+            key_of(request)
+            if key_of is not None
+            else ConversationKey(user.id, f"model:{model}", req.contactor_id)
+        )
+        return key, request, target
+
+    async def start(self, tab: Tab, user: UserRef, req: L.Completions) -> None:
+        """Take a completions request: `pending` at once, the reply as its turn runs."""
+        rlog = L.ReplyLog(req.request_id, req.meta)
+        slot_key = (user.id, req.message_id)
+        old = self._running.get(slot_key)
+        if old is not None:
+            # A retry of the same message: the newest request wins.
+            old.superseded = True
+            self._stop(old, "superseded by a retry")
+        try:
+            release = self._reserve(user.id)
+        except BridgeError as e:
+            tab.send_frame(rlog.fail(e.reason, e.code))
+            return
+        reply = Running(user, req.contactor_id, rlog, tab, release)
+        try:
+            key, request, target = self._request(user, req)
+            await self._save(reply)
+            sessions = self.hub.sessions
+
+            async def job(turn: Turn) -> None:
+                stream = completions.answer(
+                    sessions.plugins, self.hub.router, key, request, target.complete, sessions.say
+                )
+                await self._run(reply, stream, turn)
+
+            reply.turn = sessions.engine.submit(key, job)
+        except BridgeError as e:
+            reply.done()
+            tab.send_frame(rlog.fail(e.reason, e.code))
+            await self._save(reply)
+            return
+        except BaseException:
+            reply.done()
+            raise
+        self._running[slot_key] = reply
+        reply.emit([rlog.pending()])
+
+    async def _run(self, reply: Running, stream: Any, turn: Turn) -> None:
+        rlog = reply.log
+        try:
+            async for event in stream:
+                frames = rlog.feed(event)
+                if rlog.status != "streaming":
+                    await self._finish(reply, frames)
+                    return
+                reply.emit(frames)
+            await self._finish(
+                reply,
+                [rlog.fail("the model stream ended without a result", ErrorCode.UPSTREAM_ERROR)],
+            )
+        except BaseException as e:
+            if rlog.status == "streaming":
+                if isinstance(e, BridgeError):
+                    frames = [rlog.fail(e.reason, e.code)]
+                elif isinstance(e, Exception):
+                    log.exception("client_replies.crashed", message_id=rlog.message_id)
+                    frames = [rlog.fail(f"internal error: {type(e).__name__}", ErrorCode.INTERNAL)]
+                elif reply.interrupted:
+                    frames = [rlog.interrupted()]
+                else:
+                    frames = [
+                        rlog.fail(turn.stop_reason or "the reply was stopped", ErrorCode.CANCELLED)
+                    ]
+                await self._finish(reply, frames)
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            self._forget(reply)
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _finish(self, reply: Running, frames: list[dict[str, Any]]) -> None:
+        """Stored (or, if the client already confirmed it, deleted) before the last frame goes
+        out: the client's `ack_message` follows that frame and must find it."""
+        self._forget(reply)
+        if not reply.superseded:
+            if reply.acked:
+                await self.hub.storage.client_replies.delete(reply.user.id, reply.log.message_id)
+            else:
+                await self._save(reply)
+        reply.emit(frames)
+
+    def _forget(self, reply: Running) -> None:
+        reply.done()
+        key = (reply.user.id, reply.log.message_id)
+        if self._running.get(key) is reply:
+            del self._running[key]
+
+    async def _save(self, reply: Running) -> None:
+        rlog = reply.log
+        await self.hub.storage.client_replies.save(
+            StoredReply(
+                user_id=reply.user.id,
+                message_id=rlog.message_id,
+                contactor_id=reply.contactor_id,
+                status=rlog.status,
+                chunks=rlog.chunks,
+                error=rlog.error,
+                meta=rlog.meta,
+                updated=reply.started,
+            ),
+            self.hub.config.limits.outbox_per_user,
+        )
+
+    # ----- interruptGeneration -----------------------------------------------------------------
+
+    def interrupt(self, user: UserRef, it: L.Interrupt) -> bool:
+        """Stop the user's reply to ``it.message_id``; it ends with `complete` and what it has.
+        False when no such reply runs (it finished already: nothing to do)."""
+        reply = self._running.get((user.id, it.message_id))
+        if reply is None:
+            return False
+        reply.interrupted = True
+        self._stop(reply, "interrupted by the user")
+        return True
+
+    def _stop(self, reply: Running, why: str) -> None:
+        turn = reply.turn
+        if turn is None:
+            return
+        outcome = self.hub.sessions.engine.stop_nowait(turn, why)
+        if outcome == "dropped":  # queued, never started: nothing else will end it
+            frames = (
+                [reply.log.interrupted()]
+                if reply.interrupted
+                else [reply.log.fail(why, ErrorCode.CANCELLED)]
+            )
+            self._forget(reply)
+            self._spawn(self._finish(reply, frames))
+
+    # ----- enter_chat / ack_message ------------------------------------------------------------
+
+    async def enter(self, tab: Tab, user: UserRef, contactor_id: str) -> int:
+        """The tab shows ``contactor_id``: a `sync` for each reply of it the client has not
+        confirmed, then live updates of those still running. Returns how many."""
+        sent = 0
+        stored = await self.hub.storage.client_replies.of_contactor(user.id, contactor_id)
+        for row in stored:
+            live = self._running.get((user.id, row.message_id))
+            if live is not None:
+                live.watchers.add(tab)
+                tab.send_frame(live.log.sync())
+            else:
+                tab.send_frame(
+                    L.sync_frame(
+                        row.meta.get("messageId", row.message_id),
+                        row.message_id,
+                        row.chunks,
+                        row.status,
+                        row.error,
+                        row.meta,
+                    )
+                )
+            sent += 1
+        return sent
+
+    async def ack(self, user: UserRef, message_id: str) -> None:
+        """The client has stored the reply: it is no longer kept."""
+        live = self._running.get((user.id, message_id))
+        if live is not None:
+            live.acked = True  # deleted when it ends instead of stored
+        await self.hub.storage.client_replies.delete(user.id, message_id)
+
+    def leave(self, tab: Tab) -> None:
+        """A connection closed: its replies run on for whoever comes back."""
+        for reply in self._running.values():
+            if reply.origin is tab:
+                reply.origin = None
+            reply.watchers.discard(tab)
