@@ -68,7 +68,7 @@ class Interrupt:
     message_id: str
 
 
-LlmRequest = Completions | EnterChat | AckMessage
+LlmRequest = Completions | EnterChat | AckMessage | Interrupt
 
 
 def _bad(rid: RequestId, ftype: str, reason: str) -> FrameError:
@@ -91,6 +91,11 @@ def parse(obj: dict[str, Any]) -> LlmRequest | FrameError:
         return FrameError(
             ErrorCode.UNKNOWN_TYPE, "frame has no type string", request_id=rid, protocol=PROTOCOL
         )
+    if ftype == "abort":  # what clients before `interruptGeneration` sent
+        message = _id(rid)
+        if message is None:
+            return _bad(rid, ftype, "request_id must be the reply's message id")
+        return Interrupt(None, message)
     if ftype not in TYPES:
         return FrameError(
             ErrorCode.UNKNOWN_TYPE,

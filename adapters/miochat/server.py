@@ -52,6 +52,7 @@ class HubServer:
         self._port = 0
         self._all: set[Connection] = set()
         self._count_changed = asyncio.Condition()
+        self._counters: list[Callable[[], int]] = []
         self._max_connections = config.server.max_connections
         self.http = HttpRoutes(self)
         self._mounts: list[
@@ -75,7 +76,13 @@ class HubServer:
 
     @property
     def connection_count(self) -> int:
-        return len(self._all)
+        """Every open connection on the port, the mounted edges' (Socket.IO) included: they
+        share `server.max_connections`."""
+        return len(self._all) + sum(count() for count in self._counters)
+
+    def count_also(self, count: Callable[[], int]) -> None:
+        """Count a mounted edge's connections (``count`` says how many are open)."""
+        self._counters.append(count)
 
     async def wait_connections(self, count: int) -> None:
         """Until exactly ``count`` connections are open (for tests, benchmarks, shutdown)."""

@@ -234,6 +234,7 @@ class SocketIOEdge:
         self.sio.on("disconnect", self._disconnect)
         self.sio.on(S.EVENT, self._message)
         self.sio.on("interruptGeneration", self._interrupt)
+        hub.count_also(lambda: len(self._conns))
 
     async def start(self) -> None:
         """Replies a previous run left streaming are failed (their client is told on return)."""
@@ -270,6 +271,9 @@ class SocketIOEdge:
         is_admin = handlers.code_rights(hub.admin_code, hub.config.auth.user_code, a.token)
         if is_admin is None:
             self._refuse(sid, "invalid code")
+        if hub.connection_count >= hub.max_connections:
+            log.warning("hub.connection_limit", limit=hub.max_connections)
+            self._refuse(sid, "server is full, try again later")
         # A client without an id (its first setup failed) still gets in, as a new user.
         user_id = a.user_id or f"sio-{secrets.token_hex(8)}"
         await hub.storage.users.touch(user_id, is_admin)
@@ -370,6 +374,8 @@ class SocketIOEdge:
                 lambda: self.replies.ack(conn.user, frame.message_id),
                 ("llm", frame.contactor_id),
             )
+        elif isinstance(frame, L.Interrupt):
+            self.replies.interrupt(conn.user, frame)
         elif isinstance(frame, P.LoginRequest):
             conn.fail(frame, ErrorCode.INVALID_DATA, "log in with the Socket.IO auth object")
         else:

@@ -126,3 +126,29 @@ async def test_off_by_default_answers_404(bridge_factory, transport: str) -> Non
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{b.http}/socket.io/?EIO=4&transport={transport}") as r:
             assert r.status == 404
+
+
+async def test_socketio_connections_count_toward_max_connections(
+    bridge_factory, transport: str
+) -> None:
+    b = await bridge_factory(
+        miochat={"socketio": True}, auth={"user_code": "users"}, server={"max_connections": 2}
+    )
+    ws = await b.client("4000000001", "users")
+    first = await connect(b, transport, {"id": "4000000002", "token": "users"})
+    try:
+        await first.wait_for(is_login)
+        assert b.app.hub.connection_count == 2
+        c = SioClient()
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await c.sio.connect(
+                b.http,
+                transports=[transport],
+                auth={"id": "4000000003", "token": "users"},
+                wait_timeout=WAIT,
+                retry=False,
+            )
+        assert "server is full" in c.refusals[0]["message"]
+    finally:
+        await first.close()
+        await ws.close()

@@ -413,3 +413,19 @@ async def test_admin_sees_every_provider(hub: Bridge, transport: str) -> None:
         assert set(models) == {"fake", "momohub"}
     finally:
         await c.close()
+
+
+async def test_legacy_abort_frame_interrupts(
+    hub: Bridge, upstream: FakeOpenAI, transport: str
+) -> None:
+    c, _ = await login(hub, transport, "3000000013")
+    try:
+        await c.send(completions("1000000000000101", "513", "slow", [user("go")]))
+        await c.wait_for(of("1000000000000101", "update"))
+        await c.send(
+            {"request_id": "1000000000000101", "protocol": "llm", "type": "abort", "data": {}}
+        )
+        await c.wait_for(of("1000000000000101", "complete"))
+        await upstream.wait_open_streams(0)
+    finally:
+        await c.close()
