@@ -306,3 +306,37 @@ async def test_koishi_unknown_self_id_is_dropped_and_redialed_within_the_cap(
         timeout=WAIT,
     )
     assert "1008" in link_obj.last_error and link_obj.retry_in <= 0.3
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_web_client_socketio_to_nonebot(
+    bridge_factory, nonebot: FrameworkProcess, transport: str
+) -> None:
+    """Today's web client (Socket.IO): the login says OneBot is on, a message to the bot is
+    acked at once and the framework's reply is pushed to the tab."""
+    from tests.support.sio_client import connect, is_login
+
+    b = await bridge_factory(onebot={"frameworks": [link(nonebot)]}, miochat={"socketio": True})
+    async with asyncio.timeout(WAIT):
+        await b.app.frameworks.wait_connected(1)
+    c = await connect(b, transport, {"id": "1234500001", "token": ""})
+    try:
+        assert (await c.wait_for(is_login))["data"]["onebot_enabled"] is True
+        await c.send(
+            {
+                "request_id": "sio-1",
+                "protocol": "onebot",
+                "type": "message",
+                "id": BOT,
+                "data": text("over socket.io"),
+                "metaData": {"contactorId": "1234500001"},
+            }
+        )
+        ack = await c.wait_for(lambda f: f.get("request_id") == "sio-1")
+        assert ack["code"] == 0 and ack["data"]["message_id"] > 0
+        push = await c.wait_for(
+            lambda f: f.get("protocol") == "onebot" and f["data"].get("id") == BOT
+        )
+        assert push["data"]["content"]["message"] == text("echo: over socket.io")
+    finally:
+        await c.close()
