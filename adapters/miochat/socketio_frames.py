@@ -92,6 +92,30 @@ def login_frame(
     }
 
 
+def models_updated(
+    request_id: RequestId,
+    *,
+    groups: Iterable[ModelGroup],
+    llm_providers: list[dict[str, Any]],
+    default_model: dict[str, str],
+    timestamp: int,
+) -> dict[str, Any]:
+    """The model list changed (a provider listed new models, a character came or went): the
+    client replaces its `models` and its providers."""
+    return {
+        "protocol": "system",
+        "type": "models_updated",
+        "request_id": safe_request_id(request_id),
+        "data": {
+            "providers": llm_providers,
+            "models": providers(groups),
+            "models_meta": {},
+            "default_model": default_model,
+            "timestamp": timestamp,
+        },
+    }
+
+
 def onebot_ack(request_id: RequestId, message_id: int) -> dict[str, Any]:
     """An onebot request's ack. No `protocol`: the client would take it for a push."""
     return {

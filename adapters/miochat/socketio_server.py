@@ -41,9 +41,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-# How long a frame's work waits for the previous one to the same contact.
 # How long closing an Engine.IO session waits for the peer to fetch the close packet.
 ENGINE_CLOSE_TIMEOUT = 5.0
+# How often the model list is compared with what the tabs were told.
+MODELS_CHECK_INTERVAL = 2.0
 
 
 def serves(path: str) -> bool:
@@ -220,6 +221,7 @@ class SocketIOEdge:
         self._refused: dict[str, str] = {}
         self._tasks = TaskSet("socketio")
         self.replies = ClientReplies(hub, lambda coro: self.spawn(coro, name="client-reply"))
+        self._models: dict[str, list[dict[str, Any]]] = {}
         self.sio = socketio.AsyncServer(
             async_mode="aiohttp",
             client_manager=_Manager(self._connected, self._refusal_sent),
@@ -239,6 +241,38 @@ class SocketIOEdge:
     async def start(self) -> None:
         """Replies a previous run left streaming are failed (their client is told on return)."""
         await self.replies.recover()
+        self._models = self._model_list()
+        self.spawn(self._watch_models(), name="socketio-models")
+
+    def _model_list(self) -> dict[str, list[dict[str, Any]]]:
+        return S.providers(self.hub.router.model_groups())
+
+    async def _watch_models(self) -> None:
+        """Tell the open tabs when the model list changes (the targets refresh it in the
+        background; a tab reads it at login only)."""
+        while True:
+            await asyncio.sleep(MODELS_CHECK_INTERVAL)
+            self.check_models()
+
+    def check_models(self) -> bool:
+        """Push `models_updated` to every tab if the list changed since the last check."""
+        now = self._model_list()
+        if now == self._models:
+            return False
+        self._models = now
+        api = self.hub.http.client
+        info = api.base_info()
+        frame = S.models_updated(
+            self.hub.outbox.next_push_id(),
+            groups=self.hub.router.model_groups(),
+            llm_providers=info.get("llm_providers", []),
+            default_model=info.get("default_model", {}),
+            timestamp=int(time.time() * 1000),
+        )
+        for conn in list(self._conns.values()):
+            conn.send_frame(frame)
+        log.info("socketio.models_updated", tabs=len(self._conns))
+        return True
 
     def spawn(self, coro: Any, *, name: str) -> None:
         self._tasks.spawn(coro, name=name)

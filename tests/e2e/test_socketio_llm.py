@@ -429,3 +429,26 @@ async def test_legacy_abort_frame_interrupts(
         await upstream.wait_open_streams(0)
     finally:
         await c.close()
+
+
+async def test_models_updated_when_a_provider_lists_a_new_model(
+    bridge_factory, upstream: FakeOpenAI, transport: str
+) -> None:
+    sections = _sections(upstream)
+    sections["openai"]["models_cache_ttl"] = 0.1
+    b = await bridge_factory(**sections)
+    c, data = await login(b, transport, "3000000014")
+    try:
+        assert "brand-new" not in data["models"]["fake"][0]["models"]
+        upstream.extra_models.append("brand-new")
+        update = await c.wait_for(
+            lambda f: (
+                f.get("type") == "models_updated"
+                and "brand-new" in f["data"]["models"]["fake"][0]["models"]
+            )
+        )
+        d = update["data"]
+        assert {p["displayName"] for p in d["providers"]} == {"fake", "momohub"}
+        assert isinstance(d["timestamp"], int) and d["models_meta"] == {}
+    finally:
+        await c.close()

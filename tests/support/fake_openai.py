@@ -66,6 +66,8 @@ class FakeOpenAI:
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
         self.gate = asyncio.Event()
+        # Listed after MODELS (a provider that gains a model while the bridge runs).
+        self.extra_models: list[str] = []
         self.base_url = ""
 
     async def start(self) -> str:
@@ -109,7 +111,10 @@ class FakeOpenAI:
         return web.json_response(
             {
                 "object": "list",
-                "data": [{"id": m, "object": "model", "owned_by": "test"} for m in MODELS],
+                "data": [
+                    {"id": m, "object": "model", "owned_by": "test"}
+                    for m in [*MODELS, *self.extra_models]
+                ],
             }
         )
 
