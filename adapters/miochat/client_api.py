@@ -131,15 +131,18 @@ class ClientApi:
         for g in self.router.model_groups():
             if g.models:
                 groups.setdefault(g.owner, []).extend(g.models)
-        want_provider, _, want_model = openai.default_model.rpartition("/")
+        # `provider/model` when the first part names a provider (as the router reads it),
+        # else a bare model that any provider listing it may serve.
+        want_provider, _, want_model = openai.default_model.partition("/")
+        if want_provider not in configured:
+            want_provider, want_model = "", openai.default_model
         first: list[dict[str, Any]] = []
         rest: list[dict[str, Any]] = []
         for owner, models in groups.items():
             is_openai = owner in configured
             if is_openai:
-                # `provider/model`, or a bare model some provider lists.
-                named = want_model if want_provider else openai.default_model
-                default = named if named in models and want_provider in ("", owner) else ""
+                mine = want_provider in ("", owner)
+                default = want_model if mine and want_model in models else ""
                 description = f"OpenAI-compatible provider {owner}"
             else:
                 default = self._default_character(models)
