@@ -129,7 +129,7 @@ class MioChatConfig(_Section):
     """``[miochat]``: the current mio-chat web client (Socket.IO at /socket.io on the hub's port,
     the HTTP endpoints it calls, and optionally its build served at /)."""
 
-    socketio: bool = False
+    socketio: bool = True
     # A directory holding a mio-chat build (index.html, assets/); empty: nothing served at /.
     web_root: str = ""
     # Image uploads (POST /api/upload/image): one file at most this big, all of them together

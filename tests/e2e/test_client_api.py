@@ -72,7 +72,8 @@ async def test_base_info_lists_every_provider(hub: Bridge) -> None:
         assert p["default_model"] in groups[p["displayName"]]
 
 
-async def test_base_info_of_the_plain_hub_is_unchanged(bridge: Bridge) -> None:
+async def test_base_info_of_the_plain_hub_is_unchanged(bridge_factory) -> None:
+    bridge = await bridge_factory(miochat={"socketio": False})
     async with aiohttp.ClientSession() as http:
         _, body = await get_json(http, f"{bridge.http}/api/base_info")
     assert body["data"] == {"admin_qq": "10001", "bot_qq": "10000", "title": "MomoBridge"}

@@ -332,7 +332,14 @@ async def test_http_routes_and_share(bridge: Bridge) -> None:
         async with http.get(f"{bridge.http}/api/base_info") as r:
             body = await r.json()
             assert body["code"] == 0
-            assert body["data"] == {"admin_qq": "10001", "bot_qq": "10000", "title": "MomoBridge"}
+            info = body["data"]
+            assert {k: info[k] for k in ("admin_qq", "bot_qq", "title")} == {
+                "admin_qq": "10001",
+                "bot_qq": "10000",
+                "title": "MomoBridge",
+            }
+            # With the web client's transport on (the default), its providers too.
+            assert isinstance(info["llm_providers"], list)
         contactor = {"name": "Momo <3", "bio": "a & b", "avatar": "javascript:alert(1)"}
         async with http.post(f"{bridge.http}/api/share", json={"contactor": contactor}) as r:
             body = await r.json()

@@ -121,8 +121,8 @@ async def test_bad_frames_get_failures_and_the_connection_lives_on(
         await c.close()
 
 
-async def test_off_by_default_answers_404(bridge_factory, transport: str) -> None:
-    b = await bridge_factory()
+async def test_turned_off_answers_404(bridge_factory, transport: str) -> None:
+    b = await bridge_factory(miochat={"socketio": False})
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{b.http}/socket.io/?EIO=4&transport={transport}") as r:
             assert r.status == 404
