@@ -119,7 +119,7 @@ class LimitsConfig(_Section):
 
 
 class ShareConfig(_Section):
-    max_bytes: int = Field(16384, ge=1)
+    max_bytes: int = Field(262144, ge=1)
     per_minute: int = Field(10, ge=1)
     ttl_days: int = Field(30, ge=1)
     max_total: int = Field(10000, ge=1)

@@ -248,7 +248,7 @@ def test_new_keys_and_their_defaults() -> None:
     assert config.limits.frames_in_flight == 32
     share = config.share
     assert (share.max_bytes, share.per_minute, share.ttl_days, share.max_total) == (
-        16384,
+        262144,
         10,
         30,
         10000,
