@@ -6,7 +6,9 @@ Each test starts from a first visit (a fresh browser profile), as a new user wou
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,12 +34,17 @@ class Wire:
     def __init__(self, page: Page) -> None:
         self.sent: list[str] = []
         self.received: list[str] = []
+        self._changed = asyncio.Event()
         page.on("websocket", self._watch)
 
     def _watch(self, ws: WebSocket) -> None:
         if "/socket.io/" in ws.url:
-            ws.on("framesent", lambda p: self.sent.append(_text(p)))
-            ws.on("framereceived", lambda p: self.received.append(_text(p)))
+            ws.on("framesent", lambda p: self._note(self.sent, p))
+            ws.on("framereceived", lambda p: self._note(self.received, p))
+
+    def _note(self, into: list[str], payload: str | bytes) -> None:
+        into.append(payload if isinstance(payload, str) else payload.decode(errors="replace"))
+        self._changed.set()
 
     def handshakes(self) -> list[dict[str, Any]]:
         return [json.loads(p[2:]) for p in self.sent if p.startswith("40{")]
@@ -48,9 +55,15 @@ class Wire:
     def frames_sent(self) -> list[dict[str, Any]]:
         return [_frame(p) for p in self.sent if p.startswith('42["message"')]
 
-
-def _text(payload: str | bytes) -> str:
-    return payload if isinstance(payload, str) else payload.decode(errors="replace")
+    async def sent_frame(self, match: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The first frame the page sent that ``match``es, waiting for it if need be."""
+        async with asyncio.timeout(WAIT_MS / 1000):
+            while True:
+                self._changed.clear()
+                for f in self.frames_sent():
+                    if match(f):
+                        return f
+                await self._changed.wait()
 
 
 def _frame(packet: str) -> dict[str, Any]:
@@ -147,3 +160,52 @@ async def test_guest_login_needs_an_empty_user_code(
     [login] = [f for f in wire.frames_received() if is_login(f)]
     assert login["data"]["is_admin"] is False
     assert await page.evaluate("localStorage.admin_code ?? null") is None
+
+
+async def test_a_character_streams_its_reply_into_the_chat(
+    context: BrowserContext, hub: Bridge
+) -> None:
+    page, wire = await open_auth_view(context, hub)
+    await log_in(page, ADMIN_CODE)
+    await page.locator("#friendlists .mio-contact-item__name").first.wait_for(timeout=WAIT_MS)
+
+    # The add dialog's presets tab lists the bridge's MomoHub characters; adding Momo makes a
+    # contact whose model is the character.
+    await page.click("#addcont")
+    await page.locator(".tab-item", has_text="预设").click()
+    preset = page.locator(".presets-item").filter(
+        has=page.locator(".preset-name", has_text=MOMO.name)
+    )
+    await preset.locator("button").click()
+    await page.keyboard.press("Escape")
+    await page.locator(".el-overlay-dialog").wait_for(state="hidden", timeout=WAIT_MS)
+    await page.locator("#friendlists .mio-contact-item__name", has_text=MOMO.name).click()
+    await page.wait_for_url(lambda url: "/chat/" in url, timeout=WAIT_MS)
+
+    # The send button of this build throws before sending (its `send` lost the line that built
+    # the message), so the message goes through the client's own `window.__mio.sendText`, which
+    # sends the way the button meant to: the active contact's webSend.
+    await page.evaluate("text => window.__mio.sendText(text)", "hello Momo")
+    ask = await wire.sent_frame(lambda f: f.get("type") == "completions")
+    assert ask["protocol"] == "llm"
+    assert ask["data"]["settings"]["base"]["model"] == f"character:{MOMO.id}"
+    reply_id = ask["metaData"]["messageId"]
+
+    # The echo arrives in the page as the character's message, completed.
+    expected = f"{MOMO.name}: you said hello Momo"
+    reply = page.locator(f'#main-messages-window .message-container[data-id="{reply_id}"]')
+    await reply.locator(".content.completed", has_text=expected).wait_for(timeout=WAIT_MS)
+    user_bubble = page.locator("#main-messages-window .message-container").filter(
+        has_text="hello Momo"
+    )
+    assert await user_bubble.count() >= 1
+
+    # It came as a stream: pending, updates adding up to the text, then complete; and the
+    # client confirmed it, so the bridge can let the stored reply go.
+    frames = [f for f in wire.frames_received() if f.get("request_id") == reply_id]
+    kinds = [f["message"] for f in frames]
+    assert kinds[0] == "pending" and kinds[-1] == "complete" and "update" in kinds, kinds
+    text = "".join(f["data"]["content"] for f in frames if f["message"] == "update")
+    assert text == expected
+    ack = await wire.sent_frame(lambda f: f.get("type") == "ack_message")
+    assert ack["data"]["messageId"] == reply_id
