@@ -18,7 +18,7 @@ from adapters.momohub.sandbox.entities import DEMO_CHARACTERS
 from tests.conftest import ADMIN_CODE, Bridge
 
 if TYPE_CHECKING:
-    from playwright.async_api import BrowserContext, Page, WebSocket
+    from playwright.async_api import BrowserContext, Locator, Page, WebSocket
 
 USER_CODE = "users"
 WAIT_MS = 15_000
@@ -57,12 +57,26 @@ class Wire:
 
     async def sent_frame(self, match: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         """The first frame the page sent that ``match``es, waiting for it if need be."""
+        return await self._first(self.frames_sent, match)
+
+    async def received_frame(self, match: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        return await self._first(self.frames_received, match)
+
+    async def sent_event(self, name: str) -> Any:
+        """The payload of the first Socket.IO event ``name`` (other than `message`) sent."""
+
+        def events() -> list[list[Any]]:
+            return [json.loads(p[2:]) for p in self.sent if p.startswith(f'42["{name}"')]
+
+        return (await self._first(events, lambda e: True))[1]
+
+    async def _first(self, items: Callable[[], list[Any]], match: Callable[[Any], bool]) -> Any:
         async with asyncio.timeout(WAIT_MS / 1000):
             while True:
                 self._changed.clear()
-                for f in self.frames_sent():
-                    if match(f):
-                        return f
+                for item in items():
+                    if match(item):
+                        return item
                 await self._changed.wait()
 
 
@@ -162,30 +176,52 @@ async def test_guest_login_needs_an_empty_user_code(
     assert await page.evaluate("localStorage.admin_code ?? null") is None
 
 
+async def open_character_chat(page: Page, name: str) -> None:
+    """From the main shell: add the character from the add dialog's presets tab (the bridge's
+    MomoHub characters) and open its chat."""
+    await page.click("#addcont")
+    await page.locator(".tab-item", has_text="预设").click()
+    preset = page.locator(".presets-item").filter(has=page.locator(".preset-name", has_text=name))
+    await preset.locator("button").click()
+    await page.keyboard.press("Escape")
+    await page.locator(".el-overlay-dialog").wait_for(state="hidden", timeout=WAIT_MS)
+    await page.locator("#friendlists .mio-contact-item__name", has_text=name).click()
+    await page.wait_for_url(lambda url: "/chat/" in url, timeout=WAIT_MS)
+
+
+async def send_text(page: Page, text: str) -> None:
+    """Send ``text`` in the open chat. The send button of this build throws before sending
+    (its `send` lost the line that built the message, useInputSend.js in 87eb4e7), so the text
+    goes through the client's own `window.__mio.sendText`, which sends the way the button was
+    meant to: through the open contact's webSend."""
+    await page.evaluate("text => window.__mio.sendText(text)", text)
+
+
+def reply_bubble(page: Page, message_id: str) -> Locator:
+    return page.locator(f'#main-messages-window .message-container[data-id="{message_id}"]')
+
+
+def stream_of(wire: Wire, message_id: str) -> list[dict[str, Any]]:
+    return [f for f in wire.frames_received() if f.get("request_id") == message_id]
+
+
+def streamed_text(frames: list[dict[str, Any]]) -> str:
+    return "".join(
+        f["data"]["content"]
+        for f in frames
+        if f["message"] == "update" and f["data"].get("type") == "content"
+    )
+
+
 async def test_a_character_streams_its_reply_into_the_chat(
     context: BrowserContext, hub: Bridge
 ) -> None:
     page, wire = await open_auth_view(context, hub)
     await log_in(page, ADMIN_CODE)
     await page.locator("#friendlists .mio-contact-item__name").first.wait_for(timeout=WAIT_MS)
+    await open_character_chat(page, MOMO.name)
 
-    # The add dialog's presets tab lists the bridge's MomoHub characters; adding Momo makes a
-    # contact whose model is the character.
-    await page.click("#addcont")
-    await page.locator(".tab-item", has_text="预设").click()
-    preset = page.locator(".presets-item").filter(
-        has=page.locator(".preset-name", has_text=MOMO.name)
-    )
-    await preset.locator("button").click()
-    await page.keyboard.press("Escape")
-    await page.locator(".el-overlay-dialog").wait_for(state="hidden", timeout=WAIT_MS)
-    await page.locator("#friendlists .mio-contact-item__name", has_text=MOMO.name).click()
-    await page.wait_for_url(lambda url: "/chat/" in url, timeout=WAIT_MS)
-
-    # The send button of this build throws before sending (its `send` lost the line that built
-    # the message), so the message goes through the client's own `window.__mio.sendText`, which
-    # sends the way the button meant to: the active contact's webSend.
-    await page.evaluate("text => window.__mio.sendText(text)", "hello Momo")
+    await send_text(page, "hello Momo")
     ask = await wire.sent_frame(lambda f: f.get("type") == "completions")
     assert ask["protocol"] == "llm"
     assert ask["data"]["settings"]["base"]["model"] == f"character:{MOMO.id}"
@@ -193,7 +229,7 @@ async def test_a_character_streams_its_reply_into_the_chat(
 
     # The echo arrives in the page as the character's message, completed.
     expected = f"{MOMO.name}: you said hello Momo"
-    reply = page.locator(f'#main-messages-window .message-container[data-id="{reply_id}"]')
+    reply = reply_bubble(page, reply_id)
     await reply.locator(".content.completed", has_text=expected).wait_for(timeout=WAIT_MS)
     user_bubble = page.locator("#main-messages-window .message-container").filter(
         has_text="hello Momo"
@@ -202,10 +238,79 @@ async def test_a_character_streams_its_reply_into_the_chat(
 
     # It came as a stream: pending, updates adding up to the text, then complete; and the
     # client confirmed it, so the bridge can let the stored reply go.
-    frames = [f for f in wire.frames_received() if f.get("request_id") == reply_id]
+    frames = stream_of(wire, reply_id)
     kinds = [f["message"] for f in frames]
     assert kinds[0] == "pending" and kinds[-1] == "complete" and "update" in kinds, kinds
-    text = "".join(f["data"]["content"] for f in frames if f["message"] == "update")
-    assert text == expected
+    assert streamed_text(frames) == expected
     ack = await wire.sent_frame(lambda f: f.get("type") == "ack_message")
+    assert ack["data"]["messageId"] == reply_id
+
+
+# `/slow` anywhere in a message makes the sandbox's echo wait 0.2 s per word: a reply long
+# enough to act on while it streams (a message starting with it would be a chat command).
+SLOW = "please /slow " + " ".join(f"w{i}" for i in range(25))
+
+
+async def test_stop_from_the_message_menu_interrupts_the_reply(
+    context: BrowserContext, hub: Bridge
+) -> None:
+    page, wire = await open_auth_view(context, hub)
+    await log_in(page, ADMIN_CODE)
+    await page.locator("#friendlists .mio-contact-item__name").first.wait_for(timeout=WAIT_MS)
+    await open_character_chat(page, MOMO.name)
+
+    await send_text(page, SLOW)
+    ask = await wire.sent_frame(lambda f: f.get("type") == "completions")
+    reply_id = ask["metaData"]["messageId"]
+    reply = reply_bubble(page, reply_id)
+    await reply.locator(".content", has_text=f"{MOMO.name}:").wait_for(timeout=WAIT_MS)
+
+    # The message's own menu has 停止 (stop) while it streams.
+    await reply.locator(".content").click(button="right")
+    await page.locator("#message-menu div:has(> i.iconfont.stop)").click()
+    interrupt = await wire.sent_event("interruptGeneration")
+    assert interrupt == {"contactorId": ask["metaData"]["contactorId"], "messageId": reply_id}
+
+    # The bridge ends the reply with `complete`; the page keeps the part that had arrived.
+    await wire.received_frame(
+        lambda f: f.get("request_id") == reply_id and f["message"] == "complete"
+    )
+    await reply.locator(".content.completed").wait_for(timeout=WAIT_MS)
+    full = f"{MOMO.name}: you said {SLOW}"
+    text = streamed_text(stream_of(wire, reply_id))
+    assert text and full.startswith(text) and len(text) < len(full), text
+    assert full not in await reply.inner_text()
+
+
+async def test_a_reply_survives_closing_the_tab(context: BrowserContext, hub: Bridge) -> None:
+    page, wire = await open_auth_view(context, hub)
+    await log_in(page, ADMIN_CODE)
+    await page.locator("#friendlists .mio-contact-item__name").first.wait_for(timeout=WAIT_MS)
+    await open_character_chat(page, MOMO.name)
+    chat_path = page.url[len(hub.http) :]
+
+    text = "please /slow " + " ".join(f"w{i}" for i in range(8))
+    await send_text(page, text)
+    ask = await wire.sent_frame(lambda f: f.get("type") == "completions")
+    reply_id = ask["metaData"]["messageId"]
+    await wire.received_frame(
+        lambda f: f.get("request_id") == reply_id and f["message"] == "update"
+    )
+    await page.close()  # mid-reply
+
+    # The same browser comes back (its stored id and code log it in by themselves): the login
+    # names the chat as having a reply waiting, and the chat gets the whole reply.
+    page2 = await context.new_page()
+    wire2 = Wire(page2)
+    await page2.goto(f"{hub.http}/")
+    login = await wire2.received_frame(is_login)
+    assert ask["metaData"]["contactorId"] in login["data"]["pendingTasks"]
+    contact = page2.locator("#friendlists .mio-contact-item").filter(has_text=MOMO.name)
+    await contact.locator(".unread-badge").wait_for(timeout=WAIT_MS)
+    await contact.click()
+    await page2.wait_for_url(lambda url: url.endswith(chat_path), timeout=WAIT_MS)
+    full = f"{MOMO.name}: you said {text}"
+    reply = reply_bubble(page2, reply_id)
+    await reply.locator(".content.completed", has_text=full).wait_for(timeout=WAIT_MS)
+    ack = await wire2.sent_frame(lambda f: f.get("type") == "ack_message")
     assert ack["data"]["messageId"] == reply_id
