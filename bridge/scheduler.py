@@ -24,6 +24,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from bridge.tasks import TaskSet
+from storage.client_replies import REPLY_TTL
 
 if TYPE_CHECKING:
     from storage import Storage
@@ -34,6 +35,7 @@ Job = Callable[[], Awaitable[None]]
 
 # The housekeeping job's id and cadence.
 PURGE_SHARES = "housekeeping-shares"
+PURGE_CLIENT_REPLIES = "housekeeping-client-replies"
 HOUSEKEEPING_EVERY = 3600.0
 # A run still going when the scheduler shuts down gets this long to unwind.
 SHUTDOWN_TIMEOUT = 5.0
@@ -193,3 +195,14 @@ def housekeeping(
                 log.info("housekeeping.shares_purged", count=gone)
 
     scheduler.every(PURGE_SHARES, purge_shares, HOUSEKEEPING_EVERY)
+
+    async def purge_client_replies() -> None:
+        # Web-client replies wait for their client's confirmation; one that never comes back
+        # (a browser's data cleared, a guest gone) would wait forever.
+        db = storage()
+        if db is not None:
+            gone = await db.client_replies.expire(scheduler.clock() - REPLY_TTL)
+            if gone:
+                log.info("housekeeping.client_replies_purged", count=gone)
+
+    scheduler.every(PURGE_CLIENT_REPLIES, purge_client_replies, HOUSEKEEPING_EVERY)

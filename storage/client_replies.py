@@ -5,7 +5,8 @@ A reply is written when it starts (status ``streaming``) and again when it ends;
 `ack_message` deletes it. A reply still ``streaming`` when the bridge starts was cut short by a
 stop or a crash: `interrupted` turns it into a failure, so the client is told rather than left
 waiting. Each user keeps at most ``limit`` replies: past that the oldest go, so a client that
-never confirms cannot grow the table without bound.
+never confirms cannot grow the table without bound; and a reply nobody came back for within
+`REPLY_TTL` is deleted by the housekeeping (users are many and come and go).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage.db import Database, write_one
+
+REPLY_TTL = 7 * 86400.0
 
 
 @dataclass(slots=True)
@@ -97,6 +100,14 @@ class ClientReplyRepo:
             )
         )
         return n > 0
+
+    async def expire(self, older_than: float) -> int:
+        """Delete replies started before ``older_than`` (their client never came back)."""
+        return await self._db.run(
+            lambda conn: write_one(
+                conn, "DELETE FROM client_replies WHERE updated < ?", (older_than,)
+            )
+        )
 
     async def interrupted(self, error: Any) -> int:
         """Mark every reply still streaming as failed with ``error`` (at start-up: whatever ran

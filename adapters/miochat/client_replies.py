@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+# How often a running reply's text so far is stored (a crash then loses at most this much).
+CHECKPOINT_EVERY = 2.0
 RESTART_ERROR = {
     "code": str(ErrorCode.UNAVAILABLE),
     "message": "the bridge restarted before this reply finished",
@@ -64,7 +66,9 @@ class Running:
     interrupted: bool = False
     superseded: bool = False
     acked: bool = False
+    finished: bool = False
     started: float = field(default_factory=time.time)
+    checkpoint_at: float = 0.0
 
     def emit(self, frames: list[dict[str, Any]]) -> None:
         if self.superseded or not frames:
@@ -204,24 +208,43 @@ class ClientReplies:
         )
         return key, request, target
 
-    async def start(self, tab: Tab, user: UserRef, req: L.Completions) -> None:
-        """Take a completions request: `pending` at once, the reply as its turn runs."""
+    def register(self, tab: Tab, user: UserRef, req: L.Completions) -> Running | None:
+        """Take a completions request as it is read, before anything awaits, so an interrupt or
+        a retry right behind it finds it. None (and a `failed` frame) when the user is at the
+        stream limit. `begin` then runs it."""
         rlog = L.ReplyLog(req.request_id, req.meta)
         slot_key = (user.id, req.message_id)
         old = self._running.get(slot_key)
-        if old is not None:
-            # A retry of the same message: the newest request wins.
+        if old is not None and not old.finished:
+            # A retry of the same message: the newest request wins, in the old one's slot.
+            release, old.release = old.release, _nothing
             old.superseded = True
             self._stop(old, "superseded by a retry")
-        try:
-            release = self._reserve(user.id)
-        except BridgeError as e:
-            tab.send_frame(rlog.fail(e.reason, e.code))
-            return
+        else:
+            try:
+                release = self._reserve(user.id)
+            except BridgeError as e:
+                tab.send_frame(rlog.fail(e.reason, e.code))
+                return None
         reply = Running(user, req.contactor_id, rlog, tab, release)
+        self._running[slot_key] = reply
+        return reply
+
+    def drop(self, reply: Running) -> None:
+        """A registered reply that will never begin (its frame was refused)."""
+        self._forget(reply)
+
+    async def begin(self, reply: Running, req: L.Completions) -> None:
+        """`pending`, then the reply as its turn runs."""
+        rlog = reply.log
         try:
-            key, request, target = self._request(user, req)
+            key, request, target = self._request(reply.user, req)
             await self._save(reply)
+            if reply.superseded or reply.interrupted:
+                # Stopped before it was queued: nothing else ends it.
+                frames = [rlog.interrupted()] if reply.interrupted else []
+                await self._finish(reply, [rlog.pending(), *frames])
+                return
             sessions = self.hub.sessions
 
             async def job(turn: Turn) -> None:
@@ -232,14 +255,11 @@ class ClientReplies:
 
             reply.turn = sessions.engine.submit(key, job)
         except BridgeError as e:
-            reply.done()
-            tab.send_frame(rlog.fail(e.reason, e.code))
-            await self._save(reply)
+            await self._finish(reply, [rlog.fail(e.reason, e.code)])
             return
         except BaseException:
-            reply.done()
+            self._forget(reply)
             raise
-        self._running[slot_key] = reply
         reply.emit([rlog.pending()])
 
     async def _run(self, reply: Running, stream: Any, turn: Turn) -> None:
@@ -251,6 +271,9 @@ class ClientReplies:
                     await self._finish(reply, frames)
                     return
                 reply.emit(frames)
+                if time.monotonic() >= reply.checkpoint_at:
+                    # What streamed so far survives a crash: the client is shown it on return.
+                    await self._save(reply)
             await self._finish(
                 reply,
                 [rlog.fail("the model stream ended without a result", ErrorCode.UPSTREAM_ERROR)],
@@ -279,14 +302,23 @@ class ClientReplies:
 
     async def _finish(self, reply: Running, frames: list[dict[str, Any]]) -> None:
         """Stored (or, if the client already confirmed it, deleted) before the last frame goes
-        out: the client's `ack_message` follows that frame and must find it."""
-        self._forget(reply)
-        if not reply.superseded:
-            if reply.acked:
-                await self.hub.storage.client_replies.delete(reply.user.id, reply.log.message_id)
-            else:
-                await self._save(reply)
-        reply.emit(frames)
+        out: the client's `ack_message` follows that frame and must find it. The reply stays
+        listed until then, so a tab entering the chat meanwhile is sent those frames."""
+        reply.done()
+        if reply.finished:
+            return
+        reply.finished = True
+        try:
+            if not reply.superseded:
+                if reply.acked:
+                    await self.hub.storage.client_replies.delete(
+                        reply.user.id, reply.log.message_id
+                    )
+                else:
+                    await self._save(reply)
+        finally:
+            reply.emit(frames)
+            self._forget(reply)
 
     def _forget(self, reply: Running) -> None:
         reply.done()
@@ -296,6 +328,7 @@ class ClientReplies:
 
     async def _save(self, reply: Running) -> None:
         rlog = reply.log
+        reply.checkpoint_at = time.monotonic() + CHECKPOINT_EVERY
         await self.hub.storage.client_replies.save(
             StoredReply(
                 user_id=reply.user.id,
@@ -316,13 +349,14 @@ class ClientReplies:
         """Stop the user's reply to ``it.message_id``; it ends with `complete` and what it has.
         False when no such reply runs (it finished already: nothing to do)."""
         reply = self._running.get((user.id, it.message_id))
-        if reply is None:
+        if reply is None or reply.finished:
             return False
         reply.interrupted = True
         self._stop(reply, "interrupted by the user")
         return True
 
     def _stop(self, reply: Running, why: str) -> None:
+        """Stop a reply's turn. One not queued yet is ended by `begin`, which sees the flags."""
         turn = reply.turn
         if turn is None:
             return
@@ -333,7 +367,6 @@ class ClientReplies:
                 if reply.interrupted
                 else [reply.log.fail(why, ErrorCode.CANCELLED)]
             )
-            self._forget(reply)
             self._spawn(self._finish(reply, frames))
 
     # ----- enter_chat / ack_message ------------------------------------------------------------
@@ -341,31 +374,42 @@ class ClientReplies:
     async def enter(self, tab: Tab, user: UserRef, contactor_id: str) -> int:
         """The tab shows ``contactor_id``: a `sync` for each reply of it the client has not
         confirmed, then live updates of those still running. Returns how many."""
-        sent = 0
+        live = {
+            r.log.message_id: r
+            for r in self._running.values()
+            if r.user.id == user.id and r.contactor_id == contactor_id and not r.superseded
+        }
+        for r in live.values():
+            r.watchers.add(tab)  # from now on it gets their frames, the last ones included
         stored = await self.hub.storage.client_replies.of_contactor(user.id, contactor_id)
+        sent = 0
+        for r in live.values():
+            tab.send_frame(r.log.sync())
+            sent += 1
         for row in stored:
-            live = self._running.get((user.id, row.message_id))
-            if live is not None:
-                live.watchers.add(tab)
-                tab.send_frame(live.log.sync())
-            else:
-                tab.send_frame(
-                    L.sync_frame(
-                        row.meta.get("messageId", row.message_id),
-                        row.message_id,
-                        row.chunks,
-                        row.status,
-                        row.error,
-                        row.meta,
-                    )
+            if row.message_id in live:
+                continue
+            tab.send_frame(
+                L.sync_frame(
+                    row.meta.get("messageId", row.message_id),
+                    row.message_id,
+                    row.chunks,
+                    row.status,
+                    row.error,
+                    row.meta,
                 )
+            )
             sent += 1
         return sent
 
     async def ack(self, user: UserRef, message_id: str) -> None:
-        """The client has stored the reply: it is no longer kept."""
+        """The client has stored the reply: it is no longer kept. The client confirms a reply
+        still running only after it interrupted it; any other such ack is for an earlier
+        attempt of a retried message, and the retry's reply is still to be kept."""
         live = self._running.get((user.id, message_id))
         if live is not None:
+            if not live.interrupted:
+                return
             live.acked = True  # deleted when it ends instead of stored
         await self.hub.storage.client_replies.delete(user.id, message_id)
 

@@ -25,7 +25,15 @@ ROLES = {"system", "user", "assistant", "tool"}
 TYPES = ("completions", "enter_chat", "ack_message")
 # The client's metaData is echoed in every frame; only these keys, each short, so a hostile
 # client cannot make the bridge echo (and store) megabytes with every update.
-META_KEYS = ("contactorId", "messageId", "namePolicy", "contactorName", "memberId", "memberName")
+META_KEYS = (
+    "contactorId",
+    "messageId",
+    "namePolicy",
+    "contactorName",
+    "memberId",
+    "memberName",
+    "memberAvatar",
+)
 META_VALUE_CHARS = 256
 # `<message time="…">text</message>`: how the client wraps what the user typed (by default).
 _TIME_WRAPPER = re.compile(r'<message time="[^"<>]{0,64}">\n?(.*?)\n?</message>', re.S)

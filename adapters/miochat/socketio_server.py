@@ -98,6 +98,12 @@ class SioConnection:
         self._confirmed_seq = 0
         self._pings: deque[int] = deque()
         self._engine: Any = None
+        # A push the peer caused while earlier ones still wait in the queue: confirmed with
+        # them once they are out (confirming it now would confirm them too).
+        self._noted_later = 0
+        # Set whenever the queue is at most half full (or the connection is gone).
+        self._room = asyncio.Event()
+        self._room.set()
         # Contactors with replies the client has not confirmed, for the login frame.
         self.pending_tasks: list[str] = []
 
@@ -113,6 +119,8 @@ class SioConnection:
         if self._queued_bytes > self._max_queue and len(self._queue) > 1:
             self.abort("send queue overflow")
             return False
+        if self._queued_bytes > self._max_queue // 2:
+            self._room.clear()
         if self._writer is None:
             self._writer = self.tasks.spawn(self._write_loop(), name="socketio-writer")
         return True
@@ -125,10 +133,15 @@ class SioConnection:
             while self._queue and not self.closed:
                 text, seq = self._queue.popleft()
                 self._queued_bytes -= len(text)
+                if self._queued_bytes <= self._max_queue // 2:
+                    self._room.set()
                 async with asyncio.timeout(self._send_timeout):
                     await self.edge.sio.emit(S.EVENT, text, to=self.sid)
                 if seq:
-                    self.note(seq)
+                    self._written(seq)
+            if self._noted_later and not self._queue:
+                self._written(self._noted_later)
+                self._noted_later = 0
         except TimeoutError:
             self.abort("peer stopped reading")
         finally:
@@ -143,6 +156,7 @@ class SioConnection:
         self.closed = True
         self._queue.clear()
         self._queued_bytes = 0
+        self._room.set()
         self.edge.spawn(self.edge.sio.disconnect(self.sid), name="socketio-abort")
 
     # ----- the push sink -----------------------------------------------------------------------
@@ -150,16 +164,38 @@ class SioConnection:
     def offer(self, push: Push) -> bool:
         return self.send_frame(P.push_frame(push), push.seq)
 
+    def backlogged(self) -> bool:
+        """The queue is past half full: a replayed backlog waits for `room`."""
+        return self._queued_bytes > self._max_queue // 2
+
+    async def room(self) -> bool:
+        """Until the queue has room again; False once the connection is gone (the writer
+        aborts a peer that stops reading, which ends the wait)."""
+        while not self.closed and self.backlogged():
+            await self._room.wait()
+        return not self.closed
+
     def note(self, seq: int) -> None:
-        """Push ``seq`` is out (or the peer knows it already: it caused it). The web client
-        never acknowledges pushes, so they are confirmed by Engine.IO's heartbeat: a pong to a
-        ping queued after the push means the client has read it (one transport, in order). A
-        ping is sent for it at once rather than at the next heartbeat."""
+        """The peer knows push ``seq`` already (it caused it)."""
+        if any(s for _, s in self._queue):
+            self._noted_later = max(self._noted_later, seq)
+        else:
+            self._written(seq)
+
+    def _written(self, seq: int) -> None:
+        """Push ``seq`` is out. The web client never acknowledges pushes, so they are confirmed
+        by Engine.IO's heartbeat: a pong to a ping queued after the push means the client has
+        read it (one transport, in order). A ping is sent for it at once rather than at the
+        next heartbeat."""
         if seq <= self._written_seq or self.closed:
             return
         self._written_seq = seq
+        self._probe()
+
+    def _probe(self) -> None:
+        """A ping now, unless one is in flight (its pong sends the next if more went out)."""
         sock = self._engine
-        if sock is not None and not self._pings and not sock.closed:
+        if sock is not None and not self._pings and not sock.closed and not self.closed:
             self.tasks.spawn(sock.send(packet.Packet(packet.PING)), name="socketio-probe")
 
     def watch_engine(self, sock: Any) -> None:
@@ -167,6 +203,9 @@ class SioConnection:
         pong, so its socket's send and receive are wrapped)."""
         self._engine = sock
         send, receive = sock.send, sock.receive
+        if sock.last_ping:
+            # A heartbeat ping went out before this: its pong confirms nothing of ours.
+            self._pings.append(0)
 
         async def sending(pkt: packet.Packet) -> None:
             if pkt.packet_type == packet.PING:
@@ -176,6 +215,8 @@ class SioConnection:
         async def receiving(pkt: packet.Packet) -> None:
             if pkt.packet_type == packet.PONG and self._pings:
                 self._confirm(self._pings.popleft())
+                if self._written_seq > self._confirmed_seq:
+                    self._probe()
             await receive(pkt)
 
         sock.send, sock.receive = sending, receiving
@@ -189,25 +230,27 @@ class SioConnection:
 
     def spawn_frame(
         self, req: P.Request, work: Callable[[], Awaitable[None]], order: Hashable | None
-    ) -> None:
+    ) -> bool:
         """Run a frame's work as a task; after the previous one with the same ``order``;
-        past `limits.frames_in_flight` the frame is answered BUSY."""
+        past `limits.frames_in_flight` the frame is answered BUSY (and False returned)."""
         if self._order.running >= self._max_in_flight:
             self.fail(
                 req,
                 ErrorCode.BUSY,
                 f"{self._max_in_flight} requests of this connection are still being handled",
             )
-            return
+            return False
         self._order.spawn(
             lambda: handlers.guarded(self, req, lambda *_: work()),
             order,
             f"socketio-{req.protocol}/{req.type}",
         )
+        return True
 
     async def close(self) -> None:
         self.closed = True
         self._queue.clear()
+        self._room.set()
         self.hub.outbox.detach(self.user.id, self)
         await self.tasks.cancel_all()
 
@@ -391,11 +434,14 @@ class SocketIOEdge:
         elif isinstance(frame, P.DeleteMessageRequest):
             conn.spawn_frame(frame, lambda: handlers.on_del_message(conn, frame), None)  # type: ignore[arg-type]
         elif isinstance(frame, L.Completions):
-            conn.spawn_frame(
+            # Registered as it is read: an interrupt or a retry right behind it finds it.
+            reply = self.replies.register(conn, conn.user, frame)
+            if reply is not None and not conn.spawn_frame(
                 frame,  # type: ignore[arg-type]
-                lambda: self.replies.start(conn, conn.user, frame),
+                lambda: self.replies.begin(reply, frame),
                 ("llm", frame.contactor_id),
-            )
+            ):
+                self.replies.drop(reply)
         elif isinstance(frame, L.EnterChat):
             conn.spawn_frame(
                 frame,  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import plugins.schedule as schedule_plugin
-from bridge.scheduler import PURGE_SHARES
+from bridge.scheduler import PURGE_CLIENT_REPLIES, PURGE_SHARES
 from tests.conftest import Bridge
 from tests.e2e.test_momohub import MOMO, text
 from tests.e2e.test_plugins import generations, pushed_texts
@@ -239,6 +239,21 @@ async def test_housekeeping_purges_expired_shares(hub: Bridge) -> None:
     await task
     assert await storage.shares.count() == 1
     assert await storage.shares.get(fresh) == {"name": "fresh"}
+
+
+async def test_housekeeping_purges_web_client_replies_nobody_came_back_for(hub: Bridge) -> None:
+    from storage.client_replies import REPLY_TTL, StoredReply
+
+    storage = hub.app.storage
+    assert storage is not None
+    for mid, started in (("old", time.time() - REPLY_TTL - 60), ("new", time.time())):
+        reply = StoredReply("u1", mid, "c1", "completed", [], None, {"messageId": mid}, started)
+        await storage.client_replies.save(reply, 10)
+    task = hub.app.scheduler.run_now(PURGE_CLIENT_REPLIES)
+    assert task is not None
+    await task
+    rows = await storage.client_replies.of_contactor("u1", "c1")
+    assert [r.message_id for r in rows] == ["new"]
 
 
 async def test_stop_leaves_no_scheduled_run_behind(hub: Bridge) -> None:

@@ -452,3 +452,138 @@ async def test_models_updated_when_a_provider_lists_a_new_model(
         assert isinstance(d["timestamp"], int) and d["models_meta"] == {}
     finally:
         await c.close()
+
+
+def ack(contactor: str, message_id: str) -> dict[str, Any]:
+    return {
+        "request_id": f"ack-{message_id}",
+        "protocol": "llm",
+        "type": "ack_message",
+        "data": {"contactorId": contactor, "messageId": message_id},
+    }
+
+
+async def test_interrupt_right_behind_the_request_is_not_lost(
+    hub: Bridge, upstream: FakeOpenAI, transport: str
+) -> None:
+    """The client stops a reply the moment it asked for it (no frame seen yet)."""
+    c, _ = await login(hub, transport, "3000000015")
+    mid = "1000000000000111"
+    try:
+        await c.send(completions(mid, "515", "slow", [user("go")]))
+        await c.sio.emit("interruptGeneration", {"contactorId": "515", "messageId": mid})
+        await c.wait_for(of(mid, "complete"))
+        await upstream.wait_open_streams(0)
+        # Its ack follows the interrupt: nothing is kept, and the slot is free.
+        await c.send(ack("515", mid))
+
+        async def settled() -> bool:
+            return (
+                hub.app.hub.active_streams == {}
+                and await hub.app.storage.client_replies.contactors("3000000015") == []
+            )
+
+        await eventually(settled)
+    finally:
+        await c.close()
+
+
+async def test_an_earlier_attempts_ack_does_not_drop_the_retry(
+    hub: Bridge, upstream: FakeOpenAI, transport: str
+) -> None:
+    c, _ = await login(hub, transport, "3000000016")
+    mid = "1000000000000121"
+    await c.send(completions(mid, "516", "echo", [user("one")]))
+    await c.wait_for(of(mid, "complete"))
+    await c.send(completions(mid, "516", "gated", [user("two")]))
+    await c.wait_for(of(mid, "update"))
+    await c.send(ack("516", mid))  # the first attempt's, arriving late
+    await c.send({"request_id": "h", "protocol": "system", "type": "heartbeat", "data": {}})
+    await c.wait_for(lambda f: f.get("request_id") == "h")
+    await c.close()
+    upstream.gate.set()
+    replies = hub.app.socketio.replies  # type: ignore[union-attr]
+
+    async def finished() -> bool:
+        return replies.running == 0
+
+    await eventually(finished)
+    back, data = await login(hub, transport, "3000000016")
+    try:
+        assert data["pendingTasks"] == ["516"]
+    finally:
+        await back.close()
+
+
+async def test_retry_at_the_stream_limit_takes_the_running_replys_place(
+    bridge_factory, upstream: FakeOpenAI, transport: str
+) -> None:
+    b = await bridge_factory(**_sections(upstream, limits={"streams_per_user": 1}))
+    c, _ = await login(b, transport, "3000000017")
+    mid = "1000000000000131"
+    try:
+        await c.send(completions(mid, "517", "slow", [user("a")]))
+        await c.wait_for(of(mid, "update"))
+        await c.send(completions(mid, "517", "echo", [user("again")]))
+        await c.wait_for(of(mid, "complete"))
+        frames = stream(c, mid)
+        assert not [f for f in frames if f["message"] == "failed"]
+        assert "again" in text_of(frames)
+        await upstream.wait_open_streams(0)
+        assert b.app.hub.active_streams == {}
+    finally:
+        await c.close()
+
+
+async def test_text_so_far_is_stored_while_the_reply_runs(
+    hub: Bridge, upstream: FakeOpenAI, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a crash would leave: the text streamed so far, not an empty reply."""
+    from adapters.miochat import client_replies
+
+    monkeypatch.setattr(client_replies, "CHECKPOINT_EVERY", 0.0)
+    c, _ = await login(hub, transport, "3000000018")
+    mid = "1000000000000141"
+    try:
+        await c.send(completions(mid, "518", "gated", [user("keep")]))
+        await c.wait_for(of(mid, "update"))
+
+        async def stored() -> bool:
+            rows = await hub.app.storage.client_replies.of_contactor("3000000018", "518")
+            return bool(rows) and rows[0].chunks == [{"type": "content", "content": "first part, "}]
+
+        await eventually(stored)
+        upstream.gate.set()
+        await c.wait_for(of(mid, "complete"))
+    finally:
+        await c.close()
+
+
+async def test_a_backlog_past_the_send_queue_is_replayed_as_the_tab_reads(
+    bridge_factory, upstream: FakeOpenAI, transport: str
+) -> None:
+    from bridge.outbox import Push
+
+    b = await bridge_factory(**_sections(upstream, server={"max_send_queue": 65536}))
+    text = "x" * 2000
+    for i in range(100):  # about 200 KB waiting, three times the send queue
+        seg = [{"type": "text", "data": {"text": f"{i} {text}"}}]
+        await b.app.outbox.push("3000000019", Push("message", MOMO, 1000 + i, seg))
+    c, _ = await login(b, transport, "3000000019")
+    try:
+        last = await c.wait_for(
+            lambda f: (
+                f.get("protocol") == "onebot" and f["data"]["content"].get("message_id") == 1099
+            )
+        )
+        got = [
+            f["data"]["content"]["message_id"] for f in c.frames if f.get("protocol") == "onebot"
+        ]
+        assert got == list(range(1000, 1100)) and last and c.sio.connected
+
+        async def confirmed() -> bool:
+            return await b.app.outbox.pending_count("3000000019") == 0
+
+        await eventually(confirmed)
+    finally:
+        await c.close()
