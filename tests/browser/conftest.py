@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -109,17 +109,34 @@ async def _refuse(route: Route) -> None:
 
 
 @pytest.fixture
-async def context(browser: Browser, bridge_factory: object) -> AsyncIterator[BrowserContext]:
-    """A fresh profile: the client keeps its id, code and contacts in localStorage and
-    IndexedDB, so each test starts as a first visit. Service workers are blocked: the client's
-    caches same-origin GETs in IndexedDB, which would make a test depend on an earlier page.
+async def new_context(
+    browser: Browser, bridge_factory: object
+) -> AsyncIterator[Callable[[], Awaitable[BrowserContext]]]:
+    """Makes fresh browser profiles: the client keeps its id, code and contacts in localStorage
+    and IndexedDB, so each profile starts as a first visit. Service workers are blocked: the
+    client's worker caches same-origin GETs in IndexedDB, which would make a test depend on
+    an earlier page.
 
-    It depends on `bridge_factory` only to be closed before the bridges stop: a page still
-    connected would hold the bridge's shutdown until its Socket.IO session times out."""
-    ctx = await browser.new_context(service_workers="block")
-    ctx.set_default_timeout(15_000)
-    await ctx.route(NOT_LOOPBACK, _refuse)
+    It depends on `bridge_factory` only so that its profiles are closed before the bridges
+    stop: a page still connected would hold the bridge's shutdown until its Socket.IO session
+    times out."""
+    made: list[BrowserContext] = []
+
+    async def make() -> BrowserContext:
+        ctx = await browser.new_context(service_workers="block")
+        made.append(ctx)
+        ctx.set_default_timeout(15_000)
+        await ctx.route(NOT_LOOPBACK, _refuse)
+        return ctx
+
     try:
-        yield ctx
+        yield make
     finally:
-        await ctx.close()
+        for ctx in made:
+            await ctx.close()
+
+
+@pytest.fixture
+async def context(new_context: Callable[[], Awaitable[BrowserContext]]) -> BrowserContext:
+    """One fresh profile for the test."""
+    return await new_context()

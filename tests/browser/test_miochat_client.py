@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -384,3 +384,26 @@ async def test_a_message_to_the_onebot_contact_reaches_the_framework(
     assert answer.get("code") == 0, answer  # acked with the stored message id
     event = await fw.wait(lambda f: f.get("post_type") == "message")
     assert "hi framework" in json.dumps(event["message"])
+
+
+async def test_a_shared_chat_opens_in_another_browser(
+    new_context: Callable[[], Awaitable[BrowserContext]], bridge_factory, web_root: Path
+) -> None:
+    """The share button stores the chat on the bridge and gives a `/s/<id>` link; a fresh
+    browser opening it logs in as a guest (no user code here) and gets the chat."""
+    hub = await bridge_factory(
+        momohub={"enabled": True}, miochat={"socketio": True, "web_root": str(web_root)}
+    )
+    page, _ = await open_auth_view(await new_context(), hub)
+    await log_in(page, ADMIN_CODE)
+    await page.locator("#friendlists .mio-contact-item__name").first.wait_for(timeout=WAIT_MS)
+    await open_character_chat(page, MOMO.name)
+    async with page.expect_response(lambda r: r.url.endswith("/api/share/set")) as answer:
+        await page.locator(".upside-bar .share").click()
+    share_url = (await (await answer.value).json())["data"]["shareUrl"]
+    assert share_url.startswith(f"{hub.http}/s/"), share_url
+
+    visitor = await (await new_context()).new_page()
+    await visitor.goto(share_url)
+    shared = visitor.locator("#friendlists .mio-contact-item__name", has_text=MOMO.name)
+    await shared.wait_for(timeout=WAIT_MS)
