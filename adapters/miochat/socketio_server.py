@@ -31,7 +31,7 @@ from adapters.miochat import protocol as P
 from adapters.miochat import socketio_frames as S
 from adapters.miochat.client_replies import ClientReplies
 from adapters.miochat.frame_order import FrameOrder
-from bridge.errors import ErrorCode
+from bridge.errors import BridgeError, ErrorCode
 from bridge.models import UserRef
 from bridge.outbox import Push
 from bridge.tasks import TaskSet
@@ -465,6 +465,19 @@ class SocketIOEdge:
                 f"{frame.protocol}/{frame.type} is not served on the Socket.IO transport yet",
             )
 
+    def _contact(self, conn: SioConnection, contact: str) -> str:
+        """The bridge contact a message is for. The web client's OneBot contact has an id of
+        the client's own making (it talks to "the bot", as the reference server has one): a
+        contact the bridge does not know goes to the bot framework's account, if one is linked."""
+        router = self.hub.router
+        try:
+            router.contact_target(contact)
+        except BridgeError:
+            bot = next((c.id for c in router.contacts(conn.user) if c.kind == "onebot"), None)
+            if bot is not None:
+                return bot
+        return contact
+
     async def _interrupt(self, sid: str, data: Any = None) -> None:
         """`interruptGeneration {contactorId, messageId}`: a plain object, not a frame; nothing
         answers it but the reply's own `complete`."""
@@ -479,6 +492,9 @@ class SocketIOEdge:
         """onebot/message: stored and queued by the core; the reply comes as a push."""
         msg = req.data
         accepted = await self.hub.sessions.send(
-            conn.user, msg.contact, msg.segments, stream_request_id=req.request_id
+            conn.user,
+            self._contact(conn, msg.contact),
+            msg.segments,
+            stream_request_id=req.request_id,
         )
         conn.send_frame(S.onebot_ack(req.request_id, accepted.message_id))

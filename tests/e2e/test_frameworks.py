@@ -338,5 +338,23 @@ async def test_web_client_socketio_to_nonebot(
             lambda f: f.get("protocol") == "onebot" and f["data"].get("id") == BOT
         )
         assert push["data"]["content"]["message"] == text("echo: over socket.io")
+        # The client's OneBot contact has an id of its own making: it means the bot.
+        await c.send(
+            {
+                "request_id": "sio-2",
+                "protocol": "onebot",
+                "type": "message",
+                "id": "5550001234",
+                "data": text("to my onebot contact"),
+                "metaData": {"contactorId": "1234500001"},
+            }
+        )
+        assert (await c.wait_for(lambda f: f.get("request_id") == "sio-2"))["code"] == 0
+        await c.wait_for(
+            lambda f: (
+                f.get("protocol") == "onebot"
+                and f["data"]["content"]["message"] == text("echo: to my onebot contact")
+            )
+        )
     finally:
         await c.close()
