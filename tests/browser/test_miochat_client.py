@@ -365,15 +365,11 @@ async def test_a_framework_message_shows_in_the_onebot_contact(
     await bubble.wait_for(timeout=WAIT_MS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # the refusal below; anything else (a missing browser) is an error
-    reason="the client sends its OneBot contact's own (client-made) id as the frame's `id`; "
-    "the bridge looks for a contact of that id and answers NOT_FOUND",
-)
 async def test_a_message_to_the_onebot_contact_reaches_the_framework(
     context: BrowserContext, framework: tuple[Bridge, FakeFramework]
 ) -> None:
+    """The client's OneBot contact has an id of the client's own making; the bridge takes a
+    message to a contact it does not know as one to the linked framework's bot."""
     hub, fw = framework
     page, wire, contact = await open_onebot_chat(context, hub)
     await contact.click()
