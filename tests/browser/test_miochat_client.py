@@ -404,3 +404,24 @@ async def test_a_shared_chat_opens_in_another_browser(
     await visitor.goto(share_url)
     shared = visitor.locator("#friendlists .mio-contact-item__name", has_text=MOMO.name)
     await shared.wait_for(timeout=WAIT_MS)
+
+
+async def test_a_reply_cut_short_by_a_restart_shows_as_failed(
+    context: BrowserContext, hub: Bridge
+) -> None:
+    page, wire = await open_auth_view(context, hub)
+    await log_in(page, ADMIN_CODE)
+    await page.locator("#friendlists .mio-contact-item__name").first.wait_for(timeout=WAIT_MS)
+    await open_character_chat(page, MOMO.name)
+
+    await send_text(page, SLOW)
+    ask = await wire.sent_frame(lambda f: f.get("type") == "completions")
+    reply_id = ask["metaData"]["messageId"]
+    await wire.received_frame(
+        lambda f: f.get("request_id") == reply_id and f["message"] == "update"
+    )
+
+    # The bridge stops mid-reply and comes back on the same port and database; the open tab
+    # reconnects by itself and is told what became of the reply.
+    await hub.restart()
+    await reply_bubble(page, reply_id).locator(".content.failed").wait_for(timeout=WAIT_MS)
