@@ -246,6 +246,19 @@ async def test_a_character_streams_its_reply_into_the_chat(
     ack = await wire.sent_frame(lambda f: f.get("type") == "ack_message")
     assert ack["data"]["messageId"] == reply_id
 
+    # A tool call (`/tool` makes the sandbox run a clock tool first) shows as the client's
+    # tool block, finished (完成), above the text.
+    await send_text(page, "what time is it /tool")
+    ask = await wire.sent_frame(
+        lambda f: f.get("type") == "completions" and f["metaData"]["messageId"] != reply_id
+    )
+    reply = reply_bubble(page, ask["metaData"]["messageId"])
+    block = reply.locator(".action-block-header").filter(has_text="clock")
+    await block.locator(".block-status-text", has_text="完成").wait_for(timeout=WAIT_MS)
+    await reply.locator(".content.completed", has_text="you said what time is it").wait_for(
+        timeout=WAIT_MS
+    )
+
 
 # `/slow` anywhere in a message makes the sandbox's echo wait 0.2 s per word: a reply long
 # enough to act on while it streams (a message starting with it would be a chat command).
