@@ -55,6 +55,15 @@ def _with_text(message: JSON, text: str) -> JSON:
     return {**message, "content": parts}
 
 
+def conversation_key(target: Any, request: CompletionRequest) -> ConversationKey:
+    """The conversation a completion belongs to: the target's own notion (a character's chat
+    is the same as by `onebot/message`), else the model's thread ``conversation_id``."""
+    key_of = getattr(target, "conversation_key", None)
+    if key_of is not None:
+        return key_of(request)
+    return ConversationKey(request.user.id, f"model:{request.model}", request.conversation_id)
+
+
 @dataclass(slots=True)
 class Plan:
     """What to do with a completion: send ``request`` upstream, or answer it here with a

@@ -28,6 +28,7 @@ from adapters.miochat import llm_frames as L
 from bridge import completions
 from bridge.engine import Turn
 from bridge.errors import BridgeError, ErrorCode
+from bridge.model_chats import trimmed
 from bridge.models import JSON, CompletionRequest, ConversationKey, UserRef
 from storage.client_replies import StoredReply
 
@@ -100,14 +101,7 @@ def trimmed_history(messages: list[JSON], max_chars: int) -> list[JSON]:
     lead = _lead_systems(messages)
     head, rest = messages[:lead], messages[lead:]
     budget = max_chars - sum(len(str(m.get("content", ""))) for m in head)
-    total = 0
-    keep = len(rest)
-    for i in range(len(rest) - 1, -1, -1):
-        total += len(str(rest[i].get("content", "")))
-        if total > budget and i < len(rest) - 1:
-            break
-        keep = i
-    return head + rest[keep:]
+    return head + trimmed(rest, max(budget, 0))
 
 
 class ClientReplies:
@@ -133,22 +127,6 @@ class ClientReplies:
 
     # ----- llm/completions ---------------------------------------------------------------------
 
-    def _reserve(self, user_id: str) -> Callable[[], None]:
-        hub = self.hub
-        limit = hub.config.limits.streams_per_user
-        if hub.active_streams.get(user_id, 0) >= limit:
-            raise BridgeError(ErrorCode.BUSY, f"at most {limit} replies at once per user")
-        hub.active_streams[user_id] = hub.active_streams.get(user_id, 0) + 1
-
-        def release() -> None:
-            left = hub.active_streams.get(user_id, 0) - 1
-            if left > 0:
-                hub.active_streams[user_id] = left
-            else:
-                hub.active_streams.pop(user_id, None)
-
-        return release
-
     def _model(self, provider: str, model: str) -> str:
         """The bridge's name of ``model`` as the client picked it: under a provider, as listed
         in the login frame's `models` (an OpenAI-compatible provider's models are listed bare)."""
@@ -168,9 +146,8 @@ class ClientReplies:
         hub = self.hub
         model = self._model(req.provider, req.model)
         target = hub.router.model_target(model)
-        key_of = getattr(target, "conversation_key", None)
         messages = req.messages
-        if key_of is not None:
+        if hasattr(target, "conversation_key"):
             # Keeps its own history: only what the user just said.
             last = next((m for m in reversed(messages) if m.get("role") == "user"), None)
             if last is None:
@@ -201,12 +178,7 @@ class ClientReplies:
             frequency_penalty=p.get("frequency_penalty"),
             max_tokens=int(p["max_tokens"]) if "max_tokens" in p else None,
         )
-        key = (
-            key_of(request)
-            if key_of is not None
-            else ConversationKey(user.id, f"model:{model}", req.contactor_id)
-        )
-        return key, request, target
+        return completions.conversation_key(target, request), request, target
 
     def register(self, tab: Tab, user: UserRef, req: L.Completions) -> Running | None:
         """Take a completions request as it is read, before anything awaits, so an interrupt or
@@ -222,7 +194,7 @@ class ClientReplies:
             self._stop(old, "superseded by a retry")
         else:
             try:
-                release = self._reserve(user.id)
+                release = self.hub.reserve_stream(user.id)
             except BridgeError as e:
                 tab.send_frame(rlog.fail(e.reason, e.code))
                 return None

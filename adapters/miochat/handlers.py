@@ -23,7 +23,7 @@ from adapters.miochat.streams import StreamRenderer
 from bridge import completions
 from bridge.engine import Turn
 from bridge.errors import BridgeError, ErrorCode
-from bridge.models import CompletionRequest, ConversationKey, Failed, ReplyEvent, UserRef
+from bridge.models import CompletionRequest, Failed, ReplyEvent, UserRef
 from bridge.sessions import Accepted
 
 if TYPE_CHECKING:
@@ -302,18 +302,7 @@ def _reserve_stream(conn: Connection, req: P.CompletionsRequest) -> tuple[Hashab
         raise BridgeError(
             ErrorCode.INVALID_DATA, "a stream with this request_id is already running"
         )
-    limit = hub.config.limits.streams_per_user
-    if hub.active_streams.get(user_id, 0) >= limit:
-        raise BridgeError(ErrorCode.BUSY, f"at most {limit} concurrent completions per user")
-    hub.active_streams[user_id] = hub.active_streams.get(user_id, 0) + 1
-
-    def release() -> None:
-        left = hub.active_streams.get(user_id, 0) - 1
-        if left > 0:
-            hub.active_streams[user_id] = left
-        else:
-            hub.active_streams.pop(user_id, None)
-
+    release = hub.reserve_stream(user_id)
     slot = conn.streams[req.request_id] = StreamSlot(req.request_id, release)
     return ("completion", req.data.model, req.data.conversation_id), slot
 
@@ -345,12 +334,7 @@ async def on_completions(conn: Connection, req: P.CompletionsRequest, slot: Stre
             max_tokens=data.max_tokens,
             tools=data.tools,
         )
-        key_of = getattr(target, "conversation_key", None)
-        key = (
-            key_of(request)
-            if key_of is not None
-            else ConversationKey(conn.user.id, f"model:{model}", data.conversation_id)
-        )
+        key = completions.conversation_key(target, request)
 
         sessions = hub.sessions
 

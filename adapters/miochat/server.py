@@ -20,6 +20,7 @@ from adapters.miochat import transport
 from adapters.miochat.connection import Connection
 from adapters.miochat.http_routes import WS_PATHS, HttpRoutes
 from bridge.config import Config
+from bridge.errors import BridgeError, ErrorCode
 from bridge.models import UserRef
 from bridge.outbox import Outbox
 from bridge.router import Router
@@ -79,6 +80,23 @@ class HubServer:
         """Every open connection on the port, the mounted edges' (Socket.IO) included: they
         share `server.max_connections`."""
         return len(self._all) + sum(count() for count in self._counters)
+
+    def reserve_stream(self, user_id: str) -> Callable[[], None]:
+        """One of the user's `limits.streams_per_user` replies at once (BUSY past them); the
+        returned function gives it back and must be called exactly once."""
+        limit = self.config.limits.streams_per_user
+        if self.active_streams.get(user_id, 0) >= limit:
+            raise BridgeError(ErrorCode.BUSY, f"at most {limit} concurrent completions per user")
+        self.active_streams[user_id] = self.active_streams.get(user_id, 0) + 1
+
+        def release() -> None:
+            left = self.active_streams.get(user_id, 0) - 1
+            if left > 0:
+                self.active_streams[user_id] = left
+            else:
+                self.active_streams.pop(user_id, None)
+
+        return release
 
     def count_also(self, count: Callable[[], int]) -> None:
         """Count a mounted edge's connections (``count`` says how many are open)."""

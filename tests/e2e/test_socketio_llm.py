@@ -100,6 +100,41 @@ async def login(b: Bridge, transport: str, uid: str) -> tuple[SioClient, dict[st
     return c, (await c.wait_for(is_login))["data"]
 
 
+def ack(contactor: str, message_id: str) -> dict[str, Any]:
+    return {
+        "request_id": f"ack-{message_id}",
+        "protocol": "llm",
+        "type": "ack_message",
+        "data": {"contactorId": contactor, "messageId": message_id},
+    }
+
+
+def enter(contactor: str) -> dict[str, Any]:
+    return {
+        "request_id": f"enter-{contactor}",
+        "protocol": "llm",
+        "type": "enter_chat",
+        "data": {"contactorId": contactor},
+    }
+
+
+async def no_reply_running(b: Bridge) -> None:
+    replies = b.app.socketio.replies  # type: ignore[union-attr]
+
+    async def finished() -> bool:
+        return replies.running == 0
+
+    await eventually(finished)
+
+
+async def closed_mid_reply(b: Bridge, transport: str, uid: str, contactor: str, mid: str) -> None:
+    """A tab that asked for a (gated) reply and closed once it started streaming."""
+    c, _ = await login(b, transport, uid)
+    await c.send(completions(mid, contactor, "gated", [user("later")]))
+    await c.wait_for(of(mid, "update"))
+    await c.close()
+
+
 async def test_reply_with_reasoning_and_tool_calls_ends_complete(
     hub: Bridge, transport: str
 ) -> None:
@@ -126,14 +161,7 @@ async def test_reply_with_reasoning_and_tool_calls_ends_complete(
         assert args == '{"q": "tea"}' and calls[-1]["parameters"] == '{"q": "tea"}'
         assert all(x["name"] == "lookup" for x in calls)
         # Kept until the client confirms it, then gone.
-        await c.send(
-            {
-                "request_id": "a1",
-                "protocol": "llm",
-                "type": "ack_message",
-                "data": {"contactorId": "501", "messageId": "1000000000000001"},
-            }
-        )
+        await c.send(ack("501", "1000000000000001"))
 
         async def confirmed() -> bool:
             return await hub.app.storage.client_replies.contactors("3000000001") == []
@@ -216,42 +244,20 @@ async def test_interrupt_ends_with_complete_and_closes_upstream(
 async def test_reply_finished_while_the_tab_was_closed_is_recovered(
     hub: Bridge, upstream: FakeOpenAI, transport: str
 ) -> None:
-    c, _ = await login(hub, transport, "3000000006")
     mid = "1000000000000051"
-    await c.send(completions(mid, "506", "gated", [user("later")]))
-    await c.wait_for(of(mid, "update"))
-    await c.close()
+    await closed_mid_reply(hub, transport, "3000000006", "506", mid)
     upstream.gate.set()
-    replies = hub.app.socketio.replies  # type: ignore[union-attr]
-
-    async def finished() -> bool:
-        return replies.running == 0
-
-    await eventually(finished)
+    await no_reply_running(hub)
     back, data = await login(hub, transport, "3000000006")
     try:
         assert data["pendingTasks"] == ["506"]
-        await back.send(
-            {
-                "request_id": "e1",
-                "protocol": "llm",
-                "type": "enter_chat",
-                "data": {"contactorId": "506"},
-            }
-        )
+        await back.send(enter("506"))
         sync = await back.wait_for(of(mid, "sync"))
         d = sync["data"]
         assert d["status"] == "completed" and d["messageId"] == mid and d["error"] is None
         assert d["chunks"] == [{"type": "content", "content": "first part, then the rest"}]
         assert d["metaData"]["contactorId"] == "506"
-        await back.send(
-            {
-                "request_id": "a2",
-                "protocol": "llm",
-                "type": "ack_message",
-                "data": {"contactorId": "506", "messageId": mid},
-            }
-        )
+        await back.send(ack("506", mid))
         await back.send({"request_id": "h", "protocol": "system", "type": "heartbeat", "data": {}})
         await back.wait_for(lambda f: f.get("request_id") == "h")
     finally:
@@ -266,22 +272,12 @@ async def test_reply_finished_while_the_tab_was_closed_is_recovered(
 async def test_tab_back_while_the_reply_still_runs(
     hub: Bridge, upstream: FakeOpenAI, transport: str
 ) -> None:
-    c, _ = await login(hub, transport, "3000000007")
     mid = "1000000000000061"
-    await c.send(completions(mid, "507", "gated", [user("wait")]))
-    await c.wait_for(of(mid, "update"))
-    await c.close()
+    await closed_mid_reply(hub, transport, "3000000007", "507", mid)
     back, data = await login(hub, transport, "3000000007")
     try:
         assert data["pendingTasks"] == ["507"]
-        await back.send(
-            {
-                "request_id": "e",
-                "protocol": "llm",
-                "type": "enter_chat",
-                "data": {"contactorId": "507"},
-            }
-        )
+        await back.send(enter("507"))
         sync = await back.wait_for(of(mid, "sync"))
         assert sync["data"]["status"] == "streaming"
         assert sync["data"]["chunks"] == [{"type": "content", "content": "first part, "}]
@@ -365,14 +361,7 @@ async def test_restart_fails_a_reply_left_streaming(
     c, data = await login(b, transport, "3000000010")
     try:
         assert data["pendingTasks"] == ["512"]
-        await c.send(
-            {
-                "request_id": "e",
-                "protocol": "llm",
-                "type": "enter_chat",
-                "data": {"contactorId": "512"},
-            }
-        )
+        await c.send(enter("512"))
         sync = await c.wait_for(of("1000000000000091", "sync"))
         assert (
             sync["data"]["status"] == "failed" and "restarted" in sync["data"]["error"]["message"]
@@ -454,15 +443,6 @@ async def test_models_updated_when_a_provider_lists_a_new_model(
         await c.close()
 
 
-def ack(contactor: str, message_id: str) -> dict[str, Any]:
-    return {
-        "request_id": f"ack-{message_id}",
-        "protocol": "llm",
-        "type": "ack_message",
-        "data": {"contactorId": contactor, "messageId": message_id},
-    }
-
-
 async def test_interrupt_right_behind_the_request_is_not_lost(
     hub: Bridge, upstream: FakeOpenAI, transport: str
 ) -> None:
@@ -502,12 +482,7 @@ async def test_an_earlier_attempts_ack_does_not_drop_the_retry(
     await c.wait_for(lambda f: f.get("request_id") == "h")
     await c.close()
     upstream.gate.set()
-    replies = hub.app.socketio.replies  # type: ignore[union-attr]
-
-    async def finished() -> bool:
-        return replies.running == 0
-
-    await eventually(finished)
+    await no_reply_running(hub)
     back, data = await login(hub, transport, "3000000016")
     try:
         assert data["pendingTasks"] == ["516"]
