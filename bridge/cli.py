@@ -176,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=None, help="default 8080")
     p = sub.add_parser("plugins", help="list the plugins the configuration loads, and why not")
     p.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config (default ./config.toml)")
+    p = sub.add_parser("healthcheck", help="exit 0 if the configured server answers /healthz")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config ([server] host, port)")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default 3)")
     p = sub.add_parser("chat", help="a terminal client for the hub")
     p.add_argument("--url", default="ws://127.0.0.1:3080/api/gateway")
     p.add_argument("--id", default="10086", help="your mio-chat-id")
@@ -190,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config(args.path)
     if args.command == "plugins":
         return _list_plugins(args.config)
+    if args.command == "healthcheck":
+        from bridge.healthcheck import run as run_healthcheck
+
+        return run_healthcheck(args.config, args.timeout)
     if args.command == "chat":
         from bridge.chat_client import run_chat
 
