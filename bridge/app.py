@@ -332,7 +332,9 @@ class App:
         providers, bot frameworks) are loaded and started after, while it serves. Returns once
         they had their chance to get ready (see STARTUP_GRACE)."""
         cfg = self.config
-        self.storage = await Storage.open(cfg.storage.path)
+        # Exclusive: a second server on the same file is refused, and `momobridge restore`
+        # sees this one running.
+        self.storage = await Storage.open(cfg.storage.path, exclusive=True)
         self.health.set("database", OK)
         self.health.add_probe(self._probe_database)
         try:

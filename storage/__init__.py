@@ -30,8 +30,9 @@ class Storage:
     client_replies: ClientReplyRepo
 
     @classmethod
-    async def open(cls, path: str) -> Storage:
-        db = await Database.open(path)
+    async def open(cls, path: str, *, exclusive: bool = False) -> Storage:
+        """``exclusive``: see `Database.open`."""
+        db = await Database.open(path, exclusive=exclusive)
         return cls(
             db=db,
             users=UserRepo(db),

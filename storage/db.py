@@ -10,6 +10,7 @@ from typing import TypeVar
 import aiosqlite
 import structlog
 
+from storage.lock import DatabaseLock, StorageRefused
 from storage.migrations import MIGRATIONS
 
 log = structlog.get_logger(__name__)
@@ -17,18 +18,34 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 
+class SchemaTooNew(StorageRefused):
+    pass
+
+
 class Database:
     def __init__(self, conn: aiosqlite.Connection, path: str) -> None:
         self.conn = conn
         self.path = path
+        self.lock: DatabaseLock | None = None
 
     @classmethod
-    async def open(cls, path: str) -> Database:
+    async def open(cls, path: str, *, exclusive: bool = False) -> Database:
+        """``exclusive``: claim the file for this process (the server does) until `close`;
+        raises DatabaseInUse if another process holds the claim."""
+        lock = None
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(path)
+            if exclusive:
+                lock = DatabaseLock.acquire(path)
+        try:
+            conn = await aiosqlite.connect(path)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
         conn.row_factory = aiosqlite.Row
         db = cls(conn, path)
+        db.lock = lock
         try:
             await conn.execute("PRAGMA journal_mode=WAL")
             await conn.execute("PRAGMA synchronous=NORMAL")
@@ -39,7 +56,12 @@ class Database:
             await conn.execute("PRAGMA cache_size=-1024")
             await db._migrate()
         except BaseException:
-            await conn.close()
+            # Closed without a commit: a migration that failed half-way is rolled back.
+            try:
+                await conn.close()
+            finally:
+                if lock is not None:
+                    lock.release()
             raise
         return db
 
@@ -61,7 +83,7 @@ class Database:
             row = await cur.fetchone()
         current = int(row[0]) if row else 0
         if current > len(MIGRATIONS):
-            raise RuntimeError(
+            raise SchemaTooNew(
                 f"database {self.path} is at schema version {current}, newer than this build "
                 f"({len(MIGRATIONS)}); upgrade MomoBridge or use another storage.path"
             )
@@ -75,9 +97,15 @@ class Database:
 
     async def close(self) -> None:
         try:
-            await self.conn.commit()
+            try:
+                await self.conn.commit()
+            finally:
+                await self.conn.close()
         finally:
-            await self.conn.close()
+            # Only once the connection is closed: the next holder may replace the file.
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
 
 
 def write_one(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> int:
