@@ -71,6 +71,7 @@ async def _serve(config_path: str) -> int:
     # The hub and the core only: each upstream adapter is imported by App once the hub listens,
     # and only when the configuration uses it.
     from bridge.app import App
+    from storage.lock import StorageRefused
 
     configure_logging(config.log.level, config.log.format)
     if found:
@@ -85,6 +86,11 @@ async def _serve(config_path: str) -> int:
     app = App(config)
     try:
         await app.start()
+    except StorageRefused as e:
+        # Another server on the file, or a schema from a newer build: one line, no traceback.
+        print(f"momobridge: {e}", file=sys.stderr)
+        await app.stop()
+        return 1
     except OSError as e:
         log.error("startup.failed", error=str(e))
         await app.stop()
@@ -179,6 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("healthcheck", help="exit 0 if the configured server answers /healthz")
     p.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config ([server] host, port)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default 3)")
+    p = sub.add_parser("backup", help="copy the database while the server runs")
+    p.add_argument("path", help="where the copy goes (refused if it exists, unless --force)")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config ([storage] path)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file at PATH")
+    p = sub.add_parser("restore", help="put a backup in place of the database (server stopped)")
+    p.add_argument("path", help="a file written by momobridge backup")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config ([storage] path)")
+    p.add_argument("--force", action="store_true", help="replace an existing database (kept aside)")
     p = sub.add_parser("chat", help="a terminal client for the hub")
     p.add_argument("--url", default="ws://127.0.0.1:3080/api/gateway")
     p.add_argument("--id", default="10086", help="your mio-chat-id")
@@ -197,6 +211,14 @@ def main(argv: list[str] | None = None) -> int:
         from bridge.healthcheck import run as run_healthcheck
 
         return run_healthcheck(args.config, args.timeout)
+    if args.command in ("backup", "restore"):
+        from bridge.backup import backup_command, restore_command
+
+        loaded = _load(args.config)
+        if loaded is None:
+            return EXIT_BAD_CONFIG
+        run = backup_command if args.command == "backup" else restore_command
+        return run(loaded[0], args.path, force=args.force)
     if args.command == "chat":
         from bridge.chat_client import run_chat
 

@@ -1,0 +1,51 @@
+"""`momobridge backup` and `momobridge restore`: the commands around storage/backup.py.
+
+Both find the database where `serve` does (`[storage] path` of the same config, relative to the
+working directory) and answer in one line: what was done, or why not (exit status 1).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from pathlib import Path
+
+from bridge.config import Config
+from storage.backup import BackupError, backup, restore
+from storage.lock import DatabaseInUse
+from storage.migrations import MIGRATIONS
+
+
+def backup_command(config: Config, dest: str, *, force: bool = False) -> int:
+    db = Path(config.storage.path)
+    try:
+        copied = backup(db, Path(dest), force=force)
+    except (BackupError, sqlite3.Error, OSError) as e:
+        print(f"backup failed: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"backed up {db} to {copied.path}: {copied.size} bytes, schema version "
+        f"{copied.schema_version}, integrity ok ({copied.seconds:.2f} s)"
+    )
+    return 0
+
+
+def restore_command(config: Config, src: str, *, force: bool = False) -> int:
+    db = Path(config.storage.path)
+    try:
+        # The old file is kept either way; --force only confirms that replacing it is meant.
+        done = restore(Path(src), db, replace=force)
+    except DatabaseInUse as e:
+        print(f"restore refused: {e}; stop it first", file=sys.stderr)
+        return 1
+    except (BackupError, sqlite3.Error, OSError) as e:
+        print(f"restore failed: {e}", file=sys.stderr)
+        return 1
+    line = f"restored {src} to {db} (schema version {done.schema_version}"
+    if done.schema_version < len(MIGRATIONS):
+        line += f"; upgraded to {len(MIGRATIONS)} when the server starts"
+    line += ")"
+    if done.kept is not None:
+        line += f"; the previous database is kept as {done.kept}"
+    print(line)
+    return 0
