@@ -148,3 +148,38 @@ def test_the_napcat_block_points_at_the_bridge_by_service_name() -> None:
 
 def test_dot_env_is_ignored_by_git() -> None:
     assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def _fenced_block(markdown: str, lang: str) -> str:
+    match = re.search(rf"^```{lang}\n(.*?)^```$", markdown, re.S | re.M)
+    assert match, f"no ```{lang} block"
+    return match.group(1)
+
+
+@pytest.mark.parametrize(
+    ("lang", "example"),
+    [("caddy", "Caddyfile"), ("nginx", "nginx.conf"), ("ini", "momobridge.service")],
+)
+def test_deploy_guide_shows_the_shipped_example_files(lang: str, example: str) -> None:
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    assert _fenced_block(guide, lang) == (ROOT / "docs" / "examples" / example).read_text()
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading ids: lower case, punctuation dropped, spaces as hyphens."""
+    prose = re.sub(r"^```.*?^```$", "", markdown, flags=re.S | re.M)
+    heads = re.findall(r"^#{1,6} (.+)$", prose, re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
+def test_deploy_guide_links_resolve() -> None:
+    docs = ROOT / "docs"
+    for page in ("deploy.md", "qq.md"):
+        text = (docs / page).read_text()
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]+))?\)", text):
+            if target.startswith(("http://", "https://")):
+                continue
+            path = (docs / target) if target else docs / page
+            assert path.exists(), f"{page}: {target}"
+            if anchor:
+                assert anchor in _anchors(path.read_text()), f"{page}: {target}#{anchor}"
