@@ -25,6 +25,7 @@ from bridge.pending_target import PendingTarget
 from bridge.router import Router
 from bridge.scheduler import Scheduler, housekeeping
 from bridge.sessions import Sessions
+from bridge.storage_dir import check_storage_dir
 from bridge.tasks import TaskSet
 from storage import Storage
 
@@ -64,8 +65,9 @@ def _admin_code_file(config: Config) -> Path:
 def _load_or_create_admin_code(config: Config) -> str:
     """With no admin code configured, make one once and keep it beside the database.
 
-    Nobody is admin by accident (an empty code would make every token match), and the owner can
-    read the code from the file; it is never logged.
+    Nobody is admin by accident (an empty code would make every token match). The new code is
+    printed in the log once, when it is made, because that is where someone who just started a
+    container looks (`docker logs`); later starts only read the file, and never log it.
     """
     if config.auth.admin_code:
         return config.auth.admin_code
@@ -80,7 +82,13 @@ def _load_or_create_admin_code(config: Config) -> str:
     code = secrets.token_urlsafe(18)
     path.write_text(code + "\n", encoding="utf-8")
     path.chmod(0o600)
-    log.info("auth.admin_code_created", file=str(path))
+    log.warning(
+        "admin_code.generated",
+        code=code,
+        file=str(path),
+        note="first start: log in as admin with this code; it is kept in the file and not "
+        "printed again (set auth.admin_code to choose your own)",
+    )
     return code
 
 
@@ -332,6 +340,9 @@ class App:
         providers, bot frameworks) are loaded and started after, while it serves. Returns once
         they had their chance to get ready (see STARTUP_GRACE)."""
         cfg = self.config
+        # A directory the bridge may not write (a bind mount owned by another uid) is reported
+        # with its fix here, before SQLite fails on it with a bare "unable to open".
+        await asyncio.to_thread(check_storage_dir, cfg.storage.path)
         # Exclusive: a second server on the same file is refused, and `momobridge restore`
         # sees this one running.
         self.storage = await Storage.open(cfg.storage.path, exclusive=True)

@@ -1,0 +1,132 @@
+"""`momobridge serve` as a real process, on its first and later starts: the generated admin code
+is printed once, and a storage directory it may not write stops it with the fix named."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge.storage_dir import check_storage_dir
+from tests.e2e.test_health import ServeProcess, closed_port
+
+ROOT_DIR = Path(__file__).resolve().parents[2]
+WAIT = 20.0
+
+
+def serve_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOMOBRIDGE_")}
+    return {**env, "PYTHONPATH": str(ROOT_DIR), "PYTHONUNBUFFERED": "1"}
+
+
+def write_config(path: Path, data_dir: Path, port: int) -> Path:
+    # No admin_code: the bridge makes one. No MomoHub: nothing but the hub needs to start.
+    path.write_text(
+        f'[server]\nport = {port}\n[storage]\npath = "{data_dir / "bridge.db"}"\n'
+        '[momohub]\nenabled = false\n[log]\nformat = "json"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+async def start(config: Path, cwd: Path, wrapper: tuple[str, ...] = ()) -> ServeProcess:
+    proc = await asyncio.create_subprocess_exec(
+        *wrapper,
+        sys.executable,
+        "-m",
+        "bridge.cli",
+        "serve",
+        "--config",
+        str(config),
+        cwd=cwd,
+        env=serve_env(),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    return ServeProcess(proc)
+
+
+async def test_admin_code_is_printed_on_first_start_only(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    config = write_config(tmp_path / "config.toml", data, closed_port())
+
+    first = await start(config, tmp_path)
+    try:
+        generated, _ = await first.wait_log("admin_code.generated")
+        await first.wait_log("momobridge.ready")
+    finally:
+        assert await first.stop() == 0
+    code = (data / "admin_code").read_text(encoding="utf-8").strip()
+    assert generated["code"] == code
+    assert generated["file"] == str(data / "admin_code")
+    assert generated["level"] == "warning"
+    assert [e for e in first.lines if e.get("event") == "admin_code.generated"] == [generated]
+
+    second = await start(config, tmp_path)
+    try:
+        await second.wait_log("momobridge.ready")
+    finally:
+        assert await second.stop() == 0
+    assert not [e for e in second.lines if e.get("event") == "admin_code.generated"]
+    assert all(code not in str(e) for e in second.lines)
+    assert (data / "admin_code").read_text(encoding="utf-8").strip() == code
+
+
+# Root passes every permission check, so as root the server runs without the two capabilities
+# that let it (setpriv, util-linux): it then meets a directory owned by another uid exactly as
+# the image's uid 10001 meets a bind-mounted host directory.
+NO_DAC = (
+    "setpriv",
+    "--inh-caps=-dac_override,-dac_read_search",
+    "--bounding-set=-dac_override,-dac_read_search",
+    "--",
+)
+OTHER_UID = 4242
+
+
+async def test_a_storage_dir_it_cannot_write_names_the_fix(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "bridge.db").touch()  # as left by an earlier run under another owner
+    wrapper: tuple[str, ...] = ()
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv (util-linux) to run without root's permission override")
+        os.chown(data, OTHER_UID, OTHER_UID)
+        os.chown(data / "bridge.db", OTHER_UID, OTHER_UID)
+        owner = f"owned by uid {OTHER_UID}, mode 755"
+        wrapper = NO_DAC
+    else:
+        data.chmod(0o555)
+        owner = f"owned by uid {os.getuid()}, mode 555"
+    config = write_config(tmp_path / "config.toml", data, closed_port())
+
+    serve = await start(config, tmp_path, wrapper)
+    try:
+        async with asyncio.timeout(WAIT):
+            code = await serve.proc.wait()
+    finally:
+        await serve.stop()
+        data.chmod(0o755)
+    assert code == 1
+    failed = [e for e in serve.lines if e.get("event") == "startup.failed"]
+    assert len(failed) == 1, serve.lines
+    error = failed[0]["error"]
+    uid, gid = os.getuid(), os.getgid()
+    assert f"cannot write {data} ({owner}; the bridge runs as uid {uid}" in error
+    assert f"`sudo chown -R {uid}:{gid} <the host directory>`" in error
+    # One JSON log line, no traceback on stderr.
+    assert not [e for e in serve.lines if e.get("event") == "<not json>"], serve.lines
+    assert not (data / "admin_code").exists()
+
+
+def test_a_writable_dir_passes_and_is_made_when_missing(tmp_path: Path) -> None:
+    check_storage_dir(str(tmp_path / "new" / "bridge.db"))
+    assert (tmp_path / "new").is_dir()
+    assert list((tmp_path / "new").iterdir()) == []  # the probe file is gone again
+    check_storage_dir(":memory:")
