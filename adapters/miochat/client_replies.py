@@ -202,10 +202,6 @@ class ClientReplies:
         self._running[slot_key] = reply
         return reply
 
-    def drop(self, reply: Running) -> None:
-        """A registered reply that will never begin (its frame was refused)."""
-        self._forget(reply)
-
     async def begin(self, reply: Running, req: L.Completions) -> None:
         """`pending`, then the reply as its turn runs."""
         rlog = reply.log
@@ -228,6 +224,12 @@ class ClientReplies:
             reply.turn = sessions.engine.submit(key, job)
         except BridgeError as e:
             await self._finish(reply, [rlog.fail(e.reason, e.code)])
+            return
+        except Exception as e:
+            log.exception("client_replies.begin_crashed", message_id=rlog.message_id)
+            await self._finish(
+                reply, [rlog.fail(f"internal error: {type(e).__name__}", "INTERNAL")]
+            )
             return
         except BaseException:
             self._forget(reply)
@@ -288,8 +290,14 @@ class ClientReplies:
                     )
                 else:
                     await self._save(reply)
+        except Exception:
+            # The tab still gets its frames; what is stored stays as it was (at worst
+            # `streaming`, which the next start reports as failed).
+            log.exception("client_replies.store_failed", message_id=reply.log.message_id)
         finally:
-            reply.emit(frames)
+            current = self._running.get((reply.user.id, reply.log.message_id))
+            if current is None or current is reply:  # not once a retry took its place
+                reply.emit(frames)
             self._forget(reply)
 
     def _forget(self, reply: Running) -> None:

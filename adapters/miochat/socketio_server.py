@@ -265,6 +265,7 @@ class SocketIOEdge:
         self._tasks = TaskSet("socketio")
         self.replies = ClientReplies(hub, lambda coro: self.spawn(coro, name="client-reply"))
         self._models: dict[str, list[dict[str, Any]]] = {}
+        self._begins = FrameOrder(self._tasks)
         self.sio = socketio.AsyncServer(
             async_mode="aiohttp",
             client_manager=_Manager(self._connected, self._refusal_sent),
@@ -295,7 +296,10 @@ class SocketIOEdge:
         background; a tab reads it at login only)."""
         while True:
             await asyncio.sleep(MODELS_CHECK_INTERVAL)
-            self.check_models()
+            try:
+                self.check_models()
+            except Exception:
+                log.exception("socketio.models_check_failed")
 
     def check_models(self) -> bool:
         """Push `models_updated` to every tab if the list changed since the last check."""
@@ -434,14 +438,16 @@ class SocketIOEdge:
         elif isinstance(frame, P.DeleteMessageRequest):
             conn.spawn_frame(frame, lambda: handlers.on_del_message(conn, frame), None)  # type: ignore[arg-type]
         elif isinstance(frame, L.Completions):
-            # Registered as it is read: an interrupt or a retry right behind it finds it.
+            # Registered as it is read: an interrupt or a retry right behind it finds it. The
+            # reply is the user's, not the tab's: it begins as the edge's task (in order per
+            # contactor), so closing the tab cannot cancel it half-begun.
             reply = self.replies.register(conn, conn.user, frame)
-            if reply is not None and not conn.spawn_frame(
-                frame,  # type: ignore[arg-type]
-                lambda: self.replies.begin(reply, frame),
-                ("llm", frame.contactor_id),
-            ):
-                self.replies.drop(reply)
+            if reply is not None:
+                self._begins.spawn(
+                    lambda: self.replies.begin(reply, frame),
+                    (conn.user.id, frame.contactor_id),
+                    "client-reply-begin",
+                )
         elif isinstance(frame, L.EnterChat):
             conn.spawn_frame(
                 frame,  # type: ignore[arg-type]

@@ -562,3 +562,73 @@ async def test_a_backlog_past_the_send_queue_is_replayed_as_the_tab_reads(
         await eventually(confirmed)
     finally:
         await c.close()
+
+
+async def test_requests_of_a_tab_that_closes_at_once_are_all_answered(
+    hub: Bridge, transport: str
+) -> None:
+    """Replies belong to the user: two queued for one chat still run when the tab is gone."""
+    c, _ = await login(hub, transport, "3000000020")
+    mids = ["1000000000000151", "1000000000000152"]
+    for mid in mids:
+        await c.send(completions(mid, "520", "echo", [user(mid)]))
+    # Read by the bridge (frames are read in order), then gone before any answer is awaited.
+    await c.send({"request_id": "h", "protocol": "system", "type": "heartbeat", "data": {}})
+    await c.wait_for(lambda f: f.get("request_id") == "h")
+    await c.close()
+    await no_reply_running(hub)
+    assert hub.app.hub.active_streams == {}
+    back, data = await login(hub, transport, "3000000020")
+    try:
+        assert data["pendingTasks"] == ["520"]
+        await back.send(enter("520"))
+        for mid in mids:
+            sync = await back.wait_for(of(mid, "sync"))
+            assert sync["data"]["status"] == "completed"
+            assert mid in sync["data"]["chunks"][0]["content"]
+    finally:
+        await back.close()
+
+
+async def test_a_push_is_confirmed_only_by_the_tabs_pong(hub: Bridge, transport: str) -> None:
+    """Held pongs: the push stays waiting however long it has been written; the late pong
+    confirms it."""
+    hub.app.socketio.sio.eio.ping_interval = 0.2  # type: ignore[union-attr]
+    c, _ = await login(hub, transport, "3000000021")
+    held: list[Any] = []
+    pinged = asyncio.Event()
+    send = c.sio.eio._send_packet
+
+    async def holding(pkt: Any) -> None:
+        from engineio import packet
+
+        if pkt.packet_type == packet.PONG and held is not None:
+            held.append(pkt)
+            pinged.set()
+            return
+        await send(pkt)
+
+    c.sio.eio._send_packet = holding
+    try:
+        seg = [{"type": "text", "data": {"text": "hi"}}]
+        await c.send(
+            {"request_id": "m", "protocol": "onebot", "type": "message", "id": MOMO, "data": seg}
+        )
+        await c.wait_for(lambda f: f.get("protocol") == "onebot" and f["data"]["type"] == "message")
+        pinged.clear()
+        async with asyncio.timeout(WAIT):
+            await pinged.wait()  # a ping that came after the push, left unanswered
+        await c.send({"request_id": "h", "protocol": "system", "type": "heartbeat", "data": {}})
+        await c.wait_for(lambda f: f.get("request_id") == "h")
+        assert await hub.app.outbox.pending_count("3000000021") == 1
+        late, held[:] = list(held), []
+        c.sio.eio._send_packet = send
+        for pkt in late:
+            await send(pkt)
+
+        async def confirmed() -> bool:
+            return await hub.app.outbox.pending_count("3000000021") == 0
+
+        await eventually(confirmed)
+    finally:
+        await c.close()
