@@ -74,7 +74,14 @@ async def bridge_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitabl
     started: list[Bridge] = []
 
     async def factory(**sections: dict[str, Any]) -> Bridge:
-        b = Bridge(make_config(tmp_path, **sections))
+        config = make_config(tmp_path, **sections)
+        # A server claims its database file, so a bridge started while an earlier one of the
+        # test still runs gets a file of its own; once the earlier one stopped, the next reuses
+        # its file, as a restart would. A path the test names itself is left as it is.
+        running = {b.config.storage.path for b in started if b.app.storage is not None}
+        if "path" not in sections.get("storage", {}) and config.storage.path in running:
+            config.storage.path = str(tmp_path / f"bridge-{len(started) + 1}.db")
+        b = Bridge(config)
         await b.app.start()
         started.append(b)
         return b
