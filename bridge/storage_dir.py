@@ -12,9 +12,11 @@ import os
 import tempfile
 from pathlib import Path
 
-# What else lives beside the database and must stay writable (SQLite's WAL files, the admin code).
-_COMPANIONS = ("-wal", "-shm")
-_ADMIN_CODE = "admin_code"
+# What else lives beside the database and must stay writable: SQLite's WAL files and the
+# server's lock file (suffixes of the database's name), the admin code and the embedded sandbox's
+# database (names of their own).
+_COMPANIONS = ("-wal", "-shm", ".lock")
+_SIBLINGS = ("admin_code", "sandbox.db")
 
 
 class StorageNotWritable(PermissionError):
@@ -40,7 +42,8 @@ def check_storage_dir(db_path: str) -> None:
         os.unlink(probe)
     except OSError as e:
         raise _not_writable(directory, directory, e) from None
-    for path in [db, *(db.with_name(db.name + s) for s in _COMPANIONS), directory / _ADMIN_CODE]:
+    companions = [db.with_name(db.name + suffix) for suffix in _COMPANIONS]
+    for path in [db, *companions, *(directory / name for name in _SIBLINGS)]:
         try:
             os.close(os.open(path, os.O_RDWR))
         except FileNotFoundError:
