@@ -260,9 +260,9 @@ async def test_a_character_streams_its_reply_into_the_chat(
     )
 
 
-# `/slow` anywhere in a message makes the sandbox's echo wait 0.2 s per word: a reply long
+# `/slow` anywhere in a message makes the sandbox's echo wait 0.2 s per word: a reply long (20 s)
 # enough to act on while it streams (a message starting with it would be a chat command).
-SLOW = "please /slow " + " ".join(f"w{i}" for i in range(25))
+SLOW = "please /slow " + " ".join(f"w{i}" for i in range(100))
 
 
 async def test_stop_from_the_message_menu_interrupts_the_reply(
