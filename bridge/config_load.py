@@ -175,19 +175,37 @@ def load_config(
     found = False
     if path is not None:
         p = Path(path)
-        if p.is_file():
-            found = True
-            try:
+        try:
+            if p.is_file():
+                found = True
                 raw = tomllib.loads(p.read_text(encoding="utf-8"))
-            except tomllib.TOMLDecodeError as e:
-                raise ConfigError(f"{p}: not valid TOML: {e}") from e
-            except UnicodeDecodeError as e:
-                raise ConfigError(f"{p}: not UTF-8 text: {e}") from e
-        elif must_exist:
-            raise ConfigError(f"{p}: no such file")
+            elif must_exist:
+                raise ConfigError(f"{p}: no such file")
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: not valid TOML: {e}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text: {e}") from e
+        except OSError as e:
+            raise ConfigError(_unreadable(p, e)) from e
     env = _apply_env(raw, dict(os.environ if environ is None else environ))
     try:
         return Config.model_validate(raw), found
     except ValidationError as e:
         file = str(path) if path is not None and found else None
         raise ConfigError(_describe(e, file, env)) from e
+
+
+def _unreadable(path: Path, error: OSError) -> str:
+    """Why the config file cannot be read, with the fix (a bind mount owned by another user is
+    the usual cause in a container)."""
+    where = path if path.exists() or path.parent == path else path.parent
+    try:
+        st = where.stat()
+        owner = f"owned by uid {st.st_uid}, mode {st.st_mode & 0o777:o}; "
+    except OSError:
+        owner = ""
+    return (
+        f"{path}: cannot be read ({owner}this process runs as uid {os.getuid()}; "
+        f"{error.strerror or error}). Fix: make it readable by that user, e.g. "
+        f"`sudo chown -R {os.getuid()}:{os.getgid()} {path.parent}` on the host for a bind mount."
+    )

@@ -46,8 +46,11 @@ def probe_url(config: Config) -> str:
 
 def check(url: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[bool, str]:
     """(healthy, one line saying why). Healthy means a 200 whose JSON says status ok."""
+    # Never through a proxy: HTTP_PROXY (which Docker copies into containers, and users set to
+    # reach their providers) would send a loopback probe elsewhere and fail it for good.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as answer:
+        with opener.open(url, timeout=timeout) as answer:
             body = answer.read(64 * 1024)
     except urllib.error.HTTPError as e:
         return False, f"{url}: HTTP {e.code}"

@@ -130,3 +130,31 @@ def test_a_writable_dir_passes_and_is_made_when_missing(tmp_path: Path) -> None:
     assert (tmp_path / "new").is_dir()
     assert list((tmp_path / "new").iterdir()) == []  # the probe file is gone again
     check_storage_dir(":memory:")
+
+
+def test_a_config_file_it_cannot_read_names_the_fix(tmp_path: Path) -> None:
+    """A config.toml bind-mounted with the host user's owner and mode 600: one line naming the
+    file, its owner and the chown, not a traceback."""
+    import subprocess
+
+    config = write_config(tmp_path / "config.toml", tmp_path / "data", closed_port())
+    wrapper: tuple[str, ...] = ()
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv (util-linux) to run without root's permission override")
+        os.chown(config, OTHER_UID, OTHER_UID)
+        wrapper = NO_DAC
+    config.chmod(0o600)
+    for command in (["serve", "--config"], ["check-config"]):
+        done = subprocess.run(
+            [*wrapper, sys.executable, "-m", "bridge.cli", *command, str(config)],
+            cwd=tmp_path,
+            env=serve_env(),
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        out = done.stdout + done.stderr
+        assert done.returncode != 0, out
+        assert f"{config}: cannot be read" in out and "chown" in out, out
+        assert "Traceback" not in out, out

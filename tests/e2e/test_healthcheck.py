@@ -122,3 +122,16 @@ def test_probe_url_for_each_kind_of_host() -> None:
     assert url("::") == "http://[::1]:4000/healthz"
     assert url("::1") == "http://[::1]:4000/healthz"
     assert url("10.1.2.3") == "http://10.1.2.3:4000/healthz"
+
+
+async def test_a_proxy_in_the_environment_is_not_used(
+    bridge_factory: Callable[..., Awaitable[Bridge]], tmp_path: Path
+) -> None:
+    """Docker copies the host's proxy settings into containers: the loopback probe must not
+    go to a proxy (here one that is not even there)."""
+    b = await bridge_factory()
+    dead = f"http://127.0.0.1:{closed_port()}"
+    code, out = await healthcheck(
+        write_config(tmp_path, b.app.port), HTTP_PROXY=dead, http_proxy=dead, NO_PROXY=""
+    )
+    assert code == 0, out
