@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib
+import os
 import secrets
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,15 +82,18 @@ def _load_or_create_admin_code(config: Config) -> str:
             return code
     path.parent.mkdir(parents=True, exist_ok=True)
     code = secrets.token_urlsafe(18)
-    path.write_text(code + "\n", encoding="utf-8")
-    path.chmod(0o600)
-    log.warning(
-        "admin_code.generated",
-        code=code,
-        file=str(path),
-        note="first start: log in as admin with this code; it is kept in the file and not "
-        "printed again (set auth.admin_code to choose your own)",
+    # Made 0600 from the start (never readable by others, not even for a moment), and only if
+    # no other process made one meanwhile.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(code + "\n")
+    note = (
+        "first start: log in as admin with this code; it is kept in the file and not "
+        "printed again (set auth.admin_code to choose your own)"
     )
+    log.warning("admin_code.generated", code=code, file=str(path), note=note)
+    if config.log.level == "error":  # the line above is filtered out: this start is the only one
+        print(f"momobridge: admin code {code} (kept in {path}); {note}", file=sys.stderr)
     return code
 
 
@@ -342,7 +347,8 @@ class App:
         cfg = self.config
         # A directory the bridge may not write (a bind mount owned by another uid) is reported
         # with its fix here, before SQLite fails on it with a bare "unable to open".
-        await asyncio.to_thread(check_storage_dir, cfg.storage.path)
+        uses_sandbox = cfg.momohub.enabled and not cfg.momohub.base_url
+        await asyncio.to_thread(check_storage_dir, cfg.storage.path, sandbox=uses_sandbox)
         # Exclusive: a second server on the same file is refused, and `momobridge restore`
         # sees this one running.
         self.storage = await Storage.open(cfg.storage.path, exclusive=True)

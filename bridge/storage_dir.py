@@ -13,10 +13,11 @@ import tempfile
 from pathlib import Path
 
 # What else lives beside the database and must stay writable: SQLite's WAL files and the
-# server's lock file (suffixes of the database's name), the admin code and the embedded sandbox's
-# database (names of their own).
+# server's lock file (suffixes of the database's name). The admin code is only read once it
+# exists; the embedded sandbox's database is written only when that sandbox runs.
 _COMPANIONS = ("-wal", "-shm", ".lock")
-_SIBLINGS = ("admin_code", "sandbox.db")
+_READ_ONLY = ("admin_code",)
+SANDBOX_DB = "sandbox.db"
 
 
 class StorageNotWritable(PermissionError):
@@ -24,10 +25,12 @@ class StorageNotWritable(PermissionError):
     reports it as a failed start in one log line and exits 1."""
 
 
-def check_storage_dir(db_path: str) -> None:
-    """Raise StorageNotWritable unless the database's directory and the files already in it can
-    be written by this process. Writes (and removes) a probe file: permission bits alone do not
-    tell (ACLs, read-only mounts, root squashing on network filesystems)."""
+def check_storage_dir(db_path: str, *, sandbox: bool = False) -> None:
+    """Raise StorageNotWritable unless the database's directory and the files already in it that
+    the bridge writes can be written by this process (``sandbox``: the embedded sandbox's
+    database too), and those it only reads can be read. Writes (and removes) a probe file:
+    permission bits alone do not tell (ACLs, read-only mounts, root squashing on network
+    filesystems)."""
     if db_path == ":memory:":
         return
     db = Path(db_path).absolute()
@@ -42,10 +45,14 @@ def check_storage_dir(db_path: str) -> None:
         os.unlink(probe)
     except OSError as e:
         raise _not_writable(directory, directory, e) from None
-    companions = [db.with_name(db.name + suffix) for suffix in _COMPANIONS]
-    for path in [db, *companions, *(directory / name for name in _SIBLINGS)]:
+    written = [db, *(db.with_name(db.name + suffix) for suffix in _COMPANIONS)]
+    if sandbox:
+        written.append(directory / SANDBOX_DB)
+    opened = [(p, os.O_RDWR) for p in written]
+    opened += [(directory / name, os.O_RDONLY) for name in _READ_ONLY]
+    for path, mode in opened:
         try:
-            os.close(os.open(path, os.O_RDWR))
+            os.close(os.open(path, mode))
         except FileNotFoundError:
             continue
         except OSError as e:

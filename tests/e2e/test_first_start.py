@@ -158,3 +158,35 @@ def test_a_config_file_it_cannot_read_names_the_fix(tmp_path: Path) -> None:
         assert done.returncode != 0, out
         assert f"{config}: cannot be read" in out and "chown" in out, out
         assert "Traceback" not in out, out
+
+
+def test_files_it_only_reads_or_does_not_use_need_not_be_writable(tmp_path: Path) -> None:
+    """An admin_code another user wrote (readable, not writable) is fine, and so is a
+    sandbox.db when the embedded sandbox is not in use; a sandbox.db it would write is not."""
+    import subprocess
+
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux) to run without root's permission override")
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("admin_code", "sandbox.db"):
+        (data / name).write_text("x\n", encoding="utf-8")
+        (data / name).chmod(0o644)
+        if os.geteuid() == 0:
+            os.chown(data / name, OTHER_UID, OTHER_UID)
+        else:
+            (data / name).chmod(0o444)
+    wrapper = NO_DAC if os.geteuid() == 0 else ()
+    check = "from bridge.storage_dir import check_storage_dir as c; c({!r}, sandbox={})"
+    for sandbox, ok in ((False, True), (True, False)):
+        code = check.format(str(data / "bridge.db"), sandbox)
+        done = subprocess.run(
+            [*wrapper, sys.executable, "-c", code],
+            cwd=ROOT_DIR,
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        assert (done.returncode == 0) is ok, done.stderr
+        if not ok:
+            assert f"cannot write {data / 'sandbox.db'}" in done.stderr
