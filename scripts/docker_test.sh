@@ -149,6 +149,13 @@ start_private_dockerd() {
     need_root "starting a private dockerd"
     command -v dockerd >/dev/null || apt_install docker.io
     mkdir -p "$STATE/run" "$STATE/logs"
+    # One run at a time owns the private daemon: a second run would take the first one's daemon
+    # for a leftover and stop it under it. The lock goes with this shell (its fd 9).
+    exec 9>"$STATE/run.lock"
+    if ! flock -n 9; then
+        echo "another docker test is using the private dockerd in $STATE; wait for it to end" >&2
+        exit 1
+    fi
     # The client that came with this dockerd, when there is one (a newer client elsewhere on PATH
     # may want a builder plugin this daemon's era does not need).
     local bundled
@@ -169,7 +176,7 @@ start_private_dockerd() {
     dockerd --config-file "$STATE/daemon.json" --data-root "$STATE/docker" \
         --exec-root "$STATE/run" --pidfile "$STATE/run/dockerd.pid" -H "$DOCKER_HOST" \
         --bridge=none --iptables=false --ip-forward=false --ip-masq=false --log-level=warn \
-        >"$STATE/logs/dockerd.log" 2>&1 &
+        >"$STATE/logs/dockerd.log" 2>&1 9>&- &  # (not holding the run's lock after it)
     DOCKERD_PID=$!
     local i
     for i in $(seq 1 120); do
