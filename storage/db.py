@@ -87,13 +87,33 @@ class Database:
                 f"database {self.path} is at schema version {current}, newer than this build "
                 f"({len(MIGRATIONS)}); upgrade MomoBridge or use another storage.path"
             )
-        for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
-            # executescript commits implicitly; the version bump rides in the same script so a
-            # crash between them cannot leave a half-applied migration marked as done.
-            await self.conn.executescript(
-                f"BEGIN;\n{script}\nPRAGMA user_version={version};\nCOMMIT;"
-            )
-            log.info("storage.migrated", version=version)
+        if current == len(MIGRATIONS):
+            return
+        # Off while the scripts run: with it on, rebuilding a table (create, copy, drop, rename,
+        # SQLite's way to change a column) would delete through ON DELETE CASCADE every row
+        # that refers to the dropped table, or fail on the drop. It cannot change inside a
+        # transaction, hence before each BEGIN; `foreign_key_check` then stands in for it.
+        await self.conn.execute("PRAGMA foreign_keys=OFF")
+        try:
+            for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+                # The version bump rides in the same transaction as the script, so a crash
+                # between them cannot leave a half-applied migration marked as done; on an
+                # error the transaction is left open, and `open` closes it without a commit.
+                await self.conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={version};")
+                async with self.conn.execute("PRAGMA foreign_key_check") as cur:
+                    broken = await cur.fetchall()
+                if broken:
+                    await self.conn.rollback()
+                    table, rowid, parent, _ = broken[0]
+                    raise StorageRefused(
+                        f"migration to schema version {version} of {self.path} left "
+                        f"{len(broken)} row(s) referring to missing ones (first: {table} "
+                        f"row {rowid} -> {parent}); not applied"
+                    )
+                await self.conn.commit()
+                log.info("storage.migrated", version=version)
+        finally:
+            await self.conn.execute("PRAGMA foreign_keys=ON")
 
     async def close(self) -> None:
         try:

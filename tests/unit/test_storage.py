@@ -123,6 +123,63 @@ async def test_failed_migration_is_not_half_applied(
         await db.close()
 
 
+def rebuild_messages(columns: list[str]) -> str:
+    """A migration that changes `messages` the way SQLite has to: a new table, the rows copied,
+    the old one dropped, the new one renamed. `message_refs` refers to it ON DELETE CASCADE."""
+    cols = ", ".join(columns)
+    rest = ", ".join(c for c in columns if c != "id")
+    return (
+        f"CREATE TABLE messages_new (id INTEGER PRIMARY KEY AUTOINCREMENT, {rest});\n"
+        f"INSERT INTO messages_new ({cols}) SELECT {cols} FROM messages;\n"
+        "DROP TABLE messages;\n"
+        "ALTER TABLE messages_new RENAME TO messages;"
+    )
+
+
+async def test_a_table_rebuilding_migration_keeps_the_rows_referring_to_it(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = await Storage.open(str(db_path))
+    m = await s.messages.add("alice", "momo", "in", [{"type": "text", "data": {"text": "hi"}}])
+    await s.db.conn.execute(
+        "INSERT INTO message_refs (message_id, system, external_id) VALUES (?, 'qq', 'x1')",
+        (m.id,),
+    )
+    await s.db.conn.commit()
+    columns = [r[1] for r in await s.db.conn.execute_fetchall("PRAGMA table_info(messages)")]
+    await s.close()
+
+    monkeypatch.setattr("storage.db.MIGRATIONS", [*MIGRATIONS, rebuild_messages(columns)])
+    db = await Database.open(str(db_path))
+    try:
+        assert await scalar(db, "PRAGMA user_version") == len(MIGRATIONS) + 1
+        # With foreign keys on, the DROP would have deleted the reference by cascade.
+        assert await scalar(db, "SELECT count(*) FROM message_refs") == 1
+        assert await scalar(db, "SELECT count(*) FROM messages WHERE id = ?", m.id) == 1
+        assert await scalar(db, "PRAGMA foreign_keys") == 1  # on again for the server
+    finally:
+        await db.close()
+
+
+async def test_a_migration_that_breaks_a_reference_is_not_applied(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = await Database.open(str(db_path))
+    await db.close()
+    dangling = (
+        "CREATE TABLE extra (a INTEGER);\n"
+        "INSERT INTO message_refs (message_id, system, external_id) VALUES (999, 'qq', 'gone');"
+    )
+    monkeypatch.setattr("storage.db.MIGRATIONS", [*MIGRATIONS, dangling])
+    with pytest.raises(RuntimeError, match="row\\(s\\) referring to missing ones") as ei:
+        await Database.open(str(db_path))
+    assert f"schema version {len(MIGRATIONS) + 1}" in str(ei.value)
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name='extra'").fetchall() == []
+        assert conn.execute("SELECT count(*) FROM message_refs").fetchone()[0] == 0
+
+
 # ----- users --------------------------------------------------------------------------------------
 
 
