@@ -1,11 +1,13 @@
 """`momobridge backup` and `momobridge restore`: the commands around storage/backup.py.
 
 Both find the database where `serve` does (`[storage] path` of the same config, relative to the
-working directory) and answer in one line: what was done, or why not (exit status 1).
+working directory) and answer in one line: what was done, or why not (exit status 1). Paths are
+printed absolute, so a relative storage.path run from another directory shows where it went.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -16,10 +18,15 @@ from storage.lock import DatabaseInUse
 from storage.migrations import MIGRATIONS
 
 
+def _absolute(path: str) -> Path:
+    # abspath, not resolve: the path as the user would type it, without following symlinks.
+    return Path(os.path.abspath(path))
+
+
 def backup_command(config: Config, dest: str, *, force: bool = False) -> int:
-    db = Path(config.storage.path)
+    db = _absolute(config.storage.path)
     try:
-        copied = backup(db, Path(dest), force=force)
+        copied = backup(db, _absolute(dest), force=force)
     except (BackupError, sqlite3.Error, OSError) as e:
         print(f"backup failed: {e}", file=sys.stderr)
         return 1
@@ -31,17 +38,22 @@ def backup_command(config: Config, dest: str, *, force: bool = False) -> int:
 
 
 def restore_command(config: Config, src: str, *, force: bool = False) -> int:
-    db = Path(config.storage.path)
+    db = _absolute(config.storage.path)
+    source = _absolute(src)
+    if not db.exists():
+        # Said before the work, and on success or not: a storage.path that is relative, or
+        # mistyped, otherwise creates a database nobody will serve without a word.
+        print(f"no database at {db} yet: restoring into a new file")
     try:
         # The old file is kept either way; --force only confirms that replacing it is meant.
-        done = restore(Path(src), db, replace=force)
+        done = restore(source, db, replace=force)
     except DatabaseInUse as e:
         print(f"restore refused: {e}; stop it first", file=sys.stderr)
         return 1
     except (BackupError, sqlite3.Error, OSError) as e:
         print(f"restore failed: {e}", file=sys.stderr)
         return 1
-    line = f"restored {src} to {db} (schema version {done.schema_version}"
+    line = f"restored {source} to {db} (schema version {done.schema_version}"
     if done.schema_version < len(MIGRATIONS):
         line += f"; upgraded to {len(MIGRATIONS)} when the server starts"
     line += ")"

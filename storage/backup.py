@@ -10,7 +10,9 @@ are renamed into place.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -53,8 +55,7 @@ def backup(
     started = time.monotonic()
     if not db_path.is_file():
         raise BackupError(f"no database at {db_path}")
-    if dest.resolve() == db_path.resolve():
-        raise BackupError(f"{dest} is the database itself")
+    _refuse_own_files(dest, db_path)
     if dest.exists() and not force:
         raise BackupError(f"{dest} exists; pass --force to overwrite it")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +80,27 @@ def backup(
     return Copied(dest, dest.stat().st_size, version, time.monotonic() - started)
 
 
+# What SQLite and the server keep beside the database: writing a copy over any of them
+# (`--force`) would destroy live data or the server's claim on the file.
+SIDE_FILES = ("-wal", "-shm", "-journal", ".lock")
+
+
+def _refuse_own_files(dest: Path, db_path: Path) -> None:
+    db = db_path.resolve()
+    ours = {db: "the database itself"}
+    ours.update({Path(f"{db}{s}"): f"the database's {s.lstrip('-.')} file" for s in SIDE_FILES})
+    what = ours.get(dest.resolve())
+    if what is None and dest.exists():
+        # Another name for one of them (a hard link) is the same file too.
+        for path, name in ours.items():
+            with contextlib.suppress(OSError):
+                if os.path.samefile(dest, path):
+                    what = name
+                    break
+    if what is not None:
+        raise BackupError(f"{dest} is {what}; write the copy somewhere else")
+
+
 @dataclass(frozen=True)
 class Restored:
     schema_version: int
@@ -88,7 +110,7 @@ class Restored:
 def restore(src_path: Path, db_path: Path, *, replace: bool = False) -> Restored:
     """Put the copy at ``src_path`` in place of the database at ``db_path``. Refused while a
     server holds the database, and over an existing one unless ``replace``; the database it
-    replaces is moved aside, never deleted."""
+    replaces is kept beside it (`Restored.kept`), never deleted."""
     if not src_path.is_file():
         raise BackupError(f"no backup at {src_path}")
     if db_path.exists() and src_path.resolve() == db_path.resolve():
@@ -98,6 +120,8 @@ def restore(src_path: Path, db_path: Path, *, replace: bool = False) -> Restored
     # is about to be replaced.
     lock = DatabaseLock.acquire(str(db_path))
     try:
+        # A lock file a restore run as root just created would keep the server's own user out.
+        _give_to_owner(Path(lock.path), _owner(db_path))
         if db_path.exists() and not replace:
             raise BackupError(
                 f"{db_path} exists; pass --force to replace it "
@@ -116,11 +140,14 @@ def restore(src_path: Path, db_path: Path, *, replace: bool = False) -> Restored
                 raise BackupError(f"{src_path} is not a MomoBridge database (schema version 0)")
             _same_owner(tmp, db_path)
             _fsync(tmp)
-            kept = _move_aside(db_path)
+            kept = _keep_old(db_path)
+            # The one step that swaps the files: at every moment before it the old database
+            # (with everything committed to it) is at db_path, and the new one after it.
             os.replace(tmp, db_path)
         except BaseException:
             _unlink(tmp)
             raise
+        _drop_stale_side_files(db_path)
         _fsync_dir(db_path.parent)
     finally:
         lock.release()
@@ -185,37 +212,131 @@ def _check(path: Path) -> int:
     return version
 
 
-def _move_aside(db_path: Path) -> Path | None:
-    """Rename the database and its WAL (or hot journal) together to
-    `<db>.before-restore-<time>`, so SQLite still pairs them if that file is ever opened; the
-    -shm index is derived data and is dropped. Nothing of the old file may stay beside the new
-    one: SQLite would replay a leftover WAL onto the restored database."""
-    kept = None
-    if db_path.exists():
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        kept = db_path.with_name(f"{db_path.name}.before-restore-{stamp}")
-        n = 1
-        while kept.exists():
-            n += 1
-            kept = db_path.with_name(f"{db_path.name}.before-restore-{stamp}-{n}")
-        os.replace(db_path, kept)
+def _keep_old(db_path: Path) -> Path | None:
+    """Keep the database about to be replaced as `<db>.before-restore-<time>`, one
+    self-contained file, without ever taking it away from db_path.
+
+    Its WAL is checkpointed into it first: a WAL is only read beside the file it belongs to, so
+    renaming the two separately (or a crash between them) would lose the commits only the WAL
+    holds. The kept name is a hard link, so db_path stays whole until the caller's single
+    rename puts the new file there. Nothing of the old file may be left beside the new one
+    after that rename: SQLite would replay a leftover WAL or hot journal onto it."""
+    if not db_path.exists():
+        _drop_stale_side_files(db_path)
+        return None
+    checkpointed = _checkpoint(db_path)
+    kept = _link_or_copy(db_path, db_path.name + ".before-restore-")
     for suffix in ("-wal", "-journal"):
         side = Path(f"{db_path}{suffix}")
-        if side.exists():
-            if kept is not None:
-                os.replace(side, f"{kept}{suffix}")
-            else:
-                side.unlink()
-    _unlink(Path(f"{db_path}-shm"))
+        with contextlib.suppress(FileNotFoundError):
+            if side.stat().st_size > 0 and not checkpointed:
+                # SQLite could not fold it in (a damaged file, another process reading): it
+                # goes with the kept file under the matching name, so the pair can still be
+                # opened together.
+                _link_or_copy_to(side, Path(f"{kept}{suffix}"))
+            # Before the swap, not after: a crash in between then leaves the old database
+            # without a side file it no longer needs (or whose copy is kept), never the new
+            # database beside an old WAL.
+            side.unlink()
+    _fsync_dir(db_path.parent)
     return kept
 
 
+def _checkpoint(db_path: Path) -> bool:
+    """Fold the database's WAL (or roll back its hot journal) into the file itself; whether
+    that worked. The lock is held, so no server writes meanwhile."""
+    with open(db_path, "rb") as f:
+        if f.read(16) != b"SQLite format 3\0":
+            # Not opened at all: SQLite deletes the WAL beside a file it cannot read, and the
+            # caller keeps both as they are instead.
+            return False
+    try:
+        conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=rw", uri=True)
+    except sqlite3.Error:
+        return False
+    try:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_MS}")
+        # A read first: it is what recovers a WAL and rolls back a hot journal.
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        done = busy == 0
+    except sqlite3.Error:
+        done = False
+    finally:
+        # The last connection to close also deletes the (now empty) WAL and -shm.
+        conn.close()
+    return done
+
+
+def _link_or_copy(path: Path, prefix: str) -> Path:
+    """A second name for ``path`` beside it, `<prefix><time>[-n]`, that no other file had."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in itertools.count(1):
+        name = path.with_name(f"{prefix}{stamp}" + ("" if n == 1 else f"-{n}"))
+        try:
+            _link_or_copy_to(path, name)
+        except FileExistsError:
+            continue
+        return name
+    raise AssertionError("unreachable")
+
+
+def _link_or_copy_to(path: Path, name: Path) -> None:
+    """``name`` as a hard link to ``path`` (FileExistsError if it is taken); a full copy where
+    the file system has no hard links. A copy is written beside and renamed, so ``name`` is
+    never a half-written file."""
+    try:
+        os.link(path, name)
+        return
+    except FileExistsError:
+        raise
+    except OSError:
+        pass
+    if name.exists():
+        raise FileExistsError(name)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name.name}.", suffix=".tmp", dir=name.parent)
+    os.close(fd)
+    try:
+        shutil.copy2(path, tmp_name)
+        _fsync(Path(tmp_name))
+        os.replace(tmp_name, name)
+    except BaseException:
+        _unlink(Path(tmp_name))
+        raise
+
+
+def _drop_stale_side_files(db_path: Path) -> None:
+    """The old database's WAL, hot journal and -shm index, if any are still beside the new file.
+
+    Safe once the new file is in place: nothing has opened it yet (the lock is held), so every
+    side file there is the old one's; its content was checkpointed or kept by `_keep_old`."""
+    for suffix in ("-wal", "-journal", "-shm"):
+        _unlink(Path(f"{db_path}{suffix}"))
+
+
+def _owner(db_path: Path) -> tuple[int, int]:
+    """Whose files these are: the database's owner, or for a new one, its folder's."""
+    try:
+        st = db_path.stat()
+    except FileNotFoundError:
+        st = db_path.parent.stat()
+    return st.st_uid, st.st_gid
+
+
+def _give_to_owner(path: Path, owner: tuple[int, int]) -> None:
+    """Only root can give a file away, and only root's files need it: a restore run as root
+    must not leave files the server, running as the folder's owner, cannot open."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        os.chown(path, *owner)
+
+
 def _same_owner(path: Path, like: Path) -> None:
-    """The restored file gets the replaced one's mode and (if allowed) owner: a restore run as
-    root must not leave a file the server's own user cannot write."""
+    """The restored file gets the replaced one's mode and (if allowed) owner; with nothing to
+    replace, the owner of its folder (if run as root)."""
     try:
         st = like.stat()
     except FileNotFoundError:
+        _give_to_owner(path, _owner(like))
         return
     os.chmod(path, st.st_mode & 0o7777)
     with contextlib.suppress(PermissionError):

@@ -42,7 +42,18 @@ class DatabaseLock:
         path = lock_path(db_path)
         if fcntl is None:
             return cls(None, path)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        writable = True
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except PermissionError as denied:
+            # A lock file this user may not write (one left by a restore run as root): flock
+            # needs only an open file, so it still guards the database; the pid just cannot be
+            # written. Without the file at all, the original refusal stands.
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise denied from None
+            writable = False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -54,8 +65,9 @@ class DatabaseLock:
             os.close(fd)
             raise
         # The holder's pid, for the refusal message of whoever comes next.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if writable:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return cls(fd, path)
 
     def release(self) -> None:
