@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import sqlite3
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from adapters.momohub.sandbox import SandboxServer
 from bridge.config import SandboxConfig
+from tests.support.cli import momobridge
 from tests.support.hub_client import HubClient, eventually
 
 USERS = 20
@@ -33,12 +33,7 @@ MOMO = "6d6f6d6f-0000-4000-8000-000000000001"
 async def _start_bridge(cfg: Path, log_path: Path) -> tuple[asyncio.subprocess.Process, int]:
     await asyncio.to_thread(log_path.write_text, "")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge.cli",
-        "serve",
-        "--config",
-        str(cfg),
+        *momobridge("serve", "--config", str(cfg)),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=log_path.open("a"),
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -13,6 +13,7 @@ import pytest
 
 from bridge.storage_dir import check_storage_dir
 from tests.e2e.test_health import ServeProcess, closed_port
+from tests.support.cli import momobridge
 
 ROOT_DIR = Path(__file__).resolve().parents[2]
 WAIT = 20.0
@@ -36,12 +37,7 @@ def write_config(path: Path, data_dir: Path, port: int) -> Path:
 async def start(config: Path, cwd: Path, wrapper: tuple[str, ...] = ()) -> ServeProcess:
     proc = await asyncio.create_subprocess_exec(
         *wrapper,
-        sys.executable,
-        "-m",
-        "bridge.cli",
-        "serve",
-        "--config",
-        str(config),
+        *momobridge("serve", "--config", str(config)),
         cwd=cwd,
         env=serve_env(),
         stdin=asyncio.subprocess.DEVNULL,

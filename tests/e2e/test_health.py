@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from adapters.momohub.sandbox import SandboxServer
 from bridge.config import SandboxConfig
 from tests.conftest import Bridge
+from tests.support.cli import momobridge
 from tests.support.fake_openai import FakeOpenAI
 
 EMAIL = "bot@sandbox.test"
@@ -263,12 +263,7 @@ async def test_serve_process_starts_without_momohub(
         f'[momohub]\nbase_url = "{base_url}"\nemail = "{EMAIL}"\npassword = "not-the-password"\n'
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge.cli",
-        "serve",
-        "--config",
-        str(cfg),
+        *momobridge("serve", "--config", str(cfg)),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
