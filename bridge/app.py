@@ -363,6 +363,7 @@ class App:
                 cfg, self.storage, self.router, self.outbox, self.sessions, admin_code=admin_code
             )
             self.hub.http.health = self.health
+            self._mount_pages()
             if cfg.miochat.socketio:
                 from adapters.miochat import socketio_server
 
@@ -404,6 +405,18 @@ class App:
         await asyncio.to_thread(host.load)
         self.plugins = host
         self.sessions.plugins = host
+
+    def _mount_pages(self) -> None:
+        """The browser side on the hub's port: /metrics, /chat, the console."""
+        from adapters.console import console_pages
+        from adapters.webchat import chat_pages
+        from bridge.metrics import metrics_pages
+
+        assert self.hub is not None
+        for make in (metrics_pages, chat_pages, console_pages):
+            pages = make(self)
+            if pages is not None:
+                self.hub.http.add_pages(pages)
 
     @property
     def port(self) -> int:

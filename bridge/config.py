@@ -157,6 +157,17 @@ class MioChatConfig(_Section):
         return str(root)
 
 
+class ConsoleConfig(_Section):
+    """``[console]``: the web console at /console, the /chat page and /metrics on the hub's port."""
+
+    enabled: bool = True
+    chat_page: bool = True
+    metrics: bool = True
+    # With a token, /metrics wants `Authorization: Bearer <token>`; without one it is open.
+    metrics_token: str = ""
+    session_hours: float = Field(12.0, gt=0, le=24 * 30)
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -346,6 +357,7 @@ class Config(_Section):
     onebot: OneBotConfig = Field(default_factory=OneBotConfig)
     share: ShareConfig = Field(default_factory=ShareConfig)
     miochat: MioChatConfig = Field(default_factory=MioChatConfig)
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
 
     @model_validator(mode="after")

@@ -19,7 +19,7 @@ import math
 import re
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 WS_PATHS = {"/", "/api/gateway"}
+# A set of pages mounted on the hub's port: the answer to a request it serves, else None.
+Pages = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
 DAY = 86400.0
 # Client addresses the share limiter remembers at most; past this the least recently seen is
 # forgotten (it starts afresh), so the table cannot grow with the number of addresses.
@@ -138,6 +140,7 @@ class HttpRoutes:
         from adapters.miochat.client_api import ClientApi
 
         self.client = ClientApi(self)
+        self._pages: list[Pages] = []
 
     def public_url(self, request: web.Request | None) -> str:
         """Where clients reach this server: `server.public_url` if set, else the host the
@@ -209,9 +212,18 @@ class HttpRoutes:
             raise ShareRefused(ErrorCode.UNAVAILABLE, "share storage full", 503) from None
         return share_id
 
+    def add_pages(self, pages: Pages) -> None:
+        """Serve more pages on this port (the console, /chat, /metrics): ``pages`` answers the
+        requests it serves and returns None for the others; tried before the hub's own routes."""
+        self._pages.append(pages)
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         try:
+            for pages in self._pages:
+                answer = await pages(request)
+                if answer is not None:
+                    return answer
             return await self._route(request, request.method, path)
         except Exception:
             log.exception("http.crashed", path=path)
