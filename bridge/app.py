@@ -21,6 +21,7 @@ from adapters.miochat.server import HubServer
 from bridge.config import Config, OpenAIProvider, SandboxConfig
 from bridge.engine import Engine
 from bridge.health import AUTH_FAILED, ERROR, OK, UNREACHABLE, Health
+from bridge.metrics import Metrics
 from bridge.model_chats import ModelChats
 from bridge.outbox import Outbox
 from bridge.pending_target import PendingTarget
@@ -137,6 +138,8 @@ class App:
         self.plugins: PluginHost | None = None
         self.qq: QQEdge | None = None
         self.health = Health()
+        # This bridge's own counts for /metrics (never shared with another App in the process).
+        self.metrics = Metrics()
         # The one scheduler: housekeeping and the plugins' jobs; runs from start() to stop().
         self.scheduler = Scheduler()
         # Upstream start-ups still running; start() waits on them for STARTUP_GRACE at most.
@@ -363,6 +366,8 @@ class App:
                 cfg, self.storage, self.router, self.outbox, self.sessions, admin_code=admin_code
             )
             self.hub.http.health = self.health
+            self.hub.metrics = self.outbox.metrics = self.sessions.metrics = self.metrics
+            self.metrics.attach(self.hub)
             self._mount_pages()
             if cfg.miochat.socketio:
                 from adapters.miochat import socketio_server

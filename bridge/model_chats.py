@@ -85,6 +85,9 @@ def trimmed(messages: list[JSON], max_chars: int) -> list[JSON]:
 class ModelChats:
     """A contact target (and a context target: reset, instructions) for ``model:<model>``."""
 
+    # The `target` label of its replies in /metrics.
+    metrics_kind = "model_chat"
+
     replies_stream = True
     replies_need_message_id = True  # the history is read up to the turn's own message
 

@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from bridge.locks import KeyedLocks
+from bridge.metrics import UNSCRAPED, Metrics
 from storage.messages import MessageKind, MessageRepo
 from storage.outbox import OutboxRepo
 
@@ -84,6 +85,8 @@ class Outbox:
         # Users served by an edge rather than by connections of their own (a QQ account serves
         # its private chats and groups): id prefix → the factory of their sinks.
         self._families: dict[str, SinkFactory] = {}
+        # The app's (see App.start); counted into and never scraped when built alone.
+        self.metrics: Metrics = UNSCRAPED
 
     def next_push_id(self) -> str:
         return f"s-{self._repo.next_id()}"
@@ -123,6 +126,7 @@ class Outbox:
                     offered += 1
                 if not waiting:
                     self._sinks.setdefault(user_id, set()).add(sink)
+                    self.metrics.push("offered", offered)
                     return offered
             if not await sink.room():  # type: ignore[attr-defined]
                 return 0
@@ -165,6 +169,7 @@ class Outbox:
             push.push_id = self.next_push_id()
         async with self._locks.hold(user_id, LOCK_TIMEOUT):
             push.seq, dropped = await self._repo.push(user_id, push.to_json(), self._limit)
+            self.metrics.push("stored")
             if dropped:
                 log.warning("outbox.dropped_oldest", user=user_id, dropped=dropped)
             offered = 0
@@ -174,17 +179,20 @@ class Outbox:
                     if not new.offer(push if seq == push.seq else Push.from_json(data, seq)):
                         return 0
                 self._sinks.setdefault(user_id, set()).add(new)
+                self.metrics.push("offered")
                 return 1
             for sink in list(self._sinks.get(user_id, ())):
                 if sink is exclude:
                     sink.note(push.seq)
                 elif sink.offer(push):
                     offered += 1
+            self.metrics.push("offered", offered)
             return offered
 
     async def confirm(self, user_id: str, seq: int) -> None:
         """A peer of this user has everything up to ``seq``."""
         await self._repo.ack(user_id, seq)
+        self.metrics.push("confirmed")
 
     async def pending_count(self, user_id: str) -> int:
         return await self._repo.count(user_id)

@@ -19,6 +19,7 @@ import structlog
 
 from bridge.engine import Engine, Turn
 from bridge.errors import BridgeError, ErrorCode
+from bridge.metrics import UNSCRAPED, Metrics, target_kind
 from bridge.models import (
     ChatMessage,
     ConversationKey,
@@ -104,6 +105,8 @@ class Sessions:
         self.plugins: PluginHost | None = None
         self._glue = PluginGlue(storage, router, outbox, self.engine)
         self._recall = Recall(storage, router, outbox, self.engine, self._dropped)
+        # The app's (see App.start); counted into and never scraped when built alone.
+        self.metrics: Metrics = UNSCRAPED
 
     # ----- sending ---------------------------------------------------------------------------
 
@@ -346,10 +349,12 @@ class Sessions:
         forget = True  # the in-flight record goes, unless a restart must pick this reply up
         # What the user may see while it streams (plugins' stream filters), if anything hides.
         guard = self.plugins.stream_guard(reply.key) if self.plugins is not None else None
+        kind = target_kind(target)
         try:
             stream = await target.deliver(msg)
             if stream is None:
                 raise BridgeError(ErrorCode.INTERNAL, "the target returned no reply stream")
+            stream = self.metrics.track(kind, stream)
             async for event in stream:
                 if isinstance(event, Delta) and event.text:
                     reply.text.append(event.text)
@@ -381,6 +386,8 @@ class Sessions:
             await self._notify(reply, Failed(ErrorCode.CANCELLED, why))
             raise
         except BridgeError as e:
+            if stream is None:  # refused before it streamed: the tracked stream counts the rest
+                self.metrics.reply_ended(kind, "failed", e.code)
             await self._notify(reply, Failed(e.code, e.reason))
         except Exception as e:
             log.exception("reply.crashed", message_id=reply.message_id)

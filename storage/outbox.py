@@ -79,3 +79,9 @@ class OutboxRepo:
         ) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+    async def total(self) -> int:
+        """Pushes waiting for every user (the /metrics gauge)."""
+        async with self._db.conn.execute("SELECT COUNT(*) FROM outbox") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0

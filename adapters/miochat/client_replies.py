@@ -18,7 +18,7 @@ unwrapped so the bridge's commands still answer it).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,8 +28,9 @@ from adapters.miochat import llm_frames as L
 from bridge import completions
 from bridge.engine import Turn
 from bridge.errors import BridgeError, ErrorCode
+from bridge.metrics import target_kind
 from bridge.model_chats import trimmed
-from bridge.models import JSON, CompletionRequest, ConversationKey, UserRef
+from bridge.models import JSON, CompletionRequest, ConversationKey, ReplyEvent, UserRef
 from storage.client_replies import StoredReply
 
 if TYPE_CHECKING:
@@ -214,10 +215,14 @@ class ClientReplies:
                 await self._finish(reply, [rlog.pending(), *frames])
                 return
             sessions = self.hub.sessions
+            metrics, kind = self.hub.metrics, target_kind(target)
+
+            def tracked(r: CompletionRequest) -> AsyncIterator[ReplyEvent]:
+                return metrics.track(kind, target.complete(r))
 
             async def job(turn: Turn) -> None:
                 stream = completions.answer(
-                    sessions.plugins, self.hub.router, key, request, target.complete, sessions.say
+                    sessions.plugins, self.hub.router, key, request, tracked, sessions.say
                 )
                 await self._run(reply, stream, turn)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from adapters.miochat.streams import StreamRenderer
 from bridge import completions
 from bridge.engine import Turn
 from bridge.errors import BridgeError, ErrorCode
+from bridge.metrics import target_kind
 from bridge.models import CompletionRequest, Failed, ReplyEvent, UserRef
 from bridge.sessions import Accepted
 
@@ -97,6 +98,7 @@ async def dispatch(conn: Connection, raw: str | bytes) -> None:
         frame = await asyncio.to_thread(P.parse_request, raw, logged_in=logged_in)
     else:
         frame = P.parse_request(raw, logged_in=logged_in)
+    conn.hub.metrics.frame(frame)
     if isinstance(frame, P.FrameError):
         if frame.code == ErrorCode.LOGIN_FAILED:
             await _login_failed(conn, frame.request_id, frame.reason)
@@ -174,6 +176,7 @@ async def login(
     await hub.storage.users.touch(data.user_id, is_admin)
     hub.add_client(data.user_id, conn)
     conn.send_frame(P.success(request_id, "system", "login", hub.login_payload(conn.user)))
+    hub.metrics.login("websocket", True)
     log.info("hub.login", peer=conn.peer, user=data.user_id, admin=is_admin, pushed=pushed)
     replayed = await hub.outbox.attach(data.user_id, conn)
     if replayed:
@@ -182,6 +185,7 @@ async def login(
 
 async def _login_failed(conn: Connection, request_id: P.RequestId, reason: str) -> None:
     log.info("hub.login_failed", peer=conn.peer, reason=reason)
+    conn.hub.metrics.login("websocket", False)
     conn.send_frame(P.failure(request_id, "system", "login", ErrorCode.LOGIN_FAILED, reason))
     await conn.close(CLOSE_LOGIN, "login failed")
 
@@ -337,12 +341,16 @@ async def on_completions(conn: Connection, req: P.CompletionsRequest, slot: Stre
         key = completions.conversation_key(target, request)
 
         sessions = hub.sessions
+        kind = target_kind(target)
+
+        def tracked(r: CompletionRequest) -> AsyncIterator[ReplyEvent]:
+            return hub.metrics.track(kind, target.complete(r))
 
         async def job(turn: Turn) -> None:
             # Planned as the conversation's turn, in order: a `/persona set` sent just before
             # applies, and an abort meanwhile stops it like any turn.
             stream = completions.answer(
-                sessions.plugins, hub.router, key, request, target.complete, sessions.say
+                sessions.plugins, hub.router, key, request, tracked, sessions.say
             )
             await _run_completion(conn, slot, renderer, stream, turn)
 

@@ -21,6 +21,7 @@ from adapters.miochat.connection import Connection
 from adapters.miochat.http_routes import WS_PATHS, HttpRoutes
 from bridge.config import Config
 from bridge.errors import BridgeError, ErrorCode
+from bridge.metrics import UNSCRAPED, Metrics
 from bridge.models import UserRef
 from bridge.outbox import Outbox
 from bridge.router import Router
@@ -48,6 +49,8 @@ class HubServer:
         self.sessions = sessions
         self.admin_code = admin_code
         self.active_streams: dict[str, int] = {}
+        # The app's (see App.start); counted into and never scraped when built alone.
+        self.metrics: Metrics = UNSCRAPED
         self._clients: dict[str, set[Connection]] = {}
         self._runner: web.AppRunner | None = None
         self._port = 0
@@ -74,6 +77,11 @@ class HubServer:
 
     def clients_of(self, user_id: str) -> list[Connection]:
         return list(self._clients.get(user_id, ()))
+
+    @property
+    def websocket_count(self) -> int:
+        """Connections of the plain WebSocket hub (not the mounted edges')."""
+        return len(self._all)
 
     @property
     def connection_count(self) -> int:

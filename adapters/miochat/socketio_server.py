@@ -361,12 +361,14 @@ class SocketIOEdge:
         conn = SioConnection(self, sid, UserRef(user_id, is_admin))
         conn.pending_tasks = await self.replies.pending_contactors(user_id)
         self._conns[sid] = conn
+        hub.metrics.login("socketio", True)
         log.info("socketio.login", user=user_id, admin=is_admin, generated=a.user_id is None)
         return True
 
     def _refuse(self, sid: str, reason: str) -> NoReturn:
         """A connect error carrying ``reason`` (the web client shows its message)."""
         log.info("socketio.login_failed", reason=reason)
+        self.hub.metrics.login("socketio", False)
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
         if eio_sid is not None:
             self._refused[sid] = eio_sid
@@ -426,6 +428,7 @@ class SocketIOEdge:
         if conn is None or conn.closed:
             return
         frame = S.parse(data)
+        self.hub.metrics.socketio_frame(frame)
         if isinstance(frame, P.FrameError):
             conn.send_frame(P.failure_from(frame))
             return

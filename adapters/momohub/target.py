@@ -61,6 +61,8 @@ def _bare(contact: str) -> str:
 
 
 class CharacterTarget:
+    # The `target` label of its replies in /metrics.
+    metrics_kind = "momohub"
     # The reply is built from the message's content alone, so Sessions may start it before the
     # message is stored and has an id.
     replies_need_message_id = False

@@ -26,6 +26,8 @@ log = structlog.get_logger(__name__)
 
 
 class FrameworkTarget:
+    # The `target` label of its replies in /metrics.
+    metrics_kind = "framework"
     # The event carries the stored id: the framework quotes, fetches and recalls by it.
     replies_need_message_id = True
     # Its answers come back later as pushes of their own, not as a stream on the request.

@@ -35,6 +35,9 @@ def provider_state(code: ErrorCode, reason: str) -> str:
 
 
 class OpenAITarget:
+    # The `target` label of its replies in /metrics.
+    metrics_kind = "openai"
+
     def __init__(
         self, config: OpenAIConfig, report: Callable[[str, str, str], None] | None = None
     ) -> None:
