@@ -166,6 +166,11 @@ class ConsoleConfig(_Section):
     # With a token, /metrics wants `Authorization: Bearer <token>`; without one it is open.
     metrics_token: str = ""
     session_hours: float = Field(12.0, gt=0, le=24 * 30)
+    # Console logins per client address per minute, right or wrong: the code cannot be guessed
+    # at line speed.
+    login_per_minute: int = Field(5, ge=1, le=1000)
+    # How often an open console page gets the overview and new log events.
+    live_seconds: float = Field(2.0, gt=0, le=60)
 
 
 class LogConfig(_Section):

@@ -9,9 +9,12 @@ every line is one JSON object and a traceback is a field of it, never loose text
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import threading
+import time
+from collections import deque
 from types import TracebackType
 from typing import Any
 
@@ -41,6 +44,78 @@ def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
         if key.lower() in _SECRET_KEYS:
             event[key] = "***"
     return event
+
+
+# Events the admin console's log view can show (the newest first to go past this); each field
+# cut to this many characters, so one huge event cannot hold much memory.
+RECENT_SIZE = 2000
+RECENT_FIELD_MAX = 500
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+
+
+class RecentLogs:
+    """A bounded ring of the latest log events, as the console shows them: a structlog
+    processor (in the chain of every entry that passed the level filter) that copies each event
+    and passes it on unchanged. Threads log too (``asyncio.to_thread``), hence the lock."""
+
+    def __init__(self, size: int = RECENT_SIZE) -> None:
+        self._ring: deque[dict[str, Any]] = deque(maxlen=size)
+        self._seq = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def __call__(self, _: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        fields = {
+            k: _short(v)
+            for k, v in event.items()
+            if k not in ("event", "level", "timestamp", "logger") and not k.startswith("_")
+        }
+        entry = {
+            "time": time.time(),
+            "level": str(event.get("level", method)).lower(),
+            "event": _short(event.get("event", "")),
+            "logger": _short(event.get("logger", "")),
+            "fields": fields,
+        }
+        with self._lock:
+            entry["seq"] = next(self._seq)
+            self._ring.append(entry)
+        return event
+
+    def since(
+        self, after: int = 0, *, level: str = "", conversation: str = "", limit: int = 200
+    ) -> list[dict[str, Any]]:
+        """Events after sequence number ``after``, at ``level`` or above, whose conversation or
+        user field contains ``conversation``; the newest ``limit`` of them, oldest first."""
+        floor = _LEVELS.get(level.lower(), 0)
+        with self._lock:
+            entries = [e for e in self._ring if e["seq"] > after]
+        picked = [
+            e
+            for e in entries
+            if _LEVELS.get(e["level"], 0) >= floor
+            and (not conversation or _mentions(e["fields"], conversation))
+        ]
+        return picked[-limit:] if limit > 0 else []
+
+
+def _short(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= RECENT_FIELD_MAX else text[: RECENT_FIELD_MAX - 1] + "…"
+
+
+def _mentions(fields: dict[str, Any], needle: str) -> bool:
+    # The keys a conversation is bound under (contextvars) or logged with at the call site.
+    for key in ("conversation", "user", "user_id", "contact", "key"):
+        value = fields.get(key)
+        if value is not None and needle in str(value):
+            return True
+    return False
+
+
+# The process's one ring: logging is configured once per process, like the ring.
+RECENT_LOGS = RecentLogs()
 
 
 class _PeerErrorFilter(logging.Filter):
@@ -98,6 +173,8 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact,
+        # After the redaction: the console never shows what the log file would not.
+        RECENT_LOGS,
     ]
     if use_json:
         # The traceback becomes the "exception" field of the same JSON line.

@@ -217,3 +217,28 @@ class MessageRepo:
         ) as cur:
             row = await cur.fetchone()
         return int(row[0] or 0) if row is not None else 0
+
+    async def conversations(self, limit: int) -> list[tuple[str, str, str, int, float, int]]:
+        """The ``limit`` conversations with the newest messages, newest first, for the admin
+        console: (user_id, contact, thread, newest id, last activity, messages not deleted).
+        Reads every message row once (a group-by): asked for by an admin, not per message."""
+        async with self._db.conn.execute(
+            "SELECT user_id, contact, thread, MAX(id), MAX(time), SUM(deleted = 0) FROM messages "
+            "GROUP BY user_id, contact, thread ORDER BY MAX(id) DESC LIMIT ?",
+            (max(0, limit),),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [(r[0], r[1], r[2], int(r[3]), float(r[4]), int(r[5] or 0)) for r in rows]
+
+    async def activity(self, since: float, scan: int) -> list[tuple[str, float, float | None]]:
+        """Messages stored at ``since`` or later among the newest ``scan`` (a bounded read
+        backwards by id, whatever the table's size): (direction, time, the time of the message
+        a reply answers, else None)."""
+        async with self._db.conn.execute(
+            "SELECT m.direction, m.time, q.time FROM (SELECT id, direction, time, reply_to "
+            "FROM messages ORDER BY id DESC LIMIT ?) m LEFT JOIN messages q ON q.id = m.reply_to "
+            "WHERE m.time >= ?",
+            (max(0, scan), since),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [(r[0], float(r[1]), None if r[2] is None else float(r[2])) for r in rows]

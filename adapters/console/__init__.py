@@ -11,4 +11,9 @@ if TYPE_CHECKING:
 
 def console_pages(app: App) -> Pages | None:
     """The console's pages, or None when it is off."""
-    return None
+    if not app.config.console.enabled:
+        return None
+    # Imported only when on: a bridge without the console loads none of it.
+    from adapters.console.pages import Console
+
+    return Console(app)

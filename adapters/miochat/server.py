@@ -84,6 +84,11 @@ class HubServer:
         return len(self._all)
 
     @property
+    def users_online(self) -> int:
+        """Users with at least one logged-in WebSocket connection (the admin console shows it)."""
+        return len(self._clients)
+
+    @property
     def connection_count(self) -> int:
         """Every open connection on the port, the mounted edges' (Socket.IO) included: they
         share `server.max_connections`."""

@@ -1,0 +1,211 @@
+// The console's page: log in, then follow the bridge through one server-sent-event stream.
+// Everything shown is set with textContent: conversation text and log fields come from users
+// and upstreams, so none of it may become markup.
+
+const api = (path) => `/console/api/${path}`;
+let csrf = "";
+let events = null;
+let lastLog = 0;
+let current = null; // the conversation open in the Conversations tab
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, text, cls) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (cls) node.className = cls;
+  return node;
+}
+
+async function call(method, path, body) {
+  const init = { method, credentials: "same-origin", headers: {} };
+  if (method !== "GET") {
+    init.headers["Content-Type"] = "application/json";
+    init.headers["X-Console-CSRF"] = csrf;
+    init.body = JSON.stringify(body ?? {});
+  }
+  const resp = await fetch(api(path), init);
+  const data = await resp.json().catch(() => ({}));
+  if (resp.status === 401) showLogin();
+  if (!resp.ok) throw new Error(data.error || `HTTP ${resp.status}`);
+  return data;
+}
+
+function since(seconds) {
+  const ago = Math.max(0, Date.now() / 1000 - seconds);
+  if (ago < 60) return `${Math.round(ago)} s ago`;
+  if (ago < 3600) return `${Math.round(ago / 60)} min ago`;
+  return new Date(seconds * 1000).toLocaleString();
+}
+
+function duration(seconds) {
+  const s = Math.floor(seconds);
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+  return h ? `${h} h ${m} min` : m ? `${m} min ${s % 60} s` : `${s} s`;
+}
+
+function showLogin() {
+  if (events) events.close();
+  events = null;
+  $("app").hidden = true;
+  $("login").hidden = false;
+}
+
+function showApp() {
+  $("login").hidden = true;
+  $("app").hidden = false;
+  startEvents();
+}
+
+function renderOverview(o) {
+  $("version").textContent = `v${o.version}`;
+  $("connections").textContent = o.connections;
+  $("users-online").textContent = o.users_online;
+  $("uptime").textContent = duration(o.uptime);
+  const t = o.traffic;
+  $("mpm").textContent = t.messages_per_minute;
+  $("rpm").textContent = t.replies_per_minute;
+  $("latency").textContent =
+    t.reply_p50 === null ? "–" : `${t.reply_p50} / ${t.reply_p95} ms`;
+  $("status").textContent = o.health.status;
+  const body = $("components").tBodies[0];
+  body.replaceChildren();
+  for (const [name, c] of Object.entries(o.health.components)) {
+    const row = el("tr");
+    row.append(el("td", name), el("td", c.state, `state-${c.state}`), el("td", since(c.since)), el("td", c.detail));
+    body.append(row);
+  }
+}
+
+function renderLogs(entries) {
+  const body = $("logs").tBodies[0];
+  for (const e of entries) {
+    lastLog = Math.max(lastLog, e.seq);
+    const row = el("tr");
+    const fields = Object.entries(e.fields).map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`);
+    row.append(el("td", new Date(e.time * 1000).toLocaleTimeString()), el("td", e.level, `state-${e.level === "info" ? "ok" : "error"}`), el("td", e.event), el("td", fields.join(" "), "fields"));
+    body.prepend(row);
+  }
+  while (body.rows.length > 500) body.deleteRow(-1);
+}
+
+function startEvents() {
+  if (events) events.close();
+  const params = new URLSearchParams({
+    level: $("log-level").value,
+    conversation: $("log-conversation").value,
+    after: String(lastLog),
+  });
+  events = new EventSource(`${api("events")}?${params}`);
+  events.addEventListener("open", () => $("live").classList.add("on"));
+  events.addEventListener("error", () => $("live").classList.remove("on"));
+  events.addEventListener("overview", (m) => {
+    const o = JSON.parse(m.data);
+    renderOverview(o);
+    if (!$("tab-conversations").hidden) refreshConversations(o);
+  });
+  events.addEventListener("logs", (m) => renderLogs(JSON.parse(m.data)));
+  events.addEventListener("logout", showLogin);
+}
+
+let conversationsStamp = "";
+async function refreshConversations(o) {
+  // Re-read only when something changed: the overview's traffic is the cheap signal.
+  const stamp = o ? `${o.traffic.messages_per_minute}/${o.traffic.replies_per_minute}/${o.connections}` : "";
+  if (o && stamp === conversationsStamp) return;
+  conversationsStamp = stamp;
+  const { conversations } = await call("GET", "conversations");
+  const body = $("conversations").tBodies[0];
+  body.replaceChildren();
+  for (const c of conversations) {
+    const row = el("tr", null, "clickable");
+    row.dataset.user = c.user;
+    row.dataset.contact = c.contact;
+    row.append(el("td", c.edge), el("td", c.user), el("td", c.contact_name), el("td", c.thread), el("td", c.messages), el("td", since(c.last_activity)));
+    row.addEventListener("click", () => openConversation(c));
+    body.append(row);
+  }
+  if (current) await openConversation(current);
+}
+
+function segmentsText(content) {
+  return content.map((s) => (s.type === "text" ? s.data.text : `[${s.type}]`)).join("");
+}
+
+async function openConversation(c) {
+  current = c;
+  const q = new URLSearchParams({ user: c.user, contact: c.contact, thread: c.thread });
+  const data = await call("GET", `conversation?${q}`);
+  $("conversation").hidden = false;
+  $("conversation-title").textContent = `${c.user} ↔ ${c.contact_name} (${c.thread})`;
+  if (document.activeElement !== $("persona")) $("persona").value = data.persona || "";
+  const list = $("turns");
+  list.replaceChildren();
+  for (const t of data.turns) {
+    const item = el("li", null, t.direction);
+    item.dataset.id = t.id;
+    item.append(el("span", t.direction === "in" ? "→" : "←"), el("span", segmentsText(t.content), "text"), el("small", since(t.time)));
+    const recall = el("button", "Recall", "recall");
+    recall.addEventListener("click", () => act("recall", { message_id: t.id }, "Recalled"));
+    item.append(recall);
+    list.append(item);
+  }
+}
+
+async function act(path, body, done) {
+  try {
+    await call("POST", path, body);
+    $("conversation-status").textContent = done;
+  } catch (e) {
+    $("conversation-status").textContent = e.message;
+  }
+  if (current) await openConversation(current);
+}
+
+function keyOf(c) {
+  return { user: c.user, contact: c.contact, thread: c.thread };
+}
+
+function switchTab(name) {
+  for (const b of document.querySelectorAll("nav button")) b.classList.toggle("active", b.dataset.tab === name);
+  for (const t of document.querySelectorAll(".tab")) t.hidden = t.id !== `tab-${name}`;
+  if (name === "conversations") refreshConversations(null);
+}
+
+function wire() {
+  $("login-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    $("login-error").textContent = "";
+    try {
+      const data = await call("POST", "login", { code: $("code").value });
+      csrf = data.csrf;
+      $("code").value = "";
+      showApp();
+    } catch (e) {
+      $("login-error").textContent = e.message;
+    }
+  });
+  $("logout").addEventListener("click", async () => {
+    await call("POST", "logout").catch(() => {});
+    csrf = "";
+    showLogin();
+  });
+  for (const b of document.querySelectorAll("nav button")) b.addEventListener("click", () => switchTab(b.dataset.tab));
+  $("reset").addEventListener("click", () => current && act("reset", keyOf(current), "Context reset"));
+  $("persona-save").addEventListener("click", () => current && act("persona", { ...keyOf(current), text: $("persona").value }, "Persona saved"));
+  $("log-level").addEventListener("change", () => { $("logs").tBodies[0].replaceChildren(); lastLog = 0; startEvents(); });
+  $("log-conversation").addEventListener("change", () => { $("logs").tBodies[0].replaceChildren(); lastLog = 0; startEvents(); });
+}
+
+async function boot() {
+  wire();
+  try {
+    const data = await call("GET", "session");
+    csrf = data.csrf;
+    showApp();
+  } catch {
+    showLogin();
+  }
+}
+
+boot();

@@ -1,0 +1,87 @@
+"""The admin console in a real headless Chromium against a running bridge with the sandbox."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.conftest import ADMIN_CODE, Bridge
+from tests.e2e.test_momohub import MOMO, chat_messages, send
+
+if TYPE_CHECKING:
+    from playwright.async_api import BrowserContext, Page
+
+# Set to write the overview's screenshot for the docs (docs/images/console-overview.png).
+SCREENSHOT_ENV = "CONSOLE_SCREENSHOT"
+
+
+@pytest.fixture
+async def hub(bridge_factory: Callable[..., Awaitable[Bridge]]) -> Bridge:
+    # Ticks faster than the default so the live view catches up within a test's patience.
+    return await bridge_factory(momohub={"enabled": True}, console={"live_seconds": 0.2})
+
+
+async def _open(context: BrowserContext, bridge: Bridge) -> Page:
+    page = await context.new_page()
+    await page.goto(bridge.http + "/console")
+    await page.locator("#login-form").wait_for()
+    return page
+
+
+async def _login(page: Page, code: str) -> None:
+    await page.fill("#code", code)
+    await page.click("#login-form button[type=submit]")
+
+
+async def test_wrong_code_is_refused(context: BrowserContext, hub: Bridge) -> None:
+    page = await _open(context, hub)
+    await _login(page, "not-the-code")
+    await page.locator("#login-error", has_text="wrong code").wait_for()
+    assert await page.locator("#app").is_hidden()
+    # Nor does the page's own script get anything past the login.
+    status = await page.evaluate("fetch('/console/api/overview').then(r => r.status)")
+    assert status == 401
+
+
+async def test_overview_shows_a_connection_live(context: BrowserContext, hub: Bridge) -> None:
+    page = await _open(context, hub)
+    await _login(page, ADMIN_CODE)
+    await page.locator("#connections", has_text="0").wait_for()
+    await hub.client("uma")
+    # No reload: the live stream brings it.
+    await page.locator("#connections", has_text="1").wait_for()
+    await page.locator("#users-online", has_text="1").wait_for()
+    await page.locator("#components td", has_text="database").wait_for()
+    await page.locator("#live.on").wait_for()
+    # A reload keeps the session (the cookie), and the data is still there.
+    await page.reload()
+    await page.locator("#connections", has_text="1").wait_for()
+    if shot := os.environ.get(SCREENSHOT_ENV):
+        await send(hub.clients[0], MOMO, "hello")
+        await page.locator("#rpm", has_text="1").wait_for()
+        await page.set_viewport_size({"width": 1000, "height": 560})
+        await page.screenshot(path=str(Path(shot)))
+
+
+async def test_recall_from_the_console(context: BrowserContext, hub: Bridge) -> None:
+    user = await hub.client("vic")
+    ack, _ = await send(user, MOMO, "please forget this")
+    await user.wait_push()
+    assert len(await chat_messages(hub, "vic", MOMO)) == 2
+    page = await _open(context, hub)
+    await _login(page, ADMIN_CODE)
+    await page.click("nav button[data-tab=conversations]")
+    await page.locator("#conversations tr[data-user=vic]").click()
+    mid = ack["data"]["message_id"]
+    turn = page.locator(f"#turns li[data-id='{mid}']")
+    await turn.locator(".text", has_text="please forget this").wait_for()
+    await turn.locator("button.recall").click()
+    await page.locator("#conversation-status", has_text="Recalled").wait_for()
+    await turn.wait_for(state="detached")
+    assert await page.locator("#turns li").count() == 0
+    messages: list[Any] = await chat_messages(hub, "vic", MOMO)
+    assert messages == []  # gone upstream too, in the sandbox

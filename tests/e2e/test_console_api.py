@@ -1,0 +1,229 @@
+"""The console's HTTP API against a real bridge: who gets in, what a session may do, and that
+its actions reach the MomoHub sandbox."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from adapters.console.auth import COOKIE, CSRF_HEADER, SessionTable
+from tests.conftest import ADMIN_CODE, Bridge
+from tests.e2e.test_momohub import MOMO, chat_messages, send
+
+
+class Console:
+    """A console user: an HTTP session with its own cookie jar and the CSRF token it was given."""
+
+    def __init__(self, bridge: Bridge, http: aiohttp.ClientSession) -> None:
+        self.base = bridge.http
+        self.http = http
+        self.csrf = ""
+
+    async def login(
+        self, code: str = ADMIN_CODE, origin: str | None = None
+    ) -> aiohttp.ClientResponse:
+        resp = await self.http.post(
+            self.base + "/console/api/login",
+            json={"code": code},
+            headers={"Origin": origin or self.base},
+        )
+        if resp.status == 200:
+            self.csrf = (await resp.json())["csrf"]
+        return resp
+
+    async def get(self, path: str, **params: str) -> aiohttp.ClientResponse:
+        return await self.http.get(self.base + "/console/api/" + path, params=params)
+
+    async def post(
+        self, path: str, body: Any, *, csrf: str | None = None, origin: str | None = None
+    ) -> aiohttp.ClientResponse:
+        headers = {"Origin": origin if origin is not None else self.base}
+        token = self.csrf if csrf is None else csrf
+        if token:
+            headers[CSRF_HEADER] = token
+        return await self.http.post(self.base + "/console/api/" + path, json=body, headers=headers)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    # unsafe: cookies for an IP address host (127.0.0.1), which the default jar ignores.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+        yield s
+
+
+@pytest.fixture
+async def sandboxed(bridge_factory: Any) -> Bridge:
+    return await bridge_factory(momohub={"enabled": True})
+
+
+async def test_nothing_without_a_session(bridge: Bridge, http: aiohttp.ClientSession) -> None:
+    c = Console(bridge, http)
+    for path in ("overview", "events", "conversations", "logs", "session", "nonexistent"):
+        r = await c.get(path)
+        assert r.status == 401, path
+    r = await c.post("recall", {"message_id": 1})
+    assert r.status == 401
+    # The page's shell is public (it is only a login form) and locked down by its CSP.
+    r = await http.get(bridge.http + "/console")
+    assert r.status == 200 and "script-src 'self'" in r.headers["Content-Security-Policy"]
+    assert (await http.get(bridge.http + "/console/static/../pages.py")).status == 404
+
+
+async def test_wrong_code_refused_then_rate_limited(
+    bridge: Bridge, http: aiohttp.ClientSession
+) -> None:
+    c = Console(bridge, http)
+    for _ in range(bridge.config.console.login_per_minute):
+        assert (await c.login("wrong")).status == 403
+    r = await c.login(ADMIN_CODE)  # the right code too, once the minute's tries are used
+    assert r.status == 429 and int(r.headers["Retry-After"]) >= 1
+    assert (await c.get("overview")).status == 401
+
+
+async def test_login_sets_a_strict_cookie(bridge: Bridge, http: aiohttp.ClientSession) -> None:
+    c = Console(bridge, http)
+    r = await c.login()
+    assert r.status == 200
+    cookie = r.cookies[COOKIE]
+    assert cookie["httponly"] and cookie["samesite"] == "Strict"
+    assert cookie["path"] == "/console" and int(cookie["max-age"]) > 0
+    assert not cookie["secure"]  # plain http here
+    # A login from another site's page is refused whatever the code.
+    assert (await Console(bridge, http).login(origin="https://evil.example")).status == 403
+
+
+async def test_state_changes_need_csrf_and_origin(
+    bridge: Bridge, http: aiohttp.ClientSession
+) -> None:
+    c = Console(bridge, http)
+    assert (await c.login()).status == 200
+    r = await c.post("recall", {"message_id": 1}, csrf="")
+    assert r.status == 403 and "CSRF" in (await r.json())["error"]
+    r = await c.post("recall", {"message_id": 1}, csrf="x" * 43)
+    assert r.status == 403
+    r = await c.post("recall", {"message_id": 1}, origin="https://evil.example")
+    assert r.status == 403 and "origin" in (await r.json())["error"]
+    r = await c.post("recall", {"message_id": 1}, origin="")
+    assert r.status == 403
+    r = await c.post("recall", {"message_id": 1})  # both right: it gets to the action
+    assert r.status == 404
+    assert (await c.post("logout", {})).status == 200
+    assert (await c.get("overview")).status == 401
+
+
+async def test_session_expires_server_side(bridge: Bridge, http: aiohttp.ClientSession) -> None:
+    c = Console(bridge, http)
+    assert (await c.login()).status == 200
+    assert (await c.get("overview")).status == 200
+    table = bridge.app.hub.http._pages[-1].sessions
+    assert isinstance(table, SessionTable)
+    for session in list(table._sessions.values()):
+        session.expires = 0.0  # the clock has passed it; the cookie itself is still sent
+    assert (await c.get("overview")).status == 401
+    assert len(table) == 0
+
+
+def test_session_table_is_bounded() -> None:
+    now = [0.0]
+    table = SessionTable(60.0, max_sessions=3, clock=lambda: now[0])
+    made = [table.create() for _ in range(5)]
+    assert len(table) == 3 and table.get(made[0].id) is None and table.get(made[4].id)
+    now[0] = 61.0
+    assert table.get(made[4].id) is None
+
+
+async def test_overview_counts_a_connection(bridge: Bridge, http: aiohttp.ClientSession) -> None:
+    c = Console(bridge, http)
+    await c.login()
+    before = await (await c.get("overview")).json()
+    assert before["connections"] == 0 and before["users_online"] == 0
+    assert before["health"]["components"]["database"]["state"] == "ok"
+    await bridge.client("olga")
+    after = await (await c.get("overview")).json()
+    assert after["connections"] == 1 and after["users_online"] == 1
+    assert after["version"] and after["uptime"] >= 0
+
+
+async def test_events_stream_overview(bridge: Bridge, http: aiohttp.ClientSession) -> None:
+    c = Console(bridge, http)
+    await c.login()
+    await bridge.client("pia")
+    async with http.get(bridge.http + "/console/api/events") as r:
+        assert r.status == 200 and r.content_type == "text/event-stream"
+        event = (await r.content.readline()).decode()
+        data = (await r.content.readline()).decode()
+    assert event == "event: overview\n"
+    assert '"connections":1' in data
+
+
+async def test_recall_from_console_removes_it_in_the_sandbox(
+    sandboxed: Bridge, http: aiohttp.ClientSession
+) -> None:
+    user = await sandboxed.client("quin")
+    tab = await sandboxed.client("quin")
+    ack, _ = await send(user, MOMO, "remember this")
+    await user.wait_push()
+    assert len(await chat_messages(sandboxed, "quin", MOMO)) == 2
+    c = Console(sandboxed, http)
+    await c.login()
+    listed = (await (await c.get("conversations")).json())["conversations"]
+    assert [(x["edge"], x["user"], x["contact"], x["messages"]) for x in listed] == [
+        ("hub", "quin", MOMO, 2)
+    ]
+    assert listed[0]["contact_name"] == "Momo"
+    turns = (await (await c.get("conversation", user="quin", contact=MOMO)).json())["turns"]
+    assert [t["direction"] for t in turns] == ["in", "out"]
+    assert turns[0]["content"][0]["data"]["text"] == "remember this"
+    mid = ack["data"]["message_id"]
+    assert turns[0]["id"] == mid
+    r = await c.post("recall", {"message_id": mid})
+    assert r.status == 200, await r.text()
+    assert await chat_messages(sandboxed, "quin", MOMO) == []
+    # The user's tabs hear of it as of a recall of their own.
+    assert await tab.wait_for(lambda f: len(tab.pushes("del_msg")) >= 2)
+    turns = (await (await c.get("conversation", user="quin", contact=MOMO)).json())["turns"]
+    assert turns == []
+    assert (await c.post("recall", {"message_id": mid})).status == 404
+
+
+async def test_reset_and_persona(sandboxed: Bridge, http: aiohttp.ClientSession) -> None:
+    user = await sandboxed.client("rae")
+    await send(user, MOMO, "hello")
+    c = Console(sandboxed, http)
+    await c.login()
+    key = {"user": "rae", "contact": MOMO}
+    r = await c.post("persona", {**key, "text": "speak like a pirate"})
+    assert r.status == 200, await r.text()
+    got = await (await c.get("conversation", **key)).json()
+    assert got["persona"] == "speak like a pirate"
+    old = await sandboxed.app.storage.conversations.get("rae", MOMO, "default")
+    assert (await c.post("reset", key)).status == 200
+    assert await sandboxed.app.storage.conversations.get("rae", MOMO, "default") != old
+    # The persona outlives the reset, as with /reset.
+    assert (await (await c.get("conversation", **key)).json())["persona"] == "speak like a pirate"
+    assert (await c.post("persona", {**key, "text": None})).status == 200
+    assert (await (await c.get("conversation", **key)).json())["persona"] is None
+
+
+async def test_logs_filter_by_level_and_conversation(
+    bridge: Bridge, http: aiohttp.ClientSession
+) -> None:
+    from bridge.logging import RECENT_LOGS
+
+    start = RECENT_LOGS.since(0)[-1]["seq"] if RECENT_LOGS.since(0) else 0
+    RECENT_LOGS(None, "warning", {"event": "upstream.failed", "level": "warning", "user": "sue"})
+    RECENT_LOGS(None, "info", {"event": "turn.done", "level": "info", "user": "sue"})
+    RECENT_LOGS(None, "error", {"event": "other", "level": "error", "user": "tim"})
+    c = Console(bridge, http)
+    await c.login()
+
+    async def events(**q: str) -> list[str]:
+        body = await (await c.get("logs", after=str(start), **q)).json()
+        return [e["event"] for e in body["logs"] if e["event"] != "console.login"]
+
+    assert await events(conversation="sue") == ["upstream.failed", "turn.done"]
+    assert await events(level="warning", conversation="sue") == ["upstream.failed"]
+    assert await events(level="error") == ["other"]
