@@ -266,7 +266,21 @@ class HttpRoutes:
                 return _cors(web.Response(text=svg, content_type="image/svg+xml", charset="utf-8"))
             if tail:
                 return _json(404, _fail("no such page", ErrorCode.NOT_FOUND))
-            return _json(200, contactor)
+            if "text/html" in request.headers.get("Accept", ""):
+                # A browser opening the link: the card as a page. Programs keep the JSON.
+                from adapters.miochat.share_page import CSP, render_share_page
+
+                preview = self.share_links(share_id, request)["previewImg"]
+                html = render_share_page(contactor, self.config.server.title, preview)
+                page = web.Response(text=html, content_type="text/html", charset="utf-8")
+                page.headers["Content-Security-Policy"] = CSP
+                page.headers["X-Content-Type-Options"] = "nosniff"
+                page.headers["Vary"] = "Accept"
+                return _cors(page)
+            resp = _json(200, contactor)
+            # One URL, two representations: a cache must key on Accept.
+            resp.headers["Vary"] = "Accept"
+            return resp
         if path in WS_PATHS and method == "GET":
             if path == "/" and self.web is not None:
                 return self.web.index()

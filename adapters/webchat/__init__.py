@@ -11,4 +11,9 @@ if TYPE_CHECKING:
 
 def chat_pages(app: App) -> Pages | None:
     """The chat page, or None when it is off."""
-    return None
+    if not app.config.console.chat_page:
+        return None
+    # Imported only when on: the files are read from the package at this point.
+    from adapters.webchat.pages import ChatPages
+
+    return ChatPages()

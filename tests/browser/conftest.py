@@ -1,13 +1,13 @@
-"""The real mio-chat web client in a headless Chromium, served by a real bridge.
+"""Headless Chromium (Debian's package, driven by Playwright's Python API) against real bridges.
 
 Two things may be missing on a machine, and they are treated differently:
 
-- the client's build (`MIOCHAT_WEB_ROOT`, a folder with its index.html): not part of this
-  repository, so without it every browser test is skipped, in CI too, with a note on how to
-  get it;
-- the browser (Playwright's Python package and Debian's chromium): once a build is given, the
-  tests are meant to run, so in CI (`CI=true`) a missing browser fails them; on a developer's
-  machine it skips them.
+- the browser (Playwright's Python package and Debian's chromium): every test here needs it
+  (the /chat page and the share page are part of this repository), so in CI (`CI=true`) a
+  missing browser fails them; on a developer's machine it skips them, saying how to get it;
+- the mio-chat client's build (`MIOCHAT_WEB_ROOT`, a folder with its index.html): not part of
+  this repository, so the tests of that client (the `web_root` fixture) skip without it, in CI
+  too, with a note on how to get it. Nothing else depends on it.
 """
 
 from __future__ import annotations
@@ -61,11 +61,7 @@ NOT_LOOPBACK = re.compile(r"^(?!(?:https?|wss?)://127\.0\.0\.1[:/])[a-z]+://")
 
 def _missing_browser(reason: str) -> NoReturn:
     if os.environ.get("CI") == "true":
-        pytest.fail(
-            f"{reason}: the mio-chat build is given ({WEB_ROOT_ENV}), so CI must run the "
-            f"browser tests; {GET_BROWSER}",
-            pytrace=False,
-        )
+        pytest.fail(f"{reason}: CI must run the browser tests; {GET_BROWSER}", pytrace=False)
     pytest.skip(f"{reason}; {GET_BROWSER}")
 
 
@@ -81,7 +77,7 @@ def web_root() -> Path:
 
 
 @pytest.fixture
-async def browser(web_root: Path) -> AsyncIterator[Browser]:
+async def browser() -> AsyncIterator[Browser]:
     """A headless Chromium, one per test (a launch takes well under a second, and a test never
     inherits a crashed or stuck browser)."""
     try:
@@ -112,10 +108,10 @@ async def _refuse(route: Route) -> None:
 async def new_context(
     browser: Browser, bridge_factory: object
 ) -> AsyncIterator[Callable[[], Awaitable[BrowserContext]]]:
-    """Makes fresh browser profiles: the client keeps its id, code and contacts in localStorage
-    and IndexedDB, so each profile starts as a first visit. Service workers are blocked: the
-    client's worker caches same-origin GETs in IndexedDB, which would make a test depend on
-    an earlier page.
+    """Makes fresh browser profiles: the clients keep their id (and the mio-chat client its
+    code and contacts) in localStorage and IndexedDB, so each profile starts as a first visit.
+    Service workers are blocked: the mio-chat client's worker caches same-origin GETs in
+    IndexedDB, which would make a test depend on an earlier page.
 
     It depends on `bridge_factory` only so that its profiles are closed before the bridges
     stop: a page still connected would hold the bridge's shutdown until its Socket.IO session

@@ -25,7 +25,9 @@ USER_CODE = "users"
 WAIT_MS = 15_000
 MOMO = next(c for c in DEMO_CHARACTERS if c.name == "Momo")
 
-pytestmark = pytest.mark.timeout(60)
+# The build first: without it these tests skip before a browser is started (in CI too, where a
+# missing browser would otherwise fail them).
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("web_root")]
 
 
 class Wire:
