@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import math
 import time
 from bisect import bisect_left
@@ -44,6 +45,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # The outbox's COUNT(*) may not hold a scrape longer than this (a busy database): the gauge is
 # then NaN for that scrape rather than a stale number.
 OUTBOX_COUNT_TIMEOUT = 1.0
+OUTBOX_COUNT_EVERY = 10.0
 # Seconds; replies from a model take from well under a second to minutes.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 # Target kinds (the `target` label), read from the target's `metrics_kind`.
@@ -113,6 +115,8 @@ class Metrics:
         self.stream_slots: Reader = _zero
         self._storage: Storage | None = None
         self.outbox_pending = math.nan
+        self._counted_until = 0.0
+        self._counting: asyncio.Future[None] | None = None
         self._registry: CollectorRegistry | None = None
 
     def attach(self, hub: HubServer) -> None:
@@ -230,10 +234,23 @@ class Metrics:
     # ----- scraping --------------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        """Values that need a query: the outbox's pending pushes."""
+        """Values that need a query: the outbox's pending pushes. Counted at most once per
+        `OUTBOX_COUNT_EVERY` and by one scrape at a time: the count shares the database's one
+        connection with the hub, so scrapes must not queue work in front of it."""
         storage = self._storage
-        if storage is None:
+        if storage is None or time.monotonic() < self._counted_until:
             return
+        if self._counting is not None:
+            await asyncio.shield(self._counting)
+            return
+        self._counting = asyncio.ensure_future(self._count(storage))
+        try:
+            await asyncio.shield(self._counting)
+        finally:
+            self._counting = None
+
+    async def _count(self, storage: Any) -> None:
+        self._counted_until = time.monotonic() + OUTBOX_COUNT_EVERY
         try:
             async with asyncio.timeout(OUTBOX_COUNT_TIMEOUT):
                 self.outbox_pending = float(await storage.outbox.total())
@@ -381,7 +398,21 @@ def _authorized(request: web.Request, token: str) -> bool:
     if scheme.lower() != "bearer":
         return False
     # Constant time: how much of a guess matched must not show in the answer's timing.
-    return hmac.compare_digest(value.strip().encode(), token.encode())
+    return hmac.compare_digest(
+        value.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape")
+    )
+
+
+def _loopback(request: web.Request) -> bool:
+    """The scrape comes from this host, and not through a proxy on it (which would forward
+    anyone's request from loopback)."""
+    if "X-Forwarded-For" in request.headers or "Forwarded" in request.headers:
+        return False
+    peer = request.remote or ""
+    try:
+        return ipaddress.ip_address(peer.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def metrics_pages(app: App) -> Pages | None:
@@ -400,6 +431,12 @@ def metrics_pages(app: App) -> Pages | None:
                 status=401,
                 text="a bearer token is required\n",
                 headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )
+        if not token and not _loopback(request):
+            # Without a token only this host may scrape: what the bridge counts (users online,
+            # errors, memory) is not for whoever reaches the hub's port.
+            return web.Response(
+                status=403, text="set [console] metrics_token to scrape from another host\n"
             )
         if request.method not in ("GET", "HEAD"):
             return web.Response(status=405, headers={"Allow": "GET, HEAD"})

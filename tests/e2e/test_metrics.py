@@ -111,3 +111,14 @@ async def test_a_token_protects_it(bridge_factory: Any) -> None:
 async def test_off_is_not_served(bridge_factory: Any) -> None:
     hub = await bridge_factory(console={"metrics": False})
     assert (await get(hub))[0] == 404
+
+
+async def test_without_a_token_only_this_host_may_scrape(bridge_factory: Any) -> None:
+    """No token: a scrape through a proxy (which forwards anyone's request from loopback) is
+    refused; with a token it goes through."""
+    hub = await bridge_factory()
+    assert (await get(hub, {"X-Forwarded-For": "203.0.113.9"}))[0] == 403
+    await scrape(hub)
+    tokened = await bridge_factory(console={"metrics_token": "s3cret"})
+    headers = {"X-Forwarded-For": "203.0.113.9", "Authorization": "Bearer s3cret"}
+    await scrape(tokened, headers)
