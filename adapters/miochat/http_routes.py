@@ -276,6 +276,9 @@ class HttpRoutes:
                 page.headers["Content-Security-Policy"] = CSP
                 page.headers["X-Content-Type-Options"] = "nosniff"
                 page.headers["Vary"] = "Accept"
+                # Built from this request's Host: no shared cache may keep it for others (nor
+                # keep serving a share that has expired).
+                page.headers["Cache-Control"] = "private, no-store"
                 return _cors(page)
             resp = _json(200, contactor)
             # One URL, two representations: a cache must key on Accept.

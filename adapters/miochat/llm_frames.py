@@ -72,6 +72,8 @@ class AckMessage:
 
 @dataclass(frozen=True, slots=True)
 class Interrupt:
+    protocol: ClassVar[str] = PROTOCOL
+    type: ClassVar[str] = "interrupt"
     contactor_id: str | None
     message_id: str
 

@@ -62,6 +62,7 @@ async def test_share_page_for_browsers_json_for_programs(bridge: Bridge) -> None
             assert r.status == 200 and r.content_type == "text/html"
             assert "script-src" not in r.headers["Content-Security-Policy"]
             assert r.headers["Vary"] == "Accept"
+            assert r.headers["Cache-Control"] == "private, no-store"
             page = await r.text()
         async with http.get(url, headers={"Accept": "application/json"}) as r:
             assert r.status == 200 and await r.json() == card

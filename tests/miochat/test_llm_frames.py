@@ -186,3 +186,9 @@ def test_failure_and_whole_text_replies() -> None:
     frames = whole.feed(Done(text="all at once"))
     assert [f["message"] for f in frames] == ["update", "complete"]
     assert whole.chunks == [{"type": "content", "content": "all at once"}]
+
+
+def test_every_llm_request_names_its_protocol_and_type() -> None:
+    """Metrics and logs label frames by them: none may be blank."""
+    for cls in (L.Completions, L.EnterChat, L.AckMessage, L.Interrupt):
+        assert cls.protocol == "llm" and cls.type

@@ -2,6 +2,9 @@
 // Every string from the network goes into the page as text (textContent, never innerHTML),
 // so a message or a contact name can never become markup.
 
+const PAGE_ID = Array.from(crypto.getRandomValues(new Uint8Array(6)), (b) =>
+  b.toString(16).padStart(2, "0"),
+).join("");
 const $ = (id) => document.getElementById(id);
 const ID_KEY = "momobridge.chat.id";
 const HEARTBEAT_MS = 20000; // well inside the server's idle timeout (60 s before it pings)
@@ -70,7 +73,9 @@ function send(frame) {
 
 // Registers the handler before sending: the answer may arrive on the next event.
 function request(protocol, type, data, handler, extra = {}) {
-  const rid = `c-${state.nextId++}`;
+  // Unique across reloads and tabs of the same user: a reply pushed to every tab is matched
+  // to its bubble by this id.
+  const rid = `c-${PAGE_ID}-${state.nextId++}`;
   if (handler) state.requests.set(rid, handler);
   if (!send({ request_id: rid, protocol, type, data, ...extra })) {
     state.requests.delete(rid);
@@ -134,7 +139,7 @@ function heartbeat() {
     const rid = request("system", "heartbeat", { timestamp: Date.now() }, (f) => {
       clearTimeout(deadline);
       state.requests.delete(f.request_id);
-      if (f.code === 0) heartbeat();
+      heartbeat(); // a refused beat still proves the socket is alive
     });
     if (rid === null) clearTimeout(deadline);
   }, HEARTBEAT_MS);
