@@ -114,6 +114,7 @@ class _Registered:
     reply_filters: list[ReplyFilter] = field(default_factory=list)
     stream_filters: list[StreamFilterFactory] = field(default_factory=list)
     start_hooks: list[StartHook] = field(default_factory=list)
+    api: Any = None
 
 
 class PluginContext:
@@ -212,6 +213,11 @@ class PluginContext:
         self._done.start_hooks.append(fn)
         return fn
 
+    def provide(self, api: object) -> None:
+        """Offer ``api`` to the rest of the bridge (the console) as `PluginHost.api(name)`: an
+        object of the plugin's own choosing, so nothing outside reaches into its state."""
+        self._done.api = api
+
     def spawn(self, coro: Coroutine[Any, Any, T], *, name: str = "") -> asyncio.Task[T]:
         """Run ``coro`` in the background, owned by the bridge: for work that outlasts
         COMMAND_TIMEOUT (a command answers at once and reports later through ``inv.reply``).
@@ -241,6 +247,8 @@ class PluginHost:
         self.stream_filters: list[tuple[str, StreamFilterFactory]] = []
         self.start_hooks: list[tuple[str, StartHook]] = []
         self.loaded: list[Loaded] = []
+        # What loaded plugins offered with `ctx.provide`, by plugin name.
+        self._apis: dict[str, Any] = {}
         self.failed: dict[str, str] = {}
         self.skipped: dict[str, str] = {}
         self.kv: PluginKVRepo | None = None
@@ -303,8 +311,15 @@ class PluginHost:
         self.reply_filters += [(name, f) for f in ctx._done.reply_filters]
         self.stream_filters += [(name, f) for f in ctx._done.stream_filters]
         self.start_hooks += [(name, f) for f in ctx._done.start_hooks]
+        if ctx._done.api is not None:
+            self._apis[name] = ctx._done.api
         self.loaded.append(Loaded(name, module_path, tuple(c.name for c in ctx._done.commands)))
         log.info("plugin.loaded", plugin=name, commands=[c.name for c in ctx._done.commands])
+
+    def api(self, name: str) -> Any:
+        """What plugin ``name`` offered with `ctx.provide`; None if it is not loaded or offered
+        nothing."""
+        return self._apis.get(name)
 
     def _fail(self, name: str, reason: str) -> None:
         self.failed[name] = reason

@@ -15,6 +15,10 @@ down or busy: not retried), or its reply was still going after REPLY_WAIT (it co
 user has been reading it for minutes, and a second run would repeat it). A run the bridge's stop
 or crash cut short is not recorded, so it counts as missed at the next start.
 
+The admin console lists every user's schedules and pauses, resumes or deletes them through the
+plugin's `Book` (offered with `ctx.provide`). A paused schedule stays stored but is not armed;
+a resumed one starts counting afresh, so what it skipped while paused is not run as missed.
+
     [plugins.schedule]
     max_per_user = 5        # schedules one user may have (admins are not limited)
     max_total = 1000        # schedules users may add, all together; admins may add
@@ -27,14 +31,12 @@ or crash cut short is not recorded, so it counts as missed at the next start.
 from __future__ import annotations
 
 import asyncio
-import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -44,9 +46,10 @@ from bridge.errors import BridgeError
 from bridge.models import ConversationKey
 from bridge.plugins import PluginContext
 from bridge.scheduler import as_datetime, missed_run
+from plugins._schedule_spec import MAX_EVERY, parse_cron, parse_every
 
-# The longest `every` (a year): longer ones are better said with cron.
-MAX_EVERY = 366 * 86400.0
+__all__ = ["MAX_EVERY", "Book", "Entry", "ScheduleSettings", "parse_cron", "parse_every", "setup"]
+
 MAX_PROMPT = 2000
 # How long a run waits for its reply before letting the next run of the schedule go ahead.
 REPLY_WAIT = 300.0
@@ -58,11 +61,6 @@ MAX_TOTAL = 100_000
 # What the start reads: every schedule any configuration could have stored, so lowering
 # max_total never leaves stored schedules unloaded (and silently never run).
 LOAD_LIMIT = MAX_TOTAL + ADMIN_RESERVE
-_EVERY = re.compile(r"(\d+(?:\.\d+)?)([smh])", re.IGNORECASE)
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
-# Standard cron numbers the week from Sunday = 0 (7 too); apscheduler 3 from Monday = 0.
-_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
-# A day number not after a "/" (which is a step, not a day).
 
 
 class ScheduleSettings(BaseModel):
@@ -93,73 +91,6 @@ class ScheduleSettings(BaseModel):
         return local
 
 
-def parse_every(text: str, minimum: float = 5.0) -> float:
-    """``30s``, ``15m``, ``2h`` -> seconds. UsageError when malformed or out of range."""
-    m = _EVERY.fullmatch(text.strip())
-    if m is None:
-        raise UsageError(f"{text[:20]!r} is not an interval such as 30s, 15m or 2h")
-    seconds = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    if seconds < minimum:
-        raise UsageError(f"the shortest interval is {minimum:g}s")
-    if seconds > MAX_EVERY:
-        raise UsageError("the longest interval is 366 days (use cron for rarer ones)")
-    return seconds
-
-
-_NAMES = {name: i for i, name in enumerate(_DAYS[:7])}
-
-
-def _weekdays(field: str) -> str:
-    """A crontab weekday field (Sunday = 0 or 7; `*`, `*/n`, `a-b`, `a-b/n`, lists, names) as
-    the explicit day names apscheduler takes: its own numbers start the week on Monday, so a
-    range or a step written in crontab numbers cannot be passed on as it is."""
-    if field == "*":
-        return field
-    days: set[int] = set()
-    for part in field.lower().split(","):
-        body, _, step_text = part.partition("/")
-        if step_text and not step_text.isdigit():
-            raise UsageError(f"bad weekday step {step_text[:10]!r}")
-        step = int(step_text) if step_text else 1
-        if step < 1:
-            raise UsageError("a weekday step must be at least 1")
-        if body == "*":
-            lo, hi = 0, 6
-        else:
-            a, dash, b = body.partition("-")
-            lo = _day_number(a)
-            hi = _day_number(b) if dash else (6 if step_text else lo)
-            if lo > hi:
-                raise UsageError(f"weekday range {body[:10]!r} runs backwards")
-        days.update(d % 7 for d in range(lo, hi + 1, step))
-    return ",".join(_DAYS[d] for d in sorted(days))
-
-
-def _day_number(text: str) -> int:
-    if text in _NAMES:
-        return _NAMES[text]
-    if not text.isdigit() or int(text) > 7:
-        raise UsageError(f"weekday {text[:10]!r} is not 0-7 or a day name")
-    return int(text)
-
-
-def parse_cron(text: str, zone: tzinfo) -> CronTrigger:
-    """A standard 5-field crontab line (minute hour day month weekday, Sunday = 0 or 7).
-
-    A line restricting both the day of the month and the weekday is refused: crontab fires
-    when either matches, apscheduler only when both do, and guessing would fire on wrong days."""
-    fields = text.split()
-    if len(fields) != 5:
-        raise UsageError(f'cron takes 5 fields, such as "0 9 * * 1-5"; got {len(fields)}')
-    if fields[2] != "*" and fields[4] != "*":
-        raise UsageError("give a day of the month or a weekday, not both")
-    fields[4] = _weekdays(fields[4])
-    try:
-        return CronTrigger.from_crontab(" ".join(fields), timezone=zone)
-    except ValueError as e:
-        raise UsageError(f"bad cron line: {e}") from None
-
-
 @dataclass(slots=True)
 class Entry:
     id: int
@@ -170,9 +101,13 @@ class Entry:
     spec: str  # the cron line, or the interval in seconds
     prompt: str
     created: float
-    # When its last run ended (or it was created): what a run missed during a restart is
-    # counted from. Written only once a run has ended, so one cut short stays owed.
+    # When its last run ended (or it was created, or resumed): what a run missed during a
+    # restart is counted from. Written only once a run has ended, so one cut short stays owed.
     last: float
+    # Paused from the console: stored, not armed (and not run as missed at a start).
+    paused: bool = False
+    # How its last run ended ("" before the first): shown in the console.
+    result: str = ""
 
     @property
     def key(self) -> ConversationKey:
@@ -201,6 +136,10 @@ def _store_key(entry_id: int) -> str:
     return f"s:{entry_id}"
 
 
+def job_id(entry_id: int) -> str:
+    return f"schedule-{entry_id}"
+
+
 def _cut_short(turn: Turn) -> bool:
     """Whether the turn ended because the bridge stopped (dropped from its queue or cancelled
     with no reason given) rather than by running: a recall or a failure gives one."""
@@ -208,22 +147,34 @@ def _cut_short(turn: Turn) -> bool:
     return stopped and not turn.stop_reason
 
 
-def setup(ctx: PluginContext) -> None:
-    settings = ctx.settings(ScheduleSettings)
-    zone = settings.zone()
-    # Every schedule, by id, loaded at start: bounded by max_total + ADMIN_RESERVE (or what a
-    # larger max_total stored before).
-    entries: dict[int, Entry] = {}
-    # Adds, deletes and a run's record are each a read of `entries` and a write of the store
-    # that must not interleave (see add; a run ending must not store a deleted schedule again).
-    changing = asyncio.Lock()
+class Book:
+    """Every schedule, by id, with its store and its scheduler jobs: what `/schedule` and the
+    console both change, so a pause or a delete from either takes the same steps.
 
-    def job_id(entry: Entry) -> str:
-        return f"schedule-{entry.id}"
+    Adds, deletes, pauses and a run's record are each a read of `entries` and a write of the
+    store that must not interleave (two adds would take one id; a run ending must not store a
+    deleted schedule again): all of them hold `changing`."""
 
-    def runner(entry_id: int) -> Any:
+    def __init__(self, ctx: PluginContext, settings: ScheduleSettings) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        self.zone = settings.zone()
+        # Loaded at start: bounded by max_total + ADMIN_RESERVE (or what a larger max_total
+        # stored before).
+        self.entries: dict[int, Entry] = {}
+        self.changing = asyncio.Lock()
+
+    @property
+    def scheduler(self) -> Any:
+        return self.ctx.bridge.scheduler
+
+    # ----- runs -------------------------------------------------------------------------------
+
+    def runner(self, entry_id: int) -> Any:
+        ctx = self.ctx
+
         async def run() -> None:
-            entry = entries.get(entry_id)
+            entry = self.entries.get(entry_id)
             if entry is None:
                 return
             # Nothing is recorded before the run has ended: a stop or a crash while the reply
@@ -235,7 +186,7 @@ def setup(ctx: PluginContext) -> None:
                 # Recorded as run: a target that stays down must not have it retried at every
                 # start.
                 ctx.log.warning("schedule.run_refused", schedule=entry.id, reason=e.reason)
-                await ran(entry)
+                await self.ran(entry, f"refused: {e.reason}")
                 return
             ctx.log.info("schedule.run", schedule=entry.id, user=entry.user)
             try:
@@ -244,54 +195,143 @@ def setup(ctx: PluginContext) -> None:
                 # The reply goes on and the next run no longer waits for it. Recorded as run
                 # (see the module's docstring): after this long, running it again is a repeat.
                 ctx.log.warning("schedule.reply_slow", schedule=entry.id, waited=REPLY_WAIT)
-            else:
-                if _cut_short(turn):
-                    ctx.log.info("schedule.run_cut_short", schedule=entry.id)
-                    return
-            await ran(entry)
+                await self.ran(entry, "still replying")
+                return
+            if _cut_short(turn):
+                ctx.log.info("schedule.run_cut_short", schedule=entry.id)
+                return
+            failed = turn.stop_reason or (turn.error is not None and type(turn.error).__name__)
+            await self.ran(entry, f"stopped: {failed}" if failed else "replied")
 
         return run
 
-    async def ran(entry: Entry) -> None:
+    async def ran(self, entry: Entry, result: str) -> None:
         """Record that a run of ``entry`` has ended: whatever it owed until now is settled."""
-        async with changing:
-            if entries.get(entry.id) is not entry:
+        async with self.changing:
+            if self.entries.get(entry.id) is not entry:
                 return  # deleted while it ran: storing it would bring it back
-            now = ctx.bridge.scheduler.clock()
-            await ctx.store.set(_store_key(entry.id), asdict(entry) | {"last": now})
-            entry.last = now
+            entry.last = self.scheduler.clock()
+            entry.result = result
+            await self._save(entry)
 
-    def arm(entry: Entry) -> None:
-        scheduler = ctx.bridge.scheduler
-        scheduler.add(
-            job_id(entry),
-            runner(entry.id),
-            entry.trigger(zone),
-            misfire_grace=settings.misfire_grace,
+    def arm(self, entry: Entry) -> None:
+        self.scheduler.add(
+            job_id(entry.id),
+            self.runner(entry.id),
+            entry.trigger(self.zone),
+            misfire_grace=self.settings.misfire_grace,
         )
 
-    @ctx.on_start
-    async def load() -> None:
-        scheduler = ctx.bridge.scheduler
+    async def _save(self, entry: Entry) -> None:
+        await self.ctx.store.set(_store_key(entry.id), asdict(entry))
+
+    async def load(self) -> None:
+        ctx, scheduler = self.ctx, self.scheduler
         now = scheduler.clock()
         for name in await ctx.store.keys("s:", limit=LOAD_LIMIT):
             raw = await ctx.store.get(name)
             try:
                 entry = Entry(**raw)
-                trigger = entry.trigger(zone)
+                trigger = entry.trigger(self.zone)
             except (TypeError, UsageError) as e:
                 ctx.log.error("schedule.unreadable", key=name, error=str(e))
                 continue
-            entries[entry.id] = entry
-            arm(entry)
-            if missed_run(trigger, entry.last, now, settings.misfire_grace) is not None:
+            self.entries[entry.id] = entry
+            if entry.paused:
+                continue
+            self.arm(entry)
+            if missed_run(trigger, entry.last, now, self.settings.misfire_grace) is not None:
                 ctx.log.info("schedule.missed_run", schedule=entry.id)
-                scheduler.run_now(job_id(entry))
-        if entries:
-            ctx.log.info("schedule.loaded", count=len(entries))
-        if len(entries) > settings.max_total + ADMIN_RESERVE:
+                scheduler.run_now(job_id(entry.id))
+        if self.entries:
+            ctx.log.info("schedule.loaded", count=len(self.entries))
+        if len(self.entries) > self.settings.max_total + ADMIN_RESERVE:
             # Stored under a larger max_total: all kept and run; adds wait until below it.
-            ctx.log.warning("schedule.over_limit", count=len(entries), max_total=settings.max_total)
+            ctx.log.warning(
+                "schedule.over_limit", count=len(self.entries), max_total=self.settings.max_total
+            )
+
+    # ----- changes (the commands' and the console's) ------------------------------------------
+
+    async def add(self, entry: Entry) -> None:
+        """Store and arm ``entry`` (its id taken from `next_id`); the caller holds `changing`
+        across its limit checks and this."""
+        entry.id = int(await self.ctx.store.get("next_id", 1))
+        await self.ctx.store.set("next_id", entry.id + 1)
+        await self._save(entry)
+        self.entries[entry.id] = entry
+        self.arm(entry)
+
+    async def delete(self, entry_id: int) -> Entry | None:
+        async with self.changing:
+            entry = self.entries.pop(entry_id, None)
+            if entry is None:
+                return None
+            self.scheduler.remove(job_id(entry_id))
+            await self.ctx.store.delete(_store_key(entry_id))
+        self.ctx.log.info("schedule.deleted", schedule=entry_id, user=entry.user)
+        return entry
+
+    async def set_paused(self, entry_id: int, paused: bool) -> Entry | None:
+        """Pause (the job leaves the scheduler) or resume (armed again; what it would have run
+        while paused is not owed, so `last` starts over)."""
+        async with self.changing:
+            entry = self.entries.get(entry_id)
+            if entry is None:
+                return None
+            if entry.paused == paused:
+                return entry
+            entry.paused = paused
+            if paused:
+                self.scheduler.remove(job_id(entry_id))
+            else:
+                entry.last = self.scheduler.clock()
+                self.arm(entry)
+            await self._save(entry)
+        self.ctx.log.info("schedule.paused" if paused else "schedule.resumed", schedule=entry_id)
+        return entry
+
+    # ----- reading ----------------------------------------------------------------------------
+
+    def next_run(self, entry: Entry) -> float | None:
+        return self.scheduler.next_run(job_id(entry.id))
+
+    def next_text(self, entry: Entry) -> str:
+        if entry.paused:
+            return "paused"
+        when = self.next_run(entry)
+        if when is None:
+            return "never"
+        return datetime.fromtimestamp(when, tz=self.zone).strftime("%Y-%m-%d %H:%M:%S")
+
+    def describe(self, entry: Entry) -> dict[str, Any]:
+        """One schedule as the console lists it."""
+        return {
+            "id": entry.id,
+            "user": entry.user,
+            "contact": entry.contact,
+            "thread": entry.thread,
+            "kind": entry.kind,
+            "spec": entry.spec,
+            "when": entry.when(),
+            "prompt": entry.prompt,
+            "created": entry.created,
+            "paused": entry.paused,
+            "next_run": self.next_run(entry),
+            "last_run": entry.last if entry.result else None,
+            "last_result": entry.result or None,
+        }
+
+    def all(self) -> list[dict[str, Any]]:
+        return [self.describe(e) for e in sorted(self.entries.values(), key=lambda e: e.id)]
+
+
+def setup(ctx: PluginContext) -> None:
+    settings = ctx.settings(ScheduleSettings)
+    book = Book(ctx, settings)
+    ctx.on_start(book.load)
+    # The console's way in (`app.plugins.api("schedule")`).
+    ctx.provide(book)
 
     group = ctx.group("schedule", help="the character messages you on a schedule")
 
@@ -311,10 +351,10 @@ def setup(ctx: PluginContext) -> None:
             return
         if len(prompt) > MAX_PROMPT:
             raise UsageError(f"a prompt may have at most {MAX_PROMPT} characters")
-        now = ctx.bridge.scheduler.clock()
+        now = book.scheduler.clock()
         if inv.args["kind"] == "cron":
             spec = " ".join(inv.args["when"].split())
-            trigger: BaseTrigger = parse_cron(spec, zone)
+            trigger: BaseTrigger = parse_cron(spec, book.zone)
         else:
             seconds = parse_every(inv.args["when"], settings.min_interval)
             spec = f"{seconds:g}"
@@ -323,9 +363,10 @@ def setup(ctx: PluginContext) -> None:
         first = await asyncio.to_thread(trigger.get_next_fire_time, None, as_datetime(now))
         if first is None:
             raise UsageError("that cron line never fires")
+        entries = book.entries
         # Commands of different conversations run at once: the limits, the next id and the
         # entry are read and written as one step, or two adds would take the same id.
-        async with changing:
+        async with book.changing:
             mine = sum(1 for e in entries.values() if e.user == inv.key.user_id)
             if not inv.caller.is_admin and mine >= settings.max_per_user:
                 await inv.reply(
@@ -342,30 +383,14 @@ def setup(ctx: PluginContext) -> None:
                     f"(max_total + {ADMIN_RESERVE}); delete some first."
                 )
                 return
-            entry_id = int(await ctx.store.get("next_id", 1))
-            await ctx.store.set("next_id", entry_id + 1)
             key = inv.key
             entry = Entry(
-                entry_id,
-                key.user_id,
-                key.contact,
-                key.thread,
-                inv.args["kind"],
-                spec,
-                prompt,
-                now,
-                now,
+                0, key.user_id, key.contact, key.thread, inv.args["kind"], spec, prompt, now, now
             )
-            await ctx.store.set(_store_key(entry_id), asdict(entry))
-            entries[entry_id] = entry
-            arm(entry)
-        await inv.reply(f"Schedule #{entry_id} added: {entry.when()}, next {_next(entry)}.")
-
-    def _next(entry: Entry) -> str:
-        when = ctx.bridge.scheduler.next_run(job_id(entry))
-        if when is None:
-            return "never"
-        return datetime.fromtimestamp(when, tz=zone).strftime("%Y-%m-%d %H:%M:%S")
+            await book.add(entry)
+        await inv.reply(
+            f"Schedule #{entry.id} added: {entry.when()}, next {book.next_text(entry)}."
+        )
 
     @group.sub(
         "list",
@@ -377,7 +402,7 @@ def setup(ctx: PluginContext) -> None:
         if every_user and not inv.caller.is_admin:
             await inv.reply(f"Only an admin may use {inv.prefix}schedule list all.")
             return
-        shown = [e for e in entries.values() if every_user or e.user == inv.key.user_id]
+        shown = [e for e in book.entries.values() if every_user or e.user == inv.key.user_id]
         if not shown:
             await inv.reply(f"No schedules. {inv.prefix}help schedule tells how to add one.")
             return
@@ -385,7 +410,7 @@ def setup(ctx: PluginContext) -> None:
         for e in sorted(shown, key=lambda e: e.id)[:50]:
             who = f" [{e.user} → {e.contact}]" if every_user else ""
             text = e.prompt if len(e.prompt) <= 60 else e.prompt[:59] + "…"
-            lines.append(f"#{e.id} {e.when()}{who}: {text} (next {_next(e)})")
+            lines.append(f"#{e.id} {e.when()}{who}: {text} (next {book.next_text(e)})")
         if len(shown) > 50:
             lines.append(f"... and {len(shown) - 50} more")
         await inv.reply("\n".join(lines))
@@ -397,12 +422,13 @@ def setup(ctx: PluginContext) -> None:
         raw: str = inv.args["id"].removeprefix("#")
         if not raw.isdigit():
             raise UsageError(f"{raw[:20]!r} is not a schedule id (see {inv.prefix}schedule list)")
-        async with changing:
-            entry = entries.get(int(raw))
-            if entry is None or (entry.user != inv.key.user_id and not inv.caller.is_admin):
-                await inv.reply(f"No schedule #{raw[:20]}.")
-                return
-            del entries[entry.id]
-            ctx.bridge.scheduler.remove(job_id(entry))
-            await ctx.store.delete(_store_key(entry.id))
+        entry = book.entries.get(int(raw))
+        # Checked before the delete, and the delete takes the lock itself: an entry replaced
+        # in between is impossible (ids are never reused).
+        if entry is None or (entry.user != inv.key.user_id and not inv.caller.is_admin):
+            await inv.reply(f"No schedule #{raw[:20]}.")
+            return
+        if await book.delete(entry.id) is None:
+            await inv.reply(f"No schedule #{raw[:20]}.")
+            return
         await inv.reply(f"Schedule #{entry.id} deleted.")
