@@ -118,6 +118,19 @@ def _mentions(fields: dict[str, Any], needle: str) -> bool:
 RECENT_LOGS = RecentLogs()
 
 
+def ensure_recent_logs() -> None:
+    """Put the ring (after the redaction) into structlog's chain if `configure_logging` has not:
+    a bridge run in-process (the tests, an embedding program) keeps the structlog setup it was
+    given, and its console's log view would stay empty. Inserted just before the chain's last
+    processor (its renderer), so what is printed stays as it was, but for redacted secrets."""
+    processors = list(structlog.get_config()["processors"])
+    if any(p is RECENT_LOGS for p in processors):
+        return
+    at = max(0, len(processors) - 1)
+    processors[at:at] = [_redact, RECENT_LOGS]
+    structlog.configure(processors=processors)
+
+
 class _PeerErrorFilter(logging.Filter):
     """aiohttp logs each malformed HTTP request at ERROR with a traceback, although it is the
     client's error and already answered with 400: any remote peer could flood the log with

@@ -218,6 +218,13 @@ class MessageRepo:
             row = await cur.fetchone()
         return int(row[0] or 0) if row is not None else 0
 
+    async def latest_id(self) -> int:
+        """The newest message's id, any conversation's (0 with none): the console's cheap
+        sign that its conversation list changed (the primary key's index, no scan)."""
+        async with self._db.conn.execute("SELECT MAX(id) FROM messages") as cur:
+            row = await cur.fetchone()
+        return int(row[0] or 0) if row is not None else 0
+
     async def conversations(self, limit: int) -> list[tuple[str, str, str, int, float, int]]:
         """The ``limit`` conversations with the newest messages, newest first, for the admin
         console: (user_id, contact, thread, newest id, last activity, messages not deleted).

@@ -45,25 +45,25 @@ def edge_of(user_id: str) -> str:
     return "qq" if user_id.startswith("qq:") else "hub"
 
 
-def _respond(status: int, body: Any) -> web.Response:
+def respond(status: int, body: Any) -> web.Response:
     from adapters.console.pages import json_response
 
     return json_response(status, body)
 
 
-def _guarded(fn: Handler) -> Handler:
+def guarded(fn: Handler) -> Handler:
     async def run(request: web.Request, session: ConsoleSession) -> web.StreamResponse:
         try:
             return await fn(request, session)
         except Refused as e:
-            return _respond(e.status, {"error": e.reason})
+            return respond(e.status, {"error": e.reason})
         except BridgeError as e:
-            return _respond(409, {"error": e.reason, "code": str(e.code)})
+            return respond(409, {"error": e.reason, "code": str(e.code)})
 
     return run
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def read_body(request: web.Request) -> dict[str, Any]:
     if (request.content_length or 0) > MAX_BODY:
         raise Refused(413, "body too large")
     try:
@@ -91,12 +91,12 @@ class Actions:
 
     def routes(self) -> dict[tuple[str, str], Handler]:
         return {
-            ("GET", "conversations"): _guarded(self.conversations),
-            ("GET", "conversation"): _guarded(self.conversation),
-            ("POST", "recall"): _guarded(self.recall),
-            ("POST", "reset"): _guarded(self.reset),
-            ("POST", "persona"): _guarded(self.persona),
-            ("GET", "logs"): _guarded(self.logs),
+            ("GET", "conversations"): guarded(self.conversations),
+            ("GET", "conversation"): guarded(self.conversation),
+            ("POST", "recall"): guarded(self.recall),
+            ("POST", "reset"): guarded(self.reset),
+            ("POST", "persona"): guarded(self.persona),
+            ("GET", "logs"): guarded(self.logs),
         }
 
     @property
@@ -121,7 +121,7 @@ class Actions:
             }
             for user, contact, thread, last_id, last_time, count in rows
         ]
-        return _respond(200, {"conversations": items})
+        return respond(200, {"conversations": items})
 
     async def conversation(self, request: web.Request, _: ConsoleSession) -> web.Response:
         key = _key(request.query)
@@ -143,10 +143,10 @@ class Actions:
             }
             for r in rows
         ]
-        return _respond(200, {"turns": turns, "persona": persona})
+        return respond(200, {"turns": turns, "persona": persona})
 
     async def recall(self, request: web.Request, _: ConsoleSession) -> web.Response:
-        body = await _body(request)
+        body = await read_body(request)
         message_id = body.get("message_id")
         if not isinstance(message_id, int) or isinstance(message_id, bool):
             raise Refused(400, "message_id must be an integer")
@@ -158,10 +158,10 @@ class Actions:
         # As its owner would: the owner's every tab is told, the upstream copy deleted.
         await self.app.sessions.recall(UserRef(row.user_id), message_id)
         log.info("console.recall", message_id=message_id, user=row.user_id, contact=row.contact)
-        return _respond(200, {"ok": True})
+        return respond(200, {"ok": True})
 
     async def reset(self, request: web.Request, _: ConsoleSession) -> web.Response:
-        key = _key(await _body(request))
+        key = _key(await read_body(request))
         method = self._context_method(key.contact, "reset_context")
         if method is None:
             raise Refused(409, "this conversation has no upstream context to reset")
@@ -169,10 +169,10 @@ class Actions:
         at = await self._storage.messages.newest_id(key.user_id, key.contact, key.thread)
         await method(key, at=at)
         log.info("console.reset", user=key.user_id, contact=key.contact, thread=key.thread)
-        return _respond(200, {"ok": True})
+        return respond(200, {"ok": True})
 
     async def persona(self, request: web.Request, _: ConsoleSession) -> web.Response:
-        body = await _body(request)
+        body = await read_body(request)
         key = _key(body)
         text = body.get("text")
         if text is not None and not isinstance(text, str):
@@ -185,7 +185,7 @@ class Actions:
             raise Refused(409, "this conversation's target takes no persona")
         await method(key, text)
         log.info("console.persona", user=key.user_id, contact=key.contact, cleared=text is None)
-        return _respond(200, {"ok": True, "persona": text})
+        return respond(200, {"ok": True, "persona": text})
 
     async def logs(self, request: web.Request, _: ConsoleSession) -> web.Response:
         q = request.query
@@ -197,7 +197,7 @@ class Actions:
         entries = RECENT_LOGS.since(
             after, level=q.get("level", ""), conversation=q.get("conversation", ""), limit=limit
         )
-        return _respond(200, {"logs": entries})
+        return respond(200, {"logs": entries})
 
     def _context_method(self, contact: str, name: str) -> Any:
         try:

@@ -1,7 +1,9 @@
 """The console's live updates: one server-sent-event stream per open console page.
 
-Each tick (`[console] live_seconds`) the stream sends the overview and the log events that
-came since the last tick. A page that stops reading is dropped (a write that does not finish
+Each tick (`[console] live_seconds`) the stream sends the overview, the log events that came
+since the last tick, and a `conversations` event when a message was stored since the last one
+(the overview's newest message id moved), so the page's conversation list follows without a
+reopen. A page that stops reading is dropped (a write that does not finish
 within WRITE_TIMEOUT), at most MAX_STREAMS are open at once, and a stream ends when its
 session expires or the bridge stops (its scheduler is shut down first). The stream is the
 request's own handler: aiohttp owns that task and cancels it when the bridge stops, so there is
@@ -67,12 +69,18 @@ class LiveStreams:
         except ValueError:
             after = 0
         tick = self.app.config.console.live_seconds
+        newest: int | None = None  # what the page's list was read at (it reads on opening)
         try:
             while self.app.scheduler.running:
                 if self.console.sessions.get(session.id) is None:
                     await self._send(resp, "logout", {})
                     break
-                await self._send(resp, "overview", await overview(self.app, self.console.started))
+                console = self.console
+                now = await overview(self.app, console.started, console.figures)
+                await self._send(resp, "overview", now)
+                if newest is not None and now["newest_message"] != newest:
+                    await self._send(resp, "conversations", {"newest": now["newest_message"]})
+                newest = now["newest_message"]
                 logs = RECENT_LOGS.since(
                     after, level=level, conversation=conversation, limit=LOGS_PER_TICK
                 )

@@ -1,9 +1,9 @@
 """The console's overview: what the bridge is doing now, as one JSON object.
 
 Built on request (and by each live stream every tick), from what the bridge already keeps:
-the hub's connections, the health registry behind /readyz, and the newest stored messages
-(a bounded read). Nothing is counted on the message path for it, so a bridge nobody watches
-pays nothing for the console.
+the hub's connections, the health registry behind /readyz, the newest stored messages (a
+bounded read) and the reply figures /metrics counts anyway (see `figures`). Nothing is counted
+on the message path for it, so a bridge nobody watches pays nothing for the console.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from adapters.console.figures import RecentFigures
     from bridge.app import App
 
 # Rates and latencies are over this window, from at most this many of the newest messages
@@ -40,7 +41,9 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[rank]
 
 
-async def overview(app: App, started: float) -> dict[str, Any]:
+async def overview(
+    app: App, started: float, figures: RecentFigures | None = None
+) -> dict[str, Any]:
     hub = app.hub
     now = time.time()
     body: dict[str, Any] = {
@@ -66,6 +69,10 @@ async def overview(app: App, started: float) -> dict[str, Any]:
         "reply_p50": _ms(percentile(latencies, 0.5)),
         "reply_p95": _ms(percentile(latencies, 0.95)),
     }
+    # The newest stored message's id: a live page re-reads its conversation list when it moves.
+    body["newest_message"] = await storage.messages.latest_id() if storage is not None else 0
+    if figures is not None:
+        body["replies"] = figures.read()
     return body
 
 

@@ -1,6 +1,6 @@
 """The console's HTTP side: its static page, login and logout, and the guard every data
 endpoint sits behind (see `auth` for the rules). The data endpoints themselves are in
-`actions` (conversations, logs) and `live` (the event stream)."""
+`actions` (conversations, logs), `schedules` and `live` (the event stream)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,12 @@ from aiohttp import web
 
 from adapters.console import auth
 from adapters.console.actions import Actions
+from adapters.console.figures import RecentFigures
 from adapters.console.live import LiveStreams
 from adapters.console.overview import overview
+from adapters.console.schedules import Schedules
 from adapters.miochat.http_routes import RateLimiter, client_key, peer_of
+from bridge.logging import ensure_recent_logs
 
 if TYPE_CHECKING:
     from bridge.app import App
@@ -67,7 +70,11 @@ class Console:
         self.sessions = auth.SessionTable(cfg.session_hours * 3600.0)
         self.login_limiter = RateLimiter(cfg.login_per_minute)
         self.actions = Actions(app)
+        # One per console, shared by every page and stream (see `figures`).
+        self.figures = RecentFigures(app.metrics)
         self.live = LiveStreams(app, self)
+        # The log view reads the ring, which only a chain that has it fills.
+        ensure_recent_logs()
         # (method, path after /console/api/) -> handler; POSTs also pass the CSRF checks.
         self._api: dict[tuple[str, str], Handler] = {
             ("GET", "session"): self._session_info,
@@ -75,6 +82,7 @@ class Console:
             ("GET", "events"): self.live.stream,
             ("POST", "logout"): self._logout,
             **self.actions.routes(),
+            **Schedules(app).routes(),
         }
 
     @property
@@ -165,4 +173,4 @@ class Console:
         return json_response(200, {"csrf": session.csrf})
 
     async def _overview(self, request: web.Request, session: auth.ConsoleSession) -> web.Response:
-        return json_response(200, await overview(self.app, self.started))
+        return json_response(200, await overview(self.app, self.started, self.figures))

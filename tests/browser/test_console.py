@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,8 @@ import pytest
 
 from tests.conftest import ADMIN_CODE, Bridge
 from tests.e2e.test_momohub import MOMO, chat_messages, send
+from tests.e2e.test_schedule import SETTINGS as SCHEDULE_SETTINGS
+from tests.e2e.test_schedule import ask, job_id
 
 if TYPE_CHECKING:
     from playwright.async_api import BrowserContext, Page
@@ -57,6 +60,8 @@ async def test_overview_shows_a_connection_live(context: BrowserContext, hub: Br
     await page.locator("#users-online", has_text="1").wait_for()
     await page.locator("#components td", has_text="database").wait_for()
     await page.locator("#live.on").wait_for()
+    # The login form is gone, not merely pushed above the app (its CSS once beat `hidden`).
+    assert await page.locator("#login").is_hidden()
     # A reload keeps the session (the cookie), and the data is still there.
     await page.reload()
     await page.locator("#connections", has_text="1").wait_for()
@@ -85,3 +90,69 @@ async def test_recall_from_the_console(context: BrowserContext, hub: Bridge) -> 
     assert await page.locator("#turns li").count() == 0
     messages: list[Any] = await chat_messages(hub, "vic", MOMO)
     assert messages == []  # gone upstream too, in the sandbox
+
+
+async def test_logs_tab_shows_real_events_by_level(context: BrowserContext, hub: Bridge) -> None:
+    from bridge.logging import RECENT_LOGS
+
+    # The ring is the process's: earlier tests' bridges logged into it too.
+    start = max((e["seq"] for e in RECENT_LOGS.since(0, limit=10_000)), default=0)
+    page = await _open(context, hub)
+    await _login(page, ADMIN_CODE)
+    await page.click("nav button[data-tab=logs]")
+    # A login, logged by the bridge and read from its ring.
+    login = re.compile(r"^console\.login$")
+    await page.locator("#logs td", has_text=login).first.wait_for()
+    # A refused login (from the page's own origin, so it reaches the code check) is a warning.
+    status = await page.evaluate(
+        """fetch('/console/api/login', {method: 'POST', body: JSON.stringify({code: 'nope'}),
+            headers: {'Content-Type': 'application/json'}}).then(r => r.status)"""
+    )
+    assert status == 403
+    await page.select_option("#log-level", "warning")
+    await page.locator("#logs td", has_text="console.login_refused").first.wait_for()
+    new = [e["event"] for e in RECENT_LOGS.since(start, limit=10_000)]
+    assert "console.login" in new and "console.login_refused" in new
+    levels = await page.locator("#logs tbody tr td:nth-child(2)").all_text_contents()
+    assert levels and all(level in ("warning", "error", "critical") for level in levels)
+    events = await page.locator("#logs tbody tr td:nth-child(3)").all_text_contents()
+    assert "console.login" not in events
+
+
+async def test_schedules_tab_pauses_resumes_and_deletes(
+    context: BrowserContext, bridge_factory: Callable[..., Awaitable[Bridge]]
+) -> None:
+    hub = await bridge_factory(
+        momohub={"enabled": True}, console={"live_seconds": 0.2}, plugins=SCHEDULE_SETTINGS
+    )
+    user = await hub.client("wyn")
+    await ask(user, "/schedule add every 1h stretch", "Schedule #1 added")
+    scheduler = hub.app.scheduler
+    page = await _open(context, hub)
+    await _login(page, ADMIN_CODE)
+    await page.click("nav button[data-tab=schedules]")
+    row = page.locator("#schedules tr[data-id='1']")
+    await row.locator("td", has_text="stretch").wait_for()
+    await row.locator("td", has_text="every 1h").wait_for()
+    await row.locator("button.pause").click()
+    await row.locator("td.next", has_text="paused").wait_for()
+    assert not scheduler.has(job_id(1))
+    await row.locator("button.resume").click()
+    await row.locator("button.pause").wait_for()
+    assert scheduler.has(job_id(1))
+    await row.locator("button.delete").click()
+    await row.wait_for(state="detached")
+    await page.locator("#schedules-status", has_text="deleted").wait_for()
+    assert not scheduler.has(job_id(1))
+    assert await hub.app.storage.plugin_kv.get("schedule", "s:1") is None
+
+
+async def test_conversation_list_follows_new_messages(context: BrowserContext, hub: Bridge) -> None:
+    page = await _open(context, hub)
+    await _login(page, ADMIN_CODE)
+    await page.click("nav button[data-tab=conversations]")
+    await page.locator("#live.on").wait_for()
+    assert await page.locator("#conversations tbody tr").count() == 0
+    await send(await hub.client("xia"), MOMO, "hello")
+    # No reopen: the stream's conversations event brings the new row.
+    await page.locator("#conversations tr[data-user=xia]").wait_for()

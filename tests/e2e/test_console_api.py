@@ -3,6 +3,9 @@ its actions reach the MomoHub sandbox."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +15,9 @@ import pytest
 from adapters.console.auth import COOKIE, CSRF_HEADER, SessionTable
 from tests.conftest import ADMIN_CODE, Bridge
 from tests.e2e.test_momohub import MOMO, chat_messages, send
+from tests.e2e.test_schedule import SETTINGS as SCHEDULE_SETTINGS
+from tests.e2e.test_schedule import ask, job_id
+from tests.support.fake_openai import FakeOpenAI
 
 
 class Console:
@@ -227,3 +233,131 @@ async def test_logs_filter_by_level_and_conversation(
     assert await events(conversation="sue") == ["upstream.failed", "turn.done"]
     assert await events(level="warning", conversation="sue") == ["upstream.failed"]
     assert await events(level="error") == ["other"]
+
+
+@pytest.fixture
+async def scheduling(bridge_factory: Any) -> Bridge:
+    return await bridge_factory(momohub={"enabled": True}, plugins=SCHEDULE_SETTINGS)
+
+
+async def test_schedules_listed_paused_resumed_deleted(
+    scheduling: Bridge, http: aiohttp.ClientSession
+) -> None:
+    user = await scheduling.client("uma")
+    answer = await ask(user, "/schedule add every 1h hello", "Schedule #1 added")
+    assert answer.startswith("Schedule #1 added: every 1h")
+    scheduler = scheduling.app.scheduler
+    store = scheduling.app.storage.plugin_kv
+    c = Console(scheduling, http)
+    await c.login()
+    body = await (await c.get("schedules")).json()
+    assert body["enabled"] is True
+    [listed] = body["schedules"]
+    assert (listed["id"], listed["user"], listed["contact"], listed["thread"]) == (
+        1,
+        "uma",
+        MOMO,
+        "default",
+    )
+    assert listed["when"] == "every 1h" and listed["prompt"] == "hello"
+    assert listed["paused"] is False and listed["next_run"] > time.time() + 3000
+    assert listed["last_run"] is None and listed["last_result"] is None
+
+    r = await c.post("schedule/pause", {"id": 1})
+    assert r.status == 200, await r.text()
+    assert (await r.json())["schedule"]["paused"] is True
+    assert not scheduler.has(job_id(1)) and scheduler.next_run(job_id(1)) is None
+    assert (await store.get("schedule", "s:1"))["paused"] is True
+    [listed] = (await (await c.get("schedules")).json())["schedules"]
+    assert listed["paused"] is True and listed["next_run"] is None
+    # The user's own list says so too: one core, two views.
+    assert "(next paused)" in await ask(user, "/schedule list", "#1 every 1h")
+
+    r = await c.post("schedule/resume", {"id": 1})
+    assert r.status == 200
+    assert scheduler.has(job_id(1)) and scheduler.next_run(job_id(1)) is not None
+    assert (await store.get("schedule", "s:1"))["paused"] is False
+
+    assert (await c.post("schedule/delete", {"id": 1})).status == 200
+    assert not scheduler.has(job_id(1))
+    assert await store.get("schedule", "s:1") is None
+    assert (await (await c.get("schedules")).json())["schedules"] == []
+    assert (await c.post("schedule/delete", {"id": 1})).status == 404
+    assert (await c.post("schedule/pause", {"id": "1"})).status == 400
+
+
+async def test_schedule_endpoints_need_session_csrf_and_origin(
+    scheduling: Bridge, http: aiohttp.ClientSession
+) -> None:
+    user = await scheduling.client("val")
+    await ask(user, "/schedule add every 1h hi", "Schedule #1 added")
+    c = Console(scheduling, http)
+    assert (await c.get("schedules")).status == 401
+    for path in ("schedule/pause", "schedule/resume", "schedule/delete"):
+        assert (await c.post(path, {"id": 1})).status == 401, path
+    await c.login()
+    for path in ("schedule/pause", "schedule/resume", "schedule/delete"):
+        assert (await c.post(path, {"id": 1}, csrf="")).status == 403, path
+        assert (await c.post(path, {"id": 1}, origin="https://evil.example")).status == 403
+    # Nothing got through: the schedule is still armed and stored.
+    assert scheduling.app.scheduler.has(job_id(1))
+    assert await scheduling.app.storage.plugin_kv.get("schedule", "s:1") is not None
+
+
+async def test_overview_carries_reply_figures_from_the_metrics(
+    bridge_factory: Any, upstream: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    provider = {"name": "fake", "base_url": upstream.base_url, "api_key": upstream.api_key}
+    hub = await bridge_factory(
+        momohub={"enabled": True}, openai={"default_model": "fake/echo", "providers": [provider]}
+    )
+    c = Console(hub, http)
+    await c.login()
+    quiet = (await (await c.get("overview")).json())["replies"]
+    assert quiet["replies"] == 0 and quiet["reply_p50"] is None and quiet["errors"] == {}
+    user = await hub.client("wes")
+    _, frames = await send(user, MOMO, "hello")
+    assert frames[-1]["message"] == "completed"
+
+    async def complete(model: str) -> str:
+        ask = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+        return (await user.stream(await user.send("openai", "completions", ask)))[-1]["message"]
+
+    assert await complete("fake/echo") == "completed"  # the fake reports 5 + 7 tokens
+    assert await complete("fake/fail-500") == "failed"
+    figures = (await (await c.get("overview")).json())["replies"]
+    assert figures["replies"] == 2 and figures["first_tokens"] == 2
+    assert 0 < figures["reply_p50"] <= figures["reply_p95"]
+    assert 0 < figures["first_token_p50"] <= figures["first_token_p95"]
+    assert figures["errors"] == {"UPSTREAM_ERROR": 1}
+    assert figures["tokens"] == {"prompt": 5, "completion": 7}
+    assert 0 <= figures["window_seconds"] <= 60
+
+
+async def test_events_stream_tells_of_a_new_message(
+    sandboxed: Bridge, http: aiohttp.ClientSession
+) -> None:
+    c = Console(sandboxed, http)
+    await c.login()
+    user = await sandboxed.client("xan")
+
+    async def next_event(r: aiohttp.ClientResponse) -> tuple[str, Any]:
+        name = (await r.content.readline()).decode().removeprefix("event: ").strip()
+        data = json.loads((await r.content.readline()).decode().removeprefix("data: "))
+        assert await r.content.readline() == b"\n"
+        return name, data
+
+    async with http.get(sandboxed.http + "/console/api/events") as r:
+        name, first = await next_event(r)
+        assert name == "overview" and first["newest_message"] == 0
+        await send(user, MOMO, "a new conversation")
+        newest = (await sandboxed.app.storage.messages.latest_id()) or 0
+        assert newest > 0
+        async with asyncio.timeout(10):
+            while True:
+                name, data = await next_event(r)
+                if name == "conversations":
+                    break
+    assert data["newest"] > 0
+    listed = (await (await c.get("conversations")).json())["conversations"]
+    assert [x["user"] for x in listed] == ["xan"]

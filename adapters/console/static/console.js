@@ -65,8 +65,17 @@ function renderOverview(o) {
   const t = o.traffic;
   $("mpm").textContent = t.messages_per_minute;
   $("rpm").textContent = t.replies_per_minute;
-  $("latency").textContent =
-    t.reply_p50 === null ? "–" : `${t.reply_p50} / ${t.reply_p95} ms`;
+  // From the /metrics counts, over the last minute (see adapters/console/figures.py).
+  const r = o.replies;
+  const pair = (a, b) => (a === null ? "–" : `${a} / ${b} ms`);
+  $("first-token").textContent = pair(r.first_token_p50, r.first_token_p95);
+  $("latency").textContent = pair(r.reply_p50, r.reply_p95);
+  $("window").textContent = r.window_seconds < 59
+    ? `Latencies, errors and tokens: since the start (${Math.round(r.window_seconds)} s ago).`
+    : "Latencies, errors and tokens: the last minute.";
+  const listed = (counts) => Object.entries(counts).map(([k, n]) => `${k} ${n}`).join(", ") || "none";
+  $("errors").textContent = listed(r.errors);
+  $("tokens").textContent = listed(r.tokens);
   $("status").textContent = o.health.status;
   const body = $("components").tBodies[0];
   body.replaceChildren();
@@ -102,18 +111,17 @@ function startEvents() {
   events.addEventListener("overview", (m) => {
     const o = JSON.parse(m.data);
     renderOverview(o);
-    if (!$("tab-conversations").hidden) refreshConversations(o);
+    if (!$("tab-schedules").hidden) refreshSchedules();
+  });
+  // A message was stored: the list (and the open conversation) are re-read.
+  events.addEventListener("conversations", () => {
+    if (!$("tab-conversations").hidden) refreshConversations();
   });
   events.addEventListener("logs", (m) => renderLogs(JSON.parse(m.data)));
   events.addEventListener("logout", showLogin);
 }
 
-let conversationsStamp = "";
-async function refreshConversations(o) {
-  // Re-read only when something changed: the overview's traffic is the cheap signal.
-  const stamp = o ? `${o.traffic.messages_per_minute}/${o.traffic.replies_per_minute}/${o.connections}` : "";
-  if (o && stamp === conversationsStamp) return;
-  conversationsStamp = stamp;
+async function refreshConversations() {
   const { conversations } = await call("GET", "conversations");
   const body = $("conversations").tBodies[0];
   body.replaceChildren();
@@ -162,6 +170,48 @@ async function act(path, body, done) {
   if (current) await openConversation(current);
 }
 
+function when(seconds) {
+  return seconds === null ? "–" : new Date(seconds * 1000).toLocaleString();
+}
+
+let schedulesShown = "";
+async function refreshSchedules() {
+  const data = await call("GET", "schedules");
+  // Re-drawn only when something changed: a row replaced under the pointer loses its click.
+  const shown = JSON.stringify(data);
+  if (shown === schedulesShown) return;
+  schedulesShown = shown;
+  $("schedules-note").textContent = data.enabled ? "" : "The schedule plugin is not loaded.";
+  const body = $("schedules").tBodies[0];
+  body.replaceChildren();
+  for (const s of data.schedules) {
+    const row = el("tr", null, s.paused ? "paused" : "");
+    row.dataset.id = s.id;
+    const last = s.last_run === null ? "never" : `${since(s.last_run)}: ${s.last_result}`;
+    const next = s.paused ? "paused" : when(s.next_run);
+    const conv = s.thread === "default" ? s.contact : `${s.contact} (${s.thread})`;
+    row.append(el("td", s.id), el("td", s.user), el("td", conv), el("td", s.when), el("td", s.prompt, "text"), el("td", next, "next"), el("td", last));
+    const actions = el("td", null, "actions");
+    const toggle = el("button", s.paused ? "Resume" : "Pause", s.paused ? "resume" : "pause");
+    toggle.addEventListener("click", () => scheduleAct(s.paused ? "resume" : "pause", s.id));
+    const remove = el("button", "Delete", "delete");
+    remove.addEventListener("click", () => scheduleAct("delete", s.id));
+    actions.append(toggle, remove);
+    row.append(actions);
+    body.append(row);
+  }
+}
+
+async function scheduleAct(what, id) {
+  try {
+    await call("POST", `schedule/${what}`, { id });
+    $("schedules-status").textContent = `Schedule #${id}: ${what === "delete" ? "deleted" : what === "pause" ? "paused" : "resumed"}`;
+  } catch (e) {
+    $("schedules-status").textContent = e.message;
+  }
+  await refreshSchedules();
+}
+
 function keyOf(c) {
   return { user: c.user, contact: c.contact, thread: c.thread };
 }
@@ -169,7 +219,8 @@ function keyOf(c) {
 function switchTab(name) {
   for (const b of document.querySelectorAll("nav button")) b.classList.toggle("active", b.dataset.tab === name);
   for (const t of document.querySelectorAll(".tab")) t.hidden = t.id !== `tab-${name}`;
-  if (name === "conversations") refreshConversations(null);
+  if (name === "conversations") refreshConversations();
+  if (name === "schedules") refreshSchedules();
 }
 
 function wire() {
