@@ -225,14 +225,21 @@ class MessageRepo:
             row = await cur.fetchone()
         return int(row[0] or 0) if row is not None else 0
 
-    async def conversations(self, limit: int) -> list[tuple[str, str, str, int, float, int]]:
+    async def conversations(
+        self, limit: int, scan: int
+    ) -> list[tuple[str, str, str, int, float, int]]:
         """The ``limit`` conversations with the newest messages, newest first, for the admin
         console: (user_id, contact, thread, newest id, last activity, messages not deleted).
-        Reads every message row once (a group-by): asked for by an admin, not per message."""
+        Only the newest ``scan`` messages are read (backwards on the primary key), so the cost
+        does not grow with the table: the storage has one connection, and every hub read waits
+        behind this one. A conversation quiet for longer than that is not listed, and the
+        counts are of its messages within those ``scan``."""
         async with self._db.conn.execute(
-            "SELECT user_id, contact, thread, MAX(id), MAX(time), SUM(deleted = 0) FROM messages "
+            "SELECT user_id, contact, thread, MAX(id), MAX(time), SUM(deleted = 0) FROM "
+            "(SELECT id, user_id, contact, thread, time, deleted FROM messages "
+            "ORDER BY id DESC LIMIT ?) "
             "GROUP BY user_id, contact, thread ORDER BY MAX(id) DESC LIMIT ?",
-            (max(0, limit),),
+            (max(0, scan), max(0, limit)),
         ) as cur:
             rows = await cur.fetchall()
         return [(r[0], r[1], r[2], int(r[3]), float(r[4]), int(r[5] or 0)) for r in rows]

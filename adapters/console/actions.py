@@ -8,7 +8,9 @@ as `/reset` and `/persona set` do.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +28,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 LIST_LIMIT = 200
+# The conversation list is read from the newest SCAN messages only (a bounded read, whatever
+# the table's size), and one read serves every page for up to LIST_CACHE_SECONDS while no
+# message is stored: open console pages must not keep the one storage connection busy.
+SCAN = 5000
+LIST_CACHE_SECONDS = 3.0
 TURNS_LIMIT = 200
 PERSONA_MAX = 4000
 MAX_BODY = 16384
@@ -88,6 +95,10 @@ def _key(source: Any) -> ConversationKey:
 class Actions:
     def __init__(self, app: App) -> None:
         self.app = app
+        # (newest message id when read, monotonic time read, the rows); and the read under way,
+        # which every request arriving meanwhile waits for instead of starting its own.
+        self._listed: tuple[int, float, list[tuple[str, str, str, int, float, int]]] | None = None
+        self._reading: asyncio.Future[list[tuple[str, str, str, int, float, int]]] | None = None
 
     def routes(self) -> dict[tuple[str, str], Handler]:
         return {
@@ -105,8 +116,36 @@ class Actions:
             raise Refused(503, "the bridge is stopping")
         return self.app.storage
 
+    async def _conversation_rows(self) -> list[tuple[str, str, str, int, float, int]]:
+        storage = self._storage
+        # A message stored since the last read makes it stale at once (the page was told of it
+        # and asks for the new row); otherwise only a recall changes a count, and it may wait.
+        newest = await storage.messages.latest_id()
+        listed = self._listed
+        if (
+            listed is not None
+            and listed[0] == newest
+            and time.monotonic() - listed[1] < LIST_CACHE_SECONDS
+        ):
+            return listed[2]
+        if self._reading is None:
+
+            async def read() -> list[tuple[str, str, str, int, float, int]]:
+                try:
+                    rows = await storage.messages.conversations(LIST_LIMIT, SCAN)
+                    self._listed = (newest, time.monotonic(), rows)
+                    return rows
+                finally:
+                    self._reading = None
+
+            self._reading = asyncio.ensure_future(read())
+            # Retrieved even when every waiting request went away first (no "never retrieved").
+            self._reading.add_done_callback(lambda f: f.cancelled() or f.exception())
+        # Shielded: one page closing must not cancel the read the others wait for.
+        return await asyncio.shield(self._reading)
+
     async def conversations(self, request: web.Request, _: ConsoleSession) -> web.Response:
-        rows = await self._storage.messages.conversations(LIST_LIMIT)
+        rows = await self._conversation_rows()
         names = {c.id: c.name for c in self.app.router.contacts(UserRef("console", True))}
         items = [
             {
@@ -121,7 +160,8 @@ class Actions:
             }
             for user, contact, thread, last_id, last_time, count in rows
         ]
-        return respond(200, {"conversations": items})
+        # `window`: the counts are of each conversation's messages among the newest this many.
+        return respond(200, {"conversations": items, "window": SCAN})
 
     async def conversation(self, request: web.Request, _: ConsoleSession) -> web.Response:
         key = _key(request.query)

@@ -113,18 +113,53 @@ function startEvents() {
     renderOverview(o);
     if (!$("tab-schedules").hidden) refreshSchedules();
   });
-  // A message was stored: the list (and the open conversation) are re-read.
+  // A message was stored: the list (and the open conversation, if it moved) are re-read, at
+  // most every few seconds however busy the bridge is (see listConversations).
   events.addEventListener("conversations", () => {
-    if (!$("tab-conversations").hidden) refreshConversations();
+    if (!$("tab-conversations").hidden) listConversations();
   });
   events.addEventListener("logs", (m) => renderLogs(JSON.parse(m.data)));
   events.addEventListener("logout", showLogin);
 }
 
+// One list request at a time, at most one per LIST_EVERY ms: on a busy bridge every message
+// stored sends a conversations event, and each read costs the bridge a database query. A call
+// that comes too soon, or while a read is under way, is folded into one later read.
+const LIST_EVERY = 3000;
+let listing = false;
+let listAgain = false;
+let listTimer = null;
+let listedAt = 0;
+
+function listConversations() {
+  if (listing) {
+    listAgain = true;
+    return;
+  }
+  const wait = listedAt + LIST_EVERY - Date.now();
+  if (wait > 0) {
+    if (!listTimer) listTimer = setTimeout(() => { listTimer = null; listConversations(); }, wait);
+    return;
+  }
+  listing = true;
+  listedAt = Date.now();
+  refreshConversations()
+    .catch(() => {})
+    .finally(() => {
+      listing = false;
+      if (listAgain) {
+        listAgain = false;
+        listConversations();
+      }
+    });
+}
+
 async function refreshConversations() {
-  const { conversations } = await call("GET", "conversations");
+  const { conversations, window: scanned } = await call("GET", "conversations");
+  $("conversations-note").textContent = `Message counts are over the newest ${scanned} messages stored.`;
   const body = $("conversations").tBodies[0];
   body.replaceChildren();
+  let moved = false;
   for (const c of conversations) {
     const row = el("tr", null, "clickable");
     row.dataset.user = c.user;
@@ -132,8 +167,10 @@ async function refreshConversations() {
     row.append(el("td", c.edge), el("td", c.user), el("td", c.contact_name), el("td", c.thread), el("td", c.messages), el("td", since(c.last_activity)));
     row.addEventListener("click", () => openConversation(c));
     body.append(row);
+    if (current && c.user === current.user && c.contact === current.contact && c.thread === current.thread && c.last_id !== current.last_id) moved = c;
   }
-  if (current) await openConversation(current);
+  // The open conversation is re-read only when a message of its own was stored.
+  if (moved) await openConversation(moved);
 }
 
 function segmentsText(content) {
@@ -219,7 +256,7 @@ function keyOf(c) {
 function switchTab(name) {
   for (const b of document.querySelectorAll("nav button")) b.classList.toggle("active", b.dataset.tab === name);
   for (const t of document.querySelectorAll(".tab")) t.hidden = t.id !== `tab-${name}`;
-  if (name === "conversations") refreshConversations();
+  if (name === "conversations") listConversations();
   if (name === "schedules") refreshSchedules();
 }
 
