@@ -166,8 +166,9 @@ class ConsoleConfig(_Section):
     # With a token, /metrics wants `Authorization: Bearer <token>`; without one it is open.
     metrics_token: str = ""
     session_hours: float = Field(12.0, gt=0, le=24 * 30)
-    # Console logins per client address per minute, right or wrong: the code cannot be guessed
-    # at line speed.
+    # Wrong console codes per client address per minute (past it a wrong code is answered 429;
+    # the right one still gets in), and 60 attempts of any kind: the code cannot be guessed at
+    # line speed.
     login_per_minute: int = Field(5, ge=1, le=1000)
     # How often an open console page gets the overview and new log events.
     live_seconds: float = Field(2.0, gt=0, le=60)

@@ -41,6 +41,9 @@ CSP = (
 )
 # A login body is a code and nothing else.
 MAX_LOGIN_BODY = 4096
+# Login attempts per client address per minute, right or wrong: bounds guessing even where the
+# failure limit (`[console] login_per_minute`) cannot refuse a try before its code is checked.
+LOGIN_ATTEMPTS_PER_MINUTE = 60
 
 Handler = Callable[[web.Request, auth.ConsoleSession], Awaitable[web.StreamResponse]]
 
@@ -68,7 +71,8 @@ class Console:
         cfg = app.config.console
         self.started = time.monotonic()
         self.sessions = auth.SessionTable(cfg.session_hours * 3600.0)
-        self.login_limiter = RateLimiter(cfg.login_per_minute)
+        self.login_attempts = RateLimiter(LOGIN_ATTEMPTS_PER_MINUTE)
+        self.login_failures = auth.FailureLimiter(cfg.login_per_minute)
         self.actions = Actions(app)
         # One per console, shared by every page and stream (see `figures`).
         self.figures = RecentFigures(app.metrics)
@@ -132,13 +136,11 @@ class Console:
     async def _login(self, request: web.Request) -> web.StreamResponse:
         if not auth.origin_allowed(request, self.public_url):
             return json_response(403, {"error": "foreign origin"})
-        # Counted before the code is even read: every try costs one of the minute's attempts.
-        wait = self.login_limiter.hit(client_key(peer_of(request)))
+        peer = client_key(peer_of(request))
+        # Every try costs one of the minute's attempts, counted before the code is even read.
+        wait = self.login_attempts.hit(peer)
         if wait > 0:
-            seconds = max(1, math.ceil(wait))
-            resp = json_response(429, {"error": f"too many attempts; try again in {seconds} s"})
-            resp.headers["Retry-After"] = str(seconds)
-            return resp
+            return self._too_many(wait)
         if (request.content_length or 0) > MAX_LOGIN_BODY:
             return json_response(413, {"error": "body too large"})
         try:
@@ -150,13 +152,27 @@ class Console:
             return json_response(400, {"error": 'body must be {"code": "..."}'})
         hub = self.app.hub
         if hub is None or not auth.code_matches(code, hub.admin_code):
-            log.warning("console.login_refused", peer=client_key(peer_of(request)))
+            # Only a wrong code is held back by the failures: the right one always gets in (a
+            # shared address's guesser cannot lock the admin out); guessing is then bounded by
+            # the attempts above.
+            wait = self.login_failures.wait(peer)
+            if wait > 0:
+                return self._too_many(wait)
+            self.login_failures.failed(peer)
+            log.warning("console.login_refused", peer=peer)
             return json_response(403, {"error": "wrong code"})
         session = self.sessions.create()
-        log.info("console.login", peer=client_key(peer_of(request)))
+        log.info("console.login", peer=peer)
         resp = json_response(200, {"csrf": session.csrf})
         secure = auth.is_https(request, self.public_url)
         auth.set_cookie(resp, session, secure, int(self.sessions.lifetime))
+        return resp
+
+    @staticmethod
+    def _too_many(wait: float) -> web.Response:
+        seconds = max(1, math.ceil(wait))
+        resp = json_response(429, {"error": f"too many attempts; try again in {seconds} s"})
+        resp.headers["Retry-After"] = str(seconds)
         return resp
 
     async def _logout(self, request: web.Request, session: auth.ConsoleSession) -> web.Response:
