@@ -146,6 +146,8 @@ class App:
         self._warming: list[asyncio.Task[Any]] = []
         # The embedded sandbox's first character load: start() waits for it (connect_timeout).
         self._first_load: asyncio.Task[Any] | None = None
+        # Set by the console when it is on: ends its live streams (a stop would wait on them).
+        self.console_stop: Callable[[], None] = lambda: None
 
     # ----- upstreams ------------------------------------------------------------------------------
 
@@ -429,6 +431,7 @@ class App:
         return self.hub.port
 
     async def stop(self) -> None:
+        self.console_stop()
         # First: nothing scheduled may start a turn while the rest shuts down.
         await self.scheduler.shutdown()
         if self.plugins is not None:

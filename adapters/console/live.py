@@ -5,14 +5,16 @@ since the last tick, and a `conversations` event when a message was stored since
 (the overview's newest message id moved), so the page's conversation list follows without a
 reopen. A page that stops reading is dropped (a write that does not finish
 within WRITE_TIMEOUT), at most MAX_STREAMS are open at once, and a stream ends when its
-session expires or the bridge stops (its scheduler is shut down first). The stream is the
-request's own handler: aiohttp owns that task and cancels it when the bridge stops, so there is
-no task of the console's own to leak.
+session expires or the bridge stops: `App.stop` sets the console's `stopping` event first,
+and a stream waits on that between ticks, so a stop is not held up by a sleeping stream. The
+stream is the request's own handler: aiohttp owns that task and cancels it when the bridge
+stops, so there is no task of the console's own to leak.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +73,8 @@ class LiveStreams:
         tick = self.app.config.console.live_seconds
         newest: int | None = None  # what the page's list was read at (it reads on opening)
         try:
-            while self.app.scheduler.running:
+            stopping = self.console.stopping
+            while not stopping.is_set() and self.app.scheduler.running:
                 if self.console.sessions.get(session.id) is None:
                     await self._send(resp, "logout", {})
                     break
@@ -87,7 +90,9 @@ class LiveStreams:
                 if logs:
                     after = logs[-1]["seq"]
                     await self._send(resp, "logs", logs)
-                await asyncio.sleep(tick)  # the stream's period, not a wait on an event
+                # The stream's period, cut short when the bridge stops.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), tick)
         except (ConnectionResetError, TimeoutError):
             log.info("console.stream_dropped")
         return resp

@@ -4,6 +4,7 @@ endpoint sits behind (see `auth` for the rules). The data endpoints themselves a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -77,6 +78,10 @@ class Console:
         # One per console, shared by every page and stream (see `figures`).
         self.figures = RecentFigures(app.metrics)
         self.live = LiveStreams(app, self)
+        # Set when the bridge stops (`App.stop` calls `console_stop` first): the live streams
+        # end at once instead of at their next tick.
+        self.stopping = asyncio.Event()
+        app.console_stop = self.stopping.set
         # The log view reads the ring, which only a chain that has it fills.
         ensure_recent_logs()
         # (method, path after /console/api/) -> handler; POSTs also pass the CSRF checks.

@@ -434,3 +434,18 @@ async def test_conversation_list_is_a_bounded_read(
     answers = await asyncio.gather(*pages)
     assert all(a.status == 200 for a in answers)
     assert waited < 0.5, waited
+
+
+async def test_stop_ends_an_open_event_stream_at_once(
+    bridge_factory: Any, http: aiohttp.ClientSession
+) -> None:
+    # A long tick: the stream is asleep between two when the bridge stops.
+    bridge = await bridge_factory(console={"live_seconds": 30})
+    c = Console(bridge, http)
+    await c.login()
+    async with http.get(bridge.http + "/console/api/events") as r:
+        assert (await r.content.readline()).decode() == "event: overview\n"
+        start = time.monotonic()
+        await bridge.app.stop()
+        took = time.monotonic() - start
+    assert took < 1.5, took
