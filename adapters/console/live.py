@@ -95,6 +95,10 @@ class LiveStreams:
                     await asyncio.wait_for(stopping.wait(), tick)
         except (ConnectionResetError, TimeoutError):
             log.info("console.stream_dropped")
+        except Exception:
+            # The response is already started: an error let out would make the router write a
+            # second (500) response into it. The stream ends; the page reconnects by itself.
+            log.exception("console.stream_failed")
         return resp
 
     @staticmethod

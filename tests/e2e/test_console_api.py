@@ -449,3 +449,23 @@ async def test_stop_ends_an_open_event_stream_at_once(
         await bridge.app.stop()
         took = time.monotonic() - start
     assert took < 1.5, took
+
+
+async def test_a_failing_tick_ends_the_stream_cleanly(
+    bridge: Bridge, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import adapters.console.live as live
+
+    async def broken(*_: Any) -> Any:
+        raise RuntimeError("overview broke")
+
+    monkeypatch.setattr(live, "overview", broken)
+    c = Console(bridge, http)
+    await c.login()
+    async with http.get(bridge.http + "/console/api/events") as r:
+        assert r.status == 200
+        async with asyncio.timeout(10):
+            rest = await r.content.read()
+    # The stream just ends: no second response (a 500) written into the started one.
+    assert b"500" not in rest and b"HTTP/" not in rest
+    assert (await c.get("session")).status == 200  # and the server is fine
