@@ -74,7 +74,12 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     if (request.content_length or 0) > MAX_BODY:
         raise Refused(413, "body too large")
     try:
-        body = json.loads(await request.read() or b"null")
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        # Chunked, so no Content-Length above: aiohttp stops it at its client_max_size.
+        raise Refused(413, "body too large") from None
+    try:
+        body = json.loads(raw or b"null")
     except ValueError:
         raise Refused(400, "body must be JSON") from None
     if not isinstance(body, dict):

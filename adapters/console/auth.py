@@ -127,7 +127,10 @@ class FailureLimiter:
 
 def code_matches(given: str, admin_code: str) -> bool:
     """Constant time in the code's content (its length may show; the code is random and long)."""
-    return bool(admin_code) and hmac.compare_digest(given.encode(), admin_code.encode())
+    # surrogatepass: a lone surrogate (valid JSON, "\ud800") is a wrong code, not a crash.
+    return bool(admin_code) and hmac.compare_digest(
+        given.encode(errors="surrogatepass"), admin_code.encode()
+    )
 
 
 def is_https(request: web.Request, public_url: str) -> bool:
@@ -175,4 +178,7 @@ def origin_allowed(request: web.Request, public_url: str) -> bool:
 
 def csrf_ok(request: web.Request, session: ConsoleSession) -> bool:
     given = request.headers.get(CSRF_HEADER, "")
-    return bool(given) and hmac.compare_digest(given.encode(), session.csrf.encode())
+    # surrogatepass: header bytes that are not UTF-8 arrive as lone surrogates (a wrong token).
+    return bool(given) and hmac.compare_digest(
+        given.encode(errors="surrogatepass"), session.csrf.encode()
+    )

@@ -149,7 +149,13 @@ class Console:
         if (request.content_length or 0) > MAX_LOGIN_BODY:
             return json_response(413, {"error": "body too large"})
         try:
-            body = json.loads(await request.read() or b"null")
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            # A chunked body has no Content-Length to refuse it by; aiohttp stops it at its
+            # client_max_size.
+            return json_response(413, {"error": "body too large"})
+        try:
+            body = json.loads(raw or b"null")
             code = body["code"] if isinstance(body, dict) else None
         except (ValueError, KeyError):
             code = None

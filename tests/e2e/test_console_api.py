@@ -469,3 +469,35 @@ async def test_a_failing_tick_ends_the_stream_cleanly(
     # The stream just ends: no second response (a 500) written into the started one.
     assert b"500" not in rest and b"HTTP/" not in rest
     assert (await c.get("session")).status == 200  # and the server is fine
+
+
+async def test_odd_login_bodies_are_refused_not_crashed(
+    bridge: Bridge, http: aiohttp.ClientSession
+) -> None:
+    c = Console(bridge, http)
+    headers = {"Origin": c.base, "Content-Type": "application/json"}
+    # A lone surrogate is valid JSON but not encodable text: just a wrong code.
+    r = await http.post(c.base + "/console/api/login", data=b'{"code": "\\ud800"}', headers=headers)
+    assert r.status == 403, await r.text()
+
+    async def big() -> AsyncIterator[bytes]:
+        for _ in range(4):  # chunked, no Content-Length: over the server's body limit
+            yield b" " * (1 << 20)
+
+    r = await http.post(c.base + "/console/api/login", data=big(), headers=headers)
+    assert r.status == 413, await r.text()
+    await c.login()
+    r = await http.post(
+        c.base + "/console/api/recall", data=big(), headers={**headers, CSRF_HEADER: c.csrf}
+    )
+    assert r.status == 413, await r.text()
+
+
+def test_a_csrf_header_that_is_not_text_is_wrong() -> None:
+    from types import SimpleNamespace
+
+    from adapters.console.auth import ConsoleSession, csrf_ok
+
+    # Header bytes that are not UTF-8 reach the handler as lone surrogates.
+    request: Any = SimpleNamespace(headers={CSRF_HEADER: "\udcff"})
+    assert not csrf_ok(request, ConsoleSession("s", "token", 0.0))
