@@ -22,7 +22,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -88,41 +88,6 @@ class SessionTable:
         now = self._clock()
         for sid in [s.id for s in self._sessions.values() if s.expires <= now]:
             del self._sessions[sid]
-
-
-class FailureLimiter:
-    """At most ``limit`` failures per ``window`` seconds per key (a sliding window), in bounded
-    memory like `RateLimiter`; unlike it, asking does not count: only `failed` does."""
-
-    def __init__(
-        self,
-        limit: int,
-        window: float = 60.0,
-        max_keys: int = 4096,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.limit = limit
-        self.window = window
-        self.max_keys = max_keys
-        self._clock = clock
-        self._fails: OrderedDict[str, deque[float]] = OrderedDict()
-
-    def wait(self, key: str) -> float:
-        """0.0 when ``key`` may fail again, else the seconds until it may."""
-        fails = self._fails.get(key)
-        if fails is None or len(fails) < self.limit:
-            return 0.0
-        return max(0.0, fails[0] + self.window - self._clock())
-
-    def failed(self, key: str) -> None:
-        fails = self._fails.get(key)
-        if fails is None:
-            fails = self._fails[key] = deque(maxlen=self.limit)
-            while len(self._fails) > self.max_keys:
-                self._fails.popitem(last=False)
-        else:
-            self._fails.move_to_end(key)
-        fails.append(self._clock())  # full: the oldest falls off
 
 
 def code_matches(given: str, admin_code: str) -> bool:

@@ -73,7 +73,7 @@ class Console:
         self.started = time.monotonic()
         self.sessions = auth.SessionTable(cfg.session_hours * 3600.0)
         self.login_attempts = RateLimiter(LOGIN_ATTEMPTS_PER_MINUTE)
-        self.login_failures = auth.FailureLimiter(cfg.login_per_minute)
+        self.login_failures = RateLimiter(cfg.login_per_minute)  # counts failures only
         self.actions = Actions(app)
         # One per console, shared by every page and stream (see `figures`).
         self.figures = RecentFigures(app.metrics)
@@ -169,7 +169,7 @@ class Console:
             wait = self.login_failures.wait(peer)
             if wait > 0:
                 return self._too_many(wait)
-            self.login_failures.failed(peer)
+            self.login_failures.record(peer)
             log.warning("console.login_refused", peer=peer)
             return json_response(403, {"error": "wrong code"})
         session = self.sessions.create()

@@ -88,7 +88,20 @@ class RateLimiter:
 
     def hit(self, key: str) -> float:
         """Count a hit for ``key``: 0.0 when allowed, else the seconds until one would be."""
-        now = self._clock()
+        wait = self.wait(key)
+        if wait == 0.0:
+            self.record(key)
+        return wait
+
+    def wait(self, key: str) -> float:
+        """0.0 when ``key`` may hit now, else the seconds until it may (nothing counted)."""
+        hits = self._hits.get(key)
+        if hits is None or len(hits) < self.limit:
+            return 0.0
+        return max(0.0, hits[0] + self.window - self._clock())
+
+    def record(self, key: str) -> None:
+        """Count a hit for ``key`` without asking (a failure, once it is known to be one)."""
         hits = self._hits.get(key)
         if hits is None:
             hits = self._hits[key] = deque(maxlen=self.limit)
@@ -96,12 +109,7 @@ class RateLimiter:
                 self._hits.popitem(last=False)
         else:
             self._hits.move_to_end(key)
-        if len(hits) >= self.limit:
-            wait = hits[0] + self.window - now
-            if wait > 0:
-                return wait
-        hits.append(now)  # full: the oldest, outside the window, falls off
-        return 0.0
+        hits.append(self._clock())  # full: the oldest, outside the window, falls off
 
 
 def client_key(peer: str) -> str:
