@@ -131,16 +131,13 @@ class Metrics:
 
     def frame(self, frame: object) -> None:
         """A frame read on the plain WebSocket hub."""
-        counts = self.websocket_frames
-        cls = type(frame)
-        n = counts.get(cls)
-        if n is None:
-            self._learn(frame)
-            n = 0
-        counts[cls] = n + 1
+        self._count(self.websocket_frames, frame)
 
     def socketio_frame(self, frame: object) -> None:
-        counts = self.socketio_frames
+        self._count(self.socketio_frames, frame)
+
+    def _count(self, counts: dict[type, int], frame: object) -> None:
+        # Keyed by the frame's class: one dict lookup per frame; labels are learnt once.
         cls = type(frame)
         n = counts.get(cls)
         if n is None:
