@@ -131,12 +131,12 @@ class Metrics:
 
     def frame(self, frame: object) -> None:
         """A frame read on the plain WebSocket hub."""
-        self._count(self.websocket_frames, frame)
+        self._count_frame(self.websocket_frames, frame)
 
     def socketio_frame(self, frame: object) -> None:
-        self._count(self.socketio_frames, frame)
+        self._count_frame(self.socketio_frames, frame)
 
-    def _count(self, counts: dict[type, int], frame: object) -> None:
+    def _count_frame(self, counts: dict[type, int], frame: object) -> None:
         # Keyed by the frame's class: one dict lookup per frame; labels are learnt once.
         cls = type(frame)
         n = counts.get(cls)
