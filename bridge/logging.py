@@ -38,17 +38,42 @@ _SECRET_KEYS = {
 _OWN_LOGGERS = ("bridge", "adapters", "storage", "plugins", "momobridge")
 
 
+# Key names that mark a secret wherever they appear in a field's name (`x_api_key`, `Cookie`).
+_SECRET_PARTS = ("token", "password", "secret", "api_key", "authorization", "cookie", "csrf")
+
+
+def _secret_key(key: str) -> bool:
+    k = key.lower()
+    return k in _SECRET_KEYS or any(part in k for part in _SECRET_PARTS)
+
+
+def _redacted(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, dict) and depth < 4:
+        return {
+            k: "***" if isinstance(k, str) and _secret_key(k) else _redacted(v, depth + 1)
+            for k, v in value.items()
+        }
+    return value
+
+
 def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
-    # Belt and braces: call sites never pass secrets, but a stray kwarg must not leak one.
+    # Belt and braces: call sites never pass secrets, but a stray kwarg (or a header dict) must
+    # not leak one.
     for key in list(event):
-        if key.lower() in _SECRET_KEYS:
+        if _secret_key(key):
             event[key] = "***"
+        elif isinstance(event[key], dict):
+            event[key] = _redacted(event[key])
     return event
 
 
 # Events the admin console's log view can show (the newest first to go past this); each field
 # cut to this many characters, so one huge event cannot hold much memory.
 RECENT_SIZE = 2000
+# Fields the log output carries on purpose but the console must not show (the generated admin
+# code is printed once for whoever reads the container's log; a console session must not be a
+# way to read the code that made it).
+_CONSOLE_HIDDEN = {"admin_code.generated": ("code",)}
 RECENT_FIELD_MAX = 500
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
@@ -64,8 +89,9 @@ class RecentLogs:
         self._lock = threading.Lock()
 
     def __call__(self, _: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        hidden = _CONSOLE_HIDDEN.get(str(event.get("event", "")), ())
         fields = {
-            k: _short(v)
+            k: "***" if k in hidden else _short(v)
             for k, v in event.items()
             if k not in ("event", "level", "timestamp", "logger") and not k.startswith("_")
         }

@@ -425,7 +425,10 @@ def setup(ctx: PluginContext) -> None:
         entry = book.entries.get(int(raw))
         # Checked before the delete, and the delete takes the lock itself: an entry replaced
         # in between is impossible (ids are never reused).
-        if entry is None or (entry.user != inv.key.user_id and not inv.caller.is_admin):
+        # The same rule as `add`: in a conversation that is not the caller's own (a QQ group),
+        # only an admin may change its schedules.
+        own = entry is not None and entry.user == inv.key.user_id == inv.caller.id
+        if entry is None or not (own or inv.caller.is_admin):
             await inv.reply(f"No schedule #{raw[:20]}.")
             return
         if await book.delete(entry.id) is None:

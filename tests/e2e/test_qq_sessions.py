@@ -470,6 +470,13 @@ async def test_schedule_in_a_private_chat_and_only_admins_in_groups(hub: Bridge)
         await sim.group(GROUP, ALICE, "/schedule add every 1h hello group", card="Alice")
         await sim.wait_sent(4)
         assert sim.texts()[-1].startswith("Schedule #")
+        group_id = sim.texts()[-1].split()[1].rstrip(":")
+        await sim.group(GROUP, BOB, f"/schedule del {group_id}", card="Bob")
+        await sim.wait_sent(5)
+        assert sim.texts()[-1].startswith("No schedule"), sim.texts()[-1]
+        await sim.group(GROUP, ALICE, f"/schedule del {group_id}", card="Alice")
+        await sim.wait_sent(6)
+        assert sim.texts()[-1].endswith("deleted."), sim.texts()[-1]
     finally:
         await sim.close()
 

@@ -37,3 +37,22 @@ def test_the_ring_joins_a_default_structlog_chain_once() -> None:
     # Still printed by structlog's own renderer, redacted as the ring is.
     printed = next(line for line in out.stdout.splitlines() if "demo.event" in line)
     assert "user=u1" in printed and "t0ps3cret" not in printed
+
+
+def test_secrets_never_reach_the_console_ring() -> None:
+    """The generated admin code stays out of the ring; secrets nested in a dict or under a
+    name that merely contains a secret word are redacted."""
+    from bridge.logging import RecentLogs, _redact
+
+    ring = RecentLogs()
+    ring(None, "warning", _redact(None, "warning", {"event": "admin_code.generated", "code": "S3"}))
+    event = {
+        "event": "http.call",
+        "headers": {"Authorization": "Bearer abc", "Accept": "x"},
+        "x_api_key": "k",
+        "session_cookie": "c",
+    }
+    ring(None, "info", _redact(None, "info", event))
+    shown = repr(ring.since(0))
+    assert "S3" not in shown and "abc" not in shown and "'k'" not in shown and "'c'" not in shown
+    assert "Accept" in shown
