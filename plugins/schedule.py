@@ -31,7 +31,7 @@ a resumed one starts counting afresh, so what it skipped while paused is not run
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -281,13 +281,14 @@ class Book:
                 return None
             if entry.paused == paused:
                 return entry
-            entry.paused = paused
+            # Stored first: a save that fails changes nothing (memory and the store agree).
+            last = self.scheduler.clock() if not paused else entry.last
+            await self._save(replace(entry, paused=paused, last=last))
+            entry.paused, entry.last = paused, last
             if paused:
                 self.scheduler.remove(job_id(entry_id))
             else:
-                entry.last = self.scheduler.clock()
                 self.arm(entry)
-            await self._save(entry)
         self.ctx.log.info("schedule.paused" if paused else "schedule.resumed", schedule=entry_id)
         return entry
 

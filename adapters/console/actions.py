@@ -136,16 +136,21 @@ class Actions:
         if self._reading is None:
 
             async def read() -> list[tuple[str, str, str, int, float, int]]:
-                try:
-                    rows = await storage.messages.conversations(LIST_LIMIT, SCAN)
-                    self._listed = (newest, time.monotonic(), rows)
-                    return rows
-                finally:
-                    self._reading = None
+                rows = await storage.messages.conversations(LIST_LIMIT, SCAN)
+                self._listed = (newest, time.monotonic(), rows)
+                return rows
 
-            self._reading = asyncio.ensure_future(read())
-            # Retrieved even when every waiting request went away first (no "never retrieved").
-            self._reading.add_done_callback(lambda f: f.cancelled() or f.exception())
+            reading = self._reading = asyncio.ensure_future(read())
+
+            def done(f: asyncio.Future[Any]) -> None:
+                # Here rather than in read(): a read cancelled before its first step never runs
+                # its own cleanup, and would be awaited by every later request.
+                if self._reading is f:
+                    self._reading = None
+                if not f.cancelled():
+                    f.exception()  # retrieved even when every waiting request went away
+
+            reading.add_done_callback(done)
         # Shielded: one page closing must not cancel the read the others wait for.
         return await asyncio.shield(self._reading)
 

@@ -501,3 +501,41 @@ def test_a_csrf_header_that_is_not_text_is_wrong() -> None:
     # Header bytes that are not UTF-8 reach the handler as lone surrogates.
     request: Any = SimpleNamespace(headers={CSRF_HEADER: "\udcff"})
     assert not csrf_ok(request, ConsoleSession("s", "token", 0.0))
+
+
+async def test_a_pause_the_store_refuses_changes_nothing(
+    scheduling: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stored first: when the save fails the schedule stays armed and unpaused, as stored."""
+    user = await scheduling.client("una")
+    await ask(user, "/schedule add every 1h hello", "Schedule #1 added")
+    book = scheduling.app.plugins.api("schedule")
+    store = scheduling.app.storage.plugin_kv
+
+    async def refuse(*_: Any, **__: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "set", refuse)
+    with pytest.raises(OSError):
+        await book.set_paused(1, True)
+    monkeypatch.undo()
+    assert book.entries[1].paused is False
+    assert scheduling.app.scheduler.has(job_id(1))
+    assert (await store.get("schedule", "s:1"))["paused"] is False
+
+
+async def test_a_list_read_cancelled_before_it_ran_does_not_stick(scheduling: Bridge) -> None:
+    """The shared read of the conversation list, cancelled before its first step (a teardown),
+    must not be awaited by every later request."""
+    from adapters.console.actions import Actions
+
+    actions = Actions(scheduling.app)
+    first = asyncio.ensure_future(actions._conversation_rows())
+    async with asyncio.timeout(10):  # until the shared read exists, then cancel it at once
+        while actions._reading is None:  # noqa: ASYNC110 - set by the task, no event
+            await asyncio.sleep(0)
+    actions._reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    async with asyncio.timeout(10):
+        assert isinstance(await actions._conversation_rows(), list)
