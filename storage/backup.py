@@ -354,11 +354,7 @@ def _fsync(path: Path) -> None:
 def _fsync_dir(folder: Path) -> None:
     """The rename itself durable (POSIX); not possible everywhere, and then not needed."""
     with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(folder)
 
 
 def _unlink(path: Path) -> None:
