@@ -96,6 +96,15 @@ def _lead_systems(messages: list[JSON]) -> int:
     return n
 
 
+def _command_unwrapped(message: JSON, is_command: Callable[[str], bool]) -> JSON:
+    """A user message that is a command line without the client's time wrapper (so the
+    bridge's commands answer it); any other message as it is."""
+    if message.get("role") != "user":
+        return message
+    bare = L.unwrapped(message)
+    return bare if is_command(completions.content_text(bare.get("content"))) else message
+
+
 def trimmed_history(messages: list[JSON], max_chars: int) -> list[JSON]:
     """The client's leading system messages, then the newest messages that fit ``max_chars``
     (the newest always kept)."""
@@ -157,15 +166,7 @@ class ClientReplies:
         else:
             plugins = hub.sessions.plugins
             if plugins is not None:
-                messages = [
-                    u
-                    if m.get("role") == "user"
-                    and plugins.is_command(
-                        completions.content_text((u := L.unwrapped(m))["content"])
-                    )
-                    else m
-                    for m in messages
-                ]
+                messages = [_command_unwrapped(m, plugins.is_command) for m in messages]
             messages = trimmed_history(messages, hub.config.openai.history_chars)
         p = req.params
         request = CompletionRequest(
