@@ -9,77 +9,28 @@ All validation, cross-field rules included, lives in the models (``Config``'s mo
 
 from __future__ import annotations
 
-import ipaddress
-import re
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from typing import Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     field_validator,
     model_validator,
 )
 
+from bridge.config_types import (
+    HttpURL,
+    OptionalHttpURL,
+    OptionalQQNumber,
+    QQNumber,
+    WebSocketURL,
+    _loopback,
+)
+
 ENV_PREFIX = "MOMOBRIDGE_"
-
-# QQ numbers are kept as canonical decimal strings (the hub shows them as contact ids; the OneBot
-# side converts with int()). A number is positive and fits a signed 64-bit integer.
-QQ_MAX = (1 << 63) - 1
-_DIGITS = re.compile(r"[0-9]+")
-
-
-def _qq_number(value: Any) -> str:
-    if isinstance(value, bool):
-        raise ValueError(f"must be a QQ number (a positive integer), got {value!r}")
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
-        number = int(value.strip())
-    else:
-        raise ValueError(f"must be a QQ number (a positive integer), got {value!r}")
-    if not 1 <= number <= QQ_MAX:
-        raise ValueError(f"must be a QQ number between 1 and {QQ_MAX}, got {value!r}")
-    return str(number)
-
-
-def _optional_qq_number(value: Any) -> str:
-    if isinstance(value, str) and not value.strip():
-        return ""
-    return _qq_number(value)
-
-
-QQNumber = Annotated[str, BeforeValidator(_qq_number)]
-OptionalQQNumber = Annotated[str, BeforeValidator(_optional_qq_number)]
-
-
-def _url_checker(schemes: tuple[str, ...], *, allow_empty: bool) -> AfterValidator:
-    def check(value: str) -> str:
-        if not value and allow_empty:
-            return value
-        try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError as e:
-            raise ValueError(f"not a valid URL ({e}): {value!r}") from None
-        if parts.scheme.lower() not in schemes or not parts.hostname:
-            wanted = " or ".join(f"{s}://" for s in schemes)
-            raise ValueError(
-                f"must be a URL starting with {wanted} and naming a host, got {value!r}"
-            )
-        return value
-
-    return AfterValidator(check)
-
-
-HttpURL = Annotated[str, _url_checker(("http", "https"), allow_empty=False)]
-OptionalHttpURL = Annotated[str, _url_checker(("http", "https"), allow_empty=True)]
-WebSocketURL = Annotated[str, _url_checker(("ws", "wss"), allow_empty=False)]
 
 
 class _Section(BaseModel):
@@ -239,6 +190,40 @@ class OpenAIConfig(_Section):
         return v
 
 
+class MomoAIConfig(_Section):
+    """``[momoai]``: MOMO AI agents, each served as the model ``momoai:<id>`` (and, with
+    ``as_contacts``, as a contact the bridge keeps the conversation of)."""
+
+    enabled: bool = False
+    base_url: HttpURL = "https://api.momoai.pro/v1"
+    # Set it from the environment (MOMOBRIDGE_MOMOAI__API_KEY), not in the file.
+    api_key: str = ""
+    # The account's tier paces requests on our side (free 10, basic 60, pro 300 a minute,
+    # enterprise unpaced); `requests_per_minute` overrides it (0: unpaced).
+    tier: Literal["free", "basic", "pro", "enterprise"] = "free"
+    requests_per_minute: int | None = Field(None, ge=0, le=100_000)
+    # A request waits at most this long for a paced slot (or a Retry-After) before it is
+    # refused with RATE_LIMITED.
+    max_wait: float = Field(20.0, ge=0, le=600)
+    as_contacts: bool = False
+    # Offer only these agent ids (empty: every agent the account lists, up to max_agents).
+    agents: list[str] = Field(default_factory=list)
+    max_agents: int = Field(200, ge=1, le=5000)
+    agents_refresh: float = Field(300.0, ge=10)
+    # False asks for whole answers (each arrives as one update).
+    stream: bool = True
+    temperature: float | None = Field(None, ge=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    connect_timeout: float = Field(10.0, gt=0)
+    # Until the first byte of an answer, then between two pieces of a stream.
+    first_event_timeout: float = Field(60.0, gt=0)
+    idle_timeout: float = Field(60.0, gt=0)
+    # An agent conversation's prompt: its newest turns since its last /reset, at most this
+    # many characters (the newest message always goes).
+    history_turns: int = Field(20, ge=1, le=1000)
+    history_chars: int = Field(12_000, ge=500, le=2_000_000)
+
+
 class FrameworkLink(_Section):
     url: WebSocketURL
     access_token: str = ""
@@ -360,6 +345,7 @@ class Config(_Section):
     momohub: MomoHubConfig = Field(default_factory=MomoHubConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
+    momoai: MomoAIConfig = Field(default_factory=MomoAIConfig)
     onebot: OneBotConfig = Field(default_factory=OneBotConfig)
     share: ShareConfig = Field(default_factory=ShareConfig)
     miochat: MioChatConfig = Field(default_factory=MioChatConfig)
@@ -387,6 +373,7 @@ class Config(_Section):
                 )
         problems.extend(self._qq_problems())
         problems.extend(self._sandbox_problems())
+        problems.extend(self._momoai_problems())
         if problems:
             raise CrossFieldError(problems)
         return self
@@ -417,6 +404,18 @@ class Config(_Section):
                 )
             )
         return problems
+
+    def _momoai_problems(self) -> list[Problem]:
+        momoai = self.momoai
+        if momoai.enabled and not momoai.api_key.strip():
+            return [
+                Problem(
+                    (("momoai", "api_key"), ("momoai", "enabled")),
+                    "empty while momoai.enabled is true; set MOMOBRIDGE_MOMOAI__API_KEY "
+                    "to the key from your MOMO AI account",
+                )
+            ]
+        return []
 
     def _sandbox_problems(self) -> list[Problem]:
         sandbox, providers = self.sandbox, self.openai.providers
@@ -452,17 +451,6 @@ class Config(_Section):
 
 # The compose file's token when QQ_TOKEN is not set.
 QQ_TOKEN_PLACEHOLDER = "change-me"
-
-
-def _loopback(host: str) -> bool:
-    """Whether a listen address is reachable from this machine only."""
-    host = host.strip().strip("[]")
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class ConfigError(Exception):
