@@ -112,9 +112,14 @@ class Contact:
 class ModelGroup:
     owner: str
     models: list[str]
+    # Display names of models whose id says little (an agent's number), by model id.
+    names: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> JSON:
-        return {"owner": self.owner, "models": list(self.models)}
+        out: JSON = {"owner": self.owner, "models": list(self.models)}
+        if self.names:
+            out["names"] = dict(self.names)
+        return out
 
 
 # ----- reply events: what a target streams back --------------------------------------------
@@ -172,3 +177,6 @@ class CompletionRequest:
     frequency_penalty: float | None = None
     max_tokens: int | None = None
     tools: list[JSON] | None = None
+    # False: the client asked for a whole answer; a target whose upstream can answer either way
+    # asks for one (the frames stay the same: one update, then completed).
+    stream: bool = True

@@ -337,6 +337,7 @@ async def on_completions(conn: Connection, req: P.CompletionsRequest, slot: Stre
             frequency_penalty=data.frequency_penalty,
             max_tokens=data.max_tokens,
             tools=data.tools,
+            stream=data.stream,
         )
         key = completions.conversation_key(target, request)
 
