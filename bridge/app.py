@@ -35,6 +35,7 @@ from storage import Storage
 if TYPE_CHECKING:
     # Imported when the configuration uses them, after the hub listens (see App._start_upstreams).
     from adapters.miochat.socketio_server import SocketIOEdge
+    from adapters.momoai.target import MomoAITarget
     from adapters.momohub.client import MomoHubClient
     from adapters.momohub.sandbox import SandboxServer
     from adapters.momohub.target import CharacterTarget
@@ -132,6 +133,7 @@ class App:
         self.socketio: SocketIOEdge | None = None
         self.sandbox: SandboxServer | None = None
         self.momohub: MomoHubClient | None = None
+        self.momoai: MomoAITarget | None = None
         self._closers: list[Any] = []
         self._tasks = TaskSet("app")
         self.frameworks: Any = None
@@ -156,6 +158,14 @@ class App:
         listens; its adapter is loaded and started after (see `_start_upstreams`)."""
         cfg = self.config
         places: dict[str, PendingTarget] = {}
+        if cfg.momoai.enabled:
+            # First: it owns only `momoai:` names, which a bare-model provider would claim.
+            self.health.register("momoai")
+            places["momoai"] = PendingTarget(self.router)
+            self.router.add_model_target(places["momoai"])
+            if cfg.momoai.as_contacts:
+                places["momoai_contacts"] = PendingTarget(self.router)
+                self.router.add_contact_target(places["momoai_contacts"])
         if cfg.momohub.enabled:
             self.health.register("momohub")
             places["momohub"] = PendingTarget(self.router)
@@ -190,6 +200,9 @@ class App:
         meanwhile), then start it and install it in its place."""
         cfg = self.config
         try:
+            if "momoai" in places:
+                await asyncio.to_thread(_import_all, ["adapters.momoai.contacts"])
+                self._start_momoai(places)
             if "momohub" in places:
                 modules = ["adapters.momohub.client", "adapters.momohub.target"]
                 if not cfg.momohub.base_url:
@@ -306,6 +319,32 @@ class App:
         place.install(target)
         # Loads the model lists (waiting up to 5 s itself): only STARTUP_GRACE of it holds start.
         self._warming.append(self._tasks.spawn(target.start(), name="openai-target-start"))
+
+    def _start_momoai(self, places: dict[str, PendingTarget]) -> None:
+        from adapters.momoai.contacts import AgentChats
+        from adapters.momoai.target import MomoAITarget
+
+        assert self.storage is not None
+        cfg = self.config
+        target = MomoAITarget(
+            cfg.momoai, report=lambda state, detail: self.health.set("momoai", state, detail)
+        )
+        self._closers.append(target.close)
+        self.momoai = target
+        places["momoai"].install(target)
+        if "momoai_contacts" in places:
+            turns = cfg.onebot.qq.history_turns
+            places["momoai_contacts"].install(
+                AgentChats(
+                    self.router,
+                    self.storage,
+                    cfg.momoai,
+                    target,
+                    turns_by_owner={"qq:": turns} if turns else {},
+                )
+            )
+        # The first agent list (up to 5 s): only STARTUP_GRACE of it holds start.
+        self._warming.append(self._tasks.spawn(target.start(), name="momoai-target-start"))
 
     def _start_qq(self) -> None:
         from adapters.onebot.qq_edge import QQEdge

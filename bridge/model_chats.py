@@ -113,6 +113,10 @@ class ModelChats:
                 return turns
         return self._turns
 
+    def model_for(self, contact: str) -> str:
+        """The model a contact of this target talks to."""
+        return model_of(contact)
+
     # ----- ContactTarget ----------------------------------------------------------------------
 
     def owns(self, contact: str) -> bool:
@@ -157,7 +161,7 @@ class ModelChats:
 
     async def deliver(self, message: ChatMessage) -> AsyncIterator[ReplyEvent]:
         key = message.conversation
-        model = model_of(key.contact)
+        model = self.model_for(key.contact)
         target = self._router.model_target(model)
         messages = await self.context(key, upto=message.message_id)
         request = CompletionRequest(

@@ -160,7 +160,7 @@ class Router:
         if not self._model_targets:
             raise BridgeError(
                 ErrorCode.UNAVAILABLE,
-                "no model provider is configured (add [[openai.providers]] or [momohub])",
+                "no model provider is configured (add [[openai.providers]], [momohub] or [momoai])",
             )
         for t in self._model_targets:
             if t.owns_model(model):

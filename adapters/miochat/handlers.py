@@ -279,7 +279,7 @@ async def on_models(conn: Connection, req: P.ModelsRequest) -> None:
     if not hub.router.has_models:
         raise BridgeError(
             ErrorCode.UNAVAILABLE,
-            "no model provider is configured (add [[openai.providers]] or [momohub])",
+            "no model provider is configured (add [[openai.providers]], [momohub] or [momoai])",
         )
     assert conn.user is not None
     characters = [
