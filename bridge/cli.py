@@ -126,6 +126,24 @@ async def _sandbox(config_path: str, host: str | None, port: int | None) -> int:
     return 0
 
 
+async def _momoai_sandbox(args: argparse.Namespace) -> int:
+    from adapters.momoai.sandbox import run_standalone
+
+    configure_logging("info", "auto")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await run_standalone(
+            args.host, args.port, {args.key: args.tier}, stop, token_delay=args.token_delay
+        )
+    except OSError as e:
+        structlog.get_logger("momobridge").error("momoai_sandbox.failed", error=str(e))
+        return 1
+    return 0
+
+
 def _check_config(path: str | None) -> int:
     """Exactly what `serve` runs. A named file must exist; without one, ./config.toml is
     checked and, like `serve`, its absence means built-in defaults (plus the environment)."""
@@ -180,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config ([sandbox] section)")
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None, help="default 8080")
+    p = sub.add_parser("momoai-sandbox", help="run a MOMO AI agents API sandbox (offline demos)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8090, help="default 8090")
+    p.add_argument("--key", default="sandbox-key", help="the API key it accepts")
+    p.add_argument("--tier", default="pro", choices=("free", "basic", "pro", "enterprise"))
+    p.add_argument("--token-delay", type=float, default=0.02, help="seconds between pieces")
     p = sub.add_parser("plugins", help="list the plugins the configuration loads, and why not")
     p.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config (default ./config.toml)")
     p = sub.add_parser("healthcheck", help="exit 0 if the configured server answers /healthz")
@@ -203,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_serve(args.config))
     if args.command == "sandbox":
         return asyncio.run(_sandbox(args.config, args.host, args.port))
+    if args.command == "momoai-sandbox":
+        return asyncio.run(_momoai_sandbox(args))
     if args.command == "check-config":
         return _check_config(args.path)
     if args.command == "plugins":

@@ -6,6 +6,7 @@ stream, an abort closing the upstream request, and /balance."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -13,10 +14,12 @@ import pytest
 
 from adapters.momoai.sandbox import MomoAISandbox
 from tests.conftest import ADMIN_CODE, Bridge
-from tests.e2e.test_health import get_json, wait_state
+from tests.e2e.test_health import ServeProcess, get_json, wait_state
 from tests.e2e.test_momohub import reply_text, send
 from tests.e2e.test_plugins import command
+from tests.e2e.test_qq import ALICE, impl, qq_settings
 from tests.momoai.conftest import SANDBOX_KEY
+from tests.support.cli import momobridge
 from tests.support.hub_client import HubClient
 
 AGENT = "momoai:159"
@@ -190,7 +193,9 @@ async def test_a_server_ignoring_stream_answers_whole(hub: Bridge, agents: MomoA
 # ----- agent conversations ---------------------------------------------------------------------
 
 
-async def test_an_agent_conversation_carries_the_history(hub: Bridge, agents: MomoAISandbox) -> None:
+async def test_an_agent_conversation_carries_the_history(
+    hub: Bridge, agents: MomoAISandbox
+) -> None:
     c = await hub.client("ann")
     frames = await talk(c, AGENT, "first question")
     assert reply_text(frames) == f"{NAME} 收到: first question"
@@ -199,9 +204,7 @@ async def test_an_agent_conversation_carries_the_history(hub: Bridge, agents: Mo
     assert frames[-1]["message"] == "completed", frames[-1]
     prompt = agents.requests[-1].body["prompt"]
     assert prompt == (
-        "User: first question\n\n"
-        f"Assistant: {NAME} 收到: first question\n\n"
-        "User: second question"
+        f"User: first question\n\nAssistant: {NAME} 收到: first question\n\nUser: second question"
     )
     # /reset starts afresh; /persona goes first in every prompt.
     assert (await command(c, "/reset", contact=AGENT)).startswith("Done:")
@@ -325,9 +328,7 @@ async def test_an_error_inside_the_stream(hub: Bridge, agents: MomoAISandbox) ->
     assert any(f.get("message") == "update" for f in frames)
 
 
-async def test_a_broken_proxy_page_is_an_upstream_error(
-    hub: Bridge, agents: MomoAISandbox
-) -> None:
+async def test_a_broken_proxy_page_is_an_upstream_error(hub: Bridge, agents: MomoAISandbox) -> None:
     agents.inject("http_502_html")
     c = await hub.client("ann")
     code, reason = failure(await complete(c, hi()))
@@ -441,3 +442,61 @@ async def test_login_never_waits_on_the_agent_list(bridge_factory) -> None:
         for w in held:
             w.close()
         server.close()
+
+
+# ----- the offline demo: `momobridge momoai-sandbox` -----------------------------------------------
+
+
+async def test_the_sandbox_command_serves_a_bridge(bridge_factory) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *momobridge("momoai-sandbox", "--port", "0", "--key", "demo-key", "--token-delay", "0"),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    served = ServeProcess(proc)
+    try:
+        listening, _ = await served.wait_log("momoai_sandbox.listening")
+        base_url = listening["base_url"]
+        b = await bridge_factory(
+            momoai={"enabled": True, "base_url": base_url, "api_key": "demo-key"}
+        )
+        await wait_state(b, "momoai", "ok")
+        c = await b.client("ann")
+        frames = await complete(c, hi("offline"))
+        assert reply_text(frames) == f"{NAME} 收到: offline"
+    finally:
+        assert await served.stop() == 0
+
+
+# ----- a QQ chat ---------------------------------------------------------------------------------
+
+
+async def test_a_qq_chat_talks_to_an_agent_after_char_use(
+    bridge_factory, agents: MomoAISandbox
+) -> None:
+    b = await bridge_factory(momoai=momoai(agents), onebot=qq_settings(default_target="momoai:160"))
+    await wait_state(b, "momoai", "ok")
+    sim = await impl(b)
+    try:
+        await sim.private(ALICE, "hello agent")
+        await sim.wait_sent(1)
+        assert sim.texts()[-1] == "翻译助手 收到: hello agent"
+        await sim.private(ALICE, "/char use momoai:159")
+        await sim.wait_sent(2)
+        assert sim.texts()[-1].startswith(f"Now talking to {NAME}.")
+        await sim.private(ALICE, "one")
+        await sim.wait_sent(3)
+        await sim.private(ALICE, "two")
+        await sim.wait_sent(4)
+        assert sim.texts()[-1] == f"{NAME} 收到: User: two"
+        assert agents.requests[-1].body["prompt"] == (
+            f"User: one\n\nAssistant: {NAME} 收到: one\n\nUser: two"
+        )
+        # /char list shows the agents like characters.
+        await sim.private(ALICE, "/char list")
+        await sim.wait_sent(5)
+        assert f"• {NAME}" in sim.texts()[-1]
+    finally:
+        await sim.close()
