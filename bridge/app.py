@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib
-import os
-import secrets
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +15,7 @@ from aiohttp import web
 # The hub and what it needs to answer a login: nothing else is imported before it listens.
 from adapters.miochat import handlers as _hub_handlers  # noqa: F401 - loaded before the 1st frame
 from adapters.miochat.server import HubServer
+from bridge.admin_code import load_or_create_admin_code
 from bridge.config import Config, OpenAIProvider, SandboxConfig
 from bridge.engine import Engine
 from bridge.health import AUTH_FAILED, ERROR, OK, UNREACHABLE, Health
@@ -59,44 +57,6 @@ def _path_matcher(path: str) -> Callable[[str], bool]:
     """The QQ link's path, with or without a trailing slash."""
     path = path.rstrip("/")
     return lambda requested: requested.rstrip("/") == path
-
-
-def _admin_code_file(config: Config) -> Path:
-    db = Path(config.storage.path)
-    return db.with_name("admin_code")
-
-
-def _load_or_create_admin_code(config: Config) -> str:
-    """With no admin code configured, make one once and keep it beside the database.
-
-    Nobody is admin by accident (an empty code would make every token match). The new code is
-    printed in the log once, when it is made, because that is where someone who just started a
-    container looks (`docker logs`); later starts only read the file, and never log it.
-    """
-    if config.auth.admin_code:
-        return config.auth.admin_code
-    if config.storage.path == ":memory:":
-        return secrets.token_urlsafe(18)
-    path = _admin_code_file(config)
-    if path.is_file():
-        code = path.read_text(encoding="utf-8").strip()
-        if code:
-            return code
-    path.parent.mkdir(parents=True, exist_ok=True)
-    code = secrets.token_urlsafe(18)
-    # Made 0600 from the start (never readable by others, not even for a moment), and only if
-    # no other process made one meanwhile.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(code + "\n")
-    note = (
-        "first start: log in as admin with this code; it is kept in the file and not "
-        "printed again (set auth.admin_code to choose your own)"
-    )
-    log.warning("admin_code.generated", code=code, file=str(path), note=note)
-    if config.log.level == "error":  # the line above is filtered out: this start is the only one
-        print(f"momobridge: admin code {code} (kept in {path}); {note}", file=sys.stderr)
-    return code
 
 
 SANDBOX_EMAIL = "bridge@sandbox.local"
@@ -399,7 +359,7 @@ class App:
         self.health.set("database", OK)
         self.health.add_probe(self._probe_database)
         try:
-            admin_code = await asyncio.to_thread(_load_or_create_admin_code, cfg)
+            admin_code = await asyncio.to_thread(load_or_create_admin_code, cfg)
             self.outbox = Outbox(self.storage.outbox, cfg.limits.outbox_per_user)
             self.sessions = Sessions(self.storage, self.router, self.outbox, Engine())
             places = self._hold_places()

@@ -146,7 +146,7 @@ class ClientApi:
                 description = f"OpenAI-compatible provider {owner}"
             else:
                 default = self._default_character(models)
-                description = "MomoHub characters" if owner == "momohub" else f"{owner} models"
+                description = _DESCRIPTIONS.get(owner, f"{owner} models")
             entry = {
                 "displayName": owner,
                 "adapterType": "openai" if is_openai else owner,
@@ -210,6 +210,10 @@ class ClientApi:
                     return _svg(svg_avatar(model, initials(c.name or cid)))
         seed = model or q.get("provider", "") or q.get("adapter", "") or "model"
         return _svg(svg_avatar(seed, initials(seed.rpartition("/")[2] or seed)))
+
+
+# How the client's provider list describes the bridge's own model groups.
+_DESCRIPTIONS = {"momohub": "MomoHub characters", "momoai": "MOMO AI agents"}
 
 
 def _svg(text: str) -> web.Response:
