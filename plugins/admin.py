@@ -111,6 +111,9 @@ async def status_lines(bridge: Any, started: float) -> list[str]:
     }
     for name, c in sorted(openai.items()):
         lines.append(f"OpenAI provider {name}: {_state(c)}")
+    momoai = components.get("momoai")
+    if momoai:
+        lines.append(f"MOMO AI: {_state(momoai)}")
     schedules = _schedules(bridge)
     if schedules is not None:
         lines.append(f"Schedules: {schedules} jobs (housekeeping included)")

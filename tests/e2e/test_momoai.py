@@ -403,6 +403,8 @@ async def test_balance_for_admins_only(hub: Bridge, agents: MomoAISandbox) -> No
     assert f"{NAME} (momoai:159):" in answer and "tokens left" in answer
     user = await hub.client("ann")
     assert (await command(user, "/balance", contact=AGENT)).startswith("Only an admin")
+    status = await command(admin, "/status", contact=AGENT)
+    assert "MOMO AI: ok" in status, status
 
 
 async def test_balance_reports_momoai_s_refusal(bridge_factory, agents: MomoAISandbox) -> None:
