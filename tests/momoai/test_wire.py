@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
 import pytest
 
+from adapters.momoai import failures, wire
 from adapters.momoai.wire import (
     AGENT_ID_RE,
     MAX_DESCRIPTION,
@@ -25,6 +28,8 @@ from adapters.momoai.wire import (
     failure_error,
     finite_float,
     is_failure,
+    is_key_refusal,
+    is_rate_limit,
     non_negative_int,
     parse_agents_page,
     parse_answer,
@@ -616,6 +621,95 @@ def test_rate_limit_reason_with_header() -> None:
         ErrorCode.RATE_LIMITED,
         "MOMO AI is rate limiting requests (RATE_LIMIT: 慢点); retry in 3 s",
     )
+
+
+# The failures every alias and status reading below stands for: (status, body, text).
+KEY_REFUSALS = [
+    (401, {"success": False, "error": {"code": "INVALID_API_KEY", "message": "无效的API密钥"}}, ""),
+    (200, {"success": False, "error": {"code": "invalid_api_key", "message": "m"}}, ""),
+    (401, {"error": {"code": "UNAUTHORIZED", "message": "m"}}, ""),
+    (0, {"error": {"code": "Invalid Token", "message": "m"}}, ""),
+    (401, {"code": "AUTHENTICATION_FAILED", "message": "m"}, ""),
+    (403, {"error": {"code": "FORBIDDEN"}}, ""),
+    (401, None, "Unauthorized"),  # no code: read from the status
+    (403, None, "<h1>403 Forbidden</h1>"),
+    (200, {"code": 401, "msg": "token expired"}, ""),  # a status number as the code
+    (400, {"error": {"code": "UNAUTHORIZED"}}, ""),  # the body's code wins over the status
+]
+RATE_LIMITS = [
+    (429, {"success": False, "error": {"code": "RATE_LIMIT", "message": "请求过于频繁"}}, ""),
+    (429, {"error": {"code": "rate_limited"}}, ""),
+    (200, {"error": {"code": "RATE_LIMIT_EXCEEDED", "message": "m"}}, ""),
+    (0, {"code": "Too Many Requests", "message": "m"}, ""),
+    (429, None, ""),
+    (200, {"code": 429, "msg": "slow down"}, ""),
+    (503, {"error": {"code": "TOO_MANY_REQUESTS"}}, ""),
+]
+OTHERS = [
+    (402, None, ""),
+    (402, {"error": {"code": "INSUFFICIENT_QUOTA"}}, ""),
+    (404, {"error": {"code": "AGENT_NOT_FOUND"}}, ""),
+    (400, None, ""),
+    (404, None, "<h1>Not Found</h1>"),
+    (500, None, "boom"),
+    (503, {"error": {"code": "SERVICE_UNAVAILABLE"}}, ""),
+    (0, {"error": {"message": "stream broke"}}, ""),
+    # A code the body names wins over the status, both ways.
+    (401, {"error": {"code": "MODEL_OVERLOADED"}}, ""),
+    (429, {"error": {"code": "INVALID_PARAMETERS"}}, ""),
+]
+
+
+@pytest.mark.parametrize(("status", "body", "text"), KEY_REFUSALS)
+def test_is_key_refusal(status: int, body: object, text: str) -> None:
+    f = parse_failure(status, body, text)
+    assert is_key_refusal(f) and not is_rate_limit(f)
+    assert failure_error(f)[1].startswith("MOMO AI refused the API key")
+
+
+@pytest.mark.parametrize(("status", "body", "text"), RATE_LIMITS)
+def test_is_rate_limit(status: int, body: object, text: str) -> None:
+    f = parse_failure(status, body, text)
+    assert is_rate_limit(f) and not is_key_refusal(f)
+    assert failure_error(f)[0] is ErrorCode.RATE_LIMITED
+
+
+@pytest.mark.parametrize(("status", "body", "text"), OTHERS)
+def test_neither_a_key_refusal_nor_a_rate_limit(status: int, body: object, text: str) -> None:
+    f = parse_failure(status, body, text)
+    assert not is_key_refusal(f) and not is_rate_limit(f)
+    error, reason = failure_error(f)
+    assert error is not ErrorCode.RATE_LIMITED and "API key" not in reason
+
+
+def test_predicates_agree_with_failure_error() -> None:
+    """Exactly what failure_error calls a refused key or a rate limit, whatever the spelling."""
+    codes = ["INVALID_API_KEY", "UNAUTHORIZED", "INVALID_TOKEN", "AUTHENTICATION_FAILED",
+             "FORBIDDEN", "RATE_LIMIT", "RATE_LIMITED", "RATE_LIMIT_EXCEEDED", "TOO_MANY_REQUESTS",
+             "INSUFFICIENT_BALANCE", "AGENT_NOT_FOUND", "INVALID_PARAMETERS", "HTTP_401",
+             "HTTP_429", "UNKNOWN_ERROR", "API_KEY", "RATE", ""]  # fmt: skip
+    for code in codes + [c.lower() for c in codes]:
+        f = ApiFailure(code, "m", status=401)
+        error, reason = failure_error(f)
+        assert is_key_refusal(f) == reason.startswith("MOMO AI refused the API key"), code
+        assert is_rate_limit(f) == (error is ErrorCode.RATE_LIMITED), code
+    # A failure built by hand with only a status is judged by its code, as failure_error does.
+    assert not is_key_refusal(ApiFailure("HTTP_401", "", status=401))
+    assert not is_rate_limit(ApiFailure("HTTP_429", "", status=429))
+
+
+def test_failures_module_is_re_exported_without_a_cycle() -> None:
+    for name in wire.__all__:
+        assert hasattr(wire, name), name
+        if hasattr(failures, name):
+            assert getattr(wire, name) is getattr(failures, name), name
+    shared = set(failures.__all__) & set(wire.__all__)
+    assert {"ApiFailure", "parse_failure", "failure_error", "parse_retry_after", "is_failure",
+            "is_key_refusal", "is_rate_limit", "scrub", "finite_float"} <= shared  # fmt: skip
+    # failures is the lower layer: importing it alone never imports wire.
+    code = "import sys, adapters.momoai.failures; print('adapters.momoai.wire' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 # ----- request bodies ---------------------------------------------------------------------------
