@@ -13,10 +13,12 @@ from unittest import mock
 
 import aiohttp
 import pytest
+import structlog
 from aiohttp.test_utils import make_mocked_request
 
 from adapters.momoai.sandbox import MomoAISandbox, run_standalone
 from adapters.momoai.sandbox import controls as sandbox_controls
+from adapters.momoai.sandbox import state as sandbox_state
 from tests.momoai.conftest import SANDBOX_KEY
 
 Factory = Callable[..., Awaitable[MomoAISandbox]]
@@ -636,6 +638,26 @@ async def test_control_endpoints(momoai_sandbox: MomoAISandbox, http: aiohttp.Cl
     assert (await call(http, sb, {"prompt": "hi"}))[0] == 402
 
 
+async def test_recorded_calls_are_bounded(
+    momoai_sandbox_factory: Factory, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+):
+    assert (await momoai_sandbox_factory()).state.requests.maxlen == 1000
+    monkeypatch.setattr(sandbox_state, "MAX_RECORDED", 3)
+    sb = await momoai_sandbox_factory(controls=True)
+    assert sb.requests == [] and not sb.requests and sb.request_count == 0
+    for i in range(5):
+        assert (await call(http, sb, {"prompt": f"q{i}"}))[0] == 200
+    # The latest three are kept, oldest first; every call is still counted and waited for.
+    assert [r.body["prompt"] for r in sb.requests] == ["q2", "q3", "q4"]
+    assert len(sb.requests) == 3 and sb.requests[-1].body["prompt"] == "q4" and sb.requests
+    assert isinstance(sb.requests, list) and sb.request_count == 5
+    await sb.wait_requests(5, timeout=1)
+    async with http.get(sb.root_url + "/_sandbox/state") as r:
+        assert (await r.json())["requests"] == 5
+    sb.reset()
+    assert sb.requests == [] and sb.request_count == 0
+
+
 async def test_controls_off_and_loopback_only(
     momoai_sandbox_factory: Factory, http: aiohttp.ClientSession
 ):
@@ -679,29 +701,56 @@ async def test_close_with_stalled_streams_is_prompt(
     await sb.close()  # idempotent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_run_standalone(http: aiohttp.ClientSession):
-    port = _free_port()
     stop = asyncio.Event()
-    server = asyncio.create_task(run_standalone("127.0.0.1", port, {"demo": "basic"}, stop, 0.0))
-    try:
-        base = f"http://127.0.0.1:{port}/v1"
+    started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    with structlog.testing.capture_logs() as logs:
+        server = asyncio.create_task(
+            run_standalone("127.0.0.1", 0, {"demo": "basic"}, stop, 0.0, started=started)
+        )
+        try:
+            async with asyncio.timeout(5):
+                base = await started  # set once it listens: no port to guess, no race
+            match = re.fullmatch(r"http://127\.0\.0\.1:(\d+)/v1", base)
+            assert match, base
+            port = int(match[1])
+            assert port != 0
+            async with http.get(base + "/agents", headers=auth("demo")) as r:
+                assert r.status == 200
+            async with http.get(f"http://127.0.0.1:{port}/_sandbox/state") as r:
+                assert r.status == 200  # controls on by default, loopback only
+        finally:
+            stop.set()
+            async with asyncio.timeout(5):
+                await server
+    [listening] = [e for e in logs if e["event"] == "momoai_sandbox.listening"]
+    assert listening["base_url"] == base  # what `momobridge momoai-sandbox` shows is the real URL
+    assert listening["controls"] == f"http://127.0.0.1:{port}/_sandbox/"
+    assert [e["event"] for e in logs][-1] == "momoai_sandbox.stopped"
+
+
+async def test_run_standalone_without_started():
+    """The call bridge/cli.py makes (no `started`) still listens, logs the real URL, and stops."""
+    stop = asyncio.Event()
+    stop.set()  # stops as soon as it listens
+    with structlog.testing.capture_logs() as logs:
         async with asyncio.timeout(5):
-            while True:  # until it listens
-                try:
-                    async with http.get(base + "/agents", headers=auth("demo")) as r:
-                        assert r.status == 200
-                        break
-                except aiohttp.ClientConnectorError:
-                    await asyncio.sleep(0.01)
-        async with http.get(f"http://127.0.0.1:{port}/_sandbox/state") as r:
-            assert r.status == 200  # controls on by default, loopback only
-    finally:
-        stop.set()
-        async with asyncio.timeout(5):
-            await server
+            await run_standalone("127.0.0.1", 0, {"demo": "pro"}, stop)
+    listening, stopped = logs
+    assert listening["event"] == "momoai_sandbox.listening"
+    assert re.fullmatch(r"http://127\.0\.0\.1:[1-9]\d*/v1", listening["base_url"])
+    assert listening["api_keys"] == {"demo": "pro"}
+    assert stopped["event"] == "momoai_sandbox.stopped"
+
+
+async def test_run_standalone_port_in_use():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        with pytest.raises(OSError):
+            await run_standalone("127.0.0.1", port, {"demo": "basic"}, asyncio.Event(),
+                                 started=started)  # fmt: skip
+        with pytest.raises(OSError):
+            started.result()  # a waiter learns why instead of waiting forever

@@ -16,6 +16,8 @@ Choices the docs leave open, made here:
   full reply's cost is held from the balance (402 if it does not fit); the unspent part comes back
   when the call ends (see `streaming` for what a call cut short pays).
 - Optional body fields sent as null count as absent; unknown fields are ignored.
+- Only the latest 1000 calls are kept (`MomoAISandbox.requests`), so a long demo stays small;
+  `request_count` counts them all.
 
 Module map: `agents` (demo agents, the deterministic reply and its cost), `faults` (injection),
 `state` (shared state), `routes` (the API), `streaming` (the answers), `controls` (`/_sandbox/`),

@@ -9,6 +9,7 @@ They speak plain JSON, not MOMO AI's envelope: they are the sandbox's own API.
       -> 200 {"ok": true, "balance": B}
 - GET  /_sandbox/state   -> 200 {"balance", "open_streams", "completed_streams", "aborted",
                                   "dropped", "requests", "faults": [...]}
+      ("requests": the POST /v1/agents/{id} calls since the start or the last reset)
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ async def show_state(request: web.Request) -> web.Response:
             "completed_streams": state.completed_streams,
             "aborted": state.aborted,
             "dropped": state.dropped,
-            "requests": len(state.requests),
+            "requests": state.request_count,
             "faults": [f.to_api() for f in state.faults.pending()],
         }
     )

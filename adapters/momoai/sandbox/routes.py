@@ -131,8 +131,7 @@ async def call_agent(request: web.Request) -> web.StreamResponse:
         time=state.clock(),
         stream=isinstance(body, dict) and body.get("stream") is True,
     )
-    state.requests.append(record)
-    state.changed()
+    state.record(record)
 
     fault = state.faults.take("early", agent_ref, record.stream)
     if fault is not None:

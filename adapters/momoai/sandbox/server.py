@@ -155,7 +155,13 @@ class MomoAISandbox:
 
     @property
     def requests(self) -> list[Recorded]:
-        return self.state.requests
+        """The POST /agents/{id} calls, oldest first: a copy of the latest `MAX_RECORDED`."""
+        return list(self.state.requests)
+
+    @property
+    def request_count(self) -> int:
+        """Every POST /agents/{id} call since the start (or reset), also those no longer kept."""
+        return self.state.request_count
 
     @property
     def balance(self) -> float:
@@ -207,7 +213,7 @@ class MomoAISandbox:
 
     async def wait_requests(self, n: int = 1, timeout: float = 10) -> None:
         """Until `n` POST /agents/{id} calls in all were received."""
-        await self.wait_until(lambda: len(self.state.requests) >= n, timeout)
+        await self.wait_until(lambda: self.state.request_count >= n, timeout)
 
 
 async def run_standalone(
@@ -219,20 +225,36 @@ async def run_standalone(
     *,
     controls: bool = True,
     balance: float = 100.0,
+    started: asyncio.Future[str] | None = None,
 ) -> None:
-    """Serve until `stop` is set (`momobridge momoai-sandbox`). Controls answer loopback only."""
+    """Serve until `stop` is set (`momobridge momoai-sandbox`). Controls answer loopback only.
+
+    `port` 0 lets the OS choose one; the URL actually served (``http://HOST:PORT/v1``) is logged
+    as ``momoai_sandbox.listening`` and, when given, set as the result of `started` once the
+    socket listens (or `started` gets the error that kept it from listening).
+    """
     sandbox = MomoAISandbox(
         host=host, port=port, keys=keys, token_delay=token_delay, balance=balance, controls=controls
     )
-    base_url = await sandbox.start()
-    log.info(
-        "momoai_sandbox.listening",
-        base_url=base_url,
-        api_keys={key: tier for key, tier in sandbox.state.keys.items()},
-        agents={a.id: a.name for a in sandbox.agents.values()},
-        controls=sandbox.root_url + "/_sandbox/" if controls else None,
-    )
     try:
+        base_url = await sandbox.start()
+    except BaseException as e:
+        if started is not None and not started.done():
+            if isinstance(e, Exception):
+                started.set_exception(e)
+            else:
+                started.cancel()
+        raise
+    try:
+        log.info(
+            "momoai_sandbox.listening",
+            base_url=base_url,
+            api_keys={key: tier for key, tier in sandbox.state.keys.items()},
+            agents={a.id: a.name for a in sandbox.agents.values()},
+            controls=sandbox.root_url + "/_sandbox/" if controls else None,
+        )
+        if started is not None and not started.done():
+            started.set_result(base_url)
         await stop.wait()
     finally:
         await sandbox.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,6 +18,8 @@ from adapters.momoai.sandbox.faults import FaultQueue
 from adapters.momoai.sandbox.ratelimit import TIER_LIMITS, RateLimiter
 
 StreamOutcome = Literal["completed", "aborted", "dropped", "stopped"]
+# The calls kept for tests and /_sandbox/state: the latest this many (a long demo must not grow).
+MAX_RECORDED = 1000
 
 
 @dataclass(slots=True)
@@ -53,7 +56,9 @@ class SandboxState:
         self.agents: dict[int, Agent] = make_agents(self._agent_specs)
         self.limiter = RateLimiter(clock)
         self.faults = FaultQueue()
-        self.requests: list[Recorded] = []
+        # The latest calls (at most MAX_RECORDED); request_count counts every one since reset.
+        self.requests: deque[Recorded] = deque(maxlen=MAX_RECORDED)
+        self.request_count = 0
         self.open_streams = 0
         self.completed_streams = 0
         self.aborted = 0
@@ -65,6 +70,12 @@ class SandboxState:
         self._changed = asyncio.Event()
 
     # -- requests and keys -------------------------------------------------------------------
+
+    def record(self, call: Recorded) -> None:
+        """Keep `call` (forgetting the oldest past MAX_RECORDED) and wake the waiters."""
+        self.requests.append(call)
+        self.request_count += 1
+        self.changed()
 
     def next_request_id(self) -> str:
         return f"req_{next(self._ids):06d}"
@@ -161,6 +172,7 @@ class SandboxState:
         self.agents = make_agents(self._agent_specs)
         self.faults.clear()
         self.requests.clear()
+        self.request_count = 0
         self.limiter.clear()
         self.completed_streams = self.aborted = self.dropped = 0
         self.changed()
