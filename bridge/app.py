@@ -123,9 +123,9 @@ class App:
             self.health.register("momoai")
             places["momoai"] = PendingTarget(self.router)
             self.router.add_model_target(places["momoai"])
-            if cfg.momoai.as_contacts:
-                places["momoai_contacts"] = PendingTarget(self.router)
-                self.router.add_contact_target(places["momoai_contacts"])
+            # Also without as_contacts: the agents' completions keep their persona there.
+            places["momoai_contacts"] = PendingTarget(self.router)
+            self.router.add_contact_target(places["momoai_contacts"])
         if cfg.momohub.enabled:
             self.health.register("momohub")
             places["momohub"] = PendingTarget(self.router)
@@ -292,17 +292,16 @@ class App:
         self._closers.append(target.close)
         self.momoai = target
         places["momoai"].install(target)
-        if "momoai_contacts" in places:
-            turns = cfg.onebot.qq.history_turns
-            places["momoai_contacts"].install(
-                AgentChats(
-                    self.router,
-                    self.storage,
-                    cfg.momoai,
-                    target,
-                    turns_by_owner={"qq:": turns} if turns else {},
-                )
+        turns = cfg.onebot.qq.history_turns
+        places["momoai_contacts"].install(
+            AgentChats(
+                self.router,
+                self.storage,
+                cfg.momoai,
+                target,
+                turns_by_owner={"qq:": turns} if turns else {},
             )
+        )
         # The first agent list (up to 5 s): only STARTUP_GRACE of it holds start.
         self._warming.append(self._tasks.spawn(target.start(), name="momoai-target-start"))
 

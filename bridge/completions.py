@@ -61,7 +61,10 @@ def conversation_key(target: Any, request: CompletionRequest) -> ConversationKey
     key_of = getattr(target, "conversation_key", None)
     if key_of is not None:
         return key_of(request)
-    return ConversationKey(request.user.id, f"model:{request.model}", request.conversation_id)
+    # A target whose models have contacts of their own (a MOMO AI agent) names that contact.
+    contact_of = getattr(target, "completion_contact", None)
+    contact = contact_of(request.model) if contact_of is not None else f"model:{request.model}"
+    return ConversationKey(request.user.id, contact, request.conversation_id)
 
 
 @dataclass(slots=True)

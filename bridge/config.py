@@ -9,6 +9,7 @@ All validation, cross-field rules included, lives in the models (``Config``'s mo
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -190,6 +191,10 @@ class OpenAIConfig(_Section):
         return v
 
 
+# A MOMO AI agent id (adapters.momoai.wire.AGENT_ID_RE).
+_AGENT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
 class MomoAIConfig(_Section):
     """``[momoai]``: MOMO AI agents, each served as the model ``momoai:<id>`` (and, with
     ``as_contacts``, as a contact the bridge keeps the conversation of)."""
@@ -218,10 +223,23 @@ class MomoAIConfig(_Section):
     # Until the first byte of an answer, then between two pieces of a stream.
     first_event_timeout: float = Field(60.0, gt=0)
     idle_timeout: float = Field(60.0, gt=0)
+    # A whole (non-streamed) answer, from its start to its last byte.
+    answer_timeout: float = Field(300.0, gt=0)
     # An agent conversation's prompt: its newest turns since its last /reset, at most this
     # many characters (the newest message always goes).
     history_turns: int = Field(20, ge=1, le=1000)
     history_chars: int = Field(12_000, ge=500, le=2_000_000)
+
+    @field_validator("agents")
+    @classmethod
+    def _agent_ids(cls, v: list[str]) -> list[str]:
+        ids = [a.strip().removeprefix("momoai:") for a in v]
+        bad = [a for a in ids if not _AGENT_ID.fullmatch(a)]
+        if bad:
+            raise ValueError(
+                f"agent ids are 1-64 characters of A-Z a-z 0-9 . _ - (as in momoai:<id>), got {bad}"
+            )
+        return ids
 
 
 class FrameworkLink(_Section):

@@ -10,12 +10,13 @@ and a Retry-After in a RATE_LIMIT answer pauses the pacer for everyone.
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncGenerator, AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 
 from adapters.momoai import wire
 from adapters.momoai.pacing import Pacer, rate_for
@@ -29,6 +30,8 @@ MAX_PAGES = 50
 # The largest JSON answer read (an agent list page, a whole answer, an error body).
 MAX_BODY = 8 << 20
 READ_CHUNK = 64 << 10
+# What is kept of a stream's first bytes to explain one that carried no text.
+HEAD_KEPT = 64 << 10
 
 
 class MomoAIError(Exception):
@@ -53,7 +56,12 @@ class MomoAIClient:
                     "Authorization": f"Bearer {self._config.api_key}",
                     "Accept": "application/json, text/event-stream",
                 },
-                timeout=aiohttp.ClientTimeout(total=None, connect=self._config.connect_timeout),
+                # sock_connect, not connect: waiting for a pooled connection is no failure.
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=self._config.connect_timeout
+                ),
+                # Unlimited: the bridge's own limits (streams per user, pacing) bound them.
+                connector=aiohttp.TCPConnector(limit=0),
                 # Proxies come from the environment like every other HTTP client here.
                 trust_env=True,
             )
@@ -103,23 +111,25 @@ class MomoAIClient:
 
     async def _json_or_raise(self, resp: aiohttp.ClientResponse) -> Any:
         raw = await _read_capped(resp)
+        return self._body_or_raise(resp.status, raw, resp.headers.get("Retry-After"))
+
+    def _body_or_raise(self, status: int, raw: bytes, retry_after: str | None = None) -> Any:
+        """The decoded JSON of a successful answer; MomoAIError for a refusal, an error page or
+        anything that is not JSON."""
         body: Any = None
         try:
-            body = json.loads(raw)
-        except ValueError:
-            pass
-        if resp.status >= 400 or not isinstance(body, dict) or body.get("success") is False:
-            failure = wire.parse_failure(
-                resp.status,
-                body,
-                raw.decode("utf-8", "replace"),
-                resp.headers.get("Retry-After"),
-            )
-            self._note(failure)
+            # orjson: bounded nesting (a hostile `[[[[...` is an error, not a RecursionError).
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        if status >= 400 or body is None or wire.is_failure(body):
+            failure = wire.parse_failure(status, body, raw.decode("utf-8", "replace"), retry_after)
+            self.note(failure)
             raise MomoAIError(failure)
         return body
 
-    def _note(self, failure: wire.ApiFailure) -> None:
+    def note(self, failure: wire.ApiFailure) -> None:
+        """A refusal seen anywhere (an answer, a stream): a rate limit pauses everyone."""
         if wire.failure_error(failure)[0] == ErrorCode.RATE_LIMITED:
             # Nobody starts again before the API's pause is over (1 s when it named none).
             self.pacer.pause(failure.retry_after if failure.retry_after is not None else 1.0)
@@ -147,26 +157,30 @@ class MomoAIClient:
         cfg = self._config
         resp: aiohttp.ClientResponse | None = None
         try:
-            answer: wire.Answer | None = None
             try:
                 async with asyncio.timeout(cfg.first_event_timeout):
                     resp = await self._http().post(url, json=body)
-                    if resp.status >= 400 or not _is_stream(resp):
-                        answer = wire.parse_answer(await self._json_or_raise(resp))
+            except aiohttp.ServerTimeoutError as e:
+                # aiohttp's own connect timeout (a TimeoutError too): not an answer's delay.
+                raise BridgeError(
+                    ErrorCode.UPSTREAM_TIMEOUT, f"MOMO AI could not be reached: {_describe(e)}"
+                ) from None
             except TimeoutError:
                 raise BridgeError(
                     ErrorCode.UPSTREAM_TIMEOUT,
                     f"MOMO AI did not start answering in {cfg.first_event_timeout:g} s",
                 ) from None
-            # Yielded outside the timeout: the consumer's time between pieces is not ours.
-            if answer is not None:
+            if resp.status >= 400 or _is_whole(resp):
+                # Some servers ignore `stream` and send the whole envelope.
+                answer = wire.parse_answer(await self._whole(resp))
                 if answer.content:
                     yield TextDelta(answer.content)
                 yield StreamEnd(answer.tokens_used, answer.cost, answer.request_id)
                 return
-            assert resp is not None
-            async for event in _events(resp, cfg.idle_timeout):
-                yield event
+            events = self._events(resp)
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    yield event
         except aiohttp.ClientPayloadError as e:
             raise BridgeError(
                 ErrorCode.UPSTREAM_ERROR, f"MOMO AI's stream was cut off: {_describe(e)}"
@@ -185,41 +199,81 @@ class MomoAIClient:
                 # tells the API to stop generating.
                 resp.close()
 
+    async def _whole(self, resp: aiohttp.ClientResponse) -> Any:
+        timeout = self._config.answer_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                raw = await _read_capped(resp)
+        except TimeoutError:
+            raise BridgeError(
+                ErrorCode.UPSTREAM_TIMEOUT, f"MOMO AI's whole answer took longer than {timeout:g} s"
+            ) from None
+        return self._body_or_raise(resp.status, raw, resp.headers.get("Retry-After"))
 
-async def _events(
-    resp: aiohttp.ClientResponse, idle_timeout: float
-) -> AsyncIterator[TextDelta | StreamEnd]:
-    parser = StreamParser()
-    try:
-        while True:
-            try:
-                async with asyncio.timeout(idle_timeout):
-                    piece = await resp.content.readany()
-            except TimeoutError:
-                raise BridgeError(
-                    ErrorCode.UPSTREAM_TIMEOUT,
-                    f"MOMO AI's stream sent nothing for {idle_timeout:g} s",
-                ) from None
-            events = parser.feed(piece) if piece else parser.close()
-            for event in events:
-                if isinstance(event, StreamFailure):
-                    raise MomoAIError(event.failure)
-                yield event
-            if parser.ended:
-                return
-            if not piece:
-                # A clean end of the body without a final line: the answer is what came.
-                yield StreamEnd()
-                return
-    except StreamError as e:
-        raise BridgeError(
-            ErrorCode.UPSTREAM_ERROR, f"MOMO AI's stream is unreadable: {e}"
-        ) from None
+    async def _events(
+        self, resp: aiohttp.ClientResponse
+    ) -> AsyncGenerator[TextDelta | StreamEnd, None]:
+        idle_timeout = self._config.idle_timeout
+        parser = StreamParser()
+        # The start of the body, kept to explain a "stream" that carried no text at all (an
+        # error page, a pretty-printed error envelope).
+        head = b""
+        seen_text = False
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(idle_timeout):
+                        piece = await resp.content.readany()
+                except TimeoutError:
+                    raise BridgeError(
+                        ErrorCode.UPSTREAM_TIMEOUT,
+                        f"MOMO AI's stream sent nothing for {idle_timeout:g} s",
+                    ) from None
+                if len(head) < HEAD_KEPT:
+                    head += piece[: HEAD_KEPT - len(head)]
+                for event in parser.feed(piece) if piece else parser.close():
+                    if isinstance(event, StreamFailure):
+                        self.note(event.failure)
+                        raise MomoAIError(event.failure)
+                    seen_text = seen_text or isinstance(event, TextDelta)
+                    yield event
+                if parser.ended:
+                    return
+                if not piece:
+                    break
+        except StreamError as e:
+            raise BridgeError(
+                ErrorCode.UPSTREAM_ERROR, f"MOMO AI's stream is unreadable: {e}"
+            ) from None
+        # The body ended without a final line.
+        if not seen_text and not head.strip():
+            raise BridgeError(ErrorCode.UPSTREAM_ERROR, "MOMO AI's answer was empty")
+        if not seen_text:
+            answer = wire.parse_answer(self._body_or_raise(resp.status, head))
+            if answer.content:
+                yield TextDelta(answer.content)
+            yield StreamEnd(answer.tokens_used, answer.cost, answer.request_id)
+        elif _framed(resp):
+            # A chunked or sized body that ended properly: the answer is what came.
+            yield StreamEnd()
+        else:
+            # Ended by closing the connection: a cut looks exactly like this.
+            raise BridgeError(
+                ErrorCode.UPSTREAM_ERROR,
+                "MOMO AI's stream ended without its final line (the connection closed)",
+            )
 
 
-def _is_stream(resp: aiohttp.ClientResponse) -> bool:
-    # Some servers ignore `stream` and answer with the whole JSON envelope.
-    return "json" not in resp.headers.get("Content-Type", "").lower()
+def _is_whole(resp: aiohttp.ClientResponse) -> bool:
+    """Plain JSON (not NDJSON or an event stream): one answer, read whole."""
+    return resp.content_type.lower() in ("application/json", "text/json")
+
+
+def _framed(resp: aiohttp.ClientResponse) -> bool:
+    """Whether the body's end is marked (chunked or sized), so a cut shows as a payload error
+    rather than as an end."""
+    chunked = "chunked" in resp.headers.get("Transfer-Encoding", "").lower()
+    return chunked or "Content-Length" in resp.headers
 
 
 async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:

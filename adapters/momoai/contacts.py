@@ -1,6 +1,10 @@
 """MOMO AI agents as contacts (``[momoai] as_contacts``): ``momoai:<id>`` in a hub user's contact
 list, and in a QQ chat after ``/char use momoai:<id>``.
 
+Registered whenever MOMO AI is on: the `openai/completions` of an agent belong to the same
+conversation (see MomoAITarget.completion_contact), whose persona and /reset live here. Without
+``as_contacts`` nobody can message the agents as contacts.
+
 An agent remembers nothing between calls, so the conversation is the bridge's own, exactly as
 with a ``model:`` contact (bridge.model_chats): stored, reset by /reset, given a persona by
 /persona, and sent as each turn's prompt, trimmed to ``[momoai] history_turns`` turns and
@@ -42,6 +46,7 @@ class AgentChats(ModelChats):
             turns_by_owner=turns_by_owner,
         )
         self._target = target
+        self._listed = config.as_contacts
 
     def model_for(self, contact: str) -> str:
         return contact
@@ -50,12 +55,20 @@ class AgentChats(ModelChats):
         return contact.startswith(wire.MODEL_PREFIX) and len(contact) > len(wire.MODEL_PREFIX)
 
     def contacts(self, user: UserRef) -> list[Contact]:
+        if not self._listed:
+            return []
         return [
             Contact(a.model, "character", a.name, bio=a.description[:MAX_BIO] or None)
             for a in self._target.agents()
         ]
 
     async def check_available(self, contact: str) -> None:
+        if not self._listed:
+            raise BridgeError(
+                ErrorCode.NOT_FOUND,
+                "MOMO AI agents are not contacts on this bridge ([momoai] as_contacts is off); "
+                "use them as models",
+            )
         agent_id = contact[len(wire.MODEL_PREFIX) :]
         if not wire.AGENT_ID_RE.fullmatch(agent_id):
             raise BridgeError(

@@ -61,28 +61,38 @@ class Pacer:
         return start
 
     async def acquire(self) -> None:
-        """Wait for this request's slot; RATE_LIMITED when it is further than ``max_wait``."""
-        now = self._now()
-        start = self.next_start(now)
-        wait = start - now
-        if wait > self.max_wait:
-            raise BridgeError(
-                ErrorCode.RATE_LIMITED,
-                f"MOMO AI requests are paced ({self._pace(now)}); retry in {math.ceil(wait)} s",
-            )
-        if self.per_minute:
-            bisect.insort(self._starts, start)
-        if wait <= 0:
-            return
-        try:
-            await asyncio.sleep(wait)
-        except asyncio.CancelledError:
-            # A waiter that gave up frees its slot for the next one.
+        """Wait for this request's slot; RATE_LIMITED when it is further than ``max_wait``
+        (counted from this call, a pause that comes meanwhile included)."""
+        deadline = self._now() + self.max_wait
+        while True:
+            now = self._now()
+            start = self.next_start(now)
+            if start > now and start > deadline:
+                raise BridgeError(
+                    ErrorCode.RATE_LIMITED,
+                    f"MOMO AI requests are paced ({self._pace(now)}); "
+                    f"retry in {math.ceil(start - now)} s",
+                )
+            if self.per_minute:
+                bisect.insort(self._starts, start)
+            if start <= now:
+                return
             try:
-                self._starts.remove(start)
-            except ValueError:
-                pass
-            raise
+                await asyncio.sleep(start - now)
+            except asyncio.CancelledError:
+                # A waiter that gave up frees its slot for the next one.
+                self._release(start)
+                raise
+            if self._paused_until <= self._now():
+                return
+            # The API asked for a pause while this one slept: book again after it.
+            self._release(start)
+
+    def _release(self, start: float) -> None:
+        if self.per_minute:
+            i = bisect.bisect_left(self._starts, start)
+            if i < len(self._starts) and self._starts[i] == start:
+                del self._starts[i]
 
     def _pace(self, now: float) -> str:
         if self._paused_until > now:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 
 import structlog
 
+from adapters.momoai import client as client_mod
 from adapters.momoai import wire
 from adapters.momoai.client import MomoAIClient, MomoAIError
 from adapters.momoai.prompt import build_prompt
@@ -44,6 +45,8 @@ class MomoAITarget:
         self._report = report or (lambda state, detail: None)
         self.client = MomoAIClient(config)
         self._agents: dict[str, wire.Agent] = {}
+        # Set once a list was read: from then on only listed agents are offered.
+        self._listed = False
         self.loaded = asyncio.Event()
         self._allowed = set(config.agents)
         self._key_refused = False
@@ -70,10 +73,13 @@ class MomoAITarget:
 
     async def refresh(self) -> bool:
         """Read the agent list once; False (the old list kept) when it failed."""
+        # With an allow-list the whole catalogue is read, so an allowed agent past the first
+        # `max_agents` is listed too.
+        limit = client_mod.PAGE_SIZE * client_mod.MAX_PAGES if self._allowed else None
         try:
-            agents = await self.client.list_agents(self._config.max_agents)
+            agents = await self.client.list_agents(limit or self._config.max_agents)
         except MomoAIError as e:
-            self._failed(e.failure)
+            self._failed(e.failure, listing=True)
             return False
         except BridgeError as e:
             log.warning("momoai.agents_unavailable", reason=e.reason)
@@ -86,8 +92,9 @@ class MomoAITarget:
         finally:
             self.loaded.set()
         if self._allowed:
-            agents = [a for a in agents if a.id in self._allowed]
+            agents = [a for a in agents if a.id in self._allowed][: self._config.max_agents]
         self._agents = {a.id: a for a in agents}
+        self._listed = True
         self._succeeded(f"{len(agents)} agents listed")
         return True
 
@@ -104,7 +111,7 @@ class MomoAITarget:
             return True
         if self._allowed:
             return agent_id in self._allowed
-        return not self._agents
+        return not self._listed
 
     # ----- ModelTarget ----------------------------------------------------------------------------
 
@@ -116,6 +123,11 @@ class MomoAITarget:
 
     def owns_model(self, model: str) -> bool:
         return model.startswith(wire.MODEL_PREFIX)
+
+    def completion_contact(self, model: str) -> str:
+        """The contact whose conversation a completion of ``model`` belongs to: the agent's
+        own (adapters.momoai.contacts), so /persona and /reset are shared with it."""
+        return model
 
     def complete(self, request: CompletionRequest) -> AsyncIterator[ReplyEvent]:
         return self._complete(request)
@@ -160,6 +172,8 @@ class MomoAITarget:
             code, reason = wire.failure_error(e.failure)
             yield Failed(code, reason)
         except BridgeError as e:
+            if e.code == ErrorCode.UPSTREAM_TIMEOUT or "connection failed" in e.reason:
+                self._report("unreachable", e.reason)
             yield Failed(e.code, e.reason)
         finally:
             await answer.aclose()
@@ -172,18 +186,24 @@ class MomoAITarget:
             log.info("momoai.api_key_accepted")
         self._report("ok", detail)
 
-    def _failed(self, failure: wire.ApiFailure) -> None:
+    def _failed(self, failure: wire.ApiFailure, *, listing: bool = False) -> None:
+        """A refusal as readiness: the key (a configuration problem: said once, loudly) and
+        server errors always; while listing agents, anything (the list is what readiness
+        means here). A refused request (balance, parameters, one agent) says nothing of it."""
         _, reason = wire.failure_error(failure)
-        if failure.code == "INVALID_API_KEY":
+        if wire.is_key_refusal(failure):
             if not self._key_refused:
-                # A configuration problem, not a passing one: said once, loudly.
                 log.error("momoai.api_key_refused", reason=reason)
                 self._key_refused = True
             self._report("auth_failed", reason)
-        elif failure.code == "INSUFFICIENT_BALANCE":
-            log.warning("momoai.balance_too_low", reason=reason)
-        elif failure.code.startswith("HTTP_5"):
+        elif failure.status >= 500 or failure.code.startswith("HTTP_5"):
+            log.warning("momoai.server_error", reason=reason)
             self._report("unreachable", reason)
+        elif listing:
+            log.warning("momoai.agents_refused", code=failure.code, reason=reason)
+            self._report("error", f"could not read the agent list: {reason}")
+        elif wire.failure_error(failure)[0] == ErrorCode.UNAVAILABLE:
+            log.warning("momoai.balance_too_low", reason=reason)
         else:
             log.info("momoai.request_refused", code=failure.code, reason=reason)
 
@@ -195,3 +215,7 @@ class MomoAITarget:
             self._failed(e.failure)
             code, reason = wire.failure_error(e.failure)
             raise BridgeError(code, reason) from None
+        except wire.WireError as e:
+            raise BridgeError(
+                ErrorCode.UPSTREAM_ERROR, f"MOMO AI answered something unreadable: {e}"
+            ) from None

@@ -502,3 +502,51 @@ async def test_a_qq_chat_talks_to_an_agent_after_char_use(
         assert f"• {NAME}" in sim.texts()[-1]
     finally:
         await sim.close()
+
+
+# ----- without as_contacts, an empty catalogue, a wrong base_url ----------------------------------
+
+
+async def test_completions_share_the_agent_s_persona_without_contacts(
+    bridge_factory, agents: MomoAISandbox
+) -> None:
+    b = await bridge_factory(momoai=momoai(agents, as_contacts=False))
+    await wait_state(b, "momoai", "ok")
+    c = await b.client("ann")
+    assert not any(x["id"].startswith("momoai:") for x in c.frames[-1]["data"]["contacts"])
+    rid = await c.send("onebot", "message", [{"type": "text", "data": {"text": "hi"}}], id=AGENT)
+    refused = await c.reply(rid)
+    assert refused["data"]["error"] == "NOT_FOUND" and "as_contacts" in refused["data"]["reason"]
+    # /persona inside a completion is the agent conversation's own, and goes into the prompt.
+    frames = await complete(c, hi("/persona set Speak like a pirate."))
+    assert reply_text(frames).startswith("Persona set."), frames
+    await complete(c, hi("ahoy"))
+    assert agents.requests[-1].body["prompt"] == "Speak like a pirate.\n\nUser: ahoy"
+
+
+async def test_the_persona_of_an_agent_contact_applies_to_its_completions(
+    hub: Bridge, agents: MomoAISandbox
+) -> None:
+    c = await hub.client("ann")
+    assert (await command(c, "/persona set Be terse.", contact=AGENT)).startswith("Persona set.")
+    await complete(c, hi("status?"))
+    assert agents.requests[-1].body["prompt"] == "Be terse.\n\nUser: status?"
+
+
+async def test_an_account_without_agents_offers_none(bridge_factory, sandboxes) -> None:
+    sandbox = await sandboxes(agents=[])
+    b = await bridge_factory(momoai=momoai(sandbox))
+    await wait_state(b, "momoai", "ok")
+    c = await b.client("ann")
+    assert failure(await complete(c, hi()))[0] == "NOT_FOUND"
+    rid = await c.send("onebot", "message", [{"type": "text", "data": {"text": "hi"}}], id=AGENT)
+    assert (await c.reply(rid))["data"]["error"] == "NOT_FOUND"
+    assert not sandbox.requests
+
+
+async def test_a_wrong_base_url_is_named_in_readyz(bridge_factory, agents: MomoAISandbox) -> None:
+    b = await bridge_factory(momoai={**momoai(agents), "base_url": agents.root_url + "/api"})
+    await wait_state(b, "momoai", "error")
+    status, body = await get_json(f"{b.http}/readyz")
+    assert status == 503
+    assert "could not read the agent list" in body["components"]["momoai"]["detail"]

@@ -74,12 +74,28 @@ async def test_waiters_book_slots_in_order_and_a_cancelled_one_gives_its_slot_ba
     await pacer.acquire()
     # The second waits for the minute to roll (real sleep of 60 s: it is cancelled first).
     waiter = asyncio.create_task(pacer.acquire())
-    async with asyncio.timeout(5):
-        while pacer.next_start() < 1119.0:
-            await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the waiter runs up to its sleep, booking its slot on the way
     # The third is booked after the second.
     assert pacer.next_start() == pytest.approx(1120.0)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
     assert pacer.next_start() == pytest.approx(1060.0)
+
+
+async def test_a_pause_that_comes_while_waiting_holds_the_waiter_too() -> None:
+    clock = Clock()
+    pacer = Pacer(1, max_wait=1.0, clock=clock)
+    await pacer.acquire()
+    clock.now += 59.95  # the next slot is 0.05 s away (slept for real)
+    waiter = asyncio.create_task(pacer.acquire())
+    await asyncio.sleep(0)  # the waiter books its slot and sleeps
+    assert pacer.next_start() == pytest.approx(1120.0)
+    pacer.pause(30)
+    with pytest.raises(BridgeError) as e:
+        async with asyncio.timeout(5):
+            await waiter
+    assert e.value.code == ErrorCode.RATE_LIMITED and "asked for a pause" in e.value.reason
+    # Its booking went with it: after the pause the slot is free.
+    clock.now += 30
+    await pacer.acquire()
