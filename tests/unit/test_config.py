@@ -654,3 +654,16 @@ def test_list_keys_take_json_arrays_or_comma_lists_from_the_environment() -> Non
     assert config.onebot.qq.access_token == "a,b"
     with pytest.raises(ConfigError, match="MOMOBRIDGE_ONEBOT__QQ__ADMINS"):
         load_config(None, environ={"MOMOBRIDGE_ONEBOT__QQ__ADMINS": "12,abc"})
+
+
+def test_momoai_agents_and_key() -> None:
+    c = Config.model_validate(
+        {"momoai": {"enabled": True, "api_key": "k", "agents": [" momoai:159", "160"]}}
+    )
+    assert c.momoai.agents == ["159", "160"]
+    with pytest.raises(ValidationError, match="agent ids are 1-64 characters"):
+        Config.model_validate({"momoai": {"agents": ["no spaces allowed"]}})
+    with pytest.raises(ValidationError, match="MOMOBRIDGE_MOMOAI__API_KEY"):
+        Config.model_validate({"momoai": {"enabled": True}})
+    # Off, it needs no key.
+    assert Config.model_validate({"momoai": {"enabled": False}}).momoai.api_key == ""
