@@ -239,8 +239,15 @@ async def filtered(
     guard = plugins.stream_guard(key) if plugins is not None else None
     check_reply = plugins is not None and bool(plugins.reply_filters)
     if guard is None and not check_reply:
-        async for event in stream:
-            yield event
+        try:
+            async for event in stream:
+                yield event
+        finally:
+            # Closed here, in this task: left to the loop's finalizer, the upstream request
+            # would be closed by a task nobody owns.
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
         return
     assert plugins is not None
     text: list[str] = []

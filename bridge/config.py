@@ -412,6 +412,16 @@ class Config(_Section):
                     "(e.g. openssl rand -hex 16) and the same one in the QQ implementation",
                 )
             )
+        target = qq.default_target.strip()
+        momoai = self.momoai
+        if target.startswith("momoai:") and not (momoai.enabled and momoai.as_contacts):
+            problems.append(
+                Problem(
+                    (("onebot", "qq", "default_target"), ("momoai", "as_contacts")),
+                    f"{target!r} is a MOMO AI agent, which QQ chats can talk to only with "
+                    "momoai.enabled and momoai.as_contacts set to true",
+                )
+            )
         if self.onebot.frameworks and qq.default_target.strip() == self.auth.bot_qq:
             problems.append(
                 Problem(

@@ -142,7 +142,13 @@ class ModelChats:
                 ErrorCode.NOT_FOUND,
                 f"{model!r} is a character: message the character ({model[10:]!r}) itself",
             )
-        self._router.model_target(model)  # UNAVAILABLE when no provider is configured
+        target = self._router.model_target(model)  # UNAVAILABLE when none is configured
+        contact_of = getattr(target, "completion_contact", None)
+        if contact_of is not None:
+            # Its conversations are the contact's own (a MOMO AI agent): one place for them.
+            raise BridgeError(
+                ErrorCode.NOT_FOUND, f"{model!r} is a contact itself: message {contact_of(model)!r}"
+            )
         if not self._known(model):
             raise BridgeError(ErrorCode.NOT_FOUND, f"unknown model {model!r}")
 

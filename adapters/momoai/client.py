@@ -32,6 +32,8 @@ MAX_BODY = 8 << 20
 READ_CHUNK = 64 << 10
 # What is kept of a stream's first bytes to explain one that carried no text.
 HEAD_KEPT = 64 << 10
+# How an event stream's lines start (a body starting otherwise was no stream).
+_STREAM_LINES = (b"data:", b":", b"event:", b"id:", b"retry:")
 
 
 class MomoAIError(Exception):
@@ -155,10 +157,15 @@ class MomoAIClient:
         )
         url = f"{self._base}/agents/{quote(agent_id, safe='')}"
         cfg = self._config
+        loop = asyncio.get_running_loop()
+        # Until the answer's first text: the request, the headers, and (streamed) the first
+        # piece. A whole answer is generated before its headers come: it has longer.
+        wait = cfg.first_event_timeout if stream else cfg.answer_timeout
+        first_by = loop.time() + wait
         resp: aiohttp.ClientResponse | None = None
         try:
             try:
-                async with asyncio.timeout(cfg.first_event_timeout):
+                async with asyncio.timeout_at(first_by):
                     resp = await self._http().post(url, json=body)
             except aiohttp.ServerTimeoutError as e:
                 # aiohttp's own connect timeout (a TimeoutError too): not an answer's delay.
@@ -167,8 +174,7 @@ class MomoAIClient:
                 ) from None
             except TimeoutError:
                 raise BridgeError(
-                    ErrorCode.UPSTREAM_TIMEOUT,
-                    f"MOMO AI did not start answering in {cfg.first_event_timeout:g} s",
+                    ErrorCode.UPSTREAM_TIMEOUT, f"MOMO AI did not start answering in {wait:g} s"
                 ) from None
             if resp.status >= 400 or _is_whole(resp):
                 # Some servers ignore `stream` and send the whole envelope.
@@ -177,7 +183,7 @@ class MomoAIClient:
                     yield TextDelta(answer.content)
                 yield StreamEnd(answer.tokens_used, answer.cost, answer.request_id)
                 return
-            events = self._events(resp)
+            events = self._events(resp, first_by)
             async with contextlib.aclosing(events):
                 async for event in events:
                     yield event
@@ -211,9 +217,12 @@ class MomoAIClient:
         return self._body_or_raise(resp.status, raw, resp.headers.get("Retry-After"))
 
     async def _events(
-        self, resp: aiohttp.ClientResponse
+        self, resp: aiohttp.ClientResponse, first_by: float
     ) -> AsyncGenerator[TextDelta | StreamEnd, None]:
-        idle_timeout = self._config.idle_timeout
+        """The stream's events; nothing at all by ``first_by`` (loop time), then nothing for
+        ``idle_timeout`` between two pieces, is a timeout."""
+        cfg = self._config
+        loop = asyncio.get_running_loop()
         parser = StreamParser()
         # The start of the body, kept to explain a "stream" that carried no text at all (an
         # error page, a pretty-printed error envelope).
@@ -221,13 +230,17 @@ class MomoAIClient:
         seen_text = False
         try:
             while True:
+                started = bool(head)
+                by = loop.time() + cfg.idle_timeout if started else first_by
                 try:
-                    async with asyncio.timeout(idle_timeout):
+                    async with asyncio.timeout_at(by):
                         piece = await resp.content.readany()
                 except TimeoutError:
                     raise BridgeError(
                         ErrorCode.UPSTREAM_TIMEOUT,
-                        f"MOMO AI's stream sent nothing for {idle_timeout:g} s",
+                        f"MOMO AI's stream sent nothing for {cfg.idle_timeout:g} s"
+                        if started
+                        else f"MOMO AI did not start answering in {cfg.first_event_timeout:g} s",
                     ) from None
                 if len(head) < HEAD_KEPT:
                     head += piece[: HEAD_KEPT - len(head)]
@@ -246,10 +259,12 @@ class MomoAIClient:
                 ErrorCode.UPSTREAM_ERROR, f"MOMO AI's stream is unreadable: {e}"
             ) from None
         # The body ended without a final line.
-        if not seen_text and not head.strip():
-            raise BridgeError(ErrorCode.UPSTREAM_ERROR, "MOMO AI's answer was empty")
+        if not seen_text and (not head.strip() or head.lstrip().startswith(_STREAM_LINES)):
+            raise BridgeError(ErrorCode.UPSTREAM_ERROR, "MOMO AI's stream ended without any text")
         if not seen_text:
-            answer = wire.parse_answer(self._body_or_raise(resp.status, head))
+            # Not a stream after all: an error page, a pretty-printed error envelope.
+            retry_after = resp.headers.get("Retry-After")
+            answer = wire.parse_answer(self._body_or_raise(resp.status, head, retry_after))
             if answer.content:
                 yield TextDelta(answer.content)
             yield StreamEnd(answer.tokens_used, answer.cost, answer.request_id)

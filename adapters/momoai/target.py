@@ -47,6 +47,9 @@ class MomoAITarget:
         self._agents: dict[str, wire.Agent] = {}
         # Set once a list was read: from then on only listed agents are offered.
         self._listed = False
+        # Whether the newest list read worked: until it does again, a request that works does
+        # not make the component ready (the catalogue is what readiness means here).
+        self._list_ok = False
         self.loaded = asyncio.Event()
         self._allowed = set(config.agents)
         self._key_refused = False
@@ -83,10 +86,12 @@ class MomoAITarget:
             return False
         except BridgeError as e:
             log.warning("momoai.agents_unavailable", reason=e.reason)
+            self._list_ok = False
             self._report("unreachable", e.reason)
             return False
         except Exception as e:  # an API that misbehaves must not end the refresher
             log.warning("momoai.agents_refresh_failed", exc_info=True)
+            self._list_ok = False
             self._report("error", f"could not read the agent list: {e}")
             return False
         finally:
@@ -95,7 +100,8 @@ class MomoAITarget:
             agents = [a for a in agents if a.id in self._allowed][: self._config.max_agents]
         self._agents = {a.id: a for a in agents}
         self._listed = True
-        self._succeeded(f"{len(agents)} agents listed")
+        self._list_ok = True
+        self._succeeded(f"{len(agents)} agents listed", listing=True)
         return True
 
     def agents(self) -> list[wire.Agent]:
@@ -147,12 +153,18 @@ class MomoAITarget:
             max_tokens=request.max_tokens or cfg.max_tokens,
             stream=cfg.stream and request.stream,
         )
+        said = False
         try:
             async for event in answer:
                 if isinstance(event, TextDelta):
+                    said = True
                     yield Delta(event.text)
                     continue
-                self._succeeded("the last request succeeded")
+                if not said:
+                    # Nothing to show or to keep as the agent's turn: not an answer.
+                    yield Failed(ErrorCode.UPSTREAM_ERROR, "MOMO AI answered with no text")
+                    return
+                self._succeeded("the last request succeeded", listing=False)
                 usage: dict[str, object] = {}
                 if event.tokens_used is not None:
                     usage["total_tokens"] = event.tokens_used
@@ -180,22 +192,27 @@ class MomoAITarget:
 
     # ----- health ---------------------------------------------------------------------------------
 
-    def _succeeded(self, detail: str) -> None:
+    def _succeeded(self, detail: str, *, listing: bool) -> None:
         if self._key_refused:
             self._key_refused = False
             log.info("momoai.api_key_accepted")
-        self._report("ok", detail)
+        if listing or self._list_ok:
+            self._report("ok", detail)
 
     def _failed(self, failure: wire.ApiFailure, *, listing: bool = False) -> None:
         """A refusal as readiness: the key (a configuration problem: said once, loudly) and
         server errors always; while listing agents, anything (the list is what readiness
         means here). A refused request (balance, parameters, one agent) says nothing of it."""
         _, reason = wire.failure_error(failure)
+        if listing:
+            self._list_ok = False
         if wire.is_key_refusal(failure):
             if not self._key_refused:
                 log.error("momoai.api_key_refused", reason=reason)
                 self._key_refused = True
             self._report("auth_failed", reason)
+        elif wire.is_rate_limit(failure) and not listing:
+            log.info("momoai.rate_limited", reason=reason)
         elif failure.status >= 500 or failure.code.startswith("HTTP_5"):
             log.warning("momoai.server_error", reason=reason)
             self._report("unreachable", reason)

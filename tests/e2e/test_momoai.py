@@ -20,6 +20,7 @@ from tests.e2e.test_plugins import command
 from tests.e2e.test_qq import ALICE, impl, qq_settings
 from tests.momoai.conftest import SANDBOX_KEY
 from tests.support.cli import momobridge
+from tests.support.fake_openai import FakeOpenAI
 from tests.support.hub_client import HubClient
 
 AGENT = "momoai:159"
@@ -550,3 +551,19 @@ async def test_a_wrong_base_url_is_named_in_readyz(bridge_factory, agents: MomoA
     status, body = await get_json(f"{b.http}/readyz")
     assert status == 503
     assert "could not read the agent list" in body["components"]["momoai"]["detail"]
+
+
+async def test_model_contacts_do_not_fork_an_agent_s_conversation(
+    bridge_factory, agents: MomoAISandbox, upstream: FakeOpenAI
+) -> None:
+    b = await bridge_factory(
+        momoai=momoai(agents),
+        openai={"providers": [{"name": "fake", "base_url": upstream.base_url}]},
+    )
+    await wait_state(b, "momoai", "ok")
+    c = await b.client("ann")
+    rid = await c.send(
+        "onebot", "message", [{"type": "text", "data": {"text": "hi"}}], id="model:momoai:159"
+    )
+    refused = await c.reply(rid)
+    assert refused["data"]["error"] == "NOT_FOUND" and "'momoai:159'" in refused["data"]["reason"]

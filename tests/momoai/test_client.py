@@ -13,8 +13,10 @@ from aiohttp import web
 
 from adapters.momoai.client import MomoAIClient, MomoAIError
 from adapters.momoai.stream import StreamEnd, TextDelta
+from adapters.momoai.target import MomoAITarget
 from bridge.config import MomoAIConfig
 from bridge.errors import BridgeError, ErrorCode
+from bridge.models import CompletionRequest, Failed, UserRef
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -158,17 +160,82 @@ async def test_hostile_nesting_is_an_unreadable_answer(serve) -> None:
         await client.balance()
 
 
-async def test_an_empty_answer_is_a_failure(serve) -> None:
+async def test_a_stream_without_text_says_so(serve) -> None:
     async def empty(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        await resp.write(b": keep-alive\n\n")
+        await resp.write(b': keep-alive\n\ndata: {"ping": 1}\n\n')
         await resp.write_eof()
         return resp
 
     client = await serve(empty)
-    with pytest.raises((BridgeError, MomoAIError)):
+    with pytest.raises(BridgeError) as e:
         await answer(client)
+    assert e.value.code == ErrorCode.UPSTREAM_ERROR
+    assert e.value.reason == "MOMO AI's stream ended without any text"
+
+
+async def test_a_whole_answer_may_take_longer_than_a_first_piece(serve) -> None:
+    release = asyncio.Event()
+
+    async def slow_whole(request: web.Request) -> web.Response:
+        # Generated before the headers go out, as a plain JSON API does.
+        async with asyncio.timeout(10):
+            await release.wait()
+        return web.json_response({"success": True, "data": {"content": "done", "cost": 0.1}})
+
+    client = await serve(slow_whole, first_event_timeout=0.2, answer_timeout=30)
+    task = asyncio.create_task(answer(client, stream=False))
+    # Well past first_event_timeout, the whole answer is still awaited.
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.6):
+            await asyncio.shield(task)
+    release.set()
+    async with asyncio.timeout(10):
+        events = await task
+    assert text(events) == "done" and events[-1] == StreamEnd(cost=0.1)
+
+
+async def test_the_first_piece_has_first_event_timeout_then_idle_timeout(serve) -> None:
+    release = asyncio.Event()
+
+    async def late_first(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)  # headers at once; the first token takes a while
+        async with asyncio.timeout(10):
+            await release.wait()
+        await resp.write(b'data: {"delta": "late", "done": true}\n\n')
+        await resp.write_eof()
+        return resp
+
+    client = await serve(late_first, first_event_timeout=30, idle_timeout=0.2)
+    task = asyncio.create_task(answer(client))
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.6):  # three idle timeouts: the first piece is not idle
+            await asyncio.shield(task)
+    release.set()
+    async with asyncio.timeout(10):
+        assert text(await task) == "late"
+
+
+async def test_a_rate_limit_inside_a_stream_pauses_the_pacer(serve) -> None:
+    async def limited(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(
+            b'data: {"success": false, "error": {"code": "RATE_LIMIT", "message": "slow down",'
+            b' "retry_after": 30}}\n\n'
+        )
+        await resp.write_eof()
+        return resp
+
+    client = await serve(limited, max_wait=0)
+    with pytest.raises(MomoAIError) as e:
+        await answer(client)
+    assert e.value.failure.code == "RATE_LIMIT"
+    with pytest.raises(BridgeError) as refused:
+        await answer(client)
+    assert refused.value.code == ErrorCode.RATE_LIMITED and "pause" in refused.value.reason
 
 
 async def test_many_concurrent_streams_are_not_capped_by_the_pool(serve) -> None:
@@ -193,3 +260,22 @@ async def test_many_concurrent_streams_are_not_capped_by_the_pool(serve) -> None
     async with asyncio.timeout(60):
         results = await asyncio.gather(*(answer(client) for _ in range(count)))
     assert all(text(r) == "ok" for r in results)
+
+
+async def test_an_answer_without_text_is_a_failure_not_an_empty_reply(serve) -> None:
+    async def only_done(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    client = await serve(only_done)
+    target = MomoAITarget(client._config)
+    await target.client.close()
+    target.client = client
+    request = CompletionRequest(
+        user=UserRef("ann"), model="momoai:159", messages=[{"role": "user", "content": "hi"}]
+    )
+    events = [e async for e in target.complete(request)]
+    assert events == [Failed(ErrorCode.UPSTREAM_ERROR, "MOMO AI answered with no text")]

@@ -99,3 +99,36 @@ async def test_a_pause_that_comes_while_waiting_holds_the_waiter_too() -> None:
     # Its booking went with it: after the pause the slot is free.
     clock.now += 30
     await pacer.acquire()
+
+
+async def test_a_pause_moves_booked_slots_in_their_order() -> None:
+    clock = Clock()
+    pacer = Pacer(1, max_wait=200.0, clock=clock)
+    await pacer.acquire()  # A at 1000
+    clock.now = 1059.9
+    b = asyncio.create_task(pacer.acquire())  # booked at 1060 (0.1 s of real sleep)
+    await asyncio.sleep(0)
+    c = asyncio.create_task(pacer.acquire())  # booked at 1120
+    await asyncio.sleep(0)
+    pacer.pause(0.2)  # until 1060.1: B moves to 1060.1, C after it at 1120.1
+    clock.now = 1060.2
+    async with asyncio.timeout(5):
+        await b
+    assert not c.done()
+    assert pacer.next_start() == pytest.approx(1180.1)  # C's slot plus a minute
+    c.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await c
+    assert pacer.next_start() == pytest.approx(1120.1)  # B's slot plus a minute
+
+
+async def test_unpaced_requests_wait_out_a_pause() -> None:
+    clock = Clock()
+    pacer = Pacer(0, max_wait=10.0, clock=clock)
+    pacer.pause(0.05)
+    waiter = asyncio.create_task(pacer.acquire())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    clock.now += 0.05
+    async with asyncio.timeout(5):
+        await waiter

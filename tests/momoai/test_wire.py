@@ -9,6 +9,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from pathlib import Path
 
 import pytest
 
@@ -708,7 +709,10 @@ def test_failures_module_is_re_exported_without_a_cycle() -> None:
             "is_key_refusal", "is_rate_limit", "scrub", "finite_float"} <= shared  # fmt: skip
     # failures is the lower layer: importing it alone never imports wire.
     code = "import sys, adapters.momoai.failures; print('adapters.momoai.wire' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
+    )
     assert out.stdout.strip() == "False"
 
 

@@ -667,3 +667,13 @@ def test_momoai_agents_and_key() -> None:
         Config.model_validate({"momoai": {"enabled": True}})
     # Off, it needs no key.
     assert Config.model_validate({"momoai": {"enabled": False}}).momoai.api_key == ""
+
+
+def test_a_qq_default_agent_needs_agent_contacts() -> None:
+    qq = {"qq": {"enabled": True, "default_target": "momoai:159"}}
+    with pytest.raises(ValidationError, match=r"momoai\.as_contacts"):
+        Config.model_validate({"onebot": qq, "momoai": {"enabled": True, "api_key": "k"}})
+    ok = Config.model_validate(
+        {"onebot": qq, "momoai": {"enabled": True, "api_key": "k", "as_contacts": True}}
+    )
+    assert ok.onebot.qq.default_target == "momoai:159"
