@@ -220,10 +220,11 @@ class MomoAIConfig(_Section):
     temperature: float | None = Field(None, ge=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
     connect_timeout: float = Field(10.0, gt=0)
-    # Until the first byte of an answer, then between two pieces of a stream.
+    # A streamed answer: until its first piece, then between two pieces.
     first_event_timeout: float = Field(60.0, gt=0)
     idle_timeout: float = Field(60.0, gt=0)
-    # A whole (non-streamed) answer, from its start to its last byte.
+    # A whole (non-streamed) answer: from the request until it has come (it is generated
+    # before its headers are sent).
     answer_timeout: float = Field(300.0, gt=0)
     # An agent conversation's prompt: its newest turns since its last /reset, at most this
     # many characters (the newest message always goes).
