@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,11 +22,10 @@ from tests.momoai.conftest import SANDBOX_KEY
 from tests.support.cli import momobridge
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.hub_client import HubClient
+from tests.support.momoai import MakeSandbox, sandbox_factory
 
 AGENT = "momoai:159"
 NAME = "gpt5.2"
-
-MakeSandbox = Callable[..., Awaitable[MomoAISandbox]]
 
 
 def momoai(sandbox: MomoAISandbox, **extra: Any) -> dict[str, Any]:
@@ -42,17 +41,8 @@ def momoai(sandbox: MomoAISandbox, **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def sandboxes() -> AsyncIterator[MakeSandbox]:
-    started: list[MomoAISandbox] = []
-
-    async def make(**kwargs: Any) -> MomoAISandbox:
-        sandbox = MomoAISandbox(**kwargs)
-        await sandbox.start()
-        started.append(sandbox)
-        return sandbox
-
-    yield make
-    for sandbox in started:
-        await sandbox.close()
+    async with sandbox_factory() as make:
+        yield make
 
 
 @pytest.fixture

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 
 from adapters.momoai.sandbox import MomoAISandbox
+from tests.support.momoai import MakeSandbox, sandbox_factory
 
 SANDBOX_KEY = "sandbox-key"  # the default key ("pro" tier) of MomoAISandbox()
 
@@ -25,18 +25,7 @@ async def momoai_sandbox() -> AsyncIterator[MomoAISandbox]:
 
 
 @pytest.fixture
-async def momoai_sandbox_factory() -> AsyncIterator[Callable[..., Awaitable[MomoAISandbox]]]:
+async def momoai_sandbox_factory() -> AsyncIterator[MakeSandbox]:
     """`await make(**MomoAISandbox kwargs)` -> a started sandbox; all are closed after the test."""
-    started: list[MomoAISandbox] = []
-
-    async def make(**kwargs: Any) -> MomoAISandbox:
-        sandbox = MomoAISandbox(**kwargs)
-        await sandbox.start()
-        started.append(sandbox)
-        return sandbox
-
-    try:
+    async with sandbox_factory() as make:
         yield make
-    finally:
-        for sandbox in started:
-            await sandbox.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -16,6 +15,7 @@ from adapters.momoai.sandbox import controls, errors, routes
 from adapters.momoai.sandbox.agents import DEFAULT_AGENTS, Agent
 from adapters.momoai.sandbox.faults import Fault, make_fault
 from adapters.momoai.sandbox.state import STATE, Recorded, SandboxState
+from bridge.addresses import url_host
 
 log = structlog.get_logger(__name__)
 
@@ -63,19 +63,6 @@ def create_app(state: SandboxState, *, controls_enabled: bool = False) -> web.Ap
     return app
 
 
-def _url_host(configured: str, bound: str) -> str:
-    host = configured or bound
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    return f"[{ip}]" if ip.version == 6 else str(ip)
-
-
 class MomoAISandbox:
     """MOMO AI's agents API on a real socket; see the package docstring for its behaviour."""
 
@@ -121,7 +108,7 @@ class MomoAISandbox:
             raise
         self._runner = runner
         bound_host, self.port = runner.addresses[0][:2]
-        self.root_url = f"http://{_url_host(self.host, bound_host)}:{self.port}"
+        self.root_url = f"http://{url_host(self.host, bound_host)}:{self.port}"
         self.base_url = self.root_url + "/v1"
         return self.base_url
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
@@ -19,6 +18,7 @@ from adapters.momohub.sandbox import (
 from adapters.momohub.sandbox.api import ApiError, error_response
 from adapters.momohub.sandbox.entities import DEMO_CHARACTERS
 from adapters.momohub.sandbox.state import STATE, SandboxState
+from bridge.addresses import url_host
 from bridge.config import OpenAIProvider, SandboxConfig
 
 log = structlog.get_logger(__name__)
@@ -121,19 +121,6 @@ def create_app(
     return app
 
 
-def _url_host(configured: str, bound: str) -> str:
-    host = configured or bound
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    return f"[{ip}]" if ip.version == 6 else str(ip)
-
-
 class SandboxServer:
     """The sandbox on a real socket. `start()` returns the base URL (".../v1")."""
 
@@ -169,7 +156,7 @@ class SandboxServer:
         # With a name like "localhost" each address family may get its own OS-chosen port, so the
         # URL names the socket we report rather than the configured name.
         host = self.config.host if self.config.port else bound_host
-        self.base_url = f"http://{_url_host(host, bound_host)}:{self.port}/v1"
+        self.base_url = f"http://{url_host(host, bound_host)}:{self.port}/v1"
         return self.base_url
 
     async def stop(self) -> None:
