@@ -336,8 +336,7 @@ class App:
             return
         try:
             async with asyncio.timeout(2.0):
-                async with storage.db.conn.execute("SELECT 1") as cur:
-                    await cur.fetchone()
+                await storage.db.ping()
         except Exception as e:
             self.health.set("database", ERROR, f"{type(e).__name__}: {e}")
             return
@@ -352,9 +351,9 @@ class App:
         # with its fix here, before SQLite fails on it with a bare "unable to open".
         uses_sandbox = cfg.momohub.enabled and not cfg.momohub.base_url
         await asyncio.to_thread(check_storage_dir, cfg.storage.path, sandbox=uses_sandbox)
-        # Exclusive: a second server on the same file is refused, and `momobridge restore`
-        # sees this one running.
-        self.storage = await Storage.open(cfg.storage.path, exclusive=True)
+        # Exclusive: a second server on the same SQLite file is refused, and `momobridge
+        # restore` sees this one running. (Bridges share a PostgreSQL database by design.)
+        self.storage = await Storage.open(cfg.storage.database, exclusive=not cfg.storage.postgres)
         self.health.set("database", OK)
         self.health.add_probe(self._probe_database)
         try:

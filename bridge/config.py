@@ -60,7 +60,34 @@ class AuthConfig(_Section):
 
 
 class StorageConfig(_Section):
+    """``[storage]``: ``path`` is the SQLite database and the data folder beside it (uploads, the
+    admin code); ``url`` may name another database: ``postgresql://user:pass@host/db`` (several
+    bridges may share it) or ``sqlite:///path/to/file.db``."""
+
     path: str = "data/momobridge.db"
+    url: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        v = v.strip()
+        if v and not v.startswith(("postgresql://", "postgres://", "sqlite:///")):
+            raise ValueError(
+                "must be postgresql://user:password@host:port/database or sqlite:///path, "
+                f"got {v.split('@')[-1]!r}"
+            )
+        return v
+
+    @property
+    def database(self) -> str:
+        """Where the database is: a PostgreSQL URL, or a SQLite file path."""
+        if self.url.startswith("sqlite:///"):
+            return self.url[len("sqlite:///") :]
+        return self.url or self.path
+
+    @property
+    def postgres(self) -> bool:
+        return self.url.startswith(("postgresql://", "postgres://"))
 
 
 class LimitsConfig(_Section):

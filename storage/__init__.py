@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from storage.client_replies import ClientReplyRepo
 from storage.conversations import ConversationRepo
@@ -18,7 +19,7 @@ from storage.users import UserRepo
 
 @dataclass
 class Storage:
-    db: Database
+    db: Any  # storage.db.Database (SQLite) or storage.postgres.PostgresDatabase
     users: UserRepo
     messages: MessageRepo
     outbox: OutboxRepo
@@ -30,9 +31,16 @@ class Storage:
     client_replies: ClientReplyRepo
 
     @classmethod
-    async def open(cls, path: str, *, exclusive: bool = False) -> Storage:
-        """``exclusive``: see `Database.open`."""
-        db = await Database.open(path, exclusive=exclusive)
+    async def open(cls, location: str, *, exclusive: bool = False) -> Storage:
+        """``location``: a SQLite file path, or a ``postgresql://`` URL. ``exclusive`` (SQLite:
+        one server per file): see `Database.open`."""
+        db: Any
+        if location.startswith(("postgresql://", "postgres://")):
+            from storage.postgres import PostgresDatabase
+
+            db = await PostgresDatabase.open(location)
+        else:
+            db = await Database.open(location, exclusive=exclusive)
         return cls(
             db=db,
             users=UserRepo(db),

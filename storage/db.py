@@ -1,17 +1,22 @@
-"""The database handle: one aiosqlite connection, WAL mode, numbered migrations at start."""
+"""The SQLite database: one aiosqlite connection, WAL mode, numbered migrations at start.
+
+Repositories talk to it through units of statements (storage.sql), which PostgreSQL
+(storage.postgres) runs as well.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 import structlog
 
 from storage.lock import DatabaseLock, StorageRefused
 from storage.migrations import MIGRATIONS
+from storage.sql import Execute, ExecuteMany, Fetch, FetchOne, Insert, Statement, Unit
 
 log = structlog.get_logger(__name__)
 
@@ -23,6 +28,8 @@ class SchemaTooNew(StorageRefused):
 
 
 class Database:
+    dialect = "sqlite"
+
     def __init__(self, conn: aiosqlite.Connection, path: str) -> None:
         self.conn = conn
         self.path = path
@@ -78,6 +85,20 @@ class Database:
         # behind every statement already submitted, so the order of calls is kept.
         return await conn._execute(fn, conn._conn)
 
+    async def unit(self, work: Unit[T]) -> T:
+        """Run a unit of statements in one transaction (committed when it returns, rolled back
+        when it raises), on the connection's thread in one hop."""
+        return await self.run(lambda conn: _drive(conn, work))
+
+    async def fetch(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
+        return await self.run(lambda conn: conn.execute(sql, params).fetchall())
+
+    async def fetchone(self, sql: str, params: tuple[object, ...] = ()) -> Any:
+        return await self.run(lambda conn: conn.execute(sql, params).fetchone())
+
+    async def ping(self) -> None:
+        await self.fetchone("SELECT 1")
+
     async def _migrate(self) -> None:
         async with self.conn.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
@@ -126,6 +147,36 @@ class Database:
             if self.lock is not None:
                 self.lock.release()
                 self.lock = None
+
+
+def _run_one(conn: sqlite3.Connection, statement: Statement) -> Any:
+    if isinstance(statement, Fetch):
+        return conn.execute(statement.sql, statement.params).fetchall()
+    if isinstance(statement, FetchOne):
+        return conn.execute(statement.sql, statement.params).fetchone()
+    if isinstance(statement, Execute):
+        return conn.execute(statement.sql, statement.params).rowcount
+    if isinstance(statement, Insert):
+        return conn.execute(statement.sql, statement.params).lastrowid
+    if isinstance(statement, ExecuteMany):
+        conn.executemany(statement.sql, statement.rows)
+        return None
+    raise TypeError(f"not a statement: {statement!r}")
+
+
+def _drive(conn: sqlite3.Connection, work: Unit[T]) -> T:
+    """Run ``work`` to its end on ``conn`` (the connection's own thread), then commit."""
+    try:
+        statement = next(work)
+        while True:
+            statement = work.send(_run_one(conn, statement))
+    except StopIteration as done:
+        conn.commit()
+        return done.value  # type: ignore[no-any-return]
+    except BaseException:
+        conn.rollback()
+        work.close()
+        raise
 
 
 def write_one(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> int:

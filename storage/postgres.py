@@ -1,0 +1,144 @@
+"""The PostgreSQL database (``[storage] url = "postgresql://..."``): an asyncpg pool, the same
+numbered migrations as SQLite (storage.migrations, read by storage.sql.pg_ddl), and the same
+units of statements.
+
+Several bridges may share one database: migrations take an advisory lock, so the first to
+start migrates and the others wait for it, then find the schema current.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, TypeVar
+
+import asyncpg
+import structlog
+
+from storage.lock import StorageRefused
+from storage.migrations import MIGRATIONS
+from storage.sql import (
+    Execute,
+    ExecuteMany,
+    Fetch,
+    FetchOne,
+    Insert,
+    Statement,
+    Unit,
+    pg_ddl,
+    pg_sql,
+    pg_statement,
+    rowcount,
+)
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# Any number; the bridges sharing a database agree on it.
+MIGRATION_LOCK = 0x6D6F6D6F
+CONNECT_TIMEOUT = 10.0
+# Connections per bridge: writes are short and few at a time, reads are small.
+POOL_MIN = 1
+POOL_MAX = 10
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password (for logs and errors)."""
+    head, at, tail = url.rpartition("@")
+    if not at:
+        return url
+    scheme, _, credentials = head.partition("://")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{tail}" if ":" in credentials else url
+
+
+class PostgresDatabase:
+    dialect = "postgresql"
+
+    def __init__(self, pool: asyncpg.Pool, url: str) -> None:
+        self._pool = pool
+        self.path = redacted(url)
+
+    @classmethod
+    async def open(cls, url: str) -> PostgresDatabase:
+        try:
+            pool = await asyncpg.create_pool(
+                url, min_size=POOL_MIN, max_size=POOL_MAX, timeout=CONNECT_TIMEOUT
+            )
+        except (OSError, asyncpg.PostgresError, TimeoutError) as e:
+            raise StorageRefused(
+                f"cannot connect to PostgreSQL at {redacted(url)}: {type(e).__name__}: {e}"
+            ) from None
+        db = cls(pool, url)
+        try:
+            await db._migrate()
+        except BaseException:
+            await pool.close()
+            raise
+        return db
+
+    async def _migrate(self) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            # One bridge migrates at a time; the lock ends with the transaction.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)"
+            )
+            current = await conn.fetchval("SELECT max(version) FROM schema_version") or 0
+            if current > len(MIGRATIONS):
+                raise StorageRefused(
+                    f"database {self.path} is at schema version {current}, newer than this "
+                    f"build ({len(MIGRATIONS)}); upgrade MomoBridge or use another database"
+                )
+            for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+                await conn.execute(pg_ddl(script))
+                await conn.execute("DELETE FROM schema_version")
+                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+                log.info("storage.migrated", version=version, database="postgresql")
+
+    async def unit(self, work: Unit[T]) -> T:
+        """Run a unit of statements in one transaction (committed when it returns, rolled back
+        when it raises)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            try:
+                statement = next(work)
+                while True:
+                    statement = work.send(await _run_one(conn, statement))
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            finally:
+                work.close()
+
+    async def fetch(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
+        async with self._pool.acquire() as conn:
+            return list(await conn.fetch(pg_sql(sql), *params))
+
+    async def fetchone(self, sql: str, params: tuple[object, ...] = ()) -> Any:
+        async with self._pool.acquire() as conn:
+            return await conn.fetchrow(pg_sql(sql), *params)
+
+    async def ping(self) -> None:
+        await self.fetchone("SELECT 1")
+
+    async def close(self) -> None:
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await self._pool.close()
+        except TimeoutError:
+            self._pool.terminate()
+
+
+async def _run_one(conn: asyncpg.Connection, statement: Statement) -> Any:
+    sql = pg_statement(statement)
+    if isinstance(statement, Fetch):
+        return list(await conn.fetch(sql, *statement.params))
+    if isinstance(statement, FetchOne):
+        return await conn.fetchrow(sql, *statement.params)
+    if isinstance(statement, Execute):
+        return rowcount(await conn.execute(sql, *statement.params))
+    if isinstance(statement, Insert):
+        return await conn.fetchval(sql, *statement.params)
+    if isinstance(statement, ExecuteMany):
+        await conn.executemany(sql, statement.rows)
+        return None
+    raise TypeError(f"not a statement: {statement!r}")
