@@ -56,9 +56,8 @@ class Storage:
 
     async def withdraw(self, message_id: int) -> None:
         """A stored message whose turn was refused (busy, shutting down): deleted, with
-        nothing of it left in flight, so nothing is half-delivered."""
-        await self.messages.mark_deleted(message_id)
-        await self.inflight.remove(message_id)
+        nothing of it left in flight, so nothing is half-delivered (one commit)."""
+        await self.messages.withdraw(message_id)
 
     async def close(self) -> None:
         await self.db.close()

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from storage.db import Database, write_one
+from storage.sql import Execute, single
+
+if TYPE_CHECKING:
+    from storage.db import Database
+    from storage.postgres import PostgresDatabase
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,8 +25,18 @@ class InflightRow:
     kind: str = "reply"
 
 
+# REPLACE's semantics as an upsert: the row is all new, `kind` back to its default ('reply').
+_ADD = (
+    "INSERT INTO inflight (message_id, user_id, contact, thread, stream_request_id, started, kind) "
+    "VALUES (?, ?, ?, ?, ?, ?, 'reply') ON CONFLICT (message_id) DO UPDATE SET "
+    "user_id = excluded.user_id, contact = excluded.contact, thread = excluded.thread, "
+    "stream_request_id = excluded.stream_request_id, started = excluded.started, "
+    "kind = excluded.kind"
+)
+
+
 class InflightRepo:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database | PostgresDatabase) -> None:
         self._db = db
 
     async def add(
@@ -32,23 +47,23 @@ class InflightRepo:
         thread: str,
         stream_request_id: str | None,
     ) -> None:
-        await self._db.conn.execute(
-            "INSERT OR REPLACE INTO inflight "
-            "(message_id, user_id, contact, thread, stream_request_id, started) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (message_id, user_id, contact, thread, stream_request_id, time.time()),
+        await self._db.unit(
+            single(
+                Execute(
+                    _ADD,
+                    (message_id, user_id, contact, thread, stream_request_id, time.time()),
+                )
+            )
         )
-        await self._db.conn.commit()
 
     async def remove(self, message_id: int) -> None:
-        await self._db.run(
-            lambda conn: write_one(conn, "DELETE FROM inflight WHERE message_id = ?", (message_id,))
+        await self._db.unit(
+            single(Execute("DELETE FROM inflight WHERE message_id = ?", (message_id,)))
         )
 
     async def all(self) -> list[InflightRow]:
-        async with self._db.conn.execute(
+        rows = await self._db.fetch(
             "SELECT message_id, user_id, contact, thread, stream_request_id, started, kind "
             "FROM inflight ORDER BY message_id"
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [InflightRow(int(r[0]), r[1], r[2], r[3], r[4], float(r[5]), r[6]) for r in rows]

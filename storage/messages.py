@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from storage.db import Database, write_one
+from storage.sql import Execute, Insert, Unit, single
+
+if TYPE_CHECKING:
+    from storage.db import Database
+    from storage.postgres import PostgresDatabase
 
 INT32_MAX = 2**31 - 1
 
@@ -48,8 +51,59 @@ def _row(r: Any) -> MessageRow:
 _COLS = "id, user_id, contact, direction, content, time, reply_to, deleted, thread, kind"
 
 
+_ADD = (
+    "INSERT INTO messages (user_id, contact, direction, content, time, reply_to, thread, kind) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# An upsert with what REPLACE did: every column of the row is the new one's.
+_ADD_INFLIGHT = (
+    "INSERT INTO inflight (message_id, user_id, contact, thread, stream_request_id, started, kind) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO UPDATE SET "
+    "user_id = excluded.user_id, contact = excluded.contact, thread = excluded.thread, "
+    "stream_request_id = excluded.stream_request_id, started = excluded.started, "
+    "kind = excluded.kind"
+)
+_LINK = (
+    "INSERT INTO message_refs (message_id, system, external_id) VALUES (?, ?, ?) "
+    "ON CONFLICT (system, external_id) DO UPDATE SET message_id = excluded.message_id"
+)
+_MARK_DELETED = "UPDATE messages SET deleted = 1 WHERE id = ? AND deleted = 0"
+
+
+def _add(
+    row: tuple[str, str, str, str, float, int | None, str, str],
+    inflight: tuple[str | None, str] | None,
+    refs: Sequence[tuple[int | None, str, str]],
+) -> Unit[int]:
+    """The message ``row`` (`_ADD`'s columns), its inflight record (stream request id, kind)
+    and its refs, in one commit; the new message's id."""
+    user_id, contact, _, _, when, _, thread, _ = row
+    new_id = int((yield Insert(_ADD, row)) or 0)
+    if not 0 < new_id <= INT32_MAX:
+        # AUTOINCREMENT never reuses ids; past int32 every OneBot peer would break.
+        raise RuntimeError("message id space exhausted (int32)")
+    if inflight is not None:
+        stream_request_id, inflight_kind = inflight
+        yield Execute(
+            _ADD_INFLIGHT,
+            (new_id, user_id, contact, thread, stream_request_id, when, inflight_kind),
+        )
+    for message_id, system, external_id in refs:
+        yield Execute(_LINK, (new_id if message_id is None else message_id, system, external_id))
+    return new_id
+
+
+def _mark_deleted(message_id: int) -> Unit[bool]:
+    return (yield Execute(_MARK_DELETED, (message_id,))) > 0
+
+
+def _withdraw(message_id: int) -> Unit[None]:
+    yield Execute(_MARK_DELETED, (message_id,))
+    yield Execute("DELETE FROM inflight WHERE message_id = ?", (message_id,))
+
+
 class MessageRepo:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database | PostgresDatabase) -> None:
         self._db = db
 
     async def add(
@@ -72,114 +126,69 @@ class MessageRepo:
         on its way (so a crash before it lands is noticed at the next start). ``refs`` are ids in
         other systems, as `link` records them, in the same commit: (message id -- None for this
         new message --, system, external id)."""
-        when = time.time() if at is None else at
+        when = time.time() if at is None else float(at)
         text = json.dumps(content, ensure_ascii=False)
-
-        def write(conn: sqlite3.Connection) -> int:
-            try:
-                cur = conn.execute(
-                    "INSERT INTO messages "
-                    "(user_id, contact, direction, content, time, reply_to, thread, kind) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (user_id, contact, direction, text, when, reply_to, thread, kind),
-                )
-                new_id = int(cur.lastrowid or 0)
-                if not 0 < new_id <= INT32_MAX:
-                    # AUTOINCREMENT never reuses ids; past int32 every OneBot peer would break.
-                    raise RuntimeError("message id space exhausted (int32)")
-                if inflight:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO inflight "
-                        "(message_id, user_id, contact, thread, stream_request_id, started, kind) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (new_id, user_id, contact, thread, stream_request_id, when, inflight_kind),
-                    )
-                for message_id, system, external_id in refs:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO message_refs (message_id, system, external_id) "
-                        "VALUES (?, ?, ?)",
-                        (new_id if message_id is None else message_id, system, external_id),
-                    )
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
-            return new_id
-
-        new_id = await self._db.run(write)
+        new_id = await self._db.unit(
+            _add(
+                (user_id, contact, direction, text, when, reply_to, thread, kind),
+                (stream_request_id, inflight_kind) if inflight else None,
+                refs,
+            )
+        )
         return MessageRow(
             new_id, user_id, contact, direction, content, when, reply_to, False, thread, kind
         )
 
     async def get(self, message_id: int) -> MessageRow | None:
-        async with self._db.conn.execute(
-            f"SELECT {_COLS} FROM messages WHERE id = ?", (message_id,)
-        ) as cur:
-            r = await cur.fetchone()
+        r = await self._db.fetchone(f"SELECT {_COLS} FROM messages WHERE id = ?", (message_id,))
         return _row(r) if r is not None else None
 
     async def replies_to(self, message_id: int) -> list[MessageRow]:
-        async with self._db.conn.execute(
+        rows = await self._db.fetch(
             f"SELECT {_COLS} FROM messages WHERE reply_to = ? ORDER BY id", (message_id,)
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [_row(r) for r in rows]
 
     async def mark_deleted(self, message_id: int) -> bool:
-        return await self._db.run(
-            lambda conn: (
-                write_one(
-                    conn,
-                    "UPDATE messages SET deleted = 1 WHERE id = ? AND deleted = 0",
-                    (message_id,),
-                )
-                > 0
-            )
-        )
+        return await self._db.unit(_mark_deleted(message_id))
+
+    async def withdraw(self, message_id: int) -> None:
+        """Mark the message deleted and drop its inflight record, in one commit (see
+        `Storage.withdraw`)."""
+        await self._db.unit(_withdraw(message_id))
 
     async def link(self, message_id: int, system: str, external_id: str) -> None:
-        await self._db.run(
-            lambda conn: write_one(
-                conn,
-                "INSERT OR REPLACE INTO message_refs (message_id, system, external_id) "
-                "VALUES (?, ?, ?)",
-                (message_id, system, external_id),
-            )
-        )
+        await self._db.unit(single(Execute(_LINK, (message_id, system, external_id))))
 
     async def external_ids(self, message_id: int, system: str) -> list[str]:
-        async with self._db.conn.execute(
+        rows = await self._db.fetch(
             "SELECT external_id FROM message_refs WHERE message_id = ? AND system = ?",
             (message_id, system),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [str(r[0]) for r in rows]
 
     async def refs(self, message_id: int) -> list[str]:
         """The ids of this message in other systems (whichever system its target is)."""
-        async with self._db.conn.execute(
+        rows = await self._db.fetch(
             "SELECT external_id FROM message_refs WHERE message_id = ?", (message_id,)
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [str(r[0]) for r in rows]
 
     async def by_external(self, system: str, external_id: str) -> MessageRow | None:
-        async with self._db.conn.execute(
+        r = await self._db.fetchone(
             f"SELECT {', '.join('m.' + c.strip() for c in _COLS.split(','))} FROM messages m "
             "JOIN message_refs r ON r.message_id = m.id WHERE r.system = ? AND r.external_id = ?",
             (system, external_id),
-        ) as cur:
-            r = await cur.fetchone()
+        )
         return _row(r) if r is not None else None
 
     async def recent(self, user_id: str, contact: str, thread: str, limit: int) -> list[MessageRow]:
         """The conversation's newest ``limit`` messages that are not deleted, oldest first."""
-        async with self._db.conn.execute(
+        rows = await self._db.fetch(
             f"SELECT {_COLS} FROM messages WHERE user_id = ? AND contact = ? AND thread = ? "
             "AND deleted = 0 ORDER BY id DESC LIMIT ?",
-            (user_id, contact, thread, max(0, limit)),
-        ) as cur:
-            rows = await cur.fetchall()
+            (user_id, contact, thread, max(0, int(limit))),
+        )
         return [_row(r) for r in reversed(rows)]
 
     async def context(
@@ -190,39 +199,39 @@ class MessageRepo:
         followed by its reply, even one stored after a later message (a reply that came while
         the next message waited), but no reply to a message outside that window; oldest first.
         Read from where the window starts (an index range), never the whole conversation."""
-        async with self._db.conn.execute(
+        after, upto = int(after), int(upto)
+        row = await self._db.fetchone(
             "SELECT MIN(id) FROM (SELECT id FROM messages WHERE user_id = ? AND contact = ? "
             "AND id > ? AND id <= ? AND thread = ? AND direction = 'in' "
-            "AND kind IN ('message', 'prompt') AND deleted = 0 ORDER BY id DESC LIMIT ?)",
-            (user_id, contact, after, upto, thread, max(1, turns)),
-        ) as cur:
-            row = await cur.fetchone()
+            "AND kind IN ('message', 'prompt') AND deleted = 0 ORDER BY id DESC LIMIT ?) AS w",
+            (user_id, contact, after, upto, thread, max(1, int(turns))),
+        )
         start = int(row[0]) if row is not None and row[0] is not None else upto
-        async with self._db.conn.execute(
-            f"SELECT {_COLS} FROM messages WHERE user_id = ? AND contact = ? AND id >= ? "
-            "AND thread = ? AND kind IN ('message', 'prompt') AND deleted = 0 "
-            "AND (reply_to IS NULL OR reply_to >= ?) "
-            "AND (id <= ? OR (direction = 'out' AND reply_to < ?))",
-            (user_id, contact, start, thread, start, upto, upto),
-        ) as cur:
-            rows = [_row(r) for r in await cur.fetchall()]
+        rows = [
+            _row(r)
+            for r in await self._db.fetch(
+                f"SELECT {_COLS} FROM messages WHERE user_id = ? AND contact = ? AND id >= ? "
+                "AND thread = ? AND kind IN ('message', 'prompt') AND deleted = 0 "
+                "AND (reply_to IS NULL OR reply_to >= ?) "
+                "AND (id <= ? OR (direction = 'out' AND reply_to < ?))",
+                (user_id, contact, start, thread, start, upto, upto),
+            )
+        ]
         rows.sort(key=lambda r: (r.reply_to or r.id, r.id))
         return rows
 
     async def newest_id(self, user_id: str, contact: str, thread: str) -> int:
         """The id of the conversation's newest message (0 if it has none)."""
-        async with self._db.conn.execute(
+        row = await self._db.fetchone(
             "SELECT MAX(id) FROM messages WHERE user_id = ? AND contact = ? AND thread = ?",
             (user_id, contact, thread),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return int(row[0] or 0) if row is not None else 0
 
     async def latest_id(self) -> int:
         """The newest message's id, any conversation's (0 with none): the console's cheap
         sign that its conversation list changed (the primary key's index, no scan)."""
-        async with self._db.conn.execute("SELECT MAX(id) FROM messages") as cur:
-            row = await cur.fetchone()
+        row = await self._db.fetchone("SELECT MAX(id) FROM messages")
         return int(row[0] or 0) if row is not None else 0
 
     async def conversations(
@@ -234,25 +243,24 @@ class MessageRepo:
         does not grow with the table: the storage has one connection, and every hub read waits
         behind this one. A conversation quiet for longer than that is not listed, and the
         counts are of its messages within those ``scan``."""
-        async with self._db.conn.execute(
-            "SELECT user_id, contact, thread, MAX(id), MAX(time), SUM(deleted = 0) FROM "
+        rows = await self._db.fetch(
+            "SELECT user_id, contact, thread, MAX(id), MAX(time), "
+            "SUM(CASE WHEN deleted = 0 THEN 1 ELSE 0 END) FROM "
             "(SELECT id, user_id, contact, thread, time, deleted FROM messages "
-            "ORDER BY id DESC LIMIT ?) "
+            "ORDER BY id DESC LIMIT ?) AS w "
             "GROUP BY user_id, contact, thread ORDER BY MAX(id) DESC LIMIT ?",
-            (max(0, scan), max(0, limit)),
-        ) as cur:
-            rows = await cur.fetchall()
+            (max(0, int(scan)), max(0, int(limit))),
+        )
         return [(r[0], r[1], r[2], int(r[3]), float(r[4]), int(r[5] or 0)) for r in rows]
 
     async def activity(self, since: float, scan: int) -> list[tuple[str, float, float | None]]:
         """Messages stored at ``since`` or later among the newest ``scan`` (a bounded read
         backwards by id, whatever the table's size): (direction, time, the time of the message
         a reply answers, else None)."""
-        async with self._db.conn.execute(
+        rows = await self._db.fetch(
             "SELECT m.direction, m.time, q.time FROM (SELECT id, direction, time, reply_to "
             "FROM messages ORDER BY id DESC LIMIT ?) m LEFT JOIN messages q ON q.id = m.reply_to "
             "WHERE m.time >= ?",
-            (max(0, scan), since),
-        ) as cur:
-            rows = await cur.fetchall()
+            (max(0, int(scan)), float(since)),
+        )
         return [(r[0], float(r[1]), None if r[2] is None else float(r[2])) for r in rows]

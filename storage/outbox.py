@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from storage.db import Database, write_one
+from storage.sql import Execute, Fetch, Insert, Unit, single
+
+if TYPE_CHECKING:
+    from storage.db import Database
+    from storage.postgres import PostgresDatabase
+
+
+def _push(user_id: str, text: str, limit: int) -> Unit[tuple[int, int]]:
+    seq = yield Insert(
+        "INSERT INTO outbox (user_id, frame, created) VALUES (?, ?, ?)",
+        (user_id, text, time.time()),
+        key="seq",
+    )
+    # The (user_id, seq) index makes this a seek to the limit-th newest row.
+    dropped = yield Execute(
+        "DELETE FROM outbox WHERE user_id = ? AND seq <= "
+        "(SELECT seq FROM outbox WHERE user_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+        (user_id, user_id, limit),
+    )
+    return int(seq or 0), max(dropped, 0)
 
 
 class OutboxRepo:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database | PostgresDatabase) -> None:
         self._db = db
         self._last_id = 0
 
@@ -27,61 +45,44 @@ class OutboxRepo:
         dropped to make room.
         """
         text = json.dumps(frame, ensure_ascii=False)
-
-        def write(conn: sqlite3.Connection) -> tuple[int, int]:
-            try:
-                cur = conn.execute(
-                    "INSERT INTO outbox (user_id, frame, created) VALUES (?, ?, ?)",
-                    (user_id, text, time.time()),
-                )
-                seq = int(cur.lastrowid or 0)
-                # The (user_id, seq) index makes this a seek to the limit-th newest row.
-                cur = conn.execute(
-                    "DELETE FROM outbox WHERE user_id = ? AND seq <= "
-                    "(SELECT seq FROM outbox WHERE user_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-                    (user_id, user_id, limit),
-                )
-                dropped = max(cur.rowcount, 0)
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
-            return seq, dropped
-
-        return await self._db.run(write)
+        return await self._db.unit(_push(user_id, text, int(limit)))
 
     async def pending(self, user_id: str) -> list[tuple[int, dict[str, Any]]]:
-        async with self._db.conn.execute(
+        rows = await self._db.fetch(
             "SELECT seq, frame FROM outbox WHERE user_id = ? ORDER BY seq", (user_id,)
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [(int(r[0]), json.loads(r[1])) for r in rows]
 
     async def ack(self, user_id: str, up_to_seq: int) -> None:
-        await self._db.run(
-            lambda conn: write_one(
-                conn, "DELETE FROM outbox WHERE user_id = ? AND seq <= ?", (user_id, up_to_seq)
+        await self._db.unit(
+            single(
+                Execute(
+                    "DELETE FROM outbox WHERE user_id = ? AND seq <= ?", (user_id, int(up_to_seq))
+                )
             )
         )
 
     async def users_with_prefix(self, prefix: str, limit: int = 100_000) -> list[str]:
         """Users whose id starts with ``prefix`` and who have pushes waiting."""
-        async with self._db.conn.execute(
-            "SELECT DISTINCT user_id FROM outbox WHERE user_id >= ? AND user_id < ? LIMIT ?",
-            (prefix, prefix + "\U0010ffff", limit),
-        ) as cur:
-            rows = await cur.fetchall()
+        # SQLite: a range on the (user_id, seq) index; the end is the prefix and the highest
+        # code point, as text compares there (binary). PostgreSQL compares text by collation.
+        rows = await self._db.unit(
+            single(
+                Fetch(
+                    "SELECT DISTINCT user_id FROM outbox "
+                    "WHERE user_id >= ?1 AND user_id < ?1 || char(1114111) LIMIT ?2",
+                    (prefix, int(limit)),
+                    pg="SELECT DISTINCT user_id FROM outbox WHERE starts_with(user_id, ?) LIMIT ?",
+                )
+            )
+        )
         return [str(r[0]) for r in rows]
 
     async def count(self, user_id: str) -> int:
-        async with self._db.conn.execute(
-            "SELECT COUNT(*) FROM outbox WHERE user_id = ?", (user_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self._db.fetchone("SELECT COUNT(*) FROM outbox WHERE user_id = ?", (user_id,))
         return int(row[0]) if row else 0
 
     async def total(self) -> int:
         """Pushes waiting for every user (the /metrics gauge)."""
-        async with self._db.conn.execute("SELECT COUNT(*) FROM outbox") as cur:
-            row = await cur.fetchone()
+        row = await self._db.fetchone("SELECT COUNT(*) FROM outbox")
         return int(row[0]) if row else 0
