@@ -90,10 +90,16 @@ class Database:
         when it raises), on the connection's thread in one hop."""
         return await self.run(lambda conn: _drive(conn, work))
 
-    async def fetch(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
+    async def fetch(
+        self, sql: str, params: tuple[object, ...] = (), *, pg: str | None = None
+    ) -> list[Any]:
+        """Every row of one query (``pg``: its PostgreSQL spelling, unused here)."""
         return await self.run(lambda conn: conn.execute(sql, params).fetchall())
 
-    async def fetchone(self, sql: str, params: tuple[object, ...] = ()) -> Any:
+    async def fetchone(
+        self, sql: str, params: tuple[object, ...] = (), *, pg: str | None = None
+    ) -> Any:
+        """The first row of one query, or None."""
         return await self.run(lambda conn: conn.execute(sql, params).fetchone())
 
     async def ping(self) -> None:

@@ -109,13 +109,17 @@ class PostgresDatabase:
             finally:
                 work.close()
 
-    async def fetch(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
+    async def fetch(
+        self, sql: str, params: tuple[object, ...] = (), *, pg: str | None = None
+    ) -> list[Any]:
         async with self._pool.acquire() as conn:
-            return list(await conn.fetch(pg_sql(sql), *params))
+            return list(await conn.fetch(pg_sql(pg or sql), *params))
 
-    async def fetchone(self, sql: str, params: tuple[object, ...] = ()) -> Any:
+    async def fetchone(
+        self, sql: str, params: tuple[object, ...] = (), *, pg: str | None = None
+    ) -> Any:
         async with self._pool.acquire() as conn:
-            return await conn.fetchrow(pg_sql(sql), *params)
+            return await conn.fetchrow(pg_sql(pg or sql), *params)
 
     async def ping(self) -> None:
         await self.fetchone("SELECT 1")
