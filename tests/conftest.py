@@ -12,6 +12,7 @@ from bridge.app import App
 from bridge.config import Config
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.hub_client import HubClient
+from tests.support.postgres import postgres_dsn, postgres_server  # noqa: F401 - fixtures
 
 ADMIN_CODE = "admin-secret"
 
