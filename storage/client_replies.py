@@ -12,12 +12,15 @@ never confirms cannot grow the table without bound; and a reply nobody came back
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from storage.db import Database, write_one
+from storage.sql import Execute, Unit, single
+
+if TYPE_CHECKING:
+    from storage.db import Database
+    from storage.postgres import PostgresDatabase
 
 REPLY_TTL = 7 * 86400.0
 
@@ -35,7 +38,7 @@ class StoredReply:
 
 
 class ClientReplyRepo:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database | PostgresDatabase) -> None:
         self._db = db
 
     async def save(self, reply: StoredReply, limit: int) -> None:
@@ -49,78 +52,82 @@ class ClientReplyRepo:
             json.dumps(reply.chunks, ensure_ascii=False),
             None if reply.error is None else json.dumps(reply.error, ensure_ascii=False),
             json.dumps(reply.meta, ensure_ascii=False),
-            reply.updated or time.time(),
+            float(reply.updated or time.time()),
         )
-
-        def write(conn: sqlite3.Connection) -> None:
-            try:
-                conn.execute(
-                    "INSERT OR REPLACE INTO client_replies (user_id, message_id, contactor_id, "
-                    "status, chunks, error, meta, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    row,
-                )
-                conn.execute(
-                    "DELETE FROM client_replies WHERE user_id = ? AND message_id IN ("
-                    "SELECT message_id FROM client_replies WHERE user_id = ? "
-                    "ORDER BY updated DESC LIMIT -1 OFFSET ?)",
-                    (reply.user_id, reply.user_id, limit),
-                )
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
-
-        await self._db.run(write)
+        await self._db.unit(_save(row, int(limit)))
 
     async def of_contactor(self, user_id: str, contactor_id: str) -> list[StoredReply]:
-        async with self._db.conn.execute(
+        rows = await self._db.fetch(
             "SELECT user_id, message_id, contactor_id, status, chunks, error, meta, updated "
             "FROM client_replies WHERE user_id = ? AND contactor_id = ? ORDER BY updated",
             (user_id, contactor_id),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [_reply(r) for r in rows]
 
     async def contactors(self, user_id: str) -> list[str]:
         """The user's contactors with replies waiting, oldest first."""
-        async with self._db.conn.execute(
+        rows = await self._db.fetch(
             "SELECT contactor_id, MIN(updated) AS first FROM client_replies WHERE user_id = ? "
             "GROUP BY contactor_id ORDER BY first",
             (user_id,),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [str(r[0]) for r in rows]
 
     async def delete(self, user_id: str, message_id: str) -> bool:
-        n = await self._db.run(
-            lambda conn: write_one(
-                conn,
-                "DELETE FROM client_replies WHERE user_id = ? AND message_id = ?",
-                (user_id, message_id),
+        n = await self._db.unit(
+            single(
+                Execute(
+                    "DELETE FROM client_replies WHERE user_id = ? AND message_id = ?",
+                    (user_id, message_id),
+                )
             )
         )
-        return n > 0
+        return bool(n > 0)
 
     async def expire(self, older_than: float) -> int:
         """Delete replies started before ``older_than`` (their client never came back)."""
-        return await self._db.run(
-            lambda conn: write_one(
-                conn, "DELETE FROM client_replies WHERE updated < ?", (older_than,)
-            )
+        n: int = await self._db.unit(
+            single(Execute("DELETE FROM client_replies WHERE updated < ?", (float(older_than),)))
         )
+        return n
 
     async def interrupted(self, error: Any) -> int:
         """Mark every reply still streaming as failed with ``error`` (at start-up: whatever ran
         them is gone). Returns how many."""
         text = json.dumps(error, ensure_ascii=False)
-        return await self._db.run(
-            lambda conn: write_one(
-                conn,
-                "UPDATE client_replies SET status = 'failed', error = ?, updated = ? "
-                "WHERE status = 'streaming'",
-                (text, time.time()),
+        n: int = await self._db.unit(
+            single(
+                Execute(
+                    "UPDATE client_replies SET status = 'failed', error = ?, updated = ? "
+                    "WHERE status = 'streaming'",
+                    (text, time.time()),
+                )
             )
         )
+        return n
+
+
+def _save(row: tuple[Any, ...], limit: int) -> Unit[None]:
+    user_id = row[0]
+    # Every column is written: the same as replacing the row.
+    yield Execute(
+        "INSERT INTO client_replies (user_id, message_id, contactor_id, status, chunks, error, "
+        "meta, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, message_id) DO "
+        "UPDATE SET contactor_id = excluded.contactor_id, status = excluded.status, "
+        "chunks = excluded.chunks, error = excluded.error, meta = excluded.meta, "
+        "updated = excluded.updated",
+        row,
+    )
+    yield Execute(
+        "DELETE FROM client_replies WHERE user_id = ? AND message_id IN ("
+        "SELECT message_id FROM client_replies WHERE user_id = ? "
+        "ORDER BY updated DESC LIMIT -1 OFFSET ?)",
+        (user_id, user_id, limit),
+        # PostgreSQL spells "no limit" ALL (SQLite: a negative one).
+        pg="DELETE FROM client_replies WHERE user_id = ? AND message_id IN ("
+        "SELECT message_id FROM client_replies WHERE user_id = ? "
+        "ORDER BY updated DESC LIMIT ALL OFFSET ?)",
+    )
 
 
 def _reply(r: Any) -> StoredReply:

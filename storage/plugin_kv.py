@@ -8,11 +8,14 @@ refused with KVFull rather than growing without end.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from storage.db import Database
+from storage.sql import Execute, Fetch, Unit, single
+
+if TYPE_CHECKING:
+    from storage.db import Database
+    from storage.postgres import PostgresDatabase
 
 MAX_VALUE_BYTES = 64 * 1024
 MAX_KEY_CHARS = 256
@@ -23,15 +26,14 @@ class KVFull(Exception):
 
 
 class PluginKVRepo:
-    def __init__(self, db: Database, max_keys: int = 100_000) -> None:
+    def __init__(self, db: Database | PostgresDatabase, max_keys: int = 100_000) -> None:
         self._db = db
         self._max_keys = max_keys
 
     async def get(self, plugin: str, key: str, default: Any = None) -> Any:
-        async with self._db.conn.execute(
+        row = await self._db.fetchone(
             "SELECT value FROM plugin_kv WHERE plugin = ? AND key = ?", (plugin, key)
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return json.loads(row[0]) if row is not None else default
 
     async def set(self, plugin: str, key: str, value: Any) -> None:
@@ -41,50 +43,70 @@ class PluginKVRepo:
         data = json.dumps(value, ensure_ascii=False, allow_nan=False)
         if len(data.encode()) > MAX_VALUE_BYTES:
             raise KVFull(f"a value may take at most {MAX_VALUE_BYTES} bytes as JSON")
-        limit = self._max_keys
-
-        def write(conn: sqlite3.Connection) -> int:
-            try:
-                # An update of an existing key always fits; a new key only below the cap. One
-                # statement: concurrent writers cannot overshoot it.
-                cur = conn.execute(
-                    "INSERT INTO plugin_kv (plugin, key, value, updated) "
-                    "SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM plugin_kv WHERE plugin = ? "
-                    "AND key = ?) OR (SELECT COUNT(*) FROM plugin_kv WHERE plugin = ?) < ? "
-                    "ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value, "
-                    "updated = excluded.updated",
-                    (plugin, key, data, time.time(), plugin, key, plugin, limit),
-                )
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
-            return cur.rowcount
-
-        if await self._db.run(write) != 1:
+        limit = int(self._max_keys)
+        if await self._db.unit(_set(plugin, key, data, time.time(), limit)) != 1:
             raise KVFull(f"plugin {plugin} holds {limit} keys already")
 
     async def delete(self, plugin: str, key: str) -> bool:
-        def write(conn: sqlite3.Connection) -> int:
-            try:
-                cur = conn.execute(
-                    "DELETE FROM plugin_kv WHERE plugin = ? AND key = ?", (plugin, key)
-                )
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
-            return cur.rowcount
-
-        return await self._db.run(write) == 1
+        deleted = await self._db.unit(
+            single(Execute("DELETE FROM plugin_kv WHERE plugin = ? AND key = ?", (plugin, key)))
+        )
+        return bool(deleted == 1)
 
     async def keys(self, plugin: str, prefix: str = "", limit: int = 1000) -> list[str]:
-        """Keys of the plugin starting with ``prefix``, sorted, at most ``limit``."""
-        escaped = prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_")
-        async with self._db.conn.execute(
-            "SELECT key FROM plugin_kv WHERE plugin = ? AND key LIKE ? ESCAPE '!' "
-            "ORDER BY key LIMIT ?",
-            (plugin, escaped + "%", limit),
-        ) as cur:
-            rows = await cur.fetchall()
-        return [r[0] for r in rows]
+        """Keys of the plugin starting with ``prefix`` (case matters), sorted by code point, at
+        most ``limit``."""
+        if not prefix:
+            rows = await self._db.unit(
+                single(
+                    Fetch(
+                        "SELECT key FROM plugin_kv WHERE plugin = ? ORDER BY key LIMIT ?",
+                        (plugin, int(limit)),
+                        pg='SELECT key FROM plugin_kv WHERE plugin = ? ORDER BY key COLLATE "C" '
+                        "LIMIT ?",
+                    )
+                )
+            )
+        else:
+            # A range both databases take from the index, case-sensitive (unlike SQLite's LIKE):
+            # the texts starting with the prefix sort from it up to the prefix followed by the
+            # highest code point (all but those going on with that noncharacter itself). SQLite
+            # compares code points; on PostgreSQL the "C" collation does, whatever the
+            # database's own.
+            rows = await self._db.unit(
+                single(
+                    Fetch(
+                        "SELECT key FROM plugin_kv WHERE plugin = ? AND key >= ? AND key < ? "
+                        "ORDER BY key LIMIT ?",
+                        (plugin, prefix, prefix + "\U0010ffff", int(limit)),
+                        pg='SELECT key FROM plugin_kv WHERE plugin = ? AND key COLLATE "C" >= ? '
+                        'AND key COLLATE "C" < ? ORDER BY key COLLATE "C" LIMIT ?',
+                    )
+                )
+            )
+        return [str(r[0]) for r in rows]
+
+
+# SQLite has one writer at a time, so counting and inserting in one statement keeps to the cap.
+# PostgreSQL runs writers side by side, each counting before any of the others inserted: there
+# the writes of one plugin take turns, on a lock held until the transaction ends (keyed by this
+# table and the plugin's name). SQLite just selects the same parameters.
+_KV_LOCKS = 0x6B76  # the advisory locks' first key: this table's
+
+
+def _set(plugin: str, key: str, data: str, now: float, limit: int) -> Unit[int]:
+    """Insert or update a key; a new key only while the plugin holds fewer than ``limit``."""
+    yield Fetch(
+        "SELECT ?, ?", (_KV_LOCKS, plugin), pg="SELECT pg_advisory_xact_lock(?, hashtext(?))"
+    )
+    # An update of an existing key always fits; a new key only below the cap. One statement
+    # (taking turns on PostgreSQL): concurrent writers cannot overshoot it.
+    changed = yield Execute(
+        "INSERT INTO plugin_kv (plugin, key, value, updated) "
+        "SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM plugin_kv WHERE plugin = ? "
+        "AND key = ?) OR (SELECT COUNT(*) FROM plugin_kv WHERE plugin = ?) < ? "
+        "ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value, "
+        "updated = excluded.updated",
+        (plugin, key, data, now, plugin, key, plugin, limit),
+    )
+    return int(changed)

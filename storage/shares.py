@@ -10,9 +10,13 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from storage.db import Database
+from storage.sql import Execute, Unit, single
+
+if TYPE_CHECKING:
+    from storage.db import Database
+    from storage.postgres import PostgresDatabase
 
 
 class ShareStorageFull(Exception):
@@ -20,7 +24,7 @@ class ShareStorageFull(Exception):
 
 
 class ShareRepo:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database | PostgresDatabase) -> None:
         self._db = db
 
     async def create(
@@ -36,28 +40,15 @@ class ShareRepo:
         With ``ttl`` (seconds), expired shares are deleted first, so a full table makes room by
         dropping the oldest *expired* ones. Live shares are never dropped for a new one (a link
         someone already sent keeps working): with ``max_total`` live shares stored this raises
-        ShareStorageFull. The count check and the insert are one statement, so concurrent
-        writers cannot overshoot the cap.
+        ShareStorageFull. The count check and the insert are one statement (and on PostgreSQL
+        capped writers take turns), so concurrent writers cannot overshoot the cap.
         """
-        now = time.time() if now is None else now
-        if ttl is not None:
-            await self._db.conn.execute("DELETE FROM shares WHERE created < ?", (now - ttl,))
+        now = float(time.time() if now is None else now)
         share_id = secrets.token_urlsafe(9)
         data = json.dumps(contactor, ensure_ascii=False)
-        if max_total is None:
-            sql = "INSERT INTO shares (id, contactor, created) VALUES (?, ?, ?)"
-            params: tuple[Any, ...] = (share_id, data, now)
-        else:
-            sql = (
-                "INSERT INTO shares (id, contactor, created) "
-                "SELECT ?, ?, ? WHERE (SELECT COUNT(*) FROM shares) < ?"
-            )
-            params = (share_id, data, now, max_total)
-        cur = await self._db.conn.execute(sql, params)
-        inserted = cur.rowcount
-        await cur.close()
-        await self._db.conn.commit()
-        if inserted != 1:
+        oldest = None if ttl is None else now - float(ttl)
+        cap = None if max_total is None else int(max_total)
+        if await self._db.unit(_create(share_id, data, now, oldest, cap)) != 1:
             raise ShareStorageFull(f"{max_total} shares stored")
         return share_id
 
@@ -66,22 +57,47 @@ class ShareRepo:
     ) -> dict[str, Any] | None:
         """The card, or None if there is none or (with ``ttl``) it has expired."""
         oldest = -1.0 if ttl is None else (time.time() if now is None else now) - ttl
-        async with self._db.conn.execute(
-            "SELECT contactor FROM shares WHERE id = ? AND created >= ?", (share_id, oldest)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self._db.fetchone(
+            "SELECT contactor FROM shares WHERE id = ? AND created >= ?", (share_id, float(oldest))
+        )
         return json.loads(row[0]) if row is not None else None
 
     async def purge_expired(self, ttl: float, *, now: float | None = None) -> int:
         """Delete shares older than ``ttl`` seconds; returns how many went."""
         now = time.time() if now is None else now
-        cur = await self._db.conn.execute("DELETE FROM shares WHERE created < ?", (now - ttl,))
-        deleted = cur.rowcount
-        await cur.close()
-        await self._db.conn.commit()
+        deleted: int = await self._db.unit(
+            single(Execute("DELETE FROM shares WHERE created < ?", (float(now - ttl),)))
+        )
         return deleted
 
     async def count(self) -> int:
-        async with self._db.conn.execute("SELECT COUNT(*) FROM shares") as cur:
-            row = await cur.fetchone()
+        row = await self._db.fetchone("SELECT COUNT(*) FROM shares")
         return int(row[0]) if row is not None else 0
+
+
+# SQLite has one writer at a time, so counting and inserting in one statement keeps to the cap.
+# PostgreSQL runs writers side by side, each counting before any of the others inserted: there
+# the capped writes take turns on the table (readers are not held up). Nothing to do on SQLite.
+_TAKE_TURNS = Execute("SELECT 1", pg="LOCK TABLE shares IN SHARE ROW EXCLUSIVE MODE")
+
+
+def _create(
+    share_id: str, data: str, now: float, oldest: float | None, cap: int | None
+) -> Unit[int]:
+    """Delete the expired (``oldest``: the earliest creation time kept), then insert the card
+    (with ``cap``, only while fewer than ``cap`` shares are stored); the rows inserted."""
+    if cap is not None:
+        yield _TAKE_TURNS
+    if oldest is not None:
+        yield Execute("DELETE FROM shares WHERE created < ?", (oldest,))
+    if cap is None:
+        inserted = yield Execute(
+            "INSERT INTO shares (id, contactor, created) VALUES (?, ?, ?)", (share_id, data, now)
+        )
+    else:
+        inserted = yield Execute(
+            "INSERT INTO shares (id, contactor, created) "
+            "SELECT ?, ?, ? WHERE (SELECT COUNT(*) FROM shares) < ?",
+            (share_id, data, now, cap),
+        )
+    return int(inserted)

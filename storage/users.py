@@ -7,8 +7,13 @@ import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from storage.db import Database
+from storage.sql import Execute, FetchOne, Unit, single
+
+if TYPE_CHECKING:
+    from storage.db import Database
+    from storage.postgres import PostgresDatabase
 
 INT32_MAX = 2**31 - 1
 # Numbers below this are left for ids that clients choose themselves (numeric mio-chat ids);
@@ -25,7 +30,7 @@ class UserRow:
 
 
 class UserRepo:
-    def __init__(self, db: Database, reserved: Iterable[int | str] = ()) -> None:
+    def __init__(self, db: Database | PostgresDatabase, reserved: Iterable[int | str] = ()) -> None:
         self._db = db
         self._reserved: set[int] = set()
         # One allocation at a time: two first messages from one user (two tabs) must agree.
@@ -46,18 +51,21 @@ class UserRepo:
 
     async def touch(self, user_id: str, is_admin: bool) -> None:
         now = time.time()
-        await self._db.conn.execute(
-            "INSERT INTO users (id, is_admin, first_seen, last_seen) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (id) DO UPDATE SET is_admin = excluded.is_admin, last_seen = excluded.last_seen",
-            (user_id, int(is_admin), now, now),
+        await self._db.unit(
+            single(
+                Execute(
+                    "INSERT INTO users (id, is_admin, first_seen, last_seen) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET is_admin = excluded.is_admin, "
+                    "last_seen = excluded.last_seen",
+                    (user_id, int(is_admin), now, now),
+                )
+            )
         )
-        await self._db.conn.commit()
 
     async def get(self, user_id: str) -> UserRow | None:
-        async with self._db.conn.execute(
+        row = await self._db.fetchone(
             "SELECT id, is_admin, first_seen, last_seen FROM users WHERE id = ?", (user_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        )
         if row is None:
             return None
         return UserRow(row[0], bool(row[1]), row[2], row[3])
@@ -70,85 +78,86 @@ class UserRepo:
         if number is not None and number not in self._reserved:
             return number
         async with self._allocating:
-            number = await self._recorded(user_id)  # a concurrent call may have just made it
-            if number is not None:
-                if number not in self._reserved:
-                    return number
-                # Given out before it was reserved (an older bridge, or auth.admin_qq changed):
-                # it stands for the bridge now, so this user moves to a number of their own.
-                await self._db.conn.execute(
-                    "DELETE FROM user_numbers WHERE user_id = ?", (user_id,)
-                )
-            return await self._allocate(user_id)
+            # One unit: a concurrent call may have just made the number (read again), and a
+            # number given up (reserved since) goes in the same transaction as the new one.
+            return await self._db.unit(_allocate(user_id, frozenset(self._reserved)))
 
     async def _recorded(self, user_id: str) -> int | None:
-        async with self._db.conn.execute(
+        row = await self._db.fetchone(
             "SELECT number FROM user_numbers WHERE user_id = ?", (user_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return int(row[0]) if row is not None else None
 
-    async def _allocate(self, user_id: str) -> int:
-        # Only the canonical spelling keeps its value: "0123" must not become user "123".
-        if user_id.isdigit() and str(int(user_id)) == user_id and 0 < int(user_id) <= INT32_MAX:
-            own = int(user_id)
-            if own not in self._reserved:
-                number = await self._claim(own, user_id)
-                if number is not None:
-                    return number
-        # Start from a hash so the same id tends to get the same number on a fresh database,
-        # then probe linearly past numbers already given out.
-        span = INT32_MAX - MAPPED_FLOOR
-        candidate = MAPPED_FLOOR + zlib.crc32(user_id.encode()) % span
-        while True:
-            if candidate not in self._reserved and not await self._claimed_by_numeric_id(candidate):
-                number = await self._claim(candidate, user_id)
-                if number is not None:
-                    return number
-            candidate = MAPPED_FLOOR + (candidate - MAPPED_FLOOR + 1) % span
-
-    async def _claim(self, number: int, user_id: str) -> int | None:
-        """Record ``number`` for the user unless it is taken; the user's number if it now has
-        one (this or, when another connection won a race, that one), else None."""
-        cur = await self._db.conn.execute(
-            "INSERT INTO user_numbers (number, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
-            (number, user_id),
-        )
-        inserted = cur.rowcount == 1
-        await cur.close()
-        await self._db.conn.commit()
-        if inserted:
-            return number
-        mine = await self._recorded(user_id)
-        return mine if mine is not None and mine not in self._reserved else None
-
-    async def _claimed_by_numeric_id(self, number: int) -> bool:
-        # A user whose id is this very number, known but not yet numbered, keeps first claim.
-        return await self.get(str(number)) is not None
-
     async def list(self, limit: int = 1000) -> list[UserRow]:
-        async with self._db.conn.execute(
+        rows = await self._db.fetch(
             "SELECT id, is_admin, first_seen, last_seen FROM users ORDER BY last_seen DESC LIMIT ?",
-            (limit,),
-        ) as cur:
-            rows = await cur.fetchall()
+            (int(limit),),
+        )
         return [UserRow(r[0], bool(r[1]), r[2], r[3]) for r in rows]
 
     async def admins(self) -> list[str]:
-        async with self._db.conn.execute("SELECT id FROM users WHERE is_admin = 1") as cur:
-            rows = await cur.fetchall()
+        rows = await self._db.fetch("SELECT id FROM users WHERE is_admin = 1")
         return [str(r[0]) for r in rows]
 
     async def user_for_number(self, number: int) -> str | None:
         """The hub user a number stands for; None for a reserved number (it is the bridge's)."""
         if number in self._reserved:
             return None
-        async with self._db.conn.execute(
-            "SELECT user_id FROM user_numbers WHERE number = ?", (number,)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self._db.fetchone(
+            "SELECT user_id FROM user_numbers WHERE number = ?", (int(number),)
+        )
         if row is not None:
             return str(row[0])
         if 0 < number <= INT32_MAX and await self.get(str(number)) is not None:
             return str(number)
         return None
+
+
+def _allocate(user_id: str, reserved: frozenset[int]) -> Unit[int]:
+    number = yield from _number_of(user_id)
+    if number is not None:
+        if number not in reserved:
+            return number
+        # Given out before it was reserved (an older bridge, or auth.admin_qq changed):
+        # it stands for the bridge now, so this user moves to a number of their own.
+        yield Execute("DELETE FROM user_numbers WHERE user_id = ?", (user_id,))
+    # Only the canonical spelling keeps its value: "0123" must not become user "123".
+    if user_id.isdigit() and str(int(user_id)) == user_id and 0 < int(user_id) <= INT32_MAX:
+        own = int(user_id)
+        if own not in reserved:
+            number = yield from _claim(own, user_id, reserved)
+            if number is not None:
+                return number
+    # Start from a hash so the same id tends to get the same number on a fresh database,
+    # then probe linearly past numbers already given out.
+    span = INT32_MAX - MAPPED_FLOOR
+    candidate = MAPPED_FLOOR + zlib.crc32(user_id.encode()) % span
+    while True:
+        if candidate not in reserved:
+            # A user whose id is this very number, known but not yet numbered, keeps
+            # first claim.
+            known = yield FetchOne("SELECT 1 FROM users WHERE id = ?", (str(candidate),))
+            if known is None:
+                number = yield from _claim(candidate, user_id, reserved)
+                if number is not None:
+                    return number
+        candidate = MAPPED_FLOOR + (candidate - MAPPED_FLOOR + 1) % span
+
+
+def _number_of(user_id: str) -> Unit[int | None]:
+    row = yield FetchOne("SELECT number FROM user_numbers WHERE user_id = ?", (user_id,))
+    return int(row[0]) if row is not None else None
+
+
+def _claim(number: int, user_id: str, reserved: frozenset[int]) -> Unit[int | None]:
+    """Record ``number`` for the user unless it is taken; the user's number if it now has one
+    (this or, when another connection won a race, that one), else None."""
+    # No conflict target: a number taken and a user already numbered both leave it undone.
+    inserted = yield Execute(
+        "INSERT INTO user_numbers (number, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        (number, user_id),
+    )
+    if inserted == 1:
+        return number
+    mine = yield from _number_of(user_id)
+    return mine if mine is not None and mine not in reserved else None
