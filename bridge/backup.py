@@ -1,7 +1,7 @@
 """`momobridge backup` and `momobridge restore`: the commands around storage/backup.py.
 
-Both find the database where `serve` does (`[storage] path` of the same config, relative to the
-working directory) and answer in one line: what was done, or why not (exit status 1). Paths are
+Both find the database where `serve` does (`[storage] path`, or a `sqlite:///` url, of the same
+config, relative to the working directory; a PostgreSQL database is refused: pg_dump is its tool) and answer in one line: what was done, or why not (exit status 1). Paths are
 printed absolute, so a relative storage.path run from another directory shows where it went.
 """
 
@@ -23,8 +23,27 @@ def _absolute(path: str) -> Path:
     return Path(os.path.abspath(path))
 
 
+def _not_sqlite(config: Config, command: str) -> int | None:
+    """With PostgreSQL the database is the server's to back up: say how, exit 1."""
+    if not config.storage.postgres:
+        return None
+    print(
+        f"{command} works on a SQLite database; this configuration uses PostgreSQL "
+        "([storage] url): back it up with pg_dump and restore it with pg_restore",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _sqlite_file(config: Config) -> Path:
+    return _absolute(config.storage.database)
+
+
 def backup_command(config: Config, dest: str, *, force: bool = False) -> int:
-    db = _absolute(config.storage.path)
+    refused = _not_sqlite(config, "backup")
+    if refused is not None:
+        return refused
+    db = _sqlite_file(config)
     try:
         copied = backup(db, _absolute(dest), force=force)
     except (BackupError, sqlite3.Error, OSError) as e:
@@ -38,7 +57,10 @@ def backup_command(config: Config, dest: str, *, force: bool = False) -> int:
 
 
 def restore_command(config: Config, src: str, *, force: bool = False) -> int:
-    db = _absolute(config.storage.path)
+    refused = _not_sqlite(config, "restore")
+    if refused is not None:
+        return refused
+    db = _sqlite_file(config)
     source = _absolute(src)
     if not db.exists():
         # Said before the work, and on success or not: a storage.path that is relative, or

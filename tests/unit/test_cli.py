@@ -177,3 +177,13 @@ def test_serve_exits_2_on_the_same_errors(
     assert served.stderr == checked.stderr  # the same validation, the same words
     assert "Traceback" not in served.stderr and served.stderr.count("\n") == 1
     assert not (tmp_path / "data").exists()  # nothing was started
+
+
+def test_backup_and_restore_refuse_a_postgresql_database(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('[storage]\nurl = "postgresql://bridge:secret@127.0.0.1:1/momobridge"\n')
+    for command in ("backup", "restore"):
+        r = momobridge(command, str(tmp_path / "x.db"), "--config", str(p), cwd=tmp_path)
+        assert r.returncode == 1, r.stderr
+        assert "PostgreSQL" in r.stderr and "pg_dump" in r.stderr
+        assert "secret" not in r.stderr + r.stdout
