@@ -1,8 +1,9 @@
 """`momobridge backup` and `momobridge restore`: the commands around storage/backup.py.
 
 Both find the database where `serve` does (`[storage] path`, or a `sqlite:///` url, of the same
-config, relative to the working directory; a PostgreSQL database is refused: pg_dump is its tool) and answer in one line: what was done, or why not (exit status 1). Paths are
-printed absolute, so a relative storage.path run from another directory shows where it went.
+config, relative to the working directory; a PostgreSQL database is refused: pg_dump is its
+tool) and answer in one line: what was done, or why not (exit status 1). Paths are printed
+absolute, so a relative storage.path run from another directory shows where it went.
 """
 
 from __future__ import annotations
