@@ -1,0 +1,216 @@
+"""Which bridge instances are alive: each heartbeats a key that expires unless renewed.
+
+Layout under the prefix:
+
+- `node:<node_id>`: a hash {info: JSON, since: ms, seen: ms} with a PX expiry of `ttl`, renewed
+  every `heartbeat`. Redis drops it by itself when the node stops renewing, so a crashed node
+  disappears after at most `ttl` without anyone cleaning up after it.
+- `nodes`: a sorted set of node ids scored by when their key expires (ms), so listing needs no
+  SCAN over the keyspace. Every heartbeat prunes members already past their expiry, and `nodes()`
+  drops members whose key is gone; the set stays as small as the set of live nodes.
+
+Times are Redis's clock (TIME, inside the heartbeat script), not each node's: nodes whose clocks
+disagree still agree on who was seen when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+import structlog
+
+from bridge.cluster.client import (
+    DEFAULT_OP_TIMEOUT,
+    DEFAULT_PREFIX,
+    ClusterError,
+    call,
+    millis,
+    positive,
+)
+from bridge.tasks import TaskSet
+
+log = structlog.get_logger(__name__)
+
+MAX_INFO_BYTES = 64 * 1024  # a node's info is a few fields (address, version), not a payload
+MAX_NODES = 1000  # listed at most: far above any real deployment, a bound on one reply
+
+# KEYS: node hash, nodes zset. ARGV: node id, info JSON, ttl ms. Returns Redis's now in ms.
+_HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], 'info', ARGV[2], 'seen', now)
+redis.call('HSETNX', KEYS[1], 'since', now)
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. now)
+return now
+"""
+
+
+class NodeRegistry:
+    """This node's entry in the registry (`start()` / `close()`, or `async with`), and the list
+    of all live nodes (`nodes()`, usable without starting).
+
+    `heartbeat` must be well under `ttl` (at most half of it): a node is listed while its last
+    heartbeat is younger than `ttl`, so one late or lost heartbeat must not drop it."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        node_id: str,
+        info: dict[str, Any] | None = None,
+        heartbeat: float = 1.0,
+        ttl: float = 5.0,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: float = DEFAULT_OP_TIMEOUT,
+    ) -> None:
+        if not node_id:
+            raise ValueError("NodeRegistry: empty node_id")
+        self.heartbeat = positive("heartbeat", heartbeat)
+        self.ttl = positive("ttl", ttl)
+        if self.heartbeat * 2 > self.ttl:
+            raise ValueError(f"heartbeat ({heartbeat}s) must be at most half of ttl ({ttl}s)")
+        self._redis = redis
+        self.node_id = node_id
+        self._prefix = prefix
+        self._timeout = timeout
+        self._key = f"{prefix}node:{node_id}"
+        self._set_key = f"{prefix}nodes"
+        self._info = self._encode(info or {})
+        self._script = redis.register_script(_HEARTBEAT)
+        self._tasks = TaskSet(f"cluster.registry:{node_id}")
+        self._started = False
+
+    @staticmethod
+    def _encode(info: dict[str, Any]) -> bytes:
+        data = orjson.dumps(info)
+        if len(data) > MAX_INFO_BYTES:
+            raise ValueError(f"node info is {len(data)} bytes, more than {MAX_INFO_BYTES}")
+        return data
+
+    def set_info(self, info: dict[str, Any]) -> None:
+        """Replaces this node's info; the next heartbeat publishes it."""
+        self._info = self._encode(info)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Registers the node (the first heartbeat is awaited, so the node is listed when this
+        returns, and a Redis that cannot be reached raises ClusterUnavailable here), then keeps
+        heartbeating in an owned task."""
+        if self._started:
+            raise RuntimeError("NodeRegistry already started")
+        await self._beat()
+        self._started = True
+        self._tasks.spawn(self._beat_forever(), name=f"cluster.heartbeat:{self.node_id}")
+
+    async def close(self) -> None:
+        """Stops heartbeating and removes the node at once (others need not wait for the ttl).
+        A Redis that cannot be reached is logged: the entry then expires by itself."""
+        if not self._started:
+            return
+        self._started = False
+        await self._tasks.cancel_all()
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self._key).zrem(self._set_key, self.node_id)
+                await call(f"unregister {self.node_id}", pipe.execute(), timeout=self._timeout)
+        except ClusterError as e:
+            log.warning("cluster.unregister_failed", node=self.node_id, error=str(e))
+
+    async def __aenter__(self) -> NodeRegistry:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _beat(self) -> None:
+        await call(
+            f"heartbeat {self.node_id}",
+            self._script(
+                keys=[self._key, self._set_key],
+                args=[self.node_id, self._info, millis(self.ttl)],
+            ),
+            timeout=self._timeout,
+        )
+
+    async def _beat_forever(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            try:
+                await self._beat()
+            except ClusterError as e:
+                # Keep trying: Redis may be back before the ttl runs out, and then no other
+                # node ever saw this one go. Logged once per outage, not once per beat.
+                if not failing:
+                    log.warning("cluster.heartbeat_failed", node=self.node_id, error=str(e))
+                failing = True
+            else:
+                if failing:
+                    log.info("cluster.heartbeat_recovered", node=self.node_id)
+                failing = False
+
+    # -- listing ------------------------------------------------------------------------------
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        """The live nodes, oldest first: each node's info plus `node_id`, `since` and `seen`
+        (Unix seconds, Redis's clock). A node whose key expired is never listed."""
+        ids = await call(
+            "list nodes",
+            self._redis.zrange(self._set_key, 0, MAX_NODES - 1),
+            timeout=self._timeout,
+        )
+        if not ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for node_id in ids:
+                pipe.hgetall(f"{self._prefix}node:{_text(node_id)}")
+            entries = await call("read nodes", pipe.execute(), timeout=self._timeout)
+        live: list[dict[str, Any]] = []
+        gone: list[bytes | str] = []
+        for node_id, entry in zip(ids, entries, strict=True):
+            node = _node(_text(node_id), entry)
+            # An expired key reads as empty: Redis never returns it, whatever the sorted set says.
+            if node is None:
+                gone.append(node_id)
+            else:
+                live.append(node)
+        if gone:
+            try:
+                await call(
+                    "prune nodes", self._redis.zrem(self._set_key, *gone), timeout=self._timeout
+                )
+            except ClusterError as e:
+                log.debug("cluster.prune_failed", error=str(e))  # the next heartbeat prunes too
+        live.sort(key=lambda n: (n["since"], n["node_id"]))
+        return live
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _node(node_id: str, entry: dict[Any, Any] | None) -> dict[str, Any] | None:
+    fields = {_text(k): v for k, v in (entry or {}).items()}
+    if "since" not in fields:
+        return None
+    try:
+        info = orjson.loads(fields.get("info", b"{}"))
+    except orjson.JSONDecodeError:
+        info = {}
+    if not isinstance(info, dict):
+        info = {"info": info}
+    # The registry's own fields win over the node's info of the same name.
+    return {
+        **info,
+        "node_id": node_id,
+        "since": int(fields["since"]) / 1000,
+        "seen": int(fields.get("seen", fields["since"])) / 1000,
+    }
