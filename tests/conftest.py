@@ -13,6 +13,7 @@ from bridge.config import Config
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.hub_client import HubClient
 from tests.support.postgres import postgres_dsn, postgres_server  # noqa: F401 - fixtures
+from tests.support.redis_server import redis_server, redis_url  # noqa: F401 - fixtures
 
 ADMIN_CODE = "admin-secret"
 
