@@ -18,6 +18,7 @@ from adapters.miochat.server import HubServer
 from bridge.admin_code import load_or_create_admin_code
 from bridge.config import Config, OpenAIProvider, SandboxConfig
 from bridge.engine import Engine
+from bridge.errors import StartupRefused
 from bridge.health import AUTH_FAILED, ERROR, OK, UNREACHABLE, Health
 from bridge.metrics import Metrics
 from bridge.model_chats import ModelChats
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from adapters.momohub.sandbox import SandboxServer
     from adapters.momohub.target import CharacterTarget
     from adapters.onebot.qq_edge import QQEdge
+    from bridge.cluster.node import ClusterNode
     from bridge.plugins import PluginHost
 
 log = structlog.get_logger(__name__)
@@ -94,6 +96,7 @@ class App:
         self.sandbox: SandboxServer | None = None
         self.momohub: MomoHubClient | None = None
         self.momoai: MomoAITarget | None = None
+        self.cluster: ClusterNode | None = None
         self._closers: list[Any] = []
         self._tasks = TaskSet("app")
         self.frameworks: Any = None
@@ -382,6 +385,8 @@ class App:
             # wait on the upstream, runs in the background).
             await self.sessions.schedule_recovery()
             await self.hub.start()
+            if cfg.cluster.redis_url:
+                await self._join_cluster()
             housekeeping(self.scheduler, lambda: self.storage, cfg.share.ttl_days * 86400.0)
             self.scheduler.start()
             await self._load_plugins()
@@ -396,6 +401,24 @@ class App:
         except BaseException:
             await self.stop()
             raise
+
+    async def _join_cluster(self) -> None:
+        """Register this bridge among the cluster's nodes; refuse to start without Redis (the
+        bridges' shared state would split without anyone noticing)."""
+        from bridge.cluster import ClusterError
+        from bridge.cluster.node import ClusterNode
+
+        node = ClusterNode(
+            self.config.cluster, {"host": self.config.server.host, "port": self.port}
+        )
+        try:
+            await node.start()
+        except ClusterError as e:
+            await node.close()
+            raise StartupRefused(f"cannot join the cluster: {e}") from None
+        self.cluster = node
+        self.health.add_probe(lambda: node.report(self.health))
+        await node.report(self.health)
 
     async def _load_plugins(self) -> None:
         """Commands and filters, imported off the loop; until they are in, messages to the
@@ -457,6 +480,10 @@ class App:
         if self.sandbox is not None:
             await self.sandbox.stop()
             self.sandbox = None
+        if self.cluster is not None:
+            # After everything that might still publish; before the database.
+            await self.cluster.close()
+            self.cluster = None
         if self.storage is not None:
             await self.storage.close()
             self.storage = None

@@ -71,6 +71,7 @@ async def _serve(config_path: str) -> int:
     # The hub and the core only: each upstream adapter is imported by App once the hub listens,
     # and only when the configuration uses it.
     from bridge.app import App
+    from bridge.errors import StartupRefused
     from storage.lock import StorageRefused
 
     configure_logging(config.log.level, config.log.format)
@@ -86,8 +87,9 @@ async def _serve(config_path: str) -> int:
     app = App(config)
     try:
         await app.start()
-    except StorageRefused as e:
-        # Another server on the file, or a schema from a newer build: one line, no traceback.
+    except (StorageRefused, StartupRefused) as e:
+        # Another server on the file, a schema from a newer build, a cluster's Redis out of
+        # reach: one line, no traceback.
         print(f"momobridge: {e}", file=sys.stderr)
         await app.stop()
         return 1

@@ -9,7 +9,6 @@ All validation, cross-field rules included, lives in the models (``Config``'s mo
 
 from __future__ import annotations
 
-import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -23,19 +22,25 @@ from pydantic import (
 )
 
 from bridge.config_types import (
-    HttpURL,
     OptionalHttpURL,
     OptionalQQNumber,
     QQNumber,
+    Section,
     WebSocketURL,
     _loopback,
 )
+from bridge.config_upstreams import (
+    MomoAIConfig,
+    MomoHubConfig,
+    OpenAIConfig,
+    SandboxConfig,
+)
+from bridge.config_upstreams import OpenAIProvider as OpenAIProvider  # re-exported
 
 ENV_PREFIX = "MOMOBRIDGE_"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+_Section = Section
 
 
 class ServerConfig(_Section):
@@ -158,116 +163,36 @@ class LogConfig(_Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
-class MomoHubConfig(_Section):
-    enabled: bool = True
-    base_url: OptionalHttpURL = ""
-    email: str = ""
-    password: str = ""
-    access_token: str = ""
-    refresh_token: str = ""
-    default_character: str = ""
-    list_public: bool = False
-    connect_timeout: float = Field(10.0, gt=0)
-    request_timeout: float = Field(30.0, gt=0)
-    first_event_timeout: float = Field(60.0, gt=0)
-    idle_timeout: float = Field(30.0, gt=0)
-    max_retry_after: float = Field(30.0, ge=0)
-    cache_ttl: float = Field(60.0, gt=0)
+class ClusterConfig(_Section):
+    """``[cluster]``: several bridges sharing one Redis (coordination) and one PostgreSQL
+    database (``[storage] url``). Empty ``redis_url``: a single bridge, no Redis needed."""
 
+    redis_url: str = ""
+    # This bridge's name among the nodes (default: host name and process id).
+    node_id: str = Field("", max_length=64)
+    heartbeat: float = Field(1.0, gt=0, le=60)
+    # A node not heard from for this long is gone.
+    node_ttl: float = Field(5.0, gt=0, le=600)
+    prefix: str = Field("momobridge:", min_length=1, max_length=64)
 
-class SandboxConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(0, ge=0, le=65535)
-    responder: Literal["echo", "openai"] = "echo"
-    token_delay: float = Field(0.02, ge=0)
-    heartbeat_interval: float = Field(5.0, gt=0)
-    access_token_ttl: float = Field(3600.0, gt=0)
-    refresh_token_ttl: float = Field(7 * 86400.0, gt=0)
-    openai_provider: str = ""
-    openai_model: str = ""
-    database: str = ""
-    generation_timeout: float = Field(300.0, gt=0)
-    # Test-only control endpoints under /_sandbox/ (fault injection, token expiry); off by default.
-    fault_injection: bool = False
-
-
-class OpenAIProvider(_Section):
-    name: str = Field(min_length=1)
-    base_url: HttpURL
-    api_key: str = ""
-    models: list[str] = Field(default_factory=list)
-    timeout: float = Field(60.0, gt=0)
-
-
-class OpenAIConfig(_Section):
-    providers: list[OpenAIProvider] = Field(default_factory=list)
-    default_model: str = ""
-    models_cache_ttl: float = Field(300.0, gt=0)
-    # A `model:<model>` conversation's context: its newest turns since its last /reset, at
-    # most this many characters (the newest message always goes).
-    history_turns: int = Field(20, ge=1, le=1000)
-    history_chars: int = Field(24_000, ge=1000, le=2_000_000)
-
-    @field_validator("providers")
+    @field_validator("redis_url")
     @classmethod
-    def _unique_names(cls, v: list[OpenAIProvider]) -> list[OpenAIProvider]:
-        names = [p.name for p in v]
-        dupes = {n for n in names if names.count(n) > 1}
-        if dupes:
-            raise ValueError(f"provider names must be unique, repeated: {sorted(dupes)}")
+    def _redis_url(cls, v: str) -> str:
+        v = v.strip()
+        if v and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"must be redis://host:port/db (or rediss://), got {v.split('@')[-1]!r}"
+            )
         return v
 
-
-# A MOMO AI agent id (adapters.momoai.wire.AGENT_ID_RE).
-_AGENT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-
-
-class MomoAIConfig(_Section):
-    """``[momoai]``: MOMO AI agents, each served as the model ``momoai:<id>`` (and, with
-    ``as_contacts``, as a contact the bridge keeps the conversation of)."""
-
-    enabled: bool = False
-    base_url: HttpURL = "https://api.momoai.pro/v1"
-    # Set it from the environment (MOMOBRIDGE_MOMOAI__API_KEY), not in the file.
-    api_key: str = ""
-    # The account's tier paces requests on our side (free 10, basic 60, pro 300 a minute,
-    # enterprise unpaced); `requests_per_minute` overrides it (0: unpaced).
-    tier: Literal["free", "basic", "pro", "enterprise"] = "free"
-    requests_per_minute: int | None = Field(None, ge=0, le=100_000)
-    # A request waits at most this long for a paced slot (or a Retry-After) before it is
-    # refused with RATE_LIMITED.
-    max_wait: float = Field(20.0, ge=0, le=600)
-    as_contacts: bool = False
-    # Offer only these agent ids (empty: every agent the account lists, up to max_agents).
-    agents: list[str] = Field(default_factory=list)
-    max_agents: int = Field(200, ge=1, le=5000)
-    agents_refresh: float = Field(300.0, ge=10)
-    # False asks for whole answers (each arrives as one update).
-    stream: bool = True
-    temperature: float | None = Field(None, ge=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-    connect_timeout: float = Field(10.0, gt=0)
-    # A streamed answer: until its first piece, then between two pieces.
-    first_event_timeout: float = Field(60.0, gt=0)
-    idle_timeout: float = Field(60.0, gt=0)
-    # A whole (non-streamed) answer: from the request until it has come (it is generated
-    # before its headers are sent).
-    answer_timeout: float = Field(300.0, gt=0)
-    # An agent conversation's prompt: its newest turns since its last /reset, at most this
-    # many characters (the newest message always goes).
-    history_turns: int = Field(20, ge=1, le=1000)
-    history_chars: int = Field(12_000, ge=500, le=2_000_000)
-
-    @field_validator("agents")
-    @classmethod
-    def _agent_ids(cls, v: list[str]) -> list[str]:
-        ids = [a.strip().removeprefix("momoai:") for a in v]
-        bad = [a for a in ids if not _AGENT_ID.fullmatch(a)]
-        if bad:
+    @model_validator(mode="after")
+    def _beat_under_ttl(self) -> ClusterConfig:
+        if self.heartbeat > self.node_ttl / 2:
             raise ValueError(
-                f"agent ids are 1-64 characters of A-Z a-z 0-9 . _ - (as in momoai:<id>), got {bad}"
+                f"heartbeat ({self.heartbeat:g} s) must be at most half of node_ttl "
+                f"({self.node_ttl:g} s): one late heartbeat must not drop a live node"
             )
-        return ids
+        return self
 
 
 class FrameworkLink(_Section):
@@ -392,6 +317,7 @@ class Config(_Section):
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
     momoai: MomoAIConfig = Field(default_factory=MomoAIConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     onebot: OneBotConfig = Field(default_factory=OneBotConfig)
     share: ShareConfig = Field(default_factory=ShareConfig)
     miochat: MioChatConfig = Field(default_factory=MioChatConfig)
@@ -420,6 +346,14 @@ class Config(_Section):
         problems.extend(self._qq_problems())
         problems.extend(self._sandbox_problems())
         problems.extend(self._momoai_problems())
+        if self.cluster.redis_url and not self.storage.postgres:
+            problems.append(
+                Problem(
+                    (("cluster", "redis_url"), ("storage", "url")),
+                    "a cluster shares one PostgreSQL database: set storage.url = "
+                    '"postgresql://..." (each bridge\'s own SQLite file would split the users)',
+                )
+            )
         if problems:
             raise CrossFieldError(problems)
         return self

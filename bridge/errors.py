@@ -30,3 +30,8 @@ class BridgeError(Exception):
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
+
+
+class StartupRefused(Exception):
+    """The bridge cannot start as configured (a cluster's Redis out of reach...): one line for
+    the operator, no traceback."""

@@ -57,6 +57,7 @@ class Health:
         self._components: dict[str, ComponentState] = {}
         self._probes: list[Probe] = []
         self._changed = asyncio.Event()
+        self._sections: dict[str, Any] = {}
 
     # ----- reporting ----------------------------------------------------------------------------
 
@@ -117,10 +118,15 @@ class Health:
         await self.run_probes()
         return self.snapshot_now()
 
+    def set_section(self, name: str, value: Any) -> None:
+        """Another part of the /readyz body beside the components (a cluster's ``nodes``)."""
+        self._sections[name] = value
+
     def snapshot_now(self) -> dict[str, Any]:
         return {
             "status": "ok" if self.ready else "degraded",
             "components": {name: c.to_json() for name, c in sorted(self._components.items())},
+            **self._sections,
         }
 
     async def wait_for(self, name: str, predicate: Callable[[str], bool]) -> str:

@@ -114,6 +114,9 @@ async def status_lines(bridge: Any, started: float) -> list[str]:
     momoai = components.get("momoai")
     if momoai:
         lines.append(f"MOMO AI: {_state(momoai)}")
+    cluster = components.get("cluster")
+    if cluster:
+        lines.append(f"Cluster: {_state(cluster)}")
     schedules = _schedules(bridge)
     if schedules is not None:
         lines.append(f"Schedules: {schedules} jobs (housekeeping included)")

@@ -1,0 +1,76 @@
+"""This bridge as a node of a cluster (``[cluster] redis_url``): its Redis client, its entry in
+the node registry, and what readiness (/readyz, /status, the console) shows of the cluster.
+
+A node that cannot reach Redis at start does not start: the bridges' shared state would be
+split without anyone noticing. Later trouble is reported (component ``cluster``) while the
+registry keeps heartbeating, so a Redis that comes back is used again.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+
+from bridge.cluster.client import ClusterError, connect
+from bridge.cluster.registry import NodeRegistry
+from bridge.config import ClusterConfig
+from bridge.health import OK, UNREACHABLE, Health
+
+log = structlog.get_logger(__name__)
+
+COMPONENT = "cluster"
+
+
+def default_node_id() -> str:
+    """The host name and process id: unique among live nodes, readable in /readyz."""
+    return f"{socket.gethostname()[:40]}-{os.getpid()}"
+
+
+class ClusterNode:
+    def __init__(self, config: ClusterConfig, info: dict[str, Any]) -> None:
+        self.config = config
+        self.node_id = config.node_id or default_node_id()
+        self.redis: aioredis.Redis = connect(config.redis_url, client_name=self.node_id)
+        self.registry = NodeRegistry(
+            self.redis,
+            self.node_id,
+            {**info, "started": time.time()},
+            heartbeat=config.heartbeat,
+            ttl=config.node_ttl,
+            prefix=config.prefix,
+        )
+
+    async def start(self) -> None:
+        """Join the registry; ClusterError (with the reason) when Redis cannot be reached."""
+        await self.registry.start()
+        log.info("cluster.joined", node=self.node_id)
+
+    async def close(self) -> None:
+        try:
+            await self.registry.close()
+        finally:
+            await self.redis.aclose()
+
+    async def report(self, health: Health) -> None:
+        """A /readyz probe: the live nodes, or why they cannot be listed."""
+        try:
+            nodes = await self.registry.nodes()
+        except ClusterError as e:
+            health.set(COMPONENT, UNREACHABLE, f"Redis: {e}")
+            health.set_section("nodes", [])
+            return
+        names = ", ".join(n["node_id"] for n in nodes)
+        health.set(COMPONENT, OK, f"{len(nodes)} nodes ({names}); this one is {self.node_id}")
+        health.set_section("nodes", [_public(n, self.node_id) for n in nodes])
+
+
+def _public(node: dict[str, Any], me: str) -> dict[str, Any]:
+    out = {k: node[k] for k in ("node_id", "since", "seen", "host", "port", "started") if k in node}
+    if node.get("node_id") == me:
+        out["self"] = True
+    return out

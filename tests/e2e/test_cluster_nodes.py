@@ -1,0 +1,58 @@
+"""Bridges as nodes of a cluster, on a real Redis and a real PostgreSQL: each lists the live
+nodes in /readyz and /status, a stopped node leaves the list, and a Redis out of reach stops a
+bridge from starting (its shared state would split silently)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import pytest
+
+import plugins.admin as admin_plugin
+from bridge.errors import StartupRefused
+from tests.conftest import Bridge
+from tests.e2e.test_health import get_json
+
+
+def cluster(redis_url: str, node_id: str, **extra: Any) -> dict[str, Any]:
+    return {"redis_url": redis_url, "node_id": node_id, "heartbeat": 0.2, "node_ttl": 1.0, **extra}
+
+
+async def nodes_of(bridge: Bridge) -> list[dict[str, Any]]:
+    _, body = await get_json(f"{bridge.http}/readyz")
+    assert body["components"]["cluster"]["state"] == "ok", body
+    return body["nodes"]
+
+
+# The database and Redis come first, so they go last: the bridges stop before them.
+
+
+async def test_nodes_are_listed_and_a_stopped_one_leaves(
+    postgres_dsn: str, redis_url: str, bridge_factory
+) -> None:
+    a = await bridge_factory(storage={"url": postgres_dsn}, cluster=cluster(redis_url, "node-a"))
+    b = await bridge_factory(storage={"url": postgres_dsn}, cluster=cluster(redis_url, "node-b"))
+    listed = await nodes_of(a)
+    assert [n["node_id"] for n in listed] == ["node-a", "node-b"]
+    me = next(n for n in listed if n.get("self"))
+    assert me["node_id"] == "node-a" and me["port"] == a.app.port
+    assert [n["node_id"] for n in await nodes_of(b) if n.get("self")] == ["node-b"]
+    status = await admin_plugin.status_lines(a.app, time.time())
+    assert "Cluster: ok (2 nodes (node-a, node-b); this one is node-a)" in status, status
+    await b.app.stop()
+    # Stopping unregisters at once: the list follows without waiting for the ttl.
+    assert [n["node_id"] for n in await nodes_of(a)] == ["node-a"]
+
+
+async def test_a_cluster_without_redis_does_not_start(postgres_dsn: str, bridge_factory) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Nothing listens on `port` now.
+    with pytest.raises(StartupRefused, match="cannot join the cluster"):
+        await bridge_factory(
+            storage={"url": postgres_dsn},
+            cluster=cluster(f"redis://127.0.0.1:{port}/0", "lonely"),
+        )
