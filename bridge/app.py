@@ -408,11 +408,12 @@ class App:
         from bridge.cluster import ClusterError
         from bridge.cluster.node import ClusterNode
 
+        assert self.outbox is not None
         node = ClusterNode(
             self.config.cluster, {"host": self.config.server.host, "port": self.port}
         )
         try:
-            await node.start()
+            await node.start(self.outbox)
         except ClusterError as e:
             await node.close()
             raise StartupRefused(f"cannot join the cluster: {e}") from None

@@ -18,6 +18,10 @@ class KeyedLocks:
     def __len__(self) -> int:
         return len(self._locks)
 
+    def __contains__(self, key: Hashable) -> bool:
+        """Whether someone holds or waits for ``key``'s lock."""
+        return key in self._locks
+
     @asynccontextmanager
     async def hold(self, key: Hashable, timeout: float | None = None) -> AsyncIterator[None]:
         entry = self._locks.get(key)

@@ -12,7 +12,7 @@ joins the live set, and a push that races with it waits, so nothing is reordered
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -87,12 +87,23 @@ class Outbox:
         self._families: dict[str, SinkFactory] = {}
         # The app's (see App.start); counted into and never scraped when built alone.
         self.metrics: Metrics = UNSCRAPED
+        # In a cluster: hands each stored push to the other nodes (bridge.cluster.pushes).
+        self.fanout: Callable[[str, Push], Awaitable[None]] | None = None
 
     def next_push_id(self) -> str:
         return f"s-{self._repo.next_id()}"
 
     def online(self, user_id: str) -> bool:
         return bool(self._sinks.get(user_id))
+
+    def expects(self, user_id: str) -> bool:
+        """Whether a push for this user may concern this node: a connection of the user is
+        here, or is logging in (holding the user's lock), or an edge here serves the user."""
+        return (
+            bool(self._sinks.get(user_id))
+            or user_id in self._locks
+            or any(user_id.startswith(prefix) for prefix in self._families)
+        )
 
     def connections(self, user_id: str) -> int:
         return len(self._sinks.get(user_id, ()))
@@ -160,10 +171,11 @@ class Outbox:
                 del self._sinks[user_id]
 
     async def push(self, user_id: str, push: Push, *, exclude: Sink | None = None) -> int:
-        """Store the push, then offer it to every live connection of the user.
+        """Store the push, then offer it to every live connection of the user (on every node
+        of a cluster: see ``fanout``).
 
         ``exclude`` (the connection that caused it) is not sent the push but confirms it like
-        one it received. Returns how many connections it was offered to.
+        one it received. Returns how many connections of this node it was offered to.
         """
         if not push.push_id:
             push.push_id = self.next_push_id()
@@ -172,22 +184,45 @@ class Outbox:
             self.metrics.push("stored")
             if dropped:
                 log.warning("outbox.dropped_oldest", user=user_id, dropped=dropped)
-            offered = 0
-            if not self._sinks.get(user_id) and (new := self._family_sink(user_id)) is not None:
-                # Everything waiting for this user goes first, in order, then this push.
-                for seq, data in await self._repo.pending(user_id):
-                    if not new.offer(push if seq == push.seq else Push.from_json(data, seq)):
-                        return 0
-                self._sinks.setdefault(user_id, set()).add(new)
-                self.metrics.push("offered")
-                return 1
-            for sink in list(self._sinks.get(user_id, ())):
-                if sink is exclude:
-                    sink.note(push.seq)
-                elif sink.offer(push):
-                    offered += 1
-            self.metrics.push("offered", offered)
-            return offered
+            offered = await self._offer(user_id, push, exclude)
+        if self.fanout is not None:
+            # The user's connections on the other nodes; stored first, so a node that misses
+            # this (a bus reconnecting) still has it for the user's next login.
+            await self.fanout(user_id, push)
+        return offered
+
+    async def deliver(self, user_id: str, push: Push) -> int:
+        """A push another node stored (``push.seq`` set): offer it to this node's connections
+        of the user, in the order pushes come. A login replaying the store meanwhile is waited
+        for, so the push is either in what it replayed or offered after it (at least once)."""
+        async with self._locks.hold(user_id, LOCK_TIMEOUT):
+            return await self._offer(user_id, push, None)
+
+    async def _offer(self, user_id: str, push: Push, exclude: Sink | None) -> int:
+        """Offer a stored push to the user's live connections here (the user's lock held)."""
+        if not self._sinks.get(user_id) and (new := self._family_sink(user_id)) is not None:
+            # Everything waiting for this user goes first, in order, then this push.
+            for seq, data in await self._repo.pending(user_id):
+                if not new.offer(push if seq == push.seq else Push.from_json(data, seq)):
+                    return 0
+            self._sinks.setdefault(user_id, set()).add(new)
+            self.metrics.push("offered")
+            return 1
+        offered = 0
+        for sink in list(self._sinks.get(user_id, ())):
+            if sink is exclude:
+                sink.note(push.seq)
+            elif sink.offer(push):
+                offered += 1
+        self.metrics.push("offered", offered)
+        return offered
+
+    async def stored(self, user_id: str, seq: int) -> Push | None:
+        """A push still waiting in the store (a node reads one too big for the bus)."""
+        for pending_seq, data in await self._repo.pending(user_id):
+            if pending_seq == seq:
+                return Push.from_json(data, seq)
+        return None
 
     async def confirm(self, user_id: str, seq: int) -> None:
         """A peer of this user has everything up to ``seq``."""

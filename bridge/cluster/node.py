@@ -16,10 +16,13 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 
+from bridge.cluster.bus import Bus
 from bridge.cluster.client import ClusterError, connect
+from bridge.cluster.pushes import PushFanout
 from bridge.cluster.registry import NodeRegistry
 from bridge.config import ClusterConfig
 from bridge.health import OK, UNREACHABLE, Health
+from bridge.outbox import Outbox
 
 log = structlog.get_logger(__name__)
 
@@ -44,14 +47,22 @@ class ClusterNode:
             ttl=config.node_ttl,
             prefix=config.prefix,
         )
+        self.bus = Bus(self.redis, self.node_id, prefix=config.prefix)
+        self._pushes: PushFanout | None = None
 
-    async def start(self) -> None:
-        """Join the registry; ClusterError (with the reason) when Redis cannot be reached."""
+    async def start(self, outbox: Outbox) -> None:
+        """Join the registry and the pushes of the other nodes; ClusterError (with the reason)
+        when Redis cannot be reached."""
         await self.registry.start()
+        self._pushes = PushFanout(self.bus, outbox)
+        await self._pushes.start()
         log.info("cluster.joined", node=self.node_id)
 
     async def close(self) -> None:
         try:
+            if self._pushes is not None:
+                self._pushes.stop()
+            await self.bus.close()
             await self.registry.close()
         finally:
             await self.redis.aclose()

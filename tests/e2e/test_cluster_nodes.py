@@ -14,6 +14,9 @@ import plugins.admin as admin_plugin
 from bridge.errors import StartupRefused
 from tests.conftest import Bridge
 from tests.e2e.test_health import get_json
+from tests.e2e.test_model_chats import ECHO, providers
+from tests.e2e.test_momohub import reply_text, send
+from tests.support.fake_openai import FakeOpenAI
 
 
 def cluster(redis_url: str, node_id: str, **extra: Any) -> dict[str, Any]:
@@ -56,3 +59,50 @@ async def test_a_cluster_without_redis_does_not_start(postgres_dsn: str, bridge_
             storage={"url": postgres_dsn},
             cluster=cluster(f"redis://127.0.0.1:{port}/0", "lonely"),
         )
+
+
+# ----- pushes reach the user's connections on every node ---------------------------------------
+
+
+async def test_a_reply_on_one_node_reaches_the_user_s_tab_on_another(
+    postgres_dsn: str, redis_url: str, upstream: FakeOpenAI, bridge_factory
+) -> None:
+    shared = {
+        "storage": {"url": postgres_dsn},
+        "openai": providers(upstream),
+    }
+    a = await bridge_factory(**shared, cluster=cluster(redis_url, "node-a"))
+    b = await bridge_factory(**shared, cluster=cluster(redis_url, "node-b"))
+    tab_a = await a.client("ann")
+    tab_b = await b.client("ann")
+    ack, frames = await send(tab_a, ECHO, "hello from a")
+    assert reply_text(frames) == "You said: hello from a"
+    rid = ack["request_id"]
+    # The reply's push, made on node A, reaches the tab on node B (and the tab on A).
+    pushed = await tab_b.wait_push(
+        lambda f: f["data"]["content"].get("stream_request_id") == rid, timeout=10
+    )
+    assert pushed["data"]["content"]["message"][0]["data"]["text"] == "You said: hello from a"
+    await tab_a.wait_push(lambda f: f["data"]["content"].get("stream_request_id") == rid)
+    # Someone else's tab on B gets nothing of it.
+    other = await b.client("bob")
+    await send(tab_a, ECHO, "again")
+    await tab_b.wait_push(lambda f: "again" in str(f["data"]["content"]["message"]))
+    assert not other.pushes("message")
+
+
+async def test_a_tab_that_logs_in_later_on_another_node_gets_what_it_missed(
+    postgres_dsn: str, redis_url: str, upstream: FakeOpenAI, bridge_factory
+) -> None:
+    shared = {"storage": {"url": postgres_dsn}, "openai": providers(upstream)}
+    a = await bridge_factory(**shared, cluster=cluster(redis_url, "node-a"))
+    b = await bridge_factory(**shared, cluster=cluster(redis_url, "node-b"))
+    tab_a = await a.client("cid")
+    ack, _ = await send(tab_a, ECHO, "while b was away")
+    rid = ack["request_id"]
+    await tab_a.close()  # nobody confirmed the push: it waits in the shared outbox
+    tab_b = await b.client("cid")
+    replayed = await tab_b.wait_push(
+        lambda f: f["data"]["content"].get("stream_request_id") == rid, timeout=10
+    )
+    assert "while b was away" in str(replayed["data"]["content"]["message"])
