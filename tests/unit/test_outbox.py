@@ -2,14 +2,14 @@
 
 Delivery is at least once: a push leaves the store only on ``confirm``; whatever is unconfirmed
 is offered again, in order and with the same seq and push_id, at the next login.
+
+Against the real repository, on both databases (tests/support/storage.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +20,12 @@ from bridge.outbox import Outbox, Push
 from storage import Storage
 from storage.db import Database
 from storage.outbox import OutboxRepo
+from storage.postgres import PostgresDatabase
+from tests.support.storage import (  # noqa: F401 - fixtures (both databases)
+    backend_fixture,
+    location_fixture,
+    st_fixture,
+)
 
 WAIT = 5.0
 
@@ -67,7 +73,7 @@ class Repo(OutboxRepo):
     push that did not wait for the lock would be stored and offered behind the login's back.
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database | PostgresDatabase) -> None:
         super().__init__(db)
         self.log: Log = []
         self.reading = asyncio.Event()
@@ -102,15 +108,8 @@ def msg(i: int, contact: str = "momo") -> Push:
 
 
 @pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
-    s = await Storage.open(str(tmp_path / "outbox.db"))
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-def repo(storage: Storage) -> Repo:
-    return Repo(storage.db)
+def repo(st: Storage) -> Repo:
+    return Repo(st.db)
 
 
 @pytest.fixture
@@ -147,7 +146,8 @@ def test_push_json_round_trip_leaves_the_seq_to_the_store() -> None:
     assert r == Push(kind="recall", contact="c", message_id=2)
 
 
-def test_push_ids_are_unique_server_ids(outbox: Outbox) -> None:
+def test_push_ids_are_unique_server_ids() -> None:
+    outbox = Outbox(OutboxRepo(None), limit_per_user=100)  # type: ignore[arg-type] - no storage
     ids = [outbox.next_push_id() for _ in range(100)]
     assert len(set(ids)) == 100 and all(i.startswith("s-") for i in ids)
 
@@ -527,9 +527,8 @@ async def test_tracked_users_return_to_zero(outbox: Outbox, repo: Repo) -> None:
 # ----- restart ------------------------------------------------------------------------------------
 
 
-async def test_pushes_survive_closing_and_reopening_the_database(tmp_path: Path) -> None:
-    path = str(tmp_path / "restart.db")
-    st = await Storage.open(path)
+async def test_pushes_survive_closing_and_reopening_the_database(location: str) -> None:
+    st = await Storage.open(location)
     try:
         ob = Outbox(st.outbox, limit_per_user=100)
         a = Sink("a")
@@ -545,7 +544,7 @@ async def test_pushes_survive_closing_and_reopening_the_database(tmp_path: Path)
         await st.close()
     assert before[:2] == a.got[1:] and len(before) == 3
 
-    st = await Storage.open(path)
+    st = await Storage.open(location)
     try:
         ob = Outbox(st.outbox, limit_per_user=100)
         b = Sink("b")
@@ -559,7 +558,7 @@ async def test_pushes_survive_closing_and_reopening_the_database(tmp_path: Path)
     finally:
         await st.close()
 
-    st = await Storage.open(path)
+    st = await Storage.open(location)
     try:
         assert await st.outbox.count("u") == 0 and await st.outbox.count("v") == 1
         q = msg(7)

@@ -1,22 +1,18 @@
-"""The plugins' key-value store against a real temp-file database."""
+"""The plugins' key-value store on both databases (a temp SQLite file, a real PostgreSQL)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from storage import Storage
 from storage.plugin_kv import MAX_VALUE_BYTES, KVFull, PluginKVRepo
-
-
-@pytest.fixture
-async def st(tmp_path: Path) -> AsyncIterator[Storage]:
-    s = await Storage.open(str(tmp_path / "kv.db"))
-    yield s
-    await s.close()
+from tests.support.storage import (  # noqa: F401 - fixtures (both databases)
+    backend_fixture,
+    location_fixture,
+    st_fixture,
+)
 
 
 async def test_values_round_trip_per_plugin(st: Storage) -> None:
@@ -33,12 +29,13 @@ async def test_values_round_trip_per_plugin(st: Storage) -> None:
     assert await kv.get("dice", "u1") is None
 
 
-async def test_survives_reopening(tmp_path: Path) -> None:
-    path = str(tmp_path / "kv.db")
-    s = await Storage.open(path)
-    await s.plugin_kv.set("persona", "conv", "be brief")
-    await s.close()
-    s = await Storage.open(path)
+async def test_survives_reopening(location: str) -> None:
+    s = await Storage.open(location)
+    try:
+        await s.plugin_kv.set("persona", "conv", "be brief")
+    finally:
+        await s.close()
+    s = await Storage.open(location)
     try:
         assert await s.plugin_kv.get("persona", "conv") == "be brief"
     finally:
@@ -54,6 +51,21 @@ async def test_keys_by_prefix_treat_wildcards_literally(st: Storage) -> None:
     assert await kv.keys("p", "a!") == ["a!y"]
     assert await kv.keys("p") == sorted(["a_1", "ab", "a%x", "a!y", "b"])
     assert await kv.keys("p", limit=2) == sorted(["a_1", "ab", "a%x", "a!y", "b"])[:2]
+
+
+async def test_keys_are_case_sensitive_and_sorted_by_code_point(st: Storage) -> None:
+    kv = st.plugin_kv
+    # Whatever the database's collation: upper case before lower, then beyond ASCII.
+    keys = ["apple", "Apple", "APPLE", "apfel", "äpfel", "b", "a\U0010ffff", "a"]
+    for key in keys:
+        await kv.set("p", key, 1)
+    assert await kv.keys("p") == sorted(keys)
+    assert await kv.keys("p", "A") == ["APPLE", "Apple"]
+    assert await kv.keys("p", "ap") == ["apfel", "apple"]
+    # All that start with "a" but the one going on with U+10FFFF itself (the range's end).
+    assert await kv.keys("p", "a") == ["a", "apfel", "apple"]
+    assert await kv.keys("p", "ä") == ["äpfel"]
+    assert await kv.keys("other") == []
 
 
 async def test_bounds_refuse_rather_than_grow(st: Storage) -> None:
@@ -81,3 +93,11 @@ async def test_concurrent_new_keys_never_pass_the_cap(st: Storage) -> None:
     assert sum(1 for r in results if r is None) == 10
     assert all(isinstance(r, KVFull) for r in results if r is not None)
     assert len(await kv.keys("p")) == 10
+
+
+async def test_concurrent_writes_of_two_plugins_each_keep_their_own_cap(st: Storage) -> None:
+    kv = PluginKVRepo(st.db, max_keys=4)
+    writes = [kv.set(p, f"k{i}", i) for i in range(10) for p in ("p", "q")]
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    assert sum(1 for r in results if r is None) == 8
+    assert len(await kv.keys("p")) == 4 and len(await kv.keys("q")) == 4

@@ -1,16 +1,20 @@
 """Share limits without sockets: the rate limiter, client keys, and the share repository's
-expiry and cap against a temp database."""
+expiry and cap on both databases."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
+import asyncio
 
 import pytest
 
 from adapters.miochat.http_routes import RateLimiter, client_key
 from storage import Storage
 from storage.shares import ShareStorageFull
+from tests.support.storage import (  # noqa: F401 - fixtures (both databases)
+    backend_fixture,
+    location_fixture,
+    st_fixture,
+)
 
 DAY = 86400.0
 
@@ -59,15 +63,8 @@ def test_client_keys() -> None:
     assert client_key("") == ""
 
 
-@pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
-    st = await Storage.open(str(tmp_path / "shares.db"))
-    yield st
-    await st.close()
-
-
-async def test_expired_shares_are_not_served_and_go_on_write(storage: Storage) -> None:
-    shares = storage.shares
+async def test_expired_shares_are_not_served_and_go_on_write(st: Storage) -> None:
+    shares = st.shares
     old = await shares.create({"name": "old"}, ttl=30 * DAY, now=1000.0)
     assert await shares.get(old, ttl=30 * DAY, now=1000.0 + 29 * DAY) == {"name": "old"}
     assert await shares.get(old, ttl=30 * DAY, now=1000.0 + 31 * DAY) is None
@@ -79,8 +76,8 @@ async def test_expired_shares_are_not_served_and_go_on_write(storage: Storage) -
     assert await shares.count() == 0
 
 
-async def test_cap_drops_expired_first_then_refuses(storage: Storage) -> None:
-    shares = storage.shares
+async def test_cap_drops_expired_first_then_refuses(st: Storage) -> None:
+    shares = st.shares
     kept = [await shares.create({"n": i}, ttl=DAY, max_total=3, now=float(i)) for i in range(3)]
     with pytest.raises(ShareStorageFull):
         await shares.create({"n": 3}, ttl=DAY, max_total=3, now=10.0)
@@ -95,3 +92,13 @@ async def test_cap_drops_expired_first_then_refuses(storage: Storage) -> None:
     # Without limits the repository behaves as before.
     plain = await shares.create({"name": "plain"})
     assert await shares.get(plain) == {"name": "plain"}
+
+
+async def test_concurrent_creates_never_pass_the_cap(st: Storage) -> None:
+    # On PostgreSQL the writers run side by side: each must count what the others inserted.
+    creates = [st.shares.create({"n": i}, ttl=DAY, max_total=5) for i in range(20)]
+    results = await asyncio.gather(*creates, return_exceptions=True)
+    made = [r for r in results if isinstance(r, str)]
+    assert len(made) == 5 and len(set(made)) == 5
+    assert all(isinstance(r, ShareStorageFull) for r in results if not isinstance(r, str))
+    assert await st.shares.count() == 5

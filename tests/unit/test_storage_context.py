@@ -1,29 +1,18 @@
 """Storage for conversation context: a conversation's instructions (its persona), which outlive
-its upstream chat, and its recent messages as `/history` reads them."""
+its upstream chat, and its recent messages as `/history` reads them; on both databases."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
-
 from storage import Storage
-
-
-@pytest.fixture
-async def st(tmp_path: Path) -> AsyncIterator[Storage]:
-    s = await Storage.open(str(tmp_path / "test.db"))
-    yield s
-    await s.close()
+from tests.support.storage import backend_fixture, location_fixture, st_fixture  # noqa: F401 - fixtures (both databases)
 
 
 def text(t: str) -> list[dict]:
     return [{"type": "text", "data": {"text": t}}]
 
 
-async def test_instructions_are_per_conversation_and_outlive_its_chat(tmp_path: Path) -> None:
-    st = await Storage.open(str(tmp_path / "test.db"))
+async def test_instructions_are_per_conversation_and_outlive_its_chat(location: str) -> None:
+    st = await Storage.open(location)
     try:
         conv = st.conversations
         assert await conv.instructions("u", "c", "default") is None
@@ -40,7 +29,7 @@ async def test_instructions_are_per_conversation_and_outlive_its_chat(tmp_path: 
         assert await conv.get("u", "c", "default") is None
     finally:
         await st.close()
-    reopened = await Storage.open(str(tmp_path / "test.db"))
+    reopened = await Storage.open(location)
     try:
         conv = reopened.conversations
         assert await conv.instructions("u", "c", "default") == "Talk like a cat."
