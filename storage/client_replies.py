@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from storage.sql import Execute, Unit, single
+from storage.sql import Execute, Unit, single, take_turns
 
 if TYPE_CHECKING:
     from storage.db import Database
@@ -107,8 +107,14 @@ class ClientReplyRepo:
         return n
 
 
+# The advisory locks' first key for this table (see take_turns): one user's saves take turns on
+# PostgreSQL, so two at once cannot both trim to `limit` and keep limit + 1.
+_TURNS = 0x6372
+
+
 def _save(row: tuple[Any, ...], limit: int) -> Unit[None]:
     user_id = row[0]
+    yield take_turns(_TURNS, user_id)
     # Every column is written: the same as replacing the row.
     yield Execute(
         "INSERT INTO client_replies (user_id, message_id, contactor_id, status, chunks, error, "

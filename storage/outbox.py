@@ -6,14 +6,20 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from storage.sql import Execute, Fetch, Insert, Unit, single
+from storage.sql import Execute, Fetch, Insert, Unit, single, take_turns
 
 if TYPE_CHECKING:
     from storage.db import Database
     from storage.postgres import PostgresDatabase
 
 
+# The advisory locks' first key for this table (see take_turns): one user's pushes take turns on
+# PostgreSQL, so two at once cannot both trim to `limit` and keep limit + 1.
+_TURNS = 0x6F62
+
+
 def _push(user_id: str, text: str, limit: int) -> Unit[tuple[int, int]]:
+    yield take_turns(_TURNS, user_id)
     seq = yield Insert(
         "INSERT INTO outbox (user_id, frame, created) VALUES (?, ?, ?)",
         (user_id, text, time.time()),

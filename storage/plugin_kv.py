@@ -11,7 +11,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from storage.sql import Execute, Fetch, Unit, single
+from storage.sql import Execute, Fetch, Unit, single, take_turns
 
 if TYPE_CHECKING:
     from storage.db import Database
@@ -96,9 +96,7 @@ _KV_LOCKS = 0x6B76  # the advisory locks' first key: this table's
 
 def _set(plugin: str, key: str, data: str, now: float, limit: int) -> Unit[int]:
     """Insert or update a key; a new key only while the plugin holds fewer than ``limit``."""
-    yield Fetch(
-        "SELECT ?, ?", (_KV_LOCKS, plugin), pg="SELECT pg_advisory_xact_lock(?, hashtext(?))"
-    )
+    yield take_turns(_KV_LOCKS, plugin)
     # An update of an existing key always fits; a new key only below the cap. One statement
     # (taking turns on PostgreSQL): concurrent writers cannot overshoot it.
     changed = yield Execute(

@@ -76,6 +76,13 @@ def single(statement: Statement) -> Unit[Any]:
     return (yield statement)
 
 
+def take_turns(family: int, key: str) -> Statement:
+    """Writers of one ``key`` in one ``family`` (a table's) take turns until their transaction
+    ends. SQLite has one writer at a time already; on PostgreSQL, a count-then-trim (a user's
+    newest N rows) would otherwise let two concurrent writers each keep N."""
+    return FetchOne("SELECT ?, ?", (family, key), pg="SELECT pg_advisory_xact_lock(?, hashtext(?))")
+
+
 # ----- PostgreSQL spelling ---------------------------------------------------------------------
 
 # A `?` outside quotes; quoted text is matched first so its question marks are kept.

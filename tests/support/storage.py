@@ -126,14 +126,6 @@ async def schema_version(st: Storage | Any) -> int:
     return int(await scalar(db, "SELECT max(version) FROM schema_version") or 0)
 
 
-def race_on_postgresql(request: pytest.FixtureRequest, reason: str) -> None:
-    """A known race on PostgreSQL that this test hits most runs but not all: its PostgreSQL
-    variant is an expected failure, not strict (a strict test elsewhere shows it for certain).
-    Remove the call once the race is fixed."""
-    if request.getfixturevalue("backend") == "postgresql":
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
-
-
 def no_open_transaction(st: Storage) -> bool:
     """Nothing left uncommitted on the connection (SQLite's one connection; PostgreSQL hands a
     connection back to its pool only once its transaction ended)."""

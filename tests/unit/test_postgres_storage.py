@@ -383,13 +383,6 @@ class HeldTrims:
         return bool(waiting)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="storage/outbox.py _push: on PostgreSQL two pushes of one user in concurrent "
-    "transactions each trim by what their own snapshot holds (their insert, not the other's), "
-    "so the user keeps limit + 1 rows (and the push that should drop one drops none)",
-)
 async def test_concurrent_pushes_of_one_user_keep_to_the_limit(
     postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -408,13 +401,6 @@ async def test_concurrent_pushes_of_one_user_keep_to_the_limit(
         await st.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="storage/client_replies.py _save: on PostgreSQL two saves of one user in concurrent "
-    "transactions each trim by what their own snapshot holds (their insert, not the other's), "
-    "so the user keeps more than `limit` replies",
-)
 async def test_concurrent_client_reply_saves_of_one_user_keep_to_the_limit(
     postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,24 +24,12 @@ from tests.support.storage import (  # noqa: F401 - fixtures
     backend_fixture,
     execute,
     location_fixture,
-    race_on_postgresql,
     scalar,
     schema_version,
     st_fixture,
 )
 
 SPAN = INT32_MAX - MAPPED_FLOOR
-
-# Known bugs, shown for certain by tests/unit/test_postgres_storage.py (strict xfails there); here
-# the race is hit most runs but not all, hence not strict.
-OUTBOX_RACE = (
-    "PostgreSQL: concurrent OutboxRepo.push for one user may trim too little (each transaction's "
-    "trim sees its own insert, not the other's): see test_postgres_storage"
-)
-CLIENT_REPLIES_RACE = (
-    "PostgreSQL: concurrent ClientReplyRepo.save for one user may trim too little (each "
-    "transaction's trim sees its own insert, not the other's): see test_postgres_storage"
-)
 
 
 def hashed(user_id: str) -> int:
@@ -581,10 +569,7 @@ async def test_outbox_seqs_are_never_reused(location: str) -> None:
         await s.close()
 
 
-async def test_outbox_concurrent_pushes_unique_seqs_and_exact_trim(
-    st: Storage, request: pytest.FixtureRequest
-) -> None:
-    race_on_postgresql(request, OUTBOX_RACE)
+async def test_outbox_concurrent_pushes_unique_seqs_and_exact_trim(st: Storage) -> None:
     users = ("alice", "bob")
     calls = [(u, i) for i in range(20) for u in users]
     results = await asyncio.gather(*(st.outbox.push(u, f(i), limit=5) for u, i in calls))
@@ -883,10 +868,7 @@ async def test_client_replies_trim_expire_and_interrupt(st: Storage) -> None:
     assert await cr.contactors("v") == []
 
 
-async def test_client_replies_concurrent_saves_keep_to_the_limit(
-    st: Storage, request: pytest.FixtureRequest
-) -> None:
-    race_on_postgresql(request, CLIENT_REPLIES_RACE)
+async def test_client_replies_concurrent_saves_keep_to_the_limit(st: Storage) -> None:
     cr = st.client_replies
     saves = [cr.save(reply("u", f"m{i}", updated=1000.0 + i), limit=3) for i in range(20)]
     await asyncio.gather(*saves)
