@@ -260,7 +260,8 @@ class App:
         from adapters.onebot.framework_target import FrameworkTarget
 
         assert self.storage is not None and self.outbox is not None
-        target = FrameworkTarget(self.config, self.storage, self.outbox)
+        # With a cluster (joined before the upstreams start) each link runs on one node at a time.
+        target = FrameworkTarget(self.config, self.storage, self.outbox, cluster=self.cluster)
         self._closers.append(target.close)
         target.health = self.health.set
         target.report_links()
