@@ -1,14 +1,25 @@
-"""The time specs `/schedule` takes: `every <N>s|m|h` intervals and standard 5-field crontab
-lines (read into apscheduler triggers, whose weekday numbering differs from crontab's)."""
+"""What a schedule is: the plugin's settings, a stored schedule (`Entry`), and the time specs
+`/schedule` takes: `every <N>s|m|h` intervals and standard 5-field crontab lines (read into
+apscheduler triggers, whose weekday numbering differs from crontab's)."""
 
 from __future__ import annotations
 
 import re
-from datetime import tzinfo
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bridge.commands import UsageError
+from bridge.models import ConversationKey
+from bridge.scheduler import as_datetime
+
+# max_total's own upper bound.
+MAX_TOTAL = 100_000
 
 # The longest `every` (a year): longer ones are better said with cron.
 MAX_EVERY = 366 * 86400.0
@@ -83,3 +94,72 @@ def parse_cron(text: str, zone: tzinfo) -> CronTrigger:
         return CronTrigger.from_crontab(" ".join(fields), timezone=zone)
     except ValueError as e:
         raise UsageError(f"bad cron line: {e}") from None
+
+
+class ScheduleSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_per_user: int = Field(5, ge=0, le=1000)
+    max_total: int = Field(1000, ge=1, le=MAX_TOTAL)
+    misfire_grace: float = Field(300.0, ge=0)
+    timezone: str = ""
+    # A testing knob: users get at least 5 s between runs.
+    min_interval: float = Field(5.0, ge=0.5)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        if v:
+            try:
+                ZoneInfo(v)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {v!r}") from None
+        return v
+
+    def zone(self) -> tzinfo:
+        if self.timezone:
+            return ZoneInfo(self.timezone)
+        local = datetime.now().astimezone().tzinfo
+        assert local is not None
+        return local
+
+
+@dataclass(slots=True)
+class Entry:
+    id: int
+    user: str
+    contact: str
+    thread: str
+    kind: str  # "cron" or "every"
+    spec: str  # the cron line, or the interval in seconds
+    prompt: str
+    created: float
+    # When its last run ended (or it was created, or resumed): what a run missed during a
+    # restart is counted from. Written only once a run has ended, so one cut short stays owed.
+    last: float
+    # Paused from the console: stored, not armed (and not run as missed at a start).
+    paused: bool = False
+    # How its last run ended ("" before the first): shown in the console.
+    result: str = ""
+
+    @property
+    def key(self) -> ConversationKey:
+        return ConversationKey(self.user, self.contact, self.thread)
+
+    def trigger(self, zone: tzinfo) -> BaseTrigger:
+        if self.kind == "cron":
+            return parse_cron(self.spec, zone)
+        # Anchored at creation: the cadence stays the same across restarts.
+        return IntervalTrigger(seconds=float(self.spec), start_date=as_datetime(self.created))
+
+    def when(self) -> str:
+        if self.kind == "cron":
+            return f'cron "{self.spec}"'
+        return f"every {_short(float(self.spec))}"
+
+
+def _short(seconds: float) -> str:
+    for unit, size in (("h", 3600.0), ("m", 60.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"

@@ -31,22 +31,29 @@ a resumed one starts counting afresh, so what it skipped while paused is not run
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, dataclass, replace
-from datetime import datetime, tzinfo
-from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from dataclasses import asdict, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bridge.commands import Arg, Invocation, UsageError
 from bridge.engine import Turn
 from bridge.errors import BridgeError
-from bridge.models import ConversationKey
 from bridge.plugins import PluginContext
-from bridge.scheduler import as_datetime, missed_run
-from plugins._schedule_spec import MAX_EVERY, parse_cron, parse_every
+from bridge.scheduler import as_datetime, missed_run, next_after
+from plugins._schedule_spec import (
+    MAX_EVERY,
+    MAX_TOTAL,
+    Entry,
+    ScheduleSettings,
+    parse_cron,
+    parse_every,
+)
+
+if TYPE_CHECKING:
+    from plugins._schedule_cluster import ScheduleCluster
 
 __all__ = ["MAX_EVERY", "Book", "Entry", "ScheduleSettings", "parse_cron", "parse_every", "setup"]
 
@@ -56,80 +63,9 @@ REPLY_WAIT = 300.0
 # Schedules only admins may add past max_total: on an open bridge anyone can add up to it, and
 # an admin must still be able to. max_total + ADMIN_RESERVE is the hard bound on adds.
 ADMIN_RESERVE = 100
-# max_total's own upper bound.
-MAX_TOTAL = 100_000
 # What the start reads: every schedule any configuration could have stored, so lowering
 # max_total never leaves stored schedules unloaded (and silently never run).
 LOAD_LIMIT = MAX_TOTAL + ADMIN_RESERVE
-
-
-class ScheduleSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    max_per_user: int = Field(5, ge=0, le=1000)
-    max_total: int = Field(1000, ge=1, le=MAX_TOTAL)
-    misfire_grace: float = Field(300.0, ge=0)
-    timezone: str = ""
-    # A testing knob: users get at least 5 s between runs.
-    min_interval: float = Field(5.0, ge=0.5)
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, v: str) -> str:
-        if v:
-            try:
-                ZoneInfo(v)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"unknown time zone {v!r}") from None
-        return v
-
-    def zone(self) -> tzinfo:
-        if self.timezone:
-            return ZoneInfo(self.timezone)
-        local = datetime.now().astimezone().tzinfo
-        assert local is not None
-        return local
-
-
-@dataclass(slots=True)
-class Entry:
-    id: int
-    user: str
-    contact: str
-    thread: str
-    kind: str  # "cron" or "every"
-    spec: str  # the cron line, or the interval in seconds
-    prompt: str
-    created: float
-    # When its last run ended (or it was created, or resumed): what a run missed during a
-    # restart is counted from. Written only once a run has ended, so one cut short stays owed.
-    last: float
-    # Paused from the console: stored, not armed (and not run as missed at a start).
-    paused: bool = False
-    # How its last run ended ("" before the first): shown in the console.
-    result: str = ""
-
-    @property
-    def key(self) -> ConversationKey:
-        return ConversationKey(self.user, self.contact, self.thread)
-
-    def trigger(self, zone: tzinfo) -> BaseTrigger:
-        if self.kind == "cron":
-            return parse_cron(self.spec, zone)
-        # Anchored at creation: the cadence stays the same across restarts.
-        return IntervalTrigger(seconds=float(self.spec), start_date=as_datetime(self.created))
-
-    def when(self) -> str:
-        if self.kind == "cron":
-            return f'cron "{self.spec}"'
-        return f"every {_short(float(self.spec))}"
-
-
-def _short(seconds: float) -> str:
-    for unit, size in (("h", 3600.0), ("m", 60.0)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
 
 
 def _store_key(entry_id: int) -> str:
@@ -163,6 +99,10 @@ class Book:
         # stored before).
         self.entries: dict[int, Entry] = {}
         self.changing = asyncio.Lock()
+        # Whether this node runs the schedules: always alone; in a cluster, the node holding
+        # the lease (plugins/_schedule_cluster.py), the others keep them without arming.
+        self.leading = True
+        self.cluster: ScheduleCluster | None = None
 
     @property
     def scheduler(self) -> Any:
@@ -215,6 +155,8 @@ class Book:
             await self._save(entry)
 
     def arm(self, entry: Entry) -> None:
+        if not self.leading:
+            return
         self.scheduler.add(
             job_id(entry.id),
             self.runner(entry.id),
@@ -225,24 +167,35 @@ class Book:
     async def _save(self, entry: Entry) -> None:
         await self.ctx.store.set(_store_key(entry.id), asdict(entry))
 
-    async def load(self) -> None:
-        ctx, scheduler = self.ctx, self.scheduler
-        now = scheduler.clock()
+    async def _read(self) -> dict[int, Entry]:
+        ctx = self.ctx
+        found: dict[int, Entry] = {}
         for name in await ctx.store.keys("s:", limit=LOAD_LIMIT):
             raw = await ctx.store.get(name)
+            if raw is None:
+                continue  # deleted meanwhile (by another node)
             try:
                 entry = Entry(**raw)
-                trigger = entry.trigger(self.zone)
+                entry.trigger(self.zone)
             except (TypeError, UsageError) as e:
                 ctx.log.error("schedule.unreadable", key=name, error=str(e))
                 continue
-            self.entries[entry.id] = entry
-            if entry.paused:
-                continue
-            self.arm(entry)
-            if missed_run(trigger, entry.last, now, self.settings.misfire_grace) is not None:
-                ctx.log.info("schedule.missed_run", schedule=entry.id)
-                scheduler.run_now(job_id(entry.id))
+            found[entry.id] = entry
+        return found
+
+    async def load(self) -> None:
+        ctx = self.ctx
+        node = getattr(ctx.bridge, "cluster", None)
+        if node is not None:
+            from plugins._schedule_cluster import ScheduleCluster
+
+            # In a cluster another node may be running them: this one arms nothing until it
+            # holds the lease.
+            self.leading = False
+            self.cluster = ScheduleCluster(self, node)
+        self.entries = await self._read()
+        if self.leading:
+            self._arm_all()
         if self.entries:
             ctx.log.info("schedule.loaded", count=len(self.entries))
         if len(self.entries) > self.settings.max_total + ADMIN_RESERVE:
@@ -250,17 +203,83 @@ class Book:
             ctx.log.warning(
                 "schedule.over_limit", count=len(self.entries), max_total=self.settings.max_total
             )
+        if self.cluster is not None:
+            await self.cluster.start()
+
+    def _arm_all(self) -> None:
+        """Arm every schedule that is not paused; run now what a stop (or a dead node) left
+        owed."""
+        now = self.scheduler.clock()
+        for entry in self.entries.values():
+            if entry.paused:
+                continue
+            self.arm(entry)
+            trigger = entry.trigger(self.zone)
+            if missed_run(trigger, entry.last, now, self.settings.misfire_grace) is not None:
+                self.ctx.log.info("schedule.missed_run", schedule=entry.id)
+                self.scheduler.run_now(job_id(entry.id))
+
+    # ----- in a cluster ---------------------------------------------------------------------------
+
+    async def lead(self) -> None:
+        """This node now runs the schedules: read them afresh, arm them."""
+        async with self.changing:
+            self.leading = True
+            await self._merge(await self._read())
+            self._arm_all()
+
+    def stand_down(self) -> None:
+        """Another node runs them now (or may: the lease was lost): disarm every one."""
+        if not self.leading or self.cluster is None:
+            return
+        self.leading = False
+        for entry_id in self.entries:
+            self.scheduler.remove(job_id(entry_id))
+
+    async def reload(self) -> None:
+        """Another node changed the stored schedules."""
+        async with self.changing:
+            await self._merge(await self._read())
+
+    async def _merge(self, stored: dict[int, Entry]) -> None:
+        """Take ``stored`` as the schedules, keeping the objects of those that stay (a run in
+        progress records its end on its own object) and arming or disarming what changed."""
+        for entry_id in [i for i in self.entries if i not in stored]:
+            del self.entries[entry_id]
+            self.scheduler.remove(job_id(entry_id))
+        for entry_id, new in stored.items():
+            old = self.entries.get(entry_id)
+            if old is None:
+                self.entries[entry_id] = new
+                if not new.paused:
+                    self.arm(new)
+                continue
+            was_paused = old.paused
+            old.paused, old.prompt = new.paused, new.prompt
+            if new.last > old.last:
+                old.last, old.result = new.last, new.result
+            if old.paused and not was_paused:
+                self.scheduler.remove(job_id(entry_id))
+            elif was_paused and not old.paused:
+                self.arm(old)
+
+    async def _changed(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.changed()
 
     # ----- changes (the commands' and the console's) ------------------------------------------
 
     async def add(self, entry: Entry) -> None:
         """Store and arm ``entry`` (its id taken from `next_id`); the caller holds `changing`
         across its limit checks and this."""
-        entry.id = int(await self.ctx.store.get("next_id", 1))
-        await self.ctx.store.set("next_id", entry.id + 1)
+        stored_next = int(await self.ctx.store.get("next_id", 1))
+        # In a cluster one counter hands out ids: two nodes adding at once take different ones.
+        entry.id = await self.cluster.next_id(stored_next) if self.cluster else stored_next
+        await self.ctx.store.set("next_id", max(stored_next, entry.id + 1))
         await self._save(entry)
         self.entries[entry.id] = entry
         self.arm(entry)
+        await self._changed()
 
     async def delete(self, entry_id: int) -> Entry | None:
         async with self.changing:
@@ -269,6 +288,7 @@ class Book:
                 return None
             self.scheduler.remove(job_id(entry_id))
             await self.ctx.store.delete(_store_key(entry_id))
+            await self._changed()
         self.ctx.log.info("schedule.deleted", schedule=entry_id, user=entry.user)
         return entry
 
@@ -289,13 +309,18 @@ class Book:
                 self.scheduler.remove(job_id(entry_id))
             else:
                 self.arm(entry)
+            await self._changed()
         self.ctx.log.info("schedule.paused" if paused else "schedule.resumed", schedule=entry_id)
         return entry
 
     # ----- reading ----------------------------------------------------------------------------
 
     def next_run(self, entry: Entry) -> float | None:
-        return self.scheduler.next_run(job_id(entry.id))
+        armed = self.scheduler.next_run(job_id(entry.id))
+        if armed is not None or self.leading or entry.paused:
+            return armed
+        # Another node runs it: when its trigger comes next.
+        return next_after(entry.trigger(self.zone), self.scheduler.clock())
 
     def next_text(self, entry: Entry) -> str:
         if entry.paused:

@@ -1,0 +1,89 @@
+"""Schedules in a cluster: one node runs them, every node knows them.
+
+Every node keeps the schedules (they are in the shared store) so `/schedule list`, `del` and the
+console work wherever the user is; only the node holding the lease ``schedules`` arms them, so
+each due time fires once cluster-wide. When that node stops or dies, another takes the lease
+within a few seconds, reads the store and arms them, running a missed run as a start does (a run
+cut short on the dead node was never recorded, so it is owed). A change on any node is stored,
+then announced on the bus: the others read the store again. Ids come from one counter in Redis,
+so two nodes adding at once never take the same id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from bridge.cluster import ClusterError, LeaseBusy, Leases
+
+if TYPE_CHECKING:
+    from plugins.schedule import Book
+
+log = structlog.get_logger(__name__)
+
+LEASE = "schedules"
+CHANNEL = "schedules"
+# The lease's life: a dead node's schedules wait at most about this long for another node.
+LEASE_TTL = 3.0
+# After Redis failed, the next try to lead.
+RETRY = 1.0
+
+# KEYS: the counter. ARGV: the store's own next id (the counter never goes below it, so a Redis
+# that lost its data cannot hand out an id the store already has).
+_NEXT_ID = """
+local v = redis.call('INCR', KEYS[1])
+local floor = tonumber(ARGV[1])
+if v < floor then
+  redis.call('SET', KEYS[1], floor)
+  v = floor
+end
+return v
+"""
+
+
+class ScheduleCluster:
+    def __init__(self, book: Book, node: Any) -> None:
+        self._book = book
+        self._node = node
+        self._leases = Leases(node.redis, node.node_id, prefix=node.config.prefix)
+        self._counter = f"{node.config.prefix}schedule:next_id"
+        self._next_id = node.redis.register_script(_NEXT_ID)
+
+    async def start(self) -> None:
+        await self._node.bus.subscribe(CHANNEL, self._news)
+        self._book.ctx.spawn(self._lead(), name="schedule-leader")
+
+    async def changed(self) -> None:
+        """Tell the other nodes the stored schedules changed. Redis out of reach is logged:
+        they read the store again when they next lead, and list what they hold meanwhile."""
+        try:
+            await self._node.bus.publish(CHANNEL, self._node.node_id.encode())
+        except ClusterError as e:
+            log.warning("schedule.change_not_announced", error=str(e))
+
+    async def next_id(self, floor: int) -> int:
+        async with asyncio.timeout(5.0):
+            return int(await self._next_id(keys=[self._counter], args=[floor]))
+
+    async def _news(self, payload: bytes) -> None:
+        if payload != self._node.node_id.encode():
+            await self._book.reload()
+
+    async def _lead(self) -> None:
+        book = self._book
+        while True:
+            try:
+                async with self._leases.hold(LEASE, LEASE_TTL, wait=LEASE_TTL) as held:
+                    await book.lead()
+                    log.info("schedule.leading", node=self._node.node_id)
+                    await held.lost.wait()
+                    log.warning("schedule.lead_lost", node=self._node.node_id)
+            except LeaseBusy:
+                continue  # another node leads; `wait` was the pause before asking again
+            except ClusterError as e:
+                log.warning("schedule.lead_failed", error=str(e))
+                await asyncio.sleep(RETRY)
+            finally:
+                book.stand_down()
