@@ -221,10 +221,29 @@ class App:
                 }
             )
             log.info("momohub.embedded_sandbox", url=base_url)
+        shared_tokens = None
+        if self.cluster is not None and self.sandbox is None:
+            # The nodes share one token pair, kept in Redis: MomoHub rotates refresh tokens,
+            # so nodes renewing on their own would log each other out. (An embedded sandbox is
+            # each node's own MomoHub, with its own account.)
+            from adapters.momohub.shared_tokens import SharedTokens, account_of
+
+            account = account_of(cfg)
+            if account is not None:  # none: anonymous requests, nothing to share
+                shared_tokens = SharedTokens(
+                    self.cluster.redis,
+                    self.cluster.node_id,
+                    base_url=cfg.base_url,
+                    account=account,
+                    prefix=self.cluster.config.prefix,
+                )
         # Signs in in the background: wrong credentials or an unreachable MomoHub are logged,
         # retried with backoff and reported (auth_failed / unreachable), never raised here.
         self.momohub = MomoHubClient(
-            cfg, on_state=self.health.reporter("momohub"), scheduler=self.scheduler
+            cfg,
+            on_state=self.health.reporter("momohub"),
+            scheduler=self.scheduler,
+            shared_tokens=shared_tokens,
         )
         await self.momohub.start(wait=False)
         target = CharacterTarget(
