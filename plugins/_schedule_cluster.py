@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from bridge.cluster import ClusterError, LeaseBusy, Leases
+from bridge.cluster import ClusterError, LeaseBusy, Leases, once
+from bridge.scheduler import missed_run
 
 if TYPE_CHECKING:
     from plugins.schedule import Book
@@ -29,6 +30,9 @@ CHANNEL = "schedules"
 LEASE_TTL = 3.0
 # After Redis failed, the next try to lead.
 RETRY = 1.0
+# How far back a run looks for the due time it serves (a run fires at its due time, or a little
+# after; one a takeover owes is the newest due time anyway).
+DUE_LOOKBACK = 60.0
 
 # KEYS: the counter. ARGV: the store's own next id (the counter never goes below it, so a Redis
 # that lost its data cannot hand out an id the store already has).
@@ -66,6 +70,22 @@ class ScheduleCluster:
     async def next_id(self, floor: int) -> int:
         async with asyncio.timeout(5.0):
             return int(await self._next_id(keys=[self._counter], args=[floor]))
+
+    async def claim(self, entry: Any, now: float, grace: float) -> bool:
+        """Whether this run may go ahead: the first to claim its due time cluster-wide. A node
+        that took over after a run had started elsewhere (and was cut short there) does not
+        run that due time again. Redis out of reach: run (at least once beats never)."""
+        due = missed_run(entry.trigger(self._book.zone), now - DUE_LOOKBACK, now, DUE_LOOKBACK)
+        if due is None:
+            return True
+        key = f"schedule:{entry.id}:{due:.3f}"
+        try:
+            return await once(
+                self._node.redis, key, grace + DUE_LOOKBACK, prefix=self._node.config.prefix
+            )
+        except ClusterError as e:
+            log.warning("schedule.claim_failed", schedule=entry.id, error=str(e))
+            return True
 
     async def _news(self, payload: bytes) -> None:
         if payload != self._node.node_id.encode():

@@ -117,6 +117,13 @@ class Book:
             entry = self.entries.get(entry_id)
             if entry is None:
                 return
+            now = self.scheduler.clock()
+            cluster = self.cluster
+            if cluster is not None and not await cluster.claim(
+                entry, now, self.settings.misfire_grace
+            ):
+                ctx.log.info("schedule.run_elsewhere", schedule=entry.id)
+                return
             # Nothing is recorded before the run has ended: a stop or a crash while the reply
             # is generating (this task is cancelled, or never returns) leaves `last` as it was,
             # and the next start runs it as missed.
