@@ -342,6 +342,8 @@ class App:
             self.health,
         )
         self.router.add_binder(edge)
+        if self.cluster is not None:
+            edge.dedupe = self.cluster.once
         self.health.add_probe(edge.link.refresh_health)
         self.scheduler.every(QQ_PURGE, edge.purge_links, 86400.0)
         self.qq = edge

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -78,6 +79,10 @@ class QQEdge:
         self.link = QQLink(config, self._on_event, self._on_account, health)
         self._sessions: OrderedDict[str, QQSession] = OrderedDict()
         self._seen: OrderedDict[tuple[int, int], None] = OrderedDict()
+        # In a cluster (set by the app): `await dedupe(key, ttl)` is True for the first node
+        # to claim an event; the per-account chain of those claims keeps their order.
+        self.dedupe: Callable[[str, float], Awaitable[bool]] | None = None
+        self._chains: dict[int, asyncio.Task[None]] = {}
         self._rates: OrderedDict[tuple[int, int], deque[float]] = OrderedDict()
         # Per account: turns running at once (`max_active`).
         self._slots: dict[int, asyncio.Semaphore] = {}
@@ -254,6 +259,55 @@ class QQEdge:
         self._seen[seen] = None
         if len(self._seen) > SEEN_EVENTS:
             self._seen.popitem(last=False)
+        if self.dedupe is not None:
+            # In a cluster the same event may also reach another node (an implementation that
+            # reconnected there replays it): the first node to claim it takes it. Claims of one
+            # account are made in arrival order, so its messages stay in order.
+            self._in_order(self_id, self._claimed(account, event))
+            return
+        self._accept(account, event)
+
+    def _in_order(self, account_id: int, work: Coroutine[Any, Any, None]) -> None:
+        before = self._chains.get(account_id)
+
+        async def after_before() -> None:
+            if before is not None and not before.done():
+                await asyncio.wait([before])  # its outcome is its own (logged by the TaskSet)
+            await work
+
+        task = self.tasks.spawn(after_before(), name="qq-event")
+        self._chains[account_id] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._chains.get(account_id) is done:
+                del self._chains[account_id]
+
+        task.add_done_callback(forget)
+
+    async def _claimed(
+        self, account: QQAccount, event: PrivateMessageEvent | GroupMessageEvent
+    ) -> None:
+        assert self.dedupe is not None
+        key = f"qq:event:{account.self_id}:{event.message_id}"
+        try:
+            first = await self.dedupe(key, self.config.max_event_age)
+        except Exception as e:
+            # Redis out of reach: take it (a rare double answer beats silence).
+            log.warning("qq.event_claim_failed", error=str(e))
+            first = True
+        if not first:
+            log.info(
+                "qq.event_duplicate",
+                account=account.self_id,
+                message_id=event.message_id,
+                where="cluster",
+            )
+            return
+        self._accept(account, event)
+
+    def _accept(self, account: QQAccount, event: PrivateMessageEvent | GroupMessageEvent) -> None:
+        """A new message event: to its session, if it is for the bridge."""
+        self_id = account.self_id
         if not self._allowed(event):
             return
         segments = list(event.message)

@@ -18,6 +18,7 @@ import structlog
 
 from bridge.cluster.bus import Bus
 from bridge.cluster.client import ClusterError, connect
+from bridge.cluster.once import once
 from bridge.cluster.pushes import PushFanout
 from bridge.cluster.registry import NodeRegistry
 from bridge.config import ClusterConfig
@@ -66,6 +67,10 @@ class ClusterNode:
             await self.registry.close()
         finally:
             await self.redis.aclose()
+
+    async def once(self, key: str, ttl: float) -> bool:
+        """True for the first caller cluster-wide of ``key`` within ``ttl`` (see once)."""
+        return await once(self.redis, key, ttl, prefix=self.config.prefix)
 
     async def report(self, health: Health) -> None:
         """A /readyz probe: the live nodes, or why they cannot be listed."""

@@ -16,6 +16,7 @@ from tests.conftest import Bridge
 from tests.e2e.test_health import get_json
 from tests.e2e.test_model_chats import ECHO, providers
 from tests.e2e.test_momohub import reply_text, send
+from tests.e2e.test_qq import ALICE, impl, qq_settings
 from tests.support.fake_openai import FakeOpenAI
 
 
@@ -106,3 +107,36 @@ async def test_a_tab_that_logs_in_later_on_another_node_gets_what_it_missed(
         lambda f: f["data"]["content"].get("stream_request_id") == rid, timeout=10
     )
     assert "while b was away" in str(replayed["data"]["content"]["message"])
+
+
+# ----- a QQ event replayed to another node is dropped ---------------------------------------------
+
+
+async def test_a_qq_event_replayed_to_another_node_is_answered_once(
+    postgres_dsn: str, redis_url: str, upstream: FakeOpenAI, bridge_factory
+) -> None:
+    shared = {
+        "storage": {"url": postgres_dsn},
+        "openai": providers(upstream),
+        "onebot": qq_settings(default_target=ECHO),
+    }
+    a = await bridge_factory(**shared, cluster=cluster(redis_url, "node-a"))
+    b = await bridge_factory(**shared, cluster=cluster(redis_url, "node-b"))
+    on_a = await impl(a)
+    event = await on_a.private(ALICE, "only once")
+    await on_a.wait_sent(1)
+    assert on_a.texts() == ["You said: only once"]
+    await on_a.close()
+    # The implementation reconnects to node B and posts the same event again (as one does after
+    # a reconnect), then a new one.
+    on_b = await impl(b, first_id=event["message_id"] + 1)
+    try:
+        await on_b.send_event(event)
+        await on_b.private(ALICE, "a new one")
+        await on_b.wait_sent(1)
+        assert on_b.texts() == ["You said: a new one"]
+        # The model was asked about it once (later requests carry it as history only).
+        newest = [r["messages"][-1]["content"] for r in upstream.requests]
+        assert newest.count("only once") == 1, newest
+    finally:
+        await on_b.close()
