@@ -120,16 +120,20 @@ class FrameworkLink:
     def start(self) -> None:
         if self._runner is not None:
             return  # one runner, so never two connections to one framework
+        self._closing = False
         self._runner = self._tasks.spawn(self._run(), name=f"onebot-link {self.name}")
 
-    async def close(self) -> None:
+    async def close(self, reason: str = "bridge shutting down") -> None:
+        """Hang up and stop dialing. ``start`` may dial again afterwards: in a cluster the link
+        stops when this node loses the framework's lease and starts when it gets it back."""
         self._closing = True  # the runner ends quietly instead of reporting the link down
         ws = self._ws
         self._set_ws(None)
         if ws is not None:
             # Bounded by close_timeout: a peer that never answers the close is cut off.
-            await ws.close(1001, "bridge shutting down")
+            await ws.close(1001, reason)
         await self._tasks.cancel_all()
+        self._runner = None
 
     def _set_ws(self, ws: ClientConnection | None) -> None:
         if ws is self._ws:

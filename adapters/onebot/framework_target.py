@@ -2,6 +2,9 @@
 
 Replies come back later as actions on the link (see framework_actions) and reach the user as
 pushes, so `deliver` returns no stream.
+
+In a cluster each link runs on the one node holding its lease, and the other nodes relay their
+users' messages to it (see link_owner).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -21,6 +25,10 @@ from bridge.errors import BridgeError, ErrorCode
 from bridge.models import ChatMessage, Contact, RecallRequest, ReplyEvent, Segment, UserRef
 from bridge.outbox import Outbox
 from storage import Storage
+
+if TYPE_CHECKING:
+    from adapters.onebot.link_owner import ClusterLinks
+    from bridge.cluster.node import ClusterNode
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +43,9 @@ class FrameworkTarget:
     # Readiness: (component, state, detail); set by the app, called on every link change.
     health: Callable[[str, str, str], None] | None = None
 
-    def __init__(self, config: Config, storage: Storage, outbox: Outbox) -> None:
+    def __init__(
+        self, config: Config, storage: Storage, outbox: Outbox, cluster: ClusterNode | None = None
+    ) -> None:
         self._config = config
         self._storage = storage
         # Read defensively: a number in the config may be an int or a numeric string.
@@ -55,14 +65,31 @@ class FrameworkTarget:
             self._links.append(FrameworkLink(link_cfg, self_id, actions.prepare, self._notify))
         # Also reserves admin_qq, bot_qq and every link's self_id: no hub user is given them.
         self._actions = FrameworkActions(config, storage, outbox, int(self.contact), self._numbers)
+        # In a cluster each link runs on one node at a time (see link_owner); None without one.
+        self.cluster: ClusterLinks | None = None
+        if cluster is not None:
+            from adapters.onebot.link_owner import ClusterLinks
+
+            self.cluster = ClusterLinks(cluster, self._links, self._notify)
 
     async def start(self) -> None:
-        """Start one connector per framework; returns at once (links connect in the background)."""
+        """Start one connector per framework; returns at once (links connect in the background).
+        In a cluster, a link starts once this node holds its lease."""
+        if self.cluster is not None:
+            await self.cluster.start()
+            return
         for link in self._links:
             link.start()
 
     async def close(self) -> None:
+        if self.cluster is not None:
+            # Each link is down before its lease is released: a standby may dial right after.
+            await self.cluster.close()
         await asyncio.gather(*(link.close() for link in self._links))
+
+    @property
+    def links(self) -> list[FrameworkLink]:
+        return list(self._links)
 
     def connected_count(self) -> int:
         return sum(1 for link in self._links if link.connected)
@@ -73,6 +100,11 @@ class FrameworkTarget:
         if report is None:
             return
         for link in self._links:
+            if self.cluster is not None and not self.cluster.owner(link).holding:
+                # A standby is healthy while another node holds the link.
+                ok, why = self.cluster.state(link)
+                report(f"framework:{link.name}", "ok" if ok else "disconnected", why)
+                continue
             why = "" if link.connected else link.last_error or "not linked yet"
             report(f"framework:{link.name}", "ok" if link.connected else "disconnected", why)
 
@@ -99,11 +131,17 @@ class FrameworkTarget:
         return [Contact(id=self.contact, kind="onebot", name=self._config.server.title)]
 
     async def check_available(self, contact: str) -> None:
-        if not self.connected_count():
-            reasons = "; ".join(
-                f"{link.name}: {link.last_error or 'connecting'}" for link in self._links
-            )
-            raise BridgeError(ErrorCode.UNAVAILABLE, f"no bot framework is connected ({reasons})")
+        if self.connected_count():
+            return
+        if self.cluster is not None and await self.cluster.available():
+            return  # linked on another node: deliver relays the message there
+        reasons = "; ".join(f"{link.name}: {self._why_down(link)}" for link in self._links)
+        raise BridgeError(ErrorCode.UNAVAILABLE, f"no bot framework is connected ({reasons})")
+
+    def _why_down(self, link: FrameworkLink) -> str:
+        if self.cluster is not None and not self.cluster.owner(link).holding:
+            return self.cluster.state(link)[1]
+        return link.last_error or "connecting"
 
     async def _event(self, user: UserRef, message_id: int, segments: list[Segment]) -> dict:
         number = await self._actions.number_of(user.id, user.is_admin)
@@ -126,24 +164,32 @@ class FrameworkTarget:
             )
         return P.private_message_event(int(self.contact), number, message_id, segs, nickname, now)
 
-    async def _broadcast(self, event: dict) -> int:
-        # Concurrently: one framework that is slow to read must not hold up the others.
+    async def _send(self, link: FrameworkLink, event: dict) -> tuple[bool, str]:
+        if self.cluster is not None:
+            return await self.cluster.send(link, event)  # here, or relayed to the holder
         # Each framework may know the account under its own self_id.
-        results = await asyncio.gather(
-            *(link.send_event(dict(event, self_id=link.self_id)) for link in self._links)
-        )
-        return sum(1 for ok in results if ok)
+        return await link.send_event(dict(event, self_id=link.self_id)), ""
+
+    async def _broadcast(self, event: dict) -> tuple[int, list[str]]:
+        """(links that took the event, why the others did not)."""
+        # Concurrently: one framework that is slow to read must not hold up the others.
+        results = await asyncio.gather(*(self._send(link, event) for link in self._links))
+        reasons = [why for ok, why in results if not ok and why]
+        return sum(1 for ok, _ in results if ok), reasons
 
     async def deliver(self, message: ChatMessage) -> AsyncIterator[ReplyEvent] | None:
         event = await self._event(message.sender, message.message_id, message.segments)
-        if not await self._broadcast(event):
+        sent, reasons = await self._broadcast(event)
+        if not sent:
             # Every link dropped between check_available and now. Say so rather than ack a
             # message nobody will answer; the stored copy is withdrawn so a resend is not a dupe.
             await self._storage.messages.mark_deleted(message.message_id)
-            log.warning("onebot.not_delivered", message_id=message.message_id)
-            raise BridgeError(
-                ErrorCode.UNAVAILABLE, "the bot framework disconnected; send the message again"
-            )
+            log.warning("onebot.not_delivered", message_id=message.message_id, reasons=reasons)
+            text = "the bot framework disconnected; send the message again"
+            if reasons:  # in a cluster: where the link is, and what went wrong there
+                why = "; ".join(reasons)
+                text = f"the bot framework did not get the message ({why}); send it again"
+            raise BridgeError(ErrorCode.UNAVAILABLE, text)
         return None
 
     async def recall(self, request: RecallRequest) -> None:
@@ -159,7 +205,8 @@ class FrameworkTarget:
             event = P.friend_recall_notice(
                 int(self.contact), int(self.contact) if outgoing else number, message_id
             )
-        if not await self._broadcast(event):
+        sent, _ = await self._broadcast(event)
+        if not sent:
             # The hub still recalls it; Sessions logs this so the gap is visible.
             raise BridgeError(
                 ErrorCode.UNAVAILABLE, "no bot framework is connected to hear the recall"
