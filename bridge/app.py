@@ -406,9 +406,13 @@ class App:
             # each conversation settles them before its new turns (the work itself, which may
             # wait on the upstream, runs in the background).
             await self.sessions.schedule_recovery()
-            await self.hub.start()
             if cfg.cluster.redis_url:
+                # Before the hub takes connections: a login must find this node already
+                # hearing the other nodes' pushes.
                 await self._join_cluster()
+            await self.hub.start()
+            if self.cluster is not None:
+                await self.cluster.announce(self._node_info())
             housekeeping(self.scheduler, lambda: self.storage, cfg.share.ttl_days * 86400.0)
             self.scheduler.start()
             await self._load_plugins()
@@ -424,6 +428,14 @@ class App:
             await self.stop()
             raise
 
+    def _node_info(self) -> dict[str, Any]:
+        """This node as the others see it; its port once the hub listens (0 before)."""
+        try:
+            port = self.port
+        except AssertionError:
+            port = 0
+        return {"host": self.config.server.host, "port": port}
+
     async def _join_cluster(self) -> None:
         """Register this bridge among the cluster's nodes; refuse to start without Redis (the
         bridges' shared state would split without anyone noticing)."""
@@ -431,9 +443,7 @@ class App:
         from bridge.cluster.node import ClusterNode
 
         assert self.outbox is not None
-        node = ClusterNode(
-            self.config.cluster, {"host": self.config.server.host, "port": self.port}
-        )
+        node = ClusterNode(self.config.cluster, self._node_info())
         try:
             await node.start(self.outbox)
         except ClusterError as e:

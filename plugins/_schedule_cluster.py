@@ -3,10 +3,12 @@
 Every node keeps the schedules (they are in the shared store) so `/schedule list`, `del` and the
 console work wherever the user is; only the node holding the lease ``schedules`` arms them, so
 each due time fires once cluster-wide. When that node stops or dies, another takes the lease
-within a few seconds, reads the store and arms them, running a missed run as a start does (a run
-cut short on the dead node was never recorded, so it is owed). A change on any node is stored,
-then announced on the bus: the others read the store again. Ids come from one counter in Redis,
-so two nodes adding at once never take the same id.
+within a few seconds, reads the store and arms them, running a missed run as a start does. Each
+run first claims its due time in Redis, so a due time another node already started (one cut
+short when that node died) is not run again. A change on any node is stored, then announced on
+the bus: the others read the store again, and the running node also rereads it every
+RELOAD_EVERY seconds (an announcement may be lost). Ids come from one counter in Redis, so two
+nodes adding at once never take the same id.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from redis.exceptions import RedisError
 
 from bridge.cluster import ClusterError, LeaseBusy, Leases, once
 from bridge.scheduler import missed_run
@@ -30,9 +33,11 @@ CHANNEL = "schedules"
 LEASE_TTL = 3.0
 # After Redis failed, the next try to lead.
 RETRY = 1.0
-# How far back a run looks for the due time it serves (a run fires at its due time, or a little
-# after; one a takeover owes is the newest due time anyway).
-DUE_LOOKBACK = 60.0
+# Beyond misfire_grace, how far back a run looks for the due time it serves (a run fires at its
+# due time or a little after; one a takeover owes is at most misfire_grace old).
+DUE_SLACK = 60.0
+# The running node reads the stored schedules again this often (a lost announcement).
+RELOAD_EVERY = 30.0
 
 # KEYS: the counter. ARGV: the store's own next id (the counter never goes below it, so a Redis
 # that lost its data cannot hand out an id the store already has).
@@ -68,20 +73,24 @@ class ScheduleCluster:
             log.warning("schedule.change_not_announced", error=str(e))
 
     async def next_id(self, floor: int) -> int:
-        async with asyncio.timeout(5.0):
-            return int(await self._next_id(keys=[self._counter], args=[floor]))
+        try:
+            async with asyncio.timeout(5.0):
+                return int(await self._next_id(keys=[self._counter], args=[floor]))
+        except (TimeoutError, RedisError) as e:
+            raise ClusterError(f"no schedule id from Redis: {e}") from None
 
     async def claim(self, entry: Any, now: float, grace: float) -> bool:
         """Whether this run may go ahead: the first to claim its due time cluster-wide. A node
         that took over after a run had started elsewhere (and was cut short there) does not
         run that due time again. Redis out of reach: run (at least once beats never)."""
-        due = missed_run(entry.trigger(self._book.zone), now - DUE_LOOKBACK, now, DUE_LOOKBACK)
+        lookback = grace + DUE_SLACK
+        due = missed_run(entry.trigger(self._book.zone), now - lookback, now, lookback)
         if due is None:
             return True
         key = f"schedule:{entry.id}:{due:.3f}"
         try:
             return await once(
-                self._node.redis, key, grace + DUE_LOOKBACK, prefix=self._node.config.prefix
+                self._node.redis, key, lookback + DUE_SLACK, prefix=self._node.config.prefix
             )
         except ClusterError as e:
             log.warning("schedule.claim_failed", schedule=entry.id, error=str(e))
@@ -98,12 +107,18 @@ class ScheduleCluster:
                 async with self._leases.hold(LEASE, LEASE_TTL, wait=LEASE_TTL) as held:
                     await book.lead()
                     log.info("schedule.leading", node=self._node.node_id)
-                    await held.lost.wait()
+                    while not held.lost.is_set():
+                        try:
+                            async with asyncio.timeout(RELOAD_EVERY):
+                                await held.lost.wait()
+                        except TimeoutError:
+                            await book.reload()
                     log.warning("schedule.lead_lost", node=self._node.node_id)
             except LeaseBusy:
                 continue  # another node leads; `wait` was the pause before asking again
-            except ClusterError as e:
-                log.warning("schedule.lead_failed", error=str(e))
+            except Exception as e:
+                # Redis or the database failing: try again, never give up leading for good.
+                log.warning("schedule.lead_failed", error=f"{type(e).__name__}: {e}")
                 await asyncio.sleep(RETRY)
             finally:
                 book.stand_down()

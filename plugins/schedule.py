@@ -157,6 +157,13 @@ class Book:
         async with self.changing:
             if self.entries.get(entry.id) is not entry:
                 return  # deleted while it ran: storing it would bring it back
+            if self.cluster is not None:
+                # Another node may have changed or deleted it meanwhile (its news not here yet):
+                # only this run's record is ours to write.
+                stored = await self.ctx.store.get(_store_key(entry.id))
+                if stored is None:
+                    return
+                entry.paused, entry.prompt = bool(stored.get("paused")), str(stored["prompt"])
             entry.last = self.scheduler.clock()
             entry.result = result
             await self._save(entry)

@@ -156,6 +156,8 @@ class Database:
 
 
 def _run_one(conn: sqlite3.Connection, statement: Statement) -> Any:
+    if not statement.sql:
+        return None  # PostgreSQL only (storage.sql.take_turns)
     if isinstance(statement, Fetch):
         return conn.execute(statement.sql, statement.params).fetchall()
     if isinstance(statement, FetchOne):

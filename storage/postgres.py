@@ -40,6 +40,10 @@ CONNECT_TIMEOUT = 10.0
 # Connections per bridge: writes are short and few at a time, reads are small.
 POOL_MIN = 1
 POOL_MAX = 10
+# One statement; a lock waited on; a pooled connection waited for.
+COMMAND_TIMEOUT = 30.0
+LOCK_TIMEOUT = 10.0
+ACQUIRE_TIMEOUT = 10.0
 
 
 def redacted(url: str) -> str:
@@ -63,7 +67,14 @@ class PostgresDatabase:
     async def open(cls, url: str) -> PostgresDatabase:
         try:
             pool = await asyncpg.create_pool(
-                url, min_size=POOL_MIN, max_size=POOL_MAX, timeout=CONNECT_TIMEOUT
+                url,
+                min_size=POOL_MIN,
+                max_size=POOL_MAX,
+                timeout=CONNECT_TIMEOUT,
+                command_timeout=COMMAND_TIMEOUT,
+                # A lock (another writer's turn, a table lock) waited on longer is an error,
+                # not a hang that holds a pooled connection.
+                server_settings={"lock_timeout": f"{int(LOCK_TIMEOUT * 1000)}"},
             )
         except (OSError, asyncpg.PostgresError, TimeoutError) as e:
             raise StorageRefused(
@@ -99,7 +110,7 @@ class PostgresDatabase:
     async def unit(self, work: Unit[T]) -> T:
         """Run a unit of statements in one transaction (committed when it returns, rolled back
         when it raises)."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
             try:
                 statement = next(work)
                 while True:
@@ -112,14 +123,14 @@ class PostgresDatabase:
     async def fetch(
         self, sql: str, params: tuple[object, ...] = (), *, pg: str | None = None
     ) -> list[Any]:
-        async with self._pool.acquire() as conn:
-            return list(await conn.fetch(pg_sql(pg or sql), *params))
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            return list(await conn.fetch(pg_sql(pg or sql), *_params(params)))
 
     async def fetchone(
         self, sql: str, params: tuple[object, ...] = (), *, pg: str | None = None
     ) -> Any:
-        async with self._pool.acquire() as conn:
-            return await conn.fetchrow(pg_sql(pg or sql), *params)
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            return await conn.fetchrow(pg_sql(pg or sql), *_params(params))
 
     async def ping(self) -> None:
         await self.fetchone("SELECT 1")
@@ -132,17 +143,25 @@ class PostgresDatabase:
             self._pool.terminate()
 
 
+def _params(params: tuple[Any, ...] | Any) -> tuple[Any, ...]:
+    """PostgreSQL text cannot hold NUL, which SQLite stored as given: it becomes U+FFFD (as a
+    lone surrogate does elsewhere), so a user's NUL is a replaced character, not a crash."""
+    return tuple(
+        p.replace("\x00", "\ufffd") if isinstance(p, str) and "\x00" in p else p for p in params
+    )
+
+
 async def _run_one(conn: asyncpg.Connection, statement: Statement) -> Any:
     sql = pg_statement(statement)
     if isinstance(statement, Fetch):
-        return list(await conn.fetch(sql, *statement.params))
+        return list(await conn.fetch(sql, *_params(statement.params)))
     if isinstance(statement, FetchOne):
-        return await conn.fetchrow(sql, *statement.params)
+        return await conn.fetchrow(sql, *_params(statement.params))
     if isinstance(statement, Execute):
-        return rowcount(await conn.execute(sql, *statement.params))
+        return rowcount(await conn.execute(sql, *_params(statement.params)))
     if isinstance(statement, Insert):
-        return await conn.fetchval(sql, *statement.params)
+        return await conn.fetchval(sql, *_params(statement.params))
     if isinstance(statement, ExecuteMany):
-        await conn.executemany(sql, statement.rows)
+        await conn.executemany(sql, [_params(row) for row in statement.rows])
         return None
     raise TypeError(f"not a statement: {statement!r}")

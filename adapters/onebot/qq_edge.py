@@ -52,6 +52,9 @@ MAX_SESSIONS = 5000
 # Sessions looked at for an idle one to evict when MAX_SESSIONS are open (busy ones go last).
 EVICT_SCAN = 64
 SEEN_EVENTS = 20_000
+# In a cluster: the longest an event's claim may take, and how many may wait at once.
+CLAIM_TIMEOUT = 0.5
+MAX_CLAIMING = 1000
 RATE_KEYS = 10_000
 TOO_FAST = "You're sending messages too fast; please wait a minute."
 # QQ lets a message be recalled for two minutes and quoted for longer: links are kept a week.
@@ -83,6 +86,7 @@ class QQEdge:
         # to claim an event; the per-account chain of those claims keeps their order.
         self.dedupe: Callable[[str, float], Awaitable[bool]] | None = None
         self._chains: dict[int, asyncio.Task[None]] = {}
+        self._chains_waiting: set[asyncio.Task[None]] = set()
         self._rates: OrderedDict[tuple[int, int], deque[float]] = OrderedDict()
         # Per account: turns running at once (`max_active`).
         self._slots: dict[int, asyncio.Semaphore] = {}
@@ -259,10 +263,11 @@ class QQEdge:
         self._seen[seen] = None
         if len(self._seen) > SEEN_EVENTS:
             self._seen.popitem(last=False)
-        if self.dedupe is not None:
+        if self.dedupe is not None and len(self._chains_waiting) < MAX_CLAIMING:
             # In a cluster the same event may also reach another node (an implementation that
             # reconnected there replays it): the first node to claim it takes it. Claims of one
-            # account are made in arrival order, so its messages stay in order.
+            # account are made in arrival order, so its messages stay in order. (Past
+            # MAX_CLAIMING waiting, an event is taken unclaimed: a flood must not pile up.)
             self._in_order(self_id, self._claimed(account, event))
             return
         self._accept(account, event)
@@ -277,8 +282,10 @@ class QQEdge:
 
         task = self.tasks.spawn(after_before(), name="qq-event")
         self._chains[account_id] = task
+        self._chains_waiting.add(task)
 
         def forget(done: asyncio.Task[None]) -> None:
+            self._chains_waiting.discard(done)
             if self._chains.get(account_id) is done:
                 del self._chains[account_id]
 
@@ -290,11 +297,16 @@ class QQEdge:
         assert self.dedupe is not None
         key = f"qq:event:{account.self_id}:{event.message_id}"
         try:
-            first = await self.dedupe(key, self.config.max_event_age)
+            async with asyncio.timeout(CLAIM_TIMEOUT):
+                first = await self.dedupe(key, self.config.max_event_age)
         except Exception as e:
-            # Redis out of reach: take it (a rare double answer beats silence).
-            log.warning("qq.event_claim_failed", error=str(e))
+            # Redis slow or out of reach: take it (a rare double answer beats silence, and the
+            # account's next messages must not wait behind it).
+            log.warning("qq.event_claim_failed", error=str(e) or type(e).__name__)
             first = True
+        if event.time < time.time() - self.config.max_event_age:
+            log.info("qq.event_too_old", account=account.self_id, message_id=event.message_id)
+            return
         if not first:
             log.info(
                 "qq.event_duplicate",

@@ -8,7 +8,9 @@ registry keeps heartbeating, so a Redis that comes back is used again.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import secrets
 import socket
 import time
 from typing import Any
@@ -28,22 +30,25 @@ from bridge.outbox import Outbox
 log = structlog.get_logger(__name__)
 
 COMPONENT = "cluster"
+REPORT_TIMEOUT = 1.5
 
 
 def default_node_id() -> str:
-    """The host name and process id: unique among live nodes, readable in /readyz."""
-    return f"{socket.gethostname()[:40]}-{os.getpid()}"
+    """The host name, the process id and a random part: readable in /readyz, and unique even
+    for containers that share a host name and all run as pid 1."""
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 class ClusterNode:
     def __init__(self, config: ClusterConfig, info: dict[str, Any]) -> None:
         self.config = config
         self.node_id = config.node_id or default_node_id()
+        self._started = time.time()
         self.redis: aioredis.Redis = connect(config.redis_url, client_name=self.node_id)
         self.registry = NodeRegistry(
             self.redis,
             self.node_id,
-            {**info, "started": time.time()},
+            {**info, "started": self._started},
             heartbeat=config.heartbeat,
             ttl=config.node_ttl,
             prefix=config.prefix,
@@ -68,14 +73,29 @@ class ClusterNode:
         finally:
             await self.redis.aclose()
 
-    async def once(self, key: str, ttl: float) -> bool:
+    async def announce(self, info: dict[str, Any]) -> None:
+        """Publish this node's info now (its port, once it listens); later heartbeats carry it
+        anyway, so Redis failing here is only logged."""
+        try:
+            await self.registry.announce({**info, "started": self._started})
+        except ClusterError as e:
+            log.warning("cluster.announce_failed", error=str(e))
+
+    async def once(self, key: str, ttl: float, *, timeout: float = 5.0) -> bool:
         """True for the first caller cluster-wide of ``key`` within ``ttl`` (see once)."""
-        return await once(self.redis, key, ttl, prefix=self.config.prefix)
+        return await once(self.redis, key, ttl, prefix=self.config.prefix, timeout=timeout)
 
     async def report(self, health: Health) -> None:
         """A /readyz probe: the live nodes, or why they cannot be listed."""
         try:
-            nodes = await self.registry.nodes()
+            # Well inside the probe's own limit (PROBE_TIMEOUT), so a Redis that hangs is
+            # reported here rather than cut off unreported.
+            async with asyncio.timeout(REPORT_TIMEOUT):
+                nodes = await self.registry.nodes()
+        except TimeoutError:
+            health.set(COMPONENT, UNREACHABLE, f"Redis did not answer in {REPORT_TIMEOUT:g} s")
+            health.set_section("nodes", [])
+            return
         except ClusterError as e:
             health.set(COMPONENT, UNREACHABLE, f"Redis: {e}")
             health.set_section("nodes", [])

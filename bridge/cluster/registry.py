@@ -97,6 +97,11 @@ class NodeRegistry:
         """Replaces this node's info; the next heartbeat publishes it."""
         self._info = self._encode(info)
 
+    async def announce(self, info: dict[str, Any]) -> None:
+        """Replaces this node's info and publishes it now (ClusterError if Redis cannot)."""
+        self.set_info(info)
+        await self._beat()
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:

@@ -92,13 +92,14 @@ async def test_ids_from_two_nodes_never_collide(
         command(ca, "/schedule add every 1h one", contact=ECHO),
         command(cb, "/schedule add every 1h two", contact=ECHO),
     )
-    ids = sorted(int(x.split("#")[1].split()[0]) for x in answers)
-    assert ids == [1, 2], answers
+    ids = [int(x.split("#")[1].split()[0]) for x in answers]
+    assert sorted(ids) == [1, 2], answers
+    eves, fays = ids
     # Each node learns of the other's add.
     await eventually(lambda: all(len(book(n).entries) == 2 for n in (a, b)), WAIT, "both adds")
     # A delete on one node disarms it on the node running it.
-    assert await command(ca, "/schedule del 1", contact=ECHO) == "Schedule #1 deleted."
-    await eventually(lambda: all(list(book(n).entries) == [2] for n in (a, b)), WAIT, "the del")
+    assert await command(ca, f"/schedule del {eves}", contact=ECHO) == f"Schedule #{eves} deleted."
+    await eventually(lambda: all(list(book(n).entries) == [fays] for n in (a, b)), WAIT, "del")
     leader = a if book(a).leading else b
-    assert leader.app.scheduler.job_ids().count("schedule-1") == 0
-    assert "schedule-2" in leader.app.scheduler.job_ids()
+    assert f"schedule-{eves}" not in leader.app.scheduler.job_ids()
+    assert f"schedule-{fays}" in leader.app.scheduler.job_ids()
