@@ -67,7 +67,7 @@ class ClusterNode:
     async def close(self) -> None:
         try:
             if self._pushes is not None:
-                self._pushes.stop()
+                await self._pushes.stop()
             await self.bus.close()
             await self.registry.close()
         finally:

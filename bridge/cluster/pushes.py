@@ -6,10 +6,16 @@ say "offer this": each node hands it to its own connections of that user (bridge
 `deliver`), or drops it when it has none. Pub/sub is at most once; a node that missed an
 announcement (its bus reconnecting) loses nothing, the push waits in the store for the user's
 next login. A push too big for the bus is announced by its seq and read from the store.
+
+Neither side waits on the other: announcements leave through one owned sender (in the order
+they were made; a push never waits on Redis), and arrivals are handed to one owned task per
+user (in arrival order for that user; one user's slow login never holds up the others, nor the
+bus reader).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -18,35 +24,58 @@ import structlog
 from bridge.cluster.bus import MAX_PAYLOAD, Bus
 from bridge.cluster.client import ClusterError
 from bridge.outbox import Outbox, Push
+from bridge.tasks import TaskSet
 
 log = structlog.get_logger(__name__)
 
 CHANNEL = "pushes"
+# Announcements waiting for the sender; past it they are dropped (the pushes stay stored).
+MAX_QUEUED = 10_000
+# Users whose arrivals are being handed over at once; past it an arrival waits its turn in the
+# reader (a bound on tasks, not on correctness).
+MAX_USERS_BUSY = 1000
 
 
 class PushFanout:
     def __init__(self, bus: Bus, outbox: Outbox) -> None:
         self._bus = bus
         self._outbox = outbox
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(MAX_QUEUED)
+        self._tasks = TaskSet("cluster-pushes")
+        # Per user: the task handing over that user's latest arrival (the next one awaits it).
+        self._chains: dict[str, asyncio.Task[None]] = {}
+        self._dropped = 0
 
     async def start(self) -> None:
         await self._bus.subscribe(CHANNEL, self._arrived)
+        self._tasks.spawn(self._send_forever(), name="cluster-push-sender")
         self._outbox.fanout = self.announce
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         self._outbox.fanout = None
+        await self._tasks.cancel_all()
 
     async def announce(self, user_id: str, push: Push) -> None:
-        """Tell the other nodes about a stored push. A Redis out of reach is logged: the push
-        is stored, the user's other tabs get it at their next login."""
+        """Queue the announcement of a stored push (never waits on Redis)."""
         message: dict[str, Any] = {"o": self._bus.node_id, "u": user_id, "s": push.seq}
         payload = orjson.dumps({**message, "p": push.to_json()})
         if len(payload) > MAX_PAYLOAD:
             payload = orjson.dumps(message)
         try:
-            await self._bus.publish(CHANNEL, payload)
-        except ClusterError as e:
-            log.warning("cluster.push_not_announced", user=user_id, seq=push.seq, error=str(e))
+            self._queue.put_nowait(payload)
+        except asyncio.QueueFull:
+            self._dropped += 1
+            if self._dropped % 1000 == 1:
+                log.warning("cluster.push_announcements_dropped", dropped=self._dropped)
+
+    async def _send_forever(self) -> None:
+        while True:
+            payload = await self._queue.get()
+            try:
+                await self._bus.publish(CHANNEL, payload)
+            except ClusterError as e:
+                # Stored: the user's other tabs get it at their next login.
+                log.warning("cluster.push_not_announced", error=str(e))
 
     async def _arrived(self, payload: bytes) -> None:
         try:
@@ -60,9 +89,30 @@ class PushFanout:
         if not self._outbox.expects(user_id):
             return  # nobody of this user here: the common case, decided without the store
         data = message.get("p")
+        work = self._hand_over(user_id, seq, data if isinstance(data, dict) else None)
+        if len(self._chains) >= MAX_USERS_BUSY and user_id not in self._chains:
+            await work  # too many users at once: this one in the reader, in order
+            return
+        before = self._chains.get(user_id)
+
+        async def after_before() -> None:
+            if before is not None and not before.done():
+                await asyncio.wait([before])
+            await work
+
+        task = self._tasks.spawn(after_before(), name="cluster-push")
+        self._chains[user_id] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._chains.get(user_id) is done:
+                del self._chains[user_id]
+
+        task.add_done_callback(forget)
+
+    async def _hand_over(self, user_id: str, seq: int, data: dict[str, Any] | None) -> None:
         push = (
             Push.from_json(data, seq)
-            if isinstance(data, dict)
+            if data is not None
             else await self._outbox.stored(user_id, seq)
         )
         if push is not None:
