@@ -59,6 +59,8 @@ class ScheduleCluster:
         self._leases = Leases(node.redis, node.node_id, prefix=node.config.prefix)
         self._counter = f"{node.config.prefix}schedule:next_id"
         self._next_id = node.redis.register_script(_NEXT_ID)
+        self._rereading: asyncio.Task[None] | None = None
+        self._again = False
 
     async def start(self) -> None:
         await self._node.bus.subscribe(CHANNEL, self._news)
@@ -97,7 +99,17 @@ class ScheduleCluster:
             return True
 
     async def _news(self, payload: bytes) -> None:
-        if payload != self._node.node_id.encode():
+        """Another node changed the schedules: reread them, off the bus reader (which carries
+        every push too), one reread at a time however many changes come meanwhile."""
+        if payload == self._node.node_id.encode():
+            return
+        self._again = True
+        if self._rereading is None or self._rereading.done():
+            self._rereading = self._book.ctx.spawn(self._reread(), name="schedule-reread")
+
+    async def _reread(self) -> None:
+        while self._again:
+            self._again = False
             await self._book.reload()
 
     async def _lead(self) -> None:
