@@ -23,7 +23,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import stat
 import subprocess
 import tempfile
@@ -35,11 +34,18 @@ from urllib.parse import quote, unquote
 
 import pytest
 
+from tests.support.local_servers import (
+    HOST,
+    LocalServer,
+    SharedServer,
+    fail_or_skip,
+)
+from tests.support.local_servers import free_port as _free_port
+
 BIN_ENV = "MOMOBRIDGE_PG_BIN"
 DEBIAN_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 SYSTEM_USER = "postgres"  # the OS user the server runs as when the tests run as root
 SUPERUSER = "postgres"  # the database superuser initdb creates (trust auth: no password)
-HOST = "127.0.0.1"
 START_TIMEOUT = 60  # seconds pg_ctl waits for the server to accept connections
 COMMAND_TIMEOUT = 120  # seconds any initdb / pg_ctl call may take before it counts as failed
 PORT_ATTEMPTS = 3  # a port picked free may be taken before the server binds it: try another
@@ -89,12 +95,6 @@ def find_bin_dir() -> Path:
     raise PostgresUnavailable(f"no initdb and pg_ctl in {DEBIAN_BIN_GLOB} or on PATH")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def _traversable_by_others(path: Path) -> bool:
     """Whether every directory from / down to `path` lets other users through (o+x)."""
     for d in [path, *path.parents]:
@@ -106,13 +106,14 @@ def _traversable_by_others(path: Path) -> bool:
     return True
 
 
-class PostgresServer:
+class PostgresServer(LocalServer):
     """One throwaway PostgreSQL cluster. `start()` and `stop()` are synchronous (subprocesses);
     `create_database` / `drop_database` are async (asyncpg)."""
 
+    _label = "PostgresServer"
+
     def __init__(self) -> None:
-        self._dir: Path | None = None
-        self._port: int | None = None
+        super().__init__()
         self._bin: Path | None = None
         self._run_as: list[str] = []
         self._owner: tuple[int, int] | None = None
@@ -153,24 +154,7 @@ class PostgresServer:
         self._dir = None
         self._port = None
 
-    def __enter__(self) -> PostgresServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # -- where it is --------------------------------------------------------------------------
-
-    @property
-    def host(self) -> str:
-        return HOST
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("PostgresServer is not running")
-        return self._port
+    # -- where it is (and host, port) ---------------------------------------------------------
 
     @property
     def superuser(self) -> str:
@@ -340,21 +324,6 @@ class PostgresServer:
     def _pick_port(self) -> int:
         return _free_port()
 
-    def _log_size(self) -> int:
-        try:
-            return self.log_file.stat().st_size
-        except OSError:
-            return 0
-
-    def _log_tail(self, start: int) -> str:
-        """What this attempt wrote to the log (pg_ctl appends), its last 3000 characters."""
-        try:
-            with self.log_file.open("rb") as f:
-                f.seek(start)
-                return f.read().decode(errors="replace")[-3000:] or "(empty log)"
-        except OSError:
-            return "(no log)"
-
 
 def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
@@ -364,49 +333,27 @@ def _quote_literal(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "''")
 
 
-def _ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def _unavailable(reason: str) -> NoReturn:
-    if _ci():
-        pytest.fail(
-            f"PostgreSQL not available: {reason}; CI must run the PostgreSQL tests "
-            "(.ci/run installs Debian's postgresql package)",
-            pytrace=False,
-        )
-    pytest.skip(f"PostgreSQL not available: {reason}; {INSTALL_HINT}")
+    fail_or_skip(
+        "PostgreSQL",
+        reason,
+        ci_note="CI must run the PostgreSQL tests (.ci/run installs Debian's postgresql package)",
+        install_hint=INSTALL_HINT,
+    )
 
 
-# The one server of this pytest process, or why it could not start: shared by every registration
-# of `postgres_server` (a test module importing the fixture besides tests/conftest.py gets its
-# own session fixture, which must not start a second server or retry a failed start).
-_shared: dict[str, PostgresServer | str] = {}
+# The one server of this pytest process (or why it could not start), whichever registration of
+# `postgres_server` asks first.
+_shared: SharedServer[PostgresServer] = SharedServer(
+    PostgresServer, PostgresUnavailable, lambda reason: _unavailable(reason)
+)
 
 
 @pytest.fixture(scope="session")
 def postgres_server(request: pytest.FixtureRequest) -> PostgresServer:
     """One real PostgreSQL server for the whole run, started on first use and stopped when the
     run ends."""
-    if not _shared:
-        server = PostgresServer()
-        try:
-            server.start()
-        except PostgresUnavailable as e:
-            _shared["error"] = str(e)
-        else:
-            _shared["server"] = server
-            request.config.add_cleanup(_stop_shared)
-    server = _shared.get("server")
-    if not isinstance(server, PostgresServer):
-        _unavailable(str(_shared["error"]))
-    return server
-
-
-def _stop_shared() -> None:
-    server = _shared.pop("server", None)
-    if isinstance(server, PostgresServer):
-        server.stop()
+    return _shared.get(request)
 
 
 @pytest.fixture

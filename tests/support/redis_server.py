@@ -31,8 +31,10 @@ from typing import NoReturn
 
 import pytest
 
+from tests.support.local_servers import HOST, LocalServer, SharedServer, fail_or_skip
+from tests.support.local_servers import free_port as _free_port
+
 BIN_ENV = "MOMOBRIDGE_REDIS_SERVER"
-HOST = "127.0.0.1"
 START_TIMEOUT = 20.0  # seconds until the new server must answer PING
 STOP_TIMEOUT = 10.0  # seconds SIGTERM gets before SIGKILL
 PING_TIMEOUT = 1.0  # seconds one PING attempt may take while waiting for the start
@@ -64,12 +66,6 @@ def find_redis_server() -> str:
     raise RedisUnavailable("no redis-server on PATH or in /usr/bin")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def ping(port: int, timeout: float = PING_TIMEOUT) -> bool:
     """Whether a Redis server on HOST:port answers PING (a blocking one-shot, for start/stop)."""
     try:
@@ -80,15 +76,16 @@ def ping(port: int, timeout: float = PING_TIMEOUT) -> bool:
         return False
 
 
-class RedisServer:
+class RedisServer(LocalServer):
     """One throwaway redis-server. `start()` and `stop()` are synchronous (a child process)."""
+
+    _label = "RedisServer"
 
     def __init__(self, port: int | None = None) -> None:
         """`port`: listen there (a test restarting "the same" Redis after an outage); by
         default a free port the OS picks."""
-        self._dir: Path | None = None
+        super().__init__()
         self._proc: subprocess.Popen[bytes] | None = None
-        self._port: int | None = None
         self._fixed_port = port
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -117,24 +114,7 @@ class RedisServer:
         self._dir = None
         self._port = None
 
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # -- where it is --------------------------------------------------------------------------
-
-    @property
-    def host(self) -> str:
-        return HOST
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("RedisServer is not running")
-        return self._port
+    # -- where it is (and host, port) ---------------------------------------------------------
 
     @property
     def url(self) -> str:
@@ -242,69 +222,33 @@ class RedisServer:
             proc.kill()
             proc.wait(timeout=STOP_TIMEOUT)
 
-    def _log_size(self) -> int:
-        try:
-            return self.log_file.stat().st_size
-        except OSError:
-            return 0
-
-    def _log_tail(self, start: int) -> str:
-        """What this attempt wrote to the log, its last 3000 characters."""
-        try:
-            with self.log_file.open("rb") as f:
-                f.seek(start)
-                return f.read().decode(errors="replace")[-3000:] or "(empty log)"
-        except OSError:
-            return "(no log)"
-
-
-def _ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
-
 
 def unavailable(reason: str) -> NoReturn:
     """Fails the test in CI, where redis-server must be there; skips it elsewhere."""
-    if _ci():
-        pytest.fail(
-            f"redis-server not available: {reason}; CI must run the Redis tests "
-            "(.ci/run installs Debian's redis-server package)",
-            pytrace=False,
-        )
-    pytest.skip(f"redis-server not available: {reason}; {INSTALL_HINT}")
+    fail_or_skip(
+        "redis-server",
+        reason,
+        ci_note="CI must run the Redis tests (.ci/run installs Debian's redis-server package)",
+        install_hint=INSTALL_HINT,
+    )
 
 
-# The one server of this pytest process, or why it could not start: shared by every registration
-# of `redis_server` (a test module importing the fixture besides tests/conftest.py gets its own
-# session fixture, which must not start a second server or retry a failed start).
-_shared: dict[str, RedisServer | str] = {}
+# The one server of this pytest process (or why it could not start), whichever registration of
+# `redis_server` asks first.
+_shared: SharedServer[RedisServer] = SharedServer(
+    RedisServer, RedisUnavailable, lambda reason: unavailable(reason)
+)
 
 
 @pytest.fixture(scope="session")
 def redis_server(request: pytest.FixtureRequest) -> RedisServer:
     """One real redis-server for the whole run, started on first use and stopped when the run
     ends."""
-    if not _shared:
-        server = RedisServer()
-        try:
-            server.start()
-        except RedisUnavailable as e:
-            _shared["error"] = str(e)
-        else:
-            _shared["server"] = server
-            request.config.add_cleanup(_stop_shared)
-    server = _shared.get("server")
-    if not isinstance(server, RedisServer):
-        unavailable(str(_shared["error"]))
+    server = _shared.get(request)
     if not server.running():
         # A test stopped or killed the shared server: say so instead of failing mysteriously.
         pytest.fail("the shared redis-server is no longer running (a test stopped it?)")
     return server
-
-
-def _stop_shared() -> None:
-    server = _shared.pop("server", None)
-    if isinstance(server, RedisServer):
-        server.stop()
 
 
 @pytest.fixture
