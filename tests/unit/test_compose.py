@@ -183,3 +183,50 @@ def test_deploy_guide_links_resolve() -> None:
             assert path.exists(), f"{page}: {target}"
             if anchor:
                 assert anchor in _anchors(path.read_text()), f"{page}: {target}#{anchor}"
+
+
+# ----- docker-compose.cluster.yml (docs/scale.md) -----------------------------------------------
+
+
+def test_the_cluster_file_validates_with_two_nodes_on_one_database_and_redis(
+    tmp_path: Path,
+) -> None:
+    compose = _compose_binary()
+    (tmp_path / "docker-compose.yml").write_text((ROOT / "docker-compose.cluster.yml").read_text())
+    (tmp_path / ".env").write_text(
+        (ROOT / ".env.example").read_text()
+        + "\nMOMOBRIDGE_AUTH__ADMIN_CODE=admin-code\nPOSTGRES_PASSWORD=pg-secret\n"
+    )
+    config = _config(compose, tmp_path)
+    services = config["services"]
+    assert set(services) == {"node-a", "node-b", "postgres", "redis", "nginx"}
+    for name in ("node-a", "node-b"):
+        env = services[name]["environment"]
+        assert env["MOMOBRIDGE_CLUSTER__NODE_ID"] == name
+        assert env["MOMOBRIDGE_CLUSTER__REDIS_URL"] == "redis://redis:6379/0"
+        assert env["MOMOBRIDGE_STORAGE__URL"] == (
+            "postgresql://momobridge:pg-secret@postgres:5432/momobridge"
+        )
+        assert env["MOMOBRIDGE_AUTH__ADMIN_CODE"] == "admin-code"
+    assert services["node-a"]["volumes"] != services["node-b"]["volumes"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == "pg-secret"
+    nginx_conf = ROOT / "docs/examples/nginx-cluster.conf"
+    assert "server node-a:3080" in nginx_conf.read_text()
+    assert "server node-b:3080" in nginx_conf.read_text()
+
+
+def test_the_cluster_file_refuses_to_start_without_the_shared_secrets(tmp_path: Path) -> None:
+    compose = _compose_binary()
+    (tmp_path / "docker-compose.yml").write_text((ROOT / "docker-compose.cluster.yml").read_text())
+    (tmp_path / ".env").write_text((ROOT / ".env.example").read_text())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MOMOBRIDGE_", "POSTGRES_"))}
+    run = subprocess.run(
+        [compose, "-f", "docker-compose.yml", "config"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert run.returncode != 0
+    assert "MOMOBRIDGE_AUTH__ADMIN_CODE" in run.stderr or "POSTGRES_PASSWORD" in run.stderr
