@@ -27,6 +27,8 @@ log = structlog.get_logger(__name__)
 
 # A push waits this long for its user's lock (a login replaying a long backlog holds it).
 LOCK_TIMEOUT = 30.0
+# In a cluster: users whose offered pushes are tracked until confirmed (see Outbox._offered).
+MAX_TRACKED_USERS = 100_000
 
 
 @dataclass(slots=True)
@@ -89,6 +91,13 @@ class Outbox:
         self.metrics: Metrics = UNSCRAPED
         # In a cluster: hands each stored push to the other nodes (bridge.cluster.pushes).
         self.fanout: Callable[[str, Push], Awaitable[None]] | None = None
+        # In a cluster: the seqs offered here and not yet confirmed, per user. Another node's
+        # push may reach this node after a later one of this node's (each node announces its
+        # own), so "confirmed up to N" here covers only what was offered here; the rest waits
+        # for its own confirmation or the next login. A user leaves it when everything offered
+        # was confirmed (a confirmation may come just after the connection closed); bounded by
+        # MAX_TRACKED_USERS and, per user, by the outbox's limit.
+        self._offered: dict[str, set[int]] = {}
 
     def next_push_id(self) -> str:
         return f"s-{self._repo.next_id()}"
@@ -133,6 +142,7 @@ class Outbox:
                         break
                     if not sink.offer(Push.from_json(data, seq)):
                         return 0
+                    self._mark(user_id, seq)
                     after = seq
                     offered += 1
                 if not waiting:
@@ -170,6 +180,20 @@ class Outbox:
             if not sinks:
                 del self._sinks[user_id]
 
+    def _mark(self, user_id: str, seq: int) -> None:
+        if self.fanout is not None:
+            offered = self._offered.get(user_id)
+            if offered is None:
+                if len(self._offered) >= MAX_TRACKED_USERS:
+                    # The user tracked longest ago: its pushes stay stored, for the next login.
+                    del self._offered[next(iter(self._offered))]
+                offered = self._offered[user_id] = set()
+            offered.add(seq)
+            if len(offered) > 2 * self._limit:
+                # Never confirmed and long trimmed from the store: forget the oldest.
+                for old in sorted(offered)[: len(offered) - self._limit]:
+                    offered.discard(old)
+
     async def push(self, user_id: str, push: Push, *, exclude: Sink | None = None) -> int:
         """Store the push, then offer it to every live connection of the user (on every node
         of a cluster: see ``fanout``).
@@ -205,11 +229,15 @@ class Outbox:
             for seq, data in await self._repo.pending(user_id):
                 if not new.offer(push if seq == push.seq else Push.from_json(data, seq)):
                     return 0
+                self._mark(user_id, seq)
             self._sinks.setdefault(user_id, set()).add(new)
             self.metrics.push("offered")
             return 1
         offered = 0
-        for sink in list(self._sinks.get(user_id, ())):
+        sinks = list(self._sinks.get(user_id, ()))
+        if sinks:
+            self._mark(user_id, push.seq)
+        for sink in sinks:
             if sink is exclude:
                 sink.note(push.seq)
             elif sink.offer(push):
@@ -225,8 +253,17 @@ class Outbox:
         return None
 
     async def confirm(self, user_id: str, seq: int) -> None:
-        """A peer of this user has everything up to ``seq``."""
-        await self._repo.ack(user_id, seq)
+        """A peer of this user has everything up to ``seq`` (that it was offered: in a cluster,
+        only what this node offered is confirmed here)."""
+        if self.fanout is None:
+            await self._repo.ack(user_id, seq)
+        else:
+            offered = self._offered.get(user_id, set())
+            done = [s for s in offered if s <= seq]
+            offered.difference_update(done)
+            if not offered:
+                self._offered.pop(user_id, None)
+            await self._repo.ack_exactly(user_id, done)
         self.metrics.push("confirmed")
 
     async def pending_count(self, user_id: str) -> int:

@@ -59,6 +59,20 @@ class OutboxRepo:
         )
         return [(int(r[0]), json.loads(r[1])) for r in rows]
 
+    async def ack_exactly(self, user_id: str, seqs: list[int]) -> None:
+        """Delete these pushes of the user (and no other)."""
+        if not seqs:
+            return
+        marks = ", ".join("?" * len(seqs))
+        await self._db.unit(
+            single(
+                Execute(
+                    f"DELETE FROM outbox WHERE user_id = ? AND seq IN ({marks})",
+                    (user_id, *(int(s) for s in seqs)),
+                )
+            )
+        )
+
     async def ack(self, user_id: str, up_to_seq: int) -> None:
         await self._db.unit(
             single(

@@ -566,3 +566,43 @@ async def test_pushes_survive_closing_and_reopening_the_database(location: str) 
         assert q.seq > p.seq  # seqs are not reused after a restart either
     finally:
         await st.close()
+
+
+# ----- in a cluster: confirming covers only what this node offered -------------------------------
+
+
+async def test_in_a_cluster_a_confirmation_covers_only_what_this_node_offered(
+    outbox: Outbox, repo: Repo
+) -> None:
+    announced: list[int] = []
+
+    async def fanout(user_id: str, push: Push) -> None:
+        announced.append(push.seq)
+
+    outbox.fanout = fanout
+    tab = Sink("tab")
+    await outbox.attach("u", tab)
+    # Another node stored seq N (its announcement not here yet); this node then stores N+1.
+    other_seq, _ = await repo.push("u", msg(1).to_json(), 100)
+    await outbox.push("u", msg(2))
+    assert tab.ids() == [2] and announced == [tab.seqs()[0]]
+    await outbox.confirm("u", tab.seqs()[0])
+    # The other node's push was never offered here: it stays for its own confirmation.
+    assert await stored_ids(repo, "u") == [1]
+    # Once it arrives and is offered, confirming covers it.
+    await outbox.deliver("u", Push.from_json(msg(1).to_json(), other_seq))
+    assert tab.ids() == [2, 1]
+    await outbox.confirm("u", tab.seqs()[0])  # "up to" an older seq than the newest: no matter
+    assert await stored_ids(repo, "u") == []
+    assert "u" not in outbox._offered  # everything offered was confirmed
+
+
+async def test_alone_a_confirmation_covers_everything_up_to_its_seq(
+    outbox: Outbox, repo: Repo
+) -> None:
+    tab = Sink("tab")
+    await outbox.attach("u", tab)
+    await repo.push("u", msg(1).to_json(), 100)
+    await outbox.push("u", msg(2))
+    await outbox.confirm("u", tab.seqs()[0])
+    assert await stored_ids(repo, "u") == []
