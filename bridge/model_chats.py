@@ -28,6 +28,7 @@ from bridge.models import (
     ReplyEvent,
     UserRef,
 )
+from bridge.pending_target import STARTING_REASON
 from bridge.router import Router
 from storage import Storage
 
@@ -143,6 +144,9 @@ class ModelChats:
                 f"{model!r} is a character: message the character ({model[10:]!r}) itself",
             )
         target = self._router.model_target(model)  # UNAVAILABLE when none is configured
+        if getattr(target, "pending", False):
+            # A provider still loading has listed nothing yet: "starting", not "unknown".
+            raise BridgeError(ErrorCode.UNAVAILABLE, STARTING_REASON)
         contact_of = getattr(target, "completion_contact", None)
         if contact_of is not None:
             # Its conversations are the contact's own (a MOMO AI agent): one place for them.

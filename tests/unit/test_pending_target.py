@@ -173,3 +173,15 @@ async def test_a_place_whose_start_failed_claims_nothing() -> None:
     assert isinstance(failed, Failed) and failed.error == ErrorCode.NOT_FOUND
     assert await first.recover(ConversationKey("u1", "Momo", "default")) is None
     await first.recall(recall("Momo"))  # nobody to tell: nothing happens
+
+
+async def test_a_model_contact_is_starting_while_its_provider_loads() -> None:
+    from bridge.model_chats import ModelChats
+
+    router, (place,) = places(1)
+    router.add_model_target(place)
+    chats = ModelChats(router, None, history_turns=5, history_chars=1000)  # type: ignore[arg-type]
+    with pytest.raises(BridgeError) as e:
+        await chats.check_available("model:fake/echo")
+    # Not "unknown model": the provider's list is simply not in yet.
+    assert e.value.code == ErrorCode.UNAVAILABLE and "starting" in e.value.reason
