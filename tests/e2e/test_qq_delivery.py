@@ -117,6 +117,15 @@ async def test_a_restart_after_part_of_a_reply_went_out_sends_only_the_rest(
     await sim.private(ALICE, SLOW)
     await sim.wait_sent(1)
     first = sim.texts()[0]
+
+    async def recorded() -> bool:
+        # The bridge has QQ's answer to the first piece (its id) and noted how far it got: a
+        # drop before that (a busy machine) rightly sends the piece again.
+        assert hub.app.storage is not None
+        row = await hub.app.storage.db.fetchone("SELECT COUNT(*) FROM qq_progress")
+        return bool(row and row[0])
+
+    await eventually(recorded, 15, "the first piece recorded")
     await sim.drop()
     await waiting(hub)
     await hub.restart()
