@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
+import contextlib
 import json
 import os
 import platform
@@ -19,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -243,3 +246,37 @@ def run_bench(coro: Any) -> int:
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("\ninterrupted", file=sys.stderr)
         return 130
+
+
+# ----- server subprocesses ----------------------------------------------------------------------
+
+# Every server a benchmark launched and has not reaped: killed at exit, whatever happened.
+LIVE: list[subprocess.Popen[bytes]] = []
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for proc in LIVE:
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+
+
+def child_setup(cpu: int | None) -> Callable[[], None]:
+    """``preexec_fn`` of a launched server: its CPU, and death with this benchmark. (No exec
+    wrapper here: its own interpreter start would be counted as the server's.)"""
+    prctl: Any = None
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def setup() -> None:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        if prctl is not None:
+            prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+    return setup

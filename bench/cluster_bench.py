@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import contextlib
 import json
 import os
@@ -51,9 +50,11 @@ from typing import Any
 import aiohttp
 from _common import (
     HOST,
+    LIVE,
     REPO,
     BenchError,
     cancel_on_sigterm,
+    child_setup,
     cpu_seconds,
     free_port,
     machine_line,
@@ -79,26 +80,6 @@ ECHO = "model:fake/echo"
 ADMIN_CODE = "bench-admin-code"
 TARGET_ADDED_MS = 2.0
 TARGET_RATIO = 0.9
-
-_LIVE: list[subprocess.Popen[bytes]] = []
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for proc in _LIVE:
-        if proc.poll() is None:
-            with contextlib.suppress(OSError):
-                proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-
 
 # ================================================================================================
 # bridges
@@ -215,8 +196,8 @@ class Bridge:
                 with contextlib.suppress(OSError):
                     proc.kill()
                 await asyncio.to_thread(proc.wait, 5)
-        if proc in _LIVE:
-            _LIVE.remove(proc)
+        if proc in LIVE:
+            LIVE.remove(proc)
 
 
 @dataclass
@@ -242,9 +223,9 @@ class Ctx:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=child_setup(None),
             )
-        _LIVE.append(proc)
+        LIVE.append(proc)
         bridge = Bridge(tag, port, proc, log_path)
         self.bridges.append(bridge)
         return bridge

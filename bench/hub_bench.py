@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import contextlib
 import gc
 import json
@@ -69,10 +68,12 @@ from typing import Any
 import websockets
 from _common import (
     HOST,
+    LIVE,
     REPO,
     BenchError,
     add_output_args,
     cancel_on_sigterm,
+    child_setup,
     core_busy_seconds,
     cpu_seconds,
     free_port,
@@ -154,18 +155,6 @@ def raise_own_nofile(needed: int) -> tuple[int, int]:
 # server subprocesses
 # ================================================================================================
 
-_LIVE: list[subprocess.Popen[bytes]] = []
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for proc in _LIVE:
-        if proc.poll() is None:
-            with contextlib.suppress(OSError):
-                proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-
 
 class ServerProc:
     """One server under test in its own process; its stderr goes to a file (never a pipe that fills)."""
@@ -192,7 +181,7 @@ class ServerProc:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        _LIVE.append(self.proc)
+        LIVE.append(self.proc)
 
     @property
     def pid(self) -> int:
@@ -261,8 +250,8 @@ class ServerProc:
                 with contextlib.suppress(OSError):
                     proc.kill()
                 await _wait_exit(proc, 5.0)
-        if proc in _LIVE and proc.poll() is not None:
-            _LIVE.remove(proc)
+        if proc in LIVE and proc.poll() is not None:
+            LIVE.remove(proc)
         return proc.returncode
 
 
@@ -805,7 +794,7 @@ class SlowProc:
                 stderr=log,
                 start_new_session=True,
             )
-        _LIVE.append(self.proc)
+        LIVE.append(self.proc)
         self.reader: asyncio.StreamReader | None = None
         self._transport: asyncio.BaseTransport | None = None
 
@@ -897,8 +886,8 @@ class SlowProc:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
-        if proc in _LIVE and proc.poll() is not None:
-            _LIVE.remove(proc)
+        if proc in LIVE and proc.poll() is not None:
+            LIVE.remove(proc)
 
 
 def hub_aborts(log_path: Path) -> list[dict[str, Any]]:
@@ -1116,24 +1105,6 @@ def report_slow(r: dict[str, Any], target: float) -> tuple[bool, list[str]]:
 # ================================================================================================
 
 
-def _child_setup(cpu: int | None) -> Callable[[], None]:
-    """``preexec_fn`` of a launched server: its CPU, and death with this benchmark. (No exec
-    wrapper here: its own interpreter start would be counted as the server's.)"""
-    prctl: Any = None
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def setup() -> None:
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-        if prctl is not None:
-            prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-    return setup
-
-
 def _spawn(
     cmd: list[str],
     *,
@@ -1143,7 +1114,7 @@ def _spawn(
     log: Path | None,
 ) -> subprocess.Popen[bytes]:
     """A launched server (or the interpreter floor): its output to ``log`` (or nowhere)."""
-    setup = _child_setup(cpu)
+    setup = child_setup(cpu)
     with open(log if log is not None else os.devnull, "wb") as out:
         proc = subprocess.Popen(
             cmd,
@@ -1155,7 +1126,7 @@ def _spawn(
             start_new_session=True,
             preexec_fn=setup,  # only affinity and prctl: no locks taken
         )
-    _LIVE.append(proc)
+    LIVE.append(proc)
     return proc
 
 
@@ -1222,8 +1193,8 @@ async def launch_and_login(
                 with contextlib.suppress(OSError):
                     proc.kill()
                 await _wait_exit(proc, 5.0)
-        if proc.poll() is not None and proc in _LIVE:
-            _LIVE.remove(proc)
+        if proc.poll() is not None and proc in LIVE:
+            LIVE.remove(proc)
     ready = _log_event_wall(log_path, "momobridge.ready")
     return Launch(t1 - t0, ready - t_wall if ready else None, attempts, proc.returncode)
 
@@ -1234,8 +1205,8 @@ async def interpreter_floor(cpu: int | None) -> float:
     proc = _spawn([sys.executable, "-c", "pass"], cwd=None, env=None, cpu=cpu, log=None)
     await _wait_exit(proc, 30.0)
     elapsed = time.perf_counter() - t0
-    if proc in _LIVE:
-        _LIVE.remove(proc)
+    if proc in LIVE:
+        LIVE.remove(proc)
     return elapsed
 
 
