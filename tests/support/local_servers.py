@@ -6,6 +6,7 @@ pytest process behind each session fixture.
 
 from __future__ import annotations
 
+import abc
 import os
 import socket
 from collections.abc import Callable
@@ -35,7 +36,7 @@ def fail_or_skip(what: str, reason: str, *, ci_note: str, install_hint: str) -> 
     pytest.skip(f"{what} not available: {reason}; {install_hint}")
 
 
-class LocalServer:
+class LocalServer(abc.ABC):
     """Base of one throwaway server on HOST: subclasses implement `start()`, `stop()` (safe to
     call twice) and `log_file`, and set `_port` while it runs."""
 
@@ -45,11 +46,11 @@ class LocalServer:
         self._dir: Path | None = None
         self._port: int | None = None
 
-    def start(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def start(self) -> None: ...
 
-    def stop(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def stop(self) -> None: ...
 
     def __enter__(self) -> Self:
         self.start()
@@ -69,8 +70,8 @@ class LocalServer:
         return self._port
 
     @property
-    def log_file(self) -> Path:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def log_file(self) -> Path: ...
 
     def _log_size(self) -> int:
         try:
