@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Hashable
 from typing import Any, TypeVar
 
 import structlog
@@ -42,3 +42,44 @@ class TaskSet:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
             if pending:
                 log.warning("task.stuck_on_cancel", owner=self.name, count=len(pending))
+
+
+class Chains:
+    """Work run in owned tasks, one after another per key (in the order it was given) and side
+    by side across keys: a slow key holds up only its own. Keys leave when their work is done."""
+
+    def __init__(self, tasks: TaskSet) -> None:
+        self._tasks = tasks
+        # Per key: the task of its latest work (the next one waits for it).
+        self._last: dict[Hashable, asyncio.Task[None]] = {}
+        self.running: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        """Pieces of work not finished yet, all keys together."""
+        return len(self.running)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._last
+
+    @property
+    def keys(self) -> int:
+        return len(self._last)
+
+    def run(self, key: Hashable, work: Coroutine[Any, Any, None], *, name: str) -> None:
+        before = self._last.get(key)
+
+        async def after_before() -> None:
+            if before is not None and not before.done():
+                await asyncio.wait([before])  # its outcome is its own (logged by the TaskSet)
+            await work
+
+        task = self._tasks.spawn(after_before(), name=name)
+        self._last[key] = task
+        self.running.add(task)
+
+        def forget(done: asyncio.Task[None]) -> None:
+            self.running.discard(done)
+            if self._last.get(key) is done:
+                del self._last[key]
+
+        task.add_done_callback(forget)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -39,7 +39,7 @@ from bridge.health import Health
 from bridge.models import ConversationKey, Segment, UserRef, plain_text
 from bridge.outbox import Outbox
 from bridge.router import Router
-from bridge.tasks import TaskSet
+from bridge.tasks import Chains, TaskSet
 from storage import Storage
 
 if TYPE_CHECKING:
@@ -85,8 +85,7 @@ class QQEdge:
         # In a cluster (set by the app): `await dedupe(key, ttl)` is True for the first node
         # to claim an event; the per-account chain of those claims keeps their order.
         self.dedupe: Callable[[str, float], Awaitable[bool]] | None = None
-        self._chains: dict[int, asyncio.Task[None]] = {}
-        self._chains_waiting: set[asyncio.Task[None]] = set()
+        self._claims = Chains(self.tasks)
         self._rates: OrderedDict[tuple[int, int], deque[float]] = OrderedDict()
         # Per account: turns running at once (`max_active`).
         self._slots: dict[int, asyncio.Semaphore] = {}
@@ -263,33 +262,14 @@ class QQEdge:
         self._seen[seen] = None
         if len(self._seen) > SEEN_EVENTS:
             self._seen.popitem(last=False)
-        if self.dedupe is not None and len(self._chains_waiting) < MAX_CLAIMING:
+        if self.dedupe is not None and len(self._claims) < MAX_CLAIMING:
             # In a cluster the same event may also reach another node (an implementation that
             # reconnected there replays it): the first node to claim it takes it. Claims of one
             # account are made in arrival order, so its messages stay in order. (Past
             # MAX_CLAIMING waiting, an event is taken unclaimed: a flood must not pile up.)
-            self._in_order(self_id, self._claimed(account, event))
+            self._claims.run(self_id, self._claimed(account, event), name="qq-event")
             return
         self._accept(account, event)
-
-    def _in_order(self, account_id: int, work: Coroutine[Any, Any, None]) -> None:
-        before = self._chains.get(account_id)
-
-        async def after_before() -> None:
-            if before is not None and not before.done():
-                await asyncio.wait([before])  # its outcome is its own (logged by the TaskSet)
-            await work
-
-        task = self.tasks.spawn(after_before(), name="qq-event")
-        self._chains[account_id] = task
-        self._chains_waiting.add(task)
-
-        def forget(done: asyncio.Task[None]) -> None:
-            self._chains_waiting.discard(done)
-            if self._chains.get(account_id) is done:
-                del self._chains[account_id]
-
-        task.add_done_callback(forget)
 
     async def _claimed(
         self, account: QQAccount, event: PrivateMessageEvent | GroupMessageEvent

@@ -24,7 +24,7 @@ import structlog
 from bridge.cluster.bus import MAX_PAYLOAD, Bus
 from bridge.cluster.client import ClusterError
 from bridge.outbox import Outbox, Push
-from bridge.tasks import TaskSet
+from bridge.tasks import Chains, TaskSet
 
 log = structlog.get_logger(__name__)
 
@@ -42,8 +42,8 @@ class PushFanout:
         self._outbox = outbox
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(MAX_QUEUED)
         self._tasks = TaskSet("cluster-pushes")
-        # Per user: the task handing over that user's latest arrival (the next one awaits it).
-        self._chains: dict[str, asyncio.Task[None]] = {}
+        # Arrivals handed over per user, in order.
+        self._users = Chains(self._tasks)
         self._dropped = 0
 
     async def start(self) -> None:
@@ -90,24 +90,10 @@ class PushFanout:
             return  # nobody of this user here: the common case, decided without the store
         data = message.get("p")
         work = self._hand_over(user_id, seq, data if isinstance(data, dict) else None)
-        if len(self._chains) >= MAX_USERS_BUSY and user_id not in self._chains:
+        if self._users.keys >= MAX_USERS_BUSY and user_id not in self._users:
             await work  # too many users at once: this one in the reader, in order
             return
-        before = self._chains.get(user_id)
-
-        async def after_before() -> None:
-            if before is not None and not before.done():
-                await asyncio.wait([before])
-            await work
-
-        task = self._tasks.spawn(after_before(), name="cluster-push")
-        self._chains[user_id] = task
-
-        def forget(done: asyncio.Task[None]) -> None:
-            if self._chains.get(user_id) is done:
-                del self._chains[user_id]
-
-        task.add_done_callback(forget)
+        self._users.run(user_id, work, name="cluster-push")
 
     async def _hand_over(self, user_id: str, seq: int, data: dict[str, Any] | None) -> None:
         push = (
