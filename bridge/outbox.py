@@ -247,10 +247,8 @@ class Outbox:
 
     async def stored(self, user_id: str, seq: int) -> Push | None:
         """A push still waiting in the store (a node reads one too big for the bus)."""
-        for pending_seq, data in await self._repo.pending(user_id):
-            if pending_seq == seq:
-                return Push.from_json(data, seq)
-        return None
+        data = await self._repo.frame(user_id, seq)
+        return None if data is None else Push.from_json(data, seq)
 
     async def confirm(self, user_id: str, seq: int) -> None:
         """A peer of this user has everything up to ``seq`` (that it was offered: in a cluster,

@@ -59,6 +59,13 @@ class OutboxRepo:
         )
         return [(int(r[0]), json.loads(r[1])) for r in rows]
 
+    async def frame(self, user_id: str, seq: int) -> dict[str, Any] | None:
+        """One waiting push of the user, by its seq (None once confirmed or trimmed)."""
+        row = await self._db.fetchone(
+            "SELECT frame FROM outbox WHERE user_id = ? AND seq = ?", (user_id, int(seq))
+        )
+        return json.loads(row[0]) if row is not None else None
+
     async def ack_exactly(self, user_id: str, seqs: list[int]) -> None:
         """Delete these pushes of the user (and no other)."""
         if not seqs:

@@ -606,3 +606,13 @@ async def test_alone_a_confirmation_covers_everything_up_to_its_seq(
     await outbox.push("u", msg(2))
     await outbox.confirm("u", tab.seqs()[0])
     assert await stored_ids(repo, "u") == []
+
+
+async def test_a_stored_push_is_read_back_by_its_seq(outbox: Outbox, repo: Repo) -> None:
+    seq, _ = await repo.push("u", msg(7).to_json(), 100)
+    await repo.push("u", msg(8).to_json(), 100)
+    found = await outbox.stored("u", seq)
+    assert found is not None and found.message_id == 7 and found.seq == seq
+    assert await outbox.stored("someone-else", seq) is None
+    await repo.ack("u", seq)
+    assert await outbox.stored("u", seq) is None
