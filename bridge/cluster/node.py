@@ -81,9 +81,9 @@ class ClusterNode:
         except ClusterError as e:
             log.warning("cluster.announce_failed", error=str(e))
 
-    async def once(self, key: str, ttl: float, *, timeout: float = 5.0) -> bool:
+    async def once(self, key: str, ttl: float) -> bool:
         """True for the first caller cluster-wide of ``key`` within ``ttl`` (see once)."""
-        return await once(self.redis, key, ttl, prefix=self.config.prefix, timeout=timeout)
+        return await once(self.redis, key, ttl, prefix=self.config.prefix)
 
     async def report(self, health: Health) -> None:
         """A /readyz probe: the live nodes, or why they cannot be listed."""
