@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from redis.exceptions import RedisError
 
-from bridge.cluster import ClusterError, LeaseBusy, Leases, once
+from bridge.cluster import ClusterError, LeaseBusy, Leases
 from bridge.scheduler import missed_run
 
 if TYPE_CHECKING:
@@ -91,9 +91,7 @@ class ScheduleCluster:
             return True
         key = f"schedule:{entry.id}:{due:.3f}"
         try:
-            return await once(
-                self._node.redis, key, lookback + DUE_SLACK, prefix=self._node.config.prefix
-            )
+            return bool(await self._node.once(key, lookback + DUE_SLACK))
         except ClusterError as e:
             log.warning("schedule.claim_failed", schedule=entry.id, error=str(e))
             return True
