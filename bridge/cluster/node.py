@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from bridge.cluster.bus import Bus
+from bridge.cluster.calls import NodeCalls
 from bridge.cluster.client import ClusterError, connect
 from bridge.cluster.once import once
 from bridge.cluster.pushes import PushFanout
@@ -54,6 +55,8 @@ class ClusterNode:
             prefix=config.prefix,
         )
         self.bus = Bus(self.redis, self.node_id, prefix=config.prefix)
+        # Request/response to other nodes (bridge.cluster.calls); features register handlers.
+        self.calls = NodeCalls(self.bus, self.node_id)
         self._pushes: PushFanout | None = None
 
     async def start(self, outbox: Outbox) -> None:
@@ -62,10 +65,12 @@ class ClusterNode:
         await self.registry.start()
         self._pushes = PushFanout(self.bus, outbox)
         await self._pushes.start()
+        await self.calls.start()
         log.info("cluster.joined", node=self.node_id)
 
     async def close(self) -> None:
         try:
+            await self.calls.close()
             if self._pushes is not None:
                 await self._pushes.stop()
             await self.bus.close()
