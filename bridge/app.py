@@ -343,7 +343,7 @@ class App:
         )
         self.router.add_binder(edge)
         if self.cluster is not None:
-            edge.dedupe = self.cluster.once
+            edge.join_cluster(self.cluster)
         self.health.add_probe(edge.link.refresh_health)
         self.scheduler.every(QQ_PURGE, edge.purge_links, 86400.0)
         self.qq = edge
@@ -402,14 +402,15 @@ class App:
             if cfg.onebot.qq.enabled:
                 self.health.register(QQ_LOADING, "loading the QQ link")
                 self.hub.mount(_path_matcher(cfg.onebot.qq.path), self._qq_entry)
-            # Replies a previous run left in flight: queued before the hub takes connections, so
-            # each conversation settles them before its new turns (the work itself, which may
-            # wait on the upstream, runs in the background).
-            await self.sessions.schedule_recovery()
             if cfg.cluster.redis_url:
                 # Before the hub takes connections: a login must find this node already
-                # hearing the other nodes' pushes.
+                # hearing the other nodes' pushes, and a turn its place in the cluster's order.
                 await self._join_cluster()
+            else:
+                # Replies a previous run left in flight: queued before the hub takes
+                # connections, so each conversation settles them before its new turns (the
+                # work itself, which may wait on the upstream, runs in the background).
+                await self.sessions.schedule_recovery()
             await self.hub.start()
             if self.cluster is not None:
                 await self.cluster.announce(self._node_info())
@@ -452,6 +453,21 @@ class App:
         self.cluster = node
         self.health.add_probe(lambda: node.report(self.health))
         await node.report(self.health)
+        assert self.storage is not None and self.sessions is not None and self.hub is not None
+        self.storage.set_node(node.node_id)
+        await node.order_turns(self.sessions.engine)
+        # What nodes that are gone left running (this one's own earlier run included, under a
+        # configured node id): settled now, before this node's hub takes connections, and
+        # whenever another node goes.
+        sessions = self.sessions
+        node.departures.add(
+            "replies", sessions.inflight_nodes, lambda gone: sessions.schedule_recovery(nodes=gone)
+        )
+        if self.socketio is not None:
+            replies = self.socketio.replies
+            node.departures.add("client replies", replies.streaming_nodes, replies.settle_nodes)
+        await node.departures.settle_now(restarted=node.node_id)
+        node.departures.start()
 
     async def _load_plugins(self) -> None:
         """Commands and filters, imported off the loop; until they are in, messages to the

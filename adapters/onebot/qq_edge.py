@@ -30,7 +30,7 @@ from adapters.onebot.events import (
 )
 from adapters.onebot.qq_link import QQAccount, QQLink
 from adapters.onebot.qq_replies import Chat, QQWriter
-from adapters.onebot.qq_sessions import Input, QQSession
+from adapters.onebot.qq_sessions import Input, QQSession, parse_owner, storable
 from adapters.onebot.qq_text import quote_context, reply_id, strip_trigger, to_model_text
 from bridge.commands import parse_line
 from bridge.config import QQConfig
@@ -43,6 +43,8 @@ from bridge.tasks import Chains, TaskSet
 from storage import Storage
 
 if TYPE_CHECKING:
+    from adapters.onebot.qq_cluster import QQCluster
+    from bridge.cluster.node import ClusterNode
     from bridge.sessions import Sessions
 
 log = structlog.get_logger(__name__)
@@ -86,6 +88,8 @@ class QQEdge:
         # to claim an event; the per-account chain of those claims keeps their order.
         self.dedupe: Callable[[str, float], Awaitable[bool]] | None = None
         self._claims = Chains(self.tasks)
+        # In a cluster (join_cluster): where accounts are, and calls to those on other nodes.
+        self.cluster: QQCluster | None = None
         self._rates: OrderedDict[tuple[int, int], deque[float]] = OrderedDict()
         # Per account: turns running at once (`max_active`).
         self._slots: dict[int, asyncio.Semaphore] = {}
@@ -98,7 +102,29 @@ class QQEdge:
 
     async def close(self) -> None:
         await self.link.close()
+        if self.cluster is not None:
+            await self.cluster.close()  # after the link: its accounts' entries are released
         await self.tasks.cancel_all()
+
+    def join_cluster(self, node: ClusterNode) -> None:
+        from adapters.onebot.qq_cluster import QQCluster
+
+        self.dedupe = node.once
+        self.cluster = QQCluster(self.link, node)
+        self.cluster.start()
+
+    async def call(
+        self, self_id: int, action: str, params: dict[str, Any], timeout: float | None = None
+    ) -> Any:
+        """An action of QQ account ``self_id``, on whichever node it is connected to (see
+        QQAccount.call for the errors)."""
+        account = self.link.accounts.get(self_id)
+        if self.cluster is None or (account is not None and account.connected):
+            if account is None:
+                raise BridgeError(ErrorCode.UNAVAILABLE, f"QQ account {self_id} is not connected")
+            return await account.call(action, params, timeout)
+        wait = timeout or self.config.action_timeout
+        return await self.cluster.call(self_id, action, params, wait)
 
     # ----- Binder: `/char use` in a QQ chat -----------------------------------------------------
 
@@ -150,6 +176,8 @@ class QQEdge:
 
     def _on_account(self, account: QQAccount, up: bool) -> None:
         prefix = f"qq:{account.self_id}:"
+        if self.cluster is not None:
+            self.cluster.account_changed(account.self_id, up)
         if up:
             # A linked account is the bridge's own identity: never a hub user's number.
             self.storage.users.reserve(account.self_id)
@@ -345,8 +373,8 @@ class QQEdge:
             qq_id=event.message_id,
             user_id=event.user_id,
             name=name,
-            segments=[Segment.text(_storable(text))] if command else segments,
-            text=_storable(to_model_text(segments).strip()),
+            segments=[Segment.text(storable(text))] if command else segments,
+            text=storable(to_model_text(segments).strip()),
             command=command,
             maybe=maybe,
             quoted=quoted,
@@ -442,12 +470,9 @@ class QQEdge:
         return quote_context(name, text) if text else ""
 
     async def _get_msg(self, account_id: int, qq_id: str) -> dict[str, Any] | None:
-        account = self.link.accounts.get(account_id)
-        if account is None:
-            return None
         try:
             wait = min(GET_MSG_WAIT, self.config.action_timeout)
-            data = await account.call("get_msg", {"message_id": int(qq_id)}, wait)
+            data = await self.call(account_id, "get_msg", {"message_id": int(qq_id)}, wait)
         except (BridgeError, ValueError) as e:
             log.info("qq.get_msg_failed", account=account_id, qq_id=qq_id, reason=str(e))
             return None
@@ -457,28 +482,3 @@ class QQEdge:
         gone = await self.storage.qq.purge(time.time() - LINK_DAYS * 86400)
         if gone:
             log.info("housekeeping.qq_links_purged", count=gone)
-
-
-def _storable(text: str) -> str:
-    """``text`` without lone surrogates (JSON allows them, UTF-8 and the database do not): one
-    such message must not sink the others merged into its turn."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return text.encode(errors="replace").decode()
-    return text
-
-
-def parse_owner(owner: str) -> tuple[int, Chat] | None:
-    """(account, chat) of a session owner id (see the module docstring); None if it is not one."""
-    parts = owner.split(":")
-    if len(parts) not in (3, 4) or parts[0] != "qq" or not parts[1].isdigit():
-        return None
-    peer = parts[2]
-    if len(peer) < 2 or not peer[1:].isdigit() or peer[0] not in "ug":
-        return None
-    if peer[0] == "u" and len(parts) == 3:
-        return int(parts[1]), Chat("private", int(peer[1:]))
-    if peer[0] == "g":
-        return int(parts[1]), Chat("group", int(peer[1:]))
-    return None

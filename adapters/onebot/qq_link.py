@@ -48,6 +48,7 @@ class ActionFailed(BridgeError):
         super().__init__(ErrorCode.UPSTREAM_ERROR, f"{action} failed: {reason} (retcode {retcode})")
         self.action = action
         self.retcode = retcode
+        self.detail = reason  # the implementation's own words (relayed between nodes)
 
 
 class QQAccount:

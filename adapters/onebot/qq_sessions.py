@@ -312,3 +312,28 @@ class QQSession:
         if self.chat.kind == "group" and self.edge.config.group_isolation == "shared":
             text = f"{batch[-1].name}: {text}"
         return text
+
+
+def storable(text: str) -> str:
+    """``text`` without lone surrogates (JSON allows them, UTF-8 and the database do not): one
+    such message must not sink the others merged into its turn."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode(errors="replace").decode()
+    return text
+
+
+def parse_owner(owner: str) -> tuple[int, Chat] | None:
+    """(account, chat) of a session owner id (see the module docstring); None if it is not one."""
+    parts = owner.split(":")
+    if len(parts) not in (3, 4) or parts[0] != "qq" or not parts[1].isdigit():
+        return None
+    peer = parts[2]
+    if len(peer) < 2 or not peer[1:].isdigit() or peer[0] not in "ug":
+        return None
+    if peer[0] == "u" and len(parts) == 3:
+        return int(parts[1]), Chat("private", int(peer[1:]))
+    if peer[0] == "g":
+        return int(parts[1]), Chat("group", int(peer[1:]))
+    return None
