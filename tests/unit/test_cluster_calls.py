@@ -50,7 +50,10 @@ async def test_a_call_returns_the_handlers_result(pair) -> None:
         return {"twice": payload["n"] * 2, "on": "node-b"}
 
     b.register("double", double)
-    assert await a.call("node-b", "double", {"n": 21}, timeout=WAIT) == {"twice": 42, "on": "node-b"}
+    assert await a.call("node-b", "double", {"n": 21}, timeout=WAIT) == {
+        "twice": 42,
+        "on": "node-b",
+    }
     assert seen == [{"n": 21}]
     # Many at once, each with its own answer; nothing left waiting afterwards.
     results = await asyncio.gather(*(a.call("node-b", "double", {"n": i}, WAIT) for i in range(50)))
@@ -132,24 +135,22 @@ async def test_the_calls_waiting_and_the_handlers_running_are_bounded(
     monkeypatch.setattr(calls_module, "MAX_PENDING", 2)
     monkeypatch.setattr(calls_module, "MAX_RUNNING", 2)
     a, b = await pair("node-a"), await pair("node-b")
-    release = asyncio.Event()
+    release, both = asyncio.Event(), asyncio.Event()
     running = 0
 
     async def hold(payload: Any) -> Any:
         nonlocal running
         running += 1
+        if running == 2:
+            both.set()
         await release.wait()
         return payload
 
     b.register("hold", hold)
     held = [asyncio.ensure_future(a.call("node-b", "hold", i, WAIT)) for i in range(2)]
 
-    async def two_running() -> None:
-        while running < 2:
-            await asyncio.sleep(0.01)
-
     async with asyncio.timeout(WAIT):
-        await two_running()
+        await both.wait()
     # Past MAX_PENDING the caller refuses at once ...
     with pytest.raises(ClusterError, match="already waiting"):
         await a.call("node-b", "hold", 9, WAIT)
