@@ -4,6 +4,10 @@ Every edge hands its turns here, keyed by an edge-neutral `ConversationKey`. The
 one at a time in arrival order and knows each queued and running turn by its message id, so a
 recall can act on exactly that turn: a queued one is dropped before it reaches the upstream, the
 running one is cancelled. An owner with nothing left to run is dropped from memory.
+
+In a cluster a gate (`TurnGate`, see `bridge.cluster.turns`) extends the order across nodes:
+each turn takes its place in the conversation's cluster-wide order as it is submitted and
+starts only when every earlier turn, on any node, is finished.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import structlog
 
@@ -42,6 +46,17 @@ class Turn:
     started: bool = False
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     error: BaseException | None = None
+    # The cluster's place of this turn (the gate's), and why the turn could not have it.
+    ticket: Any = None
+    refusal: BridgeError | None = None
+    # Runs in the place of the turn before it (the cleanup of a turn being stopped).
+    inherits: bool = False
+
+    def admit(self) -> None:
+        """Raises the BridgeError that kept this turn from its place in the cluster's order (a
+        job calls it where its own failures are reported, so the user is told)."""
+        if self.refusal is not None:
+            raise self.refusal
 
     async def wait(self, timeout: float) -> None:
         """Until the turn has run (or was dropped); TimeoutError past ``timeout``."""
@@ -59,6 +74,22 @@ class _Owner:
 RecallOutcome = Literal["dropped", "cancelled", "finished"]
 
 
+class TurnGate(Protocol):
+    """The order of a conversation's turns beyond this process (a cluster)."""
+
+    def take(self, key: ConversationKey) -> Any:
+        """The turn's place, taken now (in submit order), without waiting."""
+        ...
+
+    async def enter(self, turn: Turn) -> None:
+        """Until the turn's place comes; BridgeError when it cannot."""
+        ...
+
+    def leave(self, turn: Turn) -> None:
+        """The turn is over (ran, dropped or refused): the next place may come."""
+        ...
+
+
 class Engine:
     def __init__(self, *, max_queued: int = 32, cancel_timeout: float = 10.0) -> None:
         self._owners: dict[ConversationKey, _Owner] = {}
@@ -66,6 +97,7 @@ class Engine:
         self._max_queued = max_queued
         self._cancel_timeout = cancel_timeout
         self._closing = False
+        self.gate: TurnGate | None = None
 
     def __len__(self) -> int:
         """Owners in memory (conversations with a queued or running turn)."""
@@ -87,6 +119,8 @@ class Engine:
                 f"{self._max_queued} messages are already waiting in this conversation",
             )
         turn = Turn(key, job, message_id=message_id)
+        if self.gate is not None:
+            turn.ticket = self.gate.take(key)
         if owner.running is None:
             # An idle conversation: the turn starts now, not a scheduling step later.
             self._start(owner, turn)
@@ -100,7 +134,7 @@ class Engine:
         owner = self._owners.get(key)
         if owner is None or owner.running is None:
             return self.submit(key, job)
-        turn = Turn(key, job)
+        turn = Turn(key, job, inherits=True)
         owner.queue.appendleft(turn)
         return turn
 
@@ -120,8 +154,13 @@ class Engine:
         turn.finished.set()
         owner.running = None
         if owner.queue and not self._closing:
-            self._start(owner, owner.queue.popleft())
+            after = owner.queue.popleft()
+            if after.inherits:  # it runs in this turn's place, which it gives up when done
+                after.ticket, turn.ticket = turn.ticket, None
+            self._leave(turn)
+            self._start(owner, after)
             return
+        self._leave(turn)
         # Nothing left to run: the owner goes from memory (queued turns only on shutdown).
         if self._owners.get(owner.key) is owner:
             del self._owners[owner.key]
@@ -129,6 +168,11 @@ class Engine:
             left = owner.queue.popleft()
             left.state = "dropped"
             left.finished.set()
+            self._leave(left)
+
+    def _leave(self, turn: Turn) -> None:
+        if self.gate is not None and turn.ticket is not None:
+            self.gate.leave(turn)
 
     def find(self, key: ConversationKey, message_id: int) -> Turn | None:
         owner = self._owners.get(key)
@@ -170,6 +214,7 @@ class Engine:
             turn.state = "dropped"
             turn.stop_reason = reason
             turn.finished.set()
+            self._leave(turn)
             return "dropped"
         if turn.state != "running":
             return "finished"
@@ -184,8 +229,12 @@ class Engine:
             return "dropped"
         return "cancelled"
 
-    @staticmethod
-    async def _call(turn: Turn) -> None:
+    async def _call(self, turn: Turn) -> None:
+        if self.gate is not None and turn.ticket is not None and not turn.inherits:
+            try:
+                await self.gate.enter(turn)
+            except BridgeError as e:
+                turn.refusal = e  # the job reports it (Turn.admit) rather than run out of order
         turn.started = True
         await turn.job(turn)
 

@@ -40,18 +40,33 @@ class Recovery:
         self._outbox = outbox
 
     async def schedule(
-        self, engine: Engine, *, attempts: int = 5, backoff: float = 2.0
+        self,
+        engine: Engine,
+        *,
+        attempts: int = 5,
+        backoff: float = 2.0,
+        nodes: set[str] | None = None,
     ) -> list[Turn]:
         """Queue one recovery turn per reply left in flight, in its own conversation, so the
         conversation's new turns wait behind it (one owner per conversation, also here).
 
         Each turn recovers a reply whose upstream finished (stored and pushed) or turns it into
-        an explicit notice; it retries while the target is unreachable, then gives up on it."""
+        an explicit notice; it retries while the target is unreachable, then gives up on it.
+        ``nodes``: only the replies these cluster nodes (gone) left; None: all of them."""
         turns = []
         for row in await self._storage.inflight.all():
+            if nodes is not None and row.node not in nodes:
+                continue
             key = ConversationKey(row.user_id, row.contact, row.thread)
 
-            async def job(_: Turn, row: InflightRow = row) -> None:
+            async def job(turn: Turn, row: InflightRow = row) -> None:
+                try:
+                    turn.admit()
+                except BridgeError as e:
+                    # Left in flight: the next start (or, in a cluster, the next node to
+                    # settle the dead node's replies) settles it.
+                    log.warning("recover.not_ordered", message_id=row.message_id, reason=e.reason)
+                    return
                 await self._settle(row, attempts, backoff)
 
             turns.append(engine.submit(key, job, message_id=row.message_id))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bridge.engine import Engine, Turn
+from bridge.errors import BridgeError
 from bridge.models import ConversationKey, Segment, UserRef
 from bridge.outbox import Outbox, send_from_contact
 from bridge.router import Router
@@ -54,6 +55,11 @@ class PluginGlue:
 
         async def job(turn: Turn) -> None:
             try:
+                try:
+                    turn.admit()
+                except BridgeError as e:
+                    await self.say(key, f"This command was not run: {e.reason}")
+                    return
                 await plugins.run_command(key, user, text, self.say, row.id)
             finally:
                 # Answered (or refused, or cancelled by a recall): no longer owed. A crash

@@ -265,6 +265,7 @@ class Sessions:
         msg.message_id = row.id
 
         async def job(turn: Turn) -> None:
+            turn.admit()
             await target.deliver(msg)
 
         try:
@@ -351,6 +352,7 @@ class Sessions:
         guard = self.plugins.stream_guard(reply.key) if self.plugins is not None else None
         kind = target_kind(target)
         try:
+            turn.admit()
             stream = await target.deliver(msg)
             if stream is None:
                 raise BridgeError(ErrorCode.INTERNAL, "the target returned no reply stream")
@@ -461,13 +463,19 @@ class Sessions:
             # It never started, so nothing else will end its stream.
             await self._notify(watched, Failed(ErrorCode.CANCELLED, "the message was recalled"))
 
-    async def schedule_recovery(self, *, attempts: int = 5, backoff: float = 2.0) -> list[Turn]:
-        """Queue the settling of replies a previous run left in flight (see `bridge.recovery`).
-        Reads only the database: called before the hub accepts connections."""
+    async def schedule_recovery(
+        self, *, attempts: int = 5, backoff: float = 2.0, nodes: set[str] | None = None
+    ) -> list[Turn]:
+        """Queue the settling of replies a previous run left in flight (see `bridge.recovery`):
+        all of them, or in a cluster those of ``nodes`` (gone). Reads only the database."""
         from bridge.recovery import Recovery
 
         recovery = Recovery(self._storage, self._router, self._outbox)
-        return await recovery.schedule(self.engine, attempts=attempts, backoff=backoff)
+        return await recovery.schedule(self.engine, attempts=attempts, backoff=backoff, nodes=nodes)
+
+    async def inflight_nodes(self) -> set[str]:
+        """The cluster nodes with replies recorded in flight."""
+        return {row.node for row in await self._storage.inflight.all()}
 
     async def recover(
         self, *, attempts: int = 5, backoff: float = 2.0, timeout: float = 120.0

@@ -54,6 +54,11 @@ class Storage:
             client_replies=ClientReplyRepo(db),
         )
 
+    def set_node(self, node: str) -> None:
+        """The cluster node this process is: its replies in flight are recorded as its own, so
+        a survivor settles them when it dies and a live node's are left alone."""
+        self.messages.node = self.inflight.node = self.client_replies.node = node
+
     async def withdraw(self, message_id: int) -> None:
         """A stored message whose turn was refused (busy, shutting down): deleted, with
         nothing of it left in flight, so nothing is half-delivered (one commit)."""

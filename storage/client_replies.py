@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ class StoredReply:
 class ClientReplyRepo:
     def __init__(self, db: Database | PostgresDatabase) -> None:
         self._db = db
+        self.node = ""  # see Storage.node
 
     async def save(self, reply: StoredReply, limit: int) -> None:
         """Insert or replace ``reply`` (a retry reuses its message id); trim the user's oldest
@@ -53,6 +55,7 @@ class ClientReplyRepo:
             None if reply.error is None else json.dumps(reply.error, ensure_ascii=False),
             json.dumps(reply.meta, ensure_ascii=False),
             float(reply.updated or time.time()),
+            self.node,
         )
         await self._db.unit(_save(row, int(limit)))
 
@@ -91,19 +94,28 @@ class ClientReplyRepo:
         )
         return n
 
-    async def interrupted(self, error: Any) -> int:
-        """Mark every reply still streaming as failed with ``error`` (at start-up: whatever ran
-        them is gone). Returns how many."""
-        text = json.dumps(error, ensure_ascii=False)
-        n: int = await self._db.unit(
-            single(
-                Execute(
-                    "UPDATE client_replies SET status = 'failed', error = ?, updated = ? "
-                    "WHERE status = 'streaming'",
-                    (text, time.time()),
-                )
-            )
+    async def streaming_nodes(self) -> set[str]:
+        """The nodes with replies still streaming ('' for a bridge on its own)."""
+        rows = await self._db.fetch(
+            "SELECT DISTINCT node FROM client_replies WHERE status = 'streaming'"
         )
+        return {str(r[0]) for r in rows}
+
+    async def interrupted(self, error: Any, nodes: Collection[str] | None = None) -> int:
+        """Mark the replies still streaming as failed with ``error``: all of them (a bridge on
+        its own, at start-up: whatever ran them is gone), or those of ``nodes`` (cluster nodes
+        that are gone). Returns how many."""
+        text = json.dumps(error, ensure_ascii=False)
+        sql = "UPDATE client_replies SET status = 'failed', error = ?, updated = ? "
+        sql += "WHERE status = 'streaming'"
+        args: tuple[Any, ...] = (text, time.time())
+        if nodes is not None:
+            if not nodes:
+                return 0
+            names = sorted(set(nodes))
+            sql += f" AND node IN ({', '.join('?' for _ in names)})"
+            args += tuple(names)
+        n: int = await self._db.unit(single(Execute(sql, args)))
         return n
 
 
@@ -118,10 +130,10 @@ def _save(row: tuple[Any, ...], limit: int) -> Unit[None]:
     # Every column is written: the same as replacing the row.
     yield Execute(
         "INSERT INTO client_replies (user_id, message_id, contactor_id, status, chunks, error, "
-        "meta, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, message_id) DO "
-        "UPDATE SET contactor_id = excluded.contactor_id, status = excluded.status, "
+        "meta, updated, node) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, message_id) "
+        "DO UPDATE SET contactor_id = excluded.contactor_id, status = excluded.status, "
         "chunks = excluded.chunks, error = excluded.error, meta = excluded.meta, "
-        "updated = excluded.updated",
+        "updated = excluded.updated, node = excluded.node",
         row,
     )
     yield Execute(

@@ -23,21 +23,24 @@ class InflightRow:
     started: float
     # 'reply' (a reply on its way) or 'command' (a command line not yet answered).
     kind: str = "reply"
+    # The cluster node running it ('' for a bridge on its own).
+    node: str = ""
 
 
 # REPLACE's semantics as an upsert: the row is all new, `kind` back to its default ('reply').
 _ADD = (
-    "INSERT INTO inflight (message_id, user_id, contact, thread, stream_request_id, started, kind) "
-    "VALUES (?, ?, ?, ?, ?, ?, 'reply') ON CONFLICT (message_id) DO UPDATE SET "
+    "INSERT INTO inflight (message_id, user_id, contact, thread, stream_request_id, started, kind, "
+    "node) VALUES (?, ?, ?, ?, ?, ?, 'reply', ?) ON CONFLICT (message_id) DO UPDATE SET "
     "user_id = excluded.user_id, contact = excluded.contact, thread = excluded.thread, "
     "stream_request_id = excluded.stream_request_id, started = excluded.started, "
-    "kind = excluded.kind"
+    "kind = excluded.kind, node = excluded.node"
 )
 
 
 class InflightRepo:
     def __init__(self, db: Database | PostgresDatabase) -> None:
         self._db = db
+        self.node = ""  # see Storage.node
 
     async def add(
         self,
@@ -51,7 +54,15 @@ class InflightRepo:
             single(
                 Execute(
                     _ADD,
-                    (message_id, user_id, contact, thread, stream_request_id, time.time()),
+                    (
+                        message_id,
+                        user_id,
+                        contact,
+                        thread,
+                        stream_request_id,
+                        time.time(),
+                        self.node,
+                    ),
                 )
             )
         )
@@ -63,7 +74,9 @@ class InflightRepo:
 
     async def all(self) -> list[InflightRow]:
         rows = await self._db.fetch(
-            "SELECT message_id, user_id, contact, thread, stream_request_id, started, kind "
+            "SELECT message_id, user_id, contact, thread, stream_request_id, started, kind, node "
             "FROM inflight ORDER BY message_id"
         )
-        return [InflightRow(int(r[0]), r[1], r[2], r[3], r[4], float(r[5]), r[6]) for r in rows]
+        return [
+            InflightRow(int(r[0]), r[1], r[2], r[3], r[4], float(r[5]), r[6], r[7]) for r in rows
+        ]

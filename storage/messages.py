@@ -57,11 +57,11 @@ _ADD = (
 )
 # An upsert with what REPLACE did: every column of the row is the new one's.
 _ADD_INFLIGHT = (
-    "INSERT INTO inflight (message_id, user_id, contact, thread, stream_request_id, started, kind) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO UPDATE SET "
+    "INSERT INTO inflight (message_id, user_id, contact, thread, stream_request_id, started, kind, "
+    "node) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO UPDATE SET "
     "user_id = excluded.user_id, contact = excluded.contact, thread = excluded.thread, "
     "stream_request_id = excluded.stream_request_id, started = excluded.started, "
-    "kind = excluded.kind"
+    "kind = excluded.kind, node = excluded.node"
 )
 _LINK = (
     "INSERT INTO message_refs (message_id, system, external_id) VALUES (?, ?, ?) "
@@ -72,21 +72,21 @@ _MARK_DELETED = "UPDATE messages SET deleted = 1 WHERE id = ? AND deleted = 0"
 
 def _add(
     row: tuple[str, str, str, str, float, int | None, str, str],
-    inflight: tuple[str | None, str] | None,
+    inflight: tuple[str | None, str, str] | None,
     refs: Sequence[tuple[int | None, str, str]],
 ) -> Unit[int]:
-    """The message ``row`` (`_ADD`'s columns), its inflight record (stream request id, kind)
-    and its refs, in one commit; the new message's id."""
+    """The message ``row`` (`_ADD`'s columns), its inflight record (stream request id, kind,
+    node) and its refs, in one commit; the new message's id."""
     user_id, contact, _, _, when, _, thread, _ = row
     new_id = int((yield Insert(_ADD, row)) or 0)
     if not 0 < new_id <= INT32_MAX:
         # AUTOINCREMENT never reuses ids; past int32 every OneBot peer would break.
         raise RuntimeError("message id space exhausted (int32)")
     if inflight is not None:
-        stream_request_id, inflight_kind = inflight
+        stream_request_id, inflight_kind, node = inflight
         yield Execute(
             _ADD_INFLIGHT,
-            (new_id, user_id, contact, thread, stream_request_id, when, inflight_kind),
+            (new_id, user_id, contact, thread, stream_request_id, when, inflight_kind, node),
         )
     for message_id, system, external_id in refs:
         yield Execute(_LINK, (new_id if message_id is None else message_id, system, external_id))
@@ -105,6 +105,8 @@ def _withdraw(message_id: int) -> Unit[None]:
 class MessageRepo:
     def __init__(self, db: Database | PostgresDatabase) -> None:
         self._db = db
+        # The cluster node whose replies this process runs ('' alone): see Storage.node.
+        self.node = ""
 
     async def add(
         self,
@@ -131,7 +133,7 @@ class MessageRepo:
         new_id = await self._db.unit(
             _add(
                 (user_id, contact, direction, text, when, reply_to, thread, kind),
-                (stream_request_id, inflight_kind) if inflight else None,
+                (stream_request_id, inflight_kind, self.node) if inflight else None,
                 refs,
             )
         )

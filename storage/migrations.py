@@ -161,4 +161,10 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX client_replies_contactor ON client_replies (user_id, contactor_id);
     """,
+    # 12: which bridge node runs each reply in flight, so in a cluster a node settles only the
+    # replies of nodes that are gone (never a live node's running reply).
+    """
+    ALTER TABLE inflight ADD COLUMN node TEXT NOT NULL DEFAULT '';
+    ALTER TABLE client_replies ADD COLUMN node TEXT NOT NULL DEFAULT '';
+    """,
 ]

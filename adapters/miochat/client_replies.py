@@ -44,6 +44,10 @@ RESTART_ERROR = {
     "code": str(ErrorCode.UNAVAILABLE),
     "message": "the bridge restarted before this reply finished",
 }
+NODE_GONE_ERROR = {
+    "code": str(ErrorCode.UNAVAILABLE),
+    "message": "the bridge node running this reply stopped before it finished",
+}
 
 
 class Tab(Protocol):
@@ -131,6 +135,17 @@ class ClientReplies:
         n = await self.hub.storage.client_replies.interrupted(RESTART_ERROR)
         if n:
             log.info("client_replies.interrupted_by_restart", count=n)
+
+    async def streaming_nodes(self) -> set[str]:
+        """The cluster nodes with replies recorded as streaming."""
+        return await self.hub.storage.client_replies.streaming_nodes()
+
+    async def settle_nodes(self, nodes: set[str]) -> None:
+        """The replies cluster ``nodes`` (gone) left streaming are failed: a tab that comes
+        back to the chat is told (`sync` with the error), not left waiting."""
+        n = await self.hub.storage.client_replies.interrupted(NODE_GONE_ERROR, nodes)
+        if n:
+            log.info("client_replies.interrupted_by_node", count=n, nodes=sorted(nodes))
 
     async def pending_contactors(self, user_id: str) -> list[str]:
         return await self.hub.storage.client_replies.contactors(user_id)
@@ -245,6 +260,7 @@ class ClientReplies:
     async def _run(self, reply: Running, stream: Any, turn: Turn) -> None:
         rlog = reply.log
         try:
+            turn.admit()
             async for event in stream:
                 frames = rlog.feed(event)
                 if rlog.status != "streaming":

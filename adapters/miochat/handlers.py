@@ -368,6 +368,7 @@ async def _run_completion(
     conn: Connection, slot: StreamSlot, renderer: StreamRenderer, stream: Any, turn: Turn
 ) -> None:
     try:
+        turn.admit()
         async for event in stream:
             renderer.render(event)
             if renderer.finished:

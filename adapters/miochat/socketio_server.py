@@ -284,7 +284,9 @@ class SocketIOEdge:
 
     async def start(self) -> None:
         """Replies a previous run left streaming are failed (their client is told on return)."""
-        await self.replies.recover()
+        if not self.hub.config.cluster.redis_url:
+            # In a cluster, replies are settled per node, once it is gone (bridge.cluster).
+            await self.replies.recover()
         self._models = self._model_list()
         self.spawn(self._watch_models(), name="socketio-models")
 

@@ -21,10 +21,13 @@ import structlog
 from bridge.cluster.bus import Bus
 from bridge.cluster.calls import NodeCalls
 from bridge.cluster.client import ClusterError, connect
+from bridge.cluster.departures import Departures
 from bridge.cluster.once import once
 from bridge.cluster.pushes import PushFanout
 from bridge.cluster.registry import NodeRegistry
+from bridge.cluster.turns import ConversationTurns
 from bridge.config import ClusterConfig
+from bridge.engine import Engine
 from bridge.health import OK, UNREACHABLE, Health
 from bridge.outbox import Outbox
 
@@ -57,6 +60,17 @@ class ClusterNode:
         self.bus = Bus(self.redis, self.node_id, prefix=config.prefix)
         # Request/response to other nodes (bridge.cluster.calls); features register handlers.
         self.calls = NodeCalls(self.bus, self.node_id)
+        # The cluster-wide order of each conversation's turns (the engine's gate).
+        self.turns = ConversationTurns(
+            self.redis,
+            self.bus,
+            self.node_id,
+            prefix=config.prefix,
+            alive=self.registry.alive,
+        )
+        # Replies a dead node left running; the app adds what to settle (bridge.cluster
+        # departures).
+        self.departures = Departures(self._live, self.once, poll=config.heartbeat)
         self._pushes: PushFanout | None = None
 
     async def start(self, outbox: Outbox) -> None:
@@ -68,8 +82,18 @@ class ClusterNode:
         await self.calls.start()
         log.info("cluster.joined", node=self.node_id)
 
+    async def order_turns(self, engine: Engine) -> None:
+        """From now on the engine runs each conversation's turns in the cluster's order."""
+        await self.turns.start(engine.stop_nowait)
+        engine.gate = self.turns
+
+    async def _live(self) -> set[str]:
+        return {n["node_id"] for n in await self.registry.nodes()}
+
     async def close(self) -> None:
         try:
+            await self.departures.close()
+            await self.turns.close()
             await self.calls.close()
             if self._pushes is not None:
                 await self._pushes.stop()

@@ -16,6 +16,7 @@ disagree still agree on who was seen when.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -85,6 +86,7 @@ class NodeRegistry:
         self._script = redis.register_script(_HEARTBEAT)
         self._tasks = TaskSet(f"cluster.registry:{node_id}")
         self._started = False
+        self._last_beat = 0.0  # monotonic time of the last heartbeat Redis took
 
     @staticmethod
     def _encode(info: dict[str, Any]) -> bytes:
@@ -135,7 +137,13 @@ class NodeRegistry:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def alive(self) -> bool:
+        """Whether the others still count this node as alive, with a heartbeat of margin: past
+        that its registry key may be gone, and its leases and tickets given up."""
+        return time.monotonic() - self._last_beat < self.ttl - self.heartbeat
+
     async def _beat(self) -> None:
+        started = time.monotonic()
         await call(
             f"heartbeat {self.node_id}",
             self._script(
@@ -144,6 +152,8 @@ class NodeRegistry:
             ),
             timeout=self._timeout,
         )
+        # From when it was sent: the key's expiry counts from Redis's clock near that moment.
+        self._last_beat = started
 
     async def _beat_forever(self) -> None:
         failing = False

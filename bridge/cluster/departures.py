@@ -1,0 +1,105 @@
+"""Replies a dead node left running: one survivor settles them, so no user is left in silence.
+
+A reply in flight is recorded with the node running it (storage's `node` columns). When a node
+is gone from the registry, its records are still there: one survivor (the first to claim the
+node) settles them like a restart would: a reply its upstream finished is fetched and pushed,
+anything else is answered with an explicit "interrupted" failure.
+
+What is gone is judged from the records first and the registry second: a node writes records
+only once it is registered, so a record read before the listing belongs to a listed node
+unless that node is really gone (never to a node that joined in between).
+
+Looked at when the registry shows a node leaving (every `poll` seconds), at start, and every
+`sweep` seconds (a survivor that died while settling leaves its claim to expire, and then the
+next sweep settles what is left).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from bridge.cluster.client import ClusterError
+from bridge.tasks import TaskSet
+
+log = structlog.get_logger(__name__)
+
+# Given the nodes whose records to settle; returns nothing. Each settles one kind of record.
+Settle = Callable[[set[str]], Awaitable[None]]
+# Which nodes have records of this kind (read before the registry is listed).
+Recorded = Callable[[], Awaitable[set[str]]]
+
+CLAIM_TTL = 300.0  # seconds a survivor has to settle a dead node before another may try
+SWEEP = 60.0
+
+
+class Departures:
+    def __init__(
+        self,
+        live: Callable[[], Awaitable[set[str]]],
+        claim: Callable[[str, float], Awaitable[bool]],
+        *,
+        poll: float = 1.0,
+        sweep: float = SWEEP,
+    ) -> None:
+        self._live = live
+        self._claim = claim
+        self._poll = poll
+        self._sweep = sweep
+        self._parts: list[tuple[str, Recorded, Settle]] = []
+        self._tasks = TaskSet("cluster.departures")
+        self._lock = asyncio.Lock()  # one look at a time (the loop's and start's)
+
+    def add(self, name: str, recorded: Recorded, settle: Settle) -> None:
+        self._parts.append((name, recorded, settle))
+
+    async def settle_now(self, *, restarted: str = "") -> int:
+        """Settle what every gone node left; returns how many nodes this one settled.
+        ``restarted``: this node's id, at its start, when it may have run before under it (a
+        configured node id): what that earlier run left is this node's to settle."""
+        async with self._lock:
+            recorded: set[str] = set()
+            for _, nodes, _ in self._parts:
+                recorded |= await nodes()
+            if not recorded:
+                return 0
+            gone = recorded - await self._live()
+            mine = {n for n in sorted(gone) if await self._claim(f"settle:{n}", CLAIM_TTL)}
+            if restarted in recorded:
+                mine.add(restarted)
+            for name, _, settle in self._parts:
+                if mine:
+                    try:
+                        await settle(mine)
+                    except Exception:
+                        log.exception("cluster.settle_failed", part=name, nodes=sorted(mine))
+            if mine:
+                log.info("cluster.settled_gone_nodes", nodes=sorted(mine))
+            return len(mine)
+
+    def start(self) -> None:
+        self._tasks.spawn(self._watch(), name="cluster.departures")
+
+    async def close(self) -> None:
+        await self._tasks.cancel_all()
+
+    async def _watch(self) -> None:
+        known: set[str] | None = None
+        swept = time.monotonic()
+        while True:
+            await asyncio.sleep(self._poll)
+            try:
+                live = await self._live()
+                left = bool(known and known - live)
+                known = live
+                if left or time.monotonic() - swept >= self._sweep:
+                    swept = time.monotonic()
+                    await self.settle_now()
+            except ClusterError as e:
+                log.debug("cluster.departures_unavailable", error=str(e))
+            except Exception:
+                # The database failing, say: the next look tries again.
+                log.exception("cluster.departures_failed")

@@ -1,0 +1,375 @@
+"""One owner per conversation across the cluster: a conversation's turns run one at a time, in
+the order the cluster received them, whichever node received each.
+
+Each turn takes a ticket from its conversation's counter in Redis the moment it is submitted (a
+node takes its tickets for one conversation in submit order, which is also the order its engine
+runs them), and runs once every earlier ticket is finished. The node running the current ticket
+owns the conversation; the turn stays on the node that received it, so its reply is rendered
+by the edge that asked and nothing but the ticket crosses the cluster.
+
+The ticket is the fencing token and the node's registry heartbeat is the lease's renewal: a
+ticket whose node is gone from the registry (it died, or lost Redis for longer than the node
+ttl) is given up by whoever waits behind it, so a dead node hands its conversations over within
+the node ttl plus a recheck. A node that cannot renew its heartbeat stops its own running turns
+before the others can give them up (see `watch`), so a turn never runs beside the next one.
+
+Keys under the prefix, per conversation (``h``: a digest of its key, so user input never makes
+a key long): ``turns:{h}:next`` (tickets handed out), ``turns:{h}:done`` (every ticket up to it
+ran, was dropped or was given up), ``turns:{h}:who`` (ticket → node of each unfinished ticket,
+``-`` for one dropped before its time). All three expire together ``IDLE_TTL`` after the last
+use: an idle conversation leaves nothing in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as aioredis
+import structlog
+
+from bridge.cluster.client import DEFAULT_PREFIX, ClusterError, call, millis
+from bridge.errors import BridgeError, ErrorCode
+from bridge.models import ConversationKey
+from bridge.tasks import Chains, TaskSet
+
+if TYPE_CHECKING:
+    from bridge.cluster.bus import Bus
+    from bridge.engine import Turn
+
+log = structlog.get_logger(__name__)
+
+IDLE_TTL = 3600.0  # seconds an untouched conversation's keys live (far above any turn)
+RECHECK = 1.0  # seconds between looks at a blocked conversation (a lost wake-up, a dead node)
+MAX_WAIT = 300.0  # seconds a turn waits for the conversation's earlier turns on other nodes
+FAIL_AFTER = 10.0  # seconds of Redis failing before a waiting turn gives up
+FINISH_RETRY = 1.0  # seconds between attempts to record a finished ticket Redis did not take
+CHANNEL = "turns"  # the bus channel telling waiters a conversation moved on
+
+# Shared by the scripts: skips, from `done`, every ticket dropped early or held by a node whose
+# registry key is gone. KEYS: next, done, who. ARGV[1]: node key prefix.
+_ADVANCE = """
+local function advance(done)
+  local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+  while done < last do
+    local n = done + 1
+    local w = redis.call('HGET', KEYS[3], n)
+    if w and w ~= '-' and redis.call('EXISTS', ARGV[1] .. w) == 1 then break end
+    redis.call('HDEL', KEYS[3], n)
+    done = n
+  end
+  return done
+end
+local function keep(done, ttl)
+  redis.call('SET', KEYS[2], done, 'PX', ttl)
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[3], ttl)
+end
+"""
+
+# ARGV: node prefix, ttl ms, this node. Returns {ticket, 1 if it may run now}.
+_TAKE = (
+    _ADVANCE
+    + """
+local t = redis.call('INCR', KEYS[1])
+redis.call('HSET', KEYS[3], t, ARGV[3])
+local done = tonumber(redis.call('GET', KEYS[2]) or '0')
+local moved = advance(done)
+keep(moved, tonumber(ARGV[2]))
+if moved == t - 1 then return {t, 1} end
+return {t, 0}
+"""
+)
+
+# ARGV: node prefix, ttl ms, ticket. Returns {1} run, {2} given up, {0, next, its node}.
+_CHECK = (
+    _ADVANCE
+    + """
+local t = tonumber(ARGV[3])
+local done = tonumber(redis.call('GET', KEYS[2]) or '0')
+local moved = advance(done)
+if moved ~= done then keep(moved, tonumber(ARGV[2])) end
+if moved >= t then return {2} end
+if moved == t - 1 then return {1} end
+return {0, moved + 1, redis.call('HGET', KEYS[3], moved + 1) or ''}
+"""
+)
+
+# ARGV: node prefix, ttl ms, ticket, channel, digest. Returns the new `done`, -1 when the
+# ticket was dropped before its time (marked, to be skipped), -2 when it was already given up.
+_FINISH = (
+    _ADVANCE
+    + """
+local t = tonumber(ARGV[3])
+local done = tonumber(redis.call('GET', KEYS[2]) or '0')
+if done >= t then
+  redis.call('HDEL', KEYS[3], t)
+  return -2
+end
+if done < t - 1 then
+  redis.call('HSET', KEYS[3], t, '-')
+  return -1
+end
+redis.call('HDEL', KEYS[3], t)
+local moved = advance(t)
+keep(moved, tonumber(ARGV[2]))
+if tonumber(redis.call('GET', KEYS[1]) or '0') > moved then
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
+end
+return moved
+"""
+)
+
+
+def digest(key: ConversationKey) -> str:
+    raw = f"{key.user_id}\x00{key.contact}\x00{key.thread}".encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(raw, digest_size=12).hexdigest()
+
+
+@dataclass(eq=False, slots=True)
+class Ticket:
+    """A turn's place in its conversation's order."""
+
+    h: str
+    number: asyncio.Future[tuple[int, bool]]
+    finished: bool = False
+
+
+@dataclass(slots=True)
+class _Waiting:
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    count: int = 0
+
+
+class ConversationTurns:
+    """The engine's gate in a cluster (see `bridge.engine.TurnGate`)."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        bus: Bus,
+        node_id: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        alive: Callable[[], bool] = lambda: True,
+        recheck: float = RECHECK,
+        max_wait: float = MAX_WAIT,
+    ) -> None:
+        self._redis = redis
+        self._bus = bus
+        self.node_id = node_id
+        self._prefix = prefix
+        self._node_prefix = f"{prefix}node:"
+        self._channel = f"{prefix}bus:{CHANNEL}"
+        self._alive = alive  # whether this node's heartbeat still holds (see watch)
+        self._recheck = recheck
+        self._max_wait = max_wait
+        self._take = redis.register_script(_TAKE)
+        self._check = redis.register_script(_CHECK)
+        self._finish = redis.register_script(_FINISH)
+        self._tasks = TaskSet("cluster.turns")
+        self._chains = Chains(self._tasks)  # per conversation: takes and finishes in order
+        self._waiting: dict[str, _Waiting] = {}
+        # Tickets this node holds and has not finished, per conversation.
+        self._held: dict[str, set[int]] = {}
+        self._running: dict[Turn, None] = {}
+        self._unfinished: dict[tuple[str, int], None] = {}  # finishes Redis did not take yet
+        self._stop: Callable[[Turn, str], object] | None = None
+        self._started = False
+
+    def _keys(self, h: str) -> list[str]:
+        base = f"{self._prefix}turns:{h}:"
+        return [base + "next", base + "done", base + "who"]
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self, stop: Callable[[Turn, str], object]) -> None:
+        """Listen for conversations moving on; ``stop(turn, why)`` ends a running turn (the
+        engine's stop_nowait) when this node loses its place in the cluster."""
+        self._stop = stop
+        await self._bus.subscribe(CHANNEL, self._moved)
+        self._started = True
+        self._tasks.spawn(self._maintain(), name="cluster.turns.maintain")
+
+    async def close(self) -> None:
+        if self._started:
+            self._started = False
+            await self._bus.unsubscribe(CHANNEL)
+        # Finishes still on their way get a moment: the others would give them up only once
+        # this node is gone from the registry.
+        if self._chains.running:
+            await asyncio.wait(list(self._chains.running), timeout=2.0)
+        await self._tasks.cancel_all()
+
+    def __len__(self) -> int:
+        """Conversations with tickets held here."""
+        return len(self._held)
+
+    # -- the gate -----------------------------------------------------------------------------
+
+    def take(self, key: ConversationKey) -> Ticket:
+        loop = asyncio.get_running_loop()
+        ticket = Ticket(digest(key), loop.create_future())
+        self._chains.run(ticket.h, self._take_now(ticket), name="cluster.turns.take")
+        return ticket
+
+    async def _take_now(self, ticket: Ticket) -> None:
+        try:
+            number, ready = await call(
+                "take a turn",
+                self._take(
+                    keys=self._keys(ticket.h),
+                    args=[self._node_prefix, millis(IDLE_TTL), self.node_id],
+                ),
+            )
+        except ClusterError as e:
+            if not ticket.number.done():
+                ticket.number.set_exception(
+                    BridgeError(
+                        ErrorCode.UNAVAILABLE,
+                        f"the cluster could not order this conversation's messages: {e}",
+                    )
+                )
+            return
+        self._held.setdefault(ticket.h, set()).add(int(number))
+        if not ticket.number.done():
+            ticket.number.set_result((int(number), bool(ready)))
+
+    async def enter(self, turn: Turn) -> None:
+        """Until every earlier turn of the conversation, on any node, is finished; BridgeError
+        when that cannot be known or takes longer than max_wait."""
+        ticket: Ticket = turn.ticket
+        try:
+            async with asyncio.timeout(self._max_wait):
+                number, ready = await asyncio.shield(ticket.number)
+                if not ready:
+                    await self._wait(ticket.h, number)
+        except TimeoutError:
+            raise BridgeError(
+                ErrorCode.BUSY,
+                f"this conversation's earlier messages were still being answered after "
+                f"{self._max_wait:g} s",
+            ) from None
+        self._running[turn] = None
+
+    async def _wait(self, h: str, number: int) -> None:
+        waiting = self._waiting.get(h)
+        if waiting is None:
+            waiting = self._waiting[h] = _Waiting()
+        waiting.count += 1
+        failing_since: float | None = None
+        try:
+            while True:
+                waiting.event.clear()  # before looking: a wake-up after the look is kept
+                try:
+                    state = await call(
+                        "check a turn",
+                        self._check(
+                            keys=self._keys(h),
+                            args=[self._node_prefix, millis(IDLE_TTL), number],
+                        ),
+                    )
+                except ClusterError as e:
+                    now = time.monotonic()
+                    failing_since = failing_since or now
+                    if now - failing_since > FAIL_AFTER:
+                        raise BridgeError(
+                            ErrorCode.UNAVAILABLE,
+                            f"the cluster could not order this conversation's messages: {e}",
+                        ) from e
+                    state = [0]
+                else:
+                    failing_since = None
+                if int(state[0]) == 1:
+                    return
+                if int(state[0]) == 2:
+                    raise BridgeError(
+                        ErrorCode.UNAVAILABLE,
+                        "this bridge lost its place in the cluster while the message waited",
+                    )
+                if len(state) == 3 and _text(state[2]) == self.node_id:
+                    await self._orphan(h, int(state[1]))
+                try:
+                    async with asyncio.timeout(self._recheck):
+                        await waiting.event.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            waiting.count -= 1
+            if waiting.count == 0 and self._waiting.get(h) is waiting:
+                del self._waiting[h]
+
+    async def _orphan(self, h: str, number: int) -> None:
+        """The ticket ahead is this node's. Held by a turn here, or with a take or finish of
+        this conversation on its way, it is finished in its time; otherwise its take's answer
+        was lost and nothing here ever finishes it, so it is finished now (else the
+        conversation would wait for this node to die)."""
+        if number in self._held.get(h, ()) or h in self._chains:
+            return
+        log.warning("cluster.turns.orphan_ticket", conversation=h, ticket=number)
+        await self._finish_now(h, number)
+
+    def leave(self, turn: Turn) -> None:
+        """The turn is over (ran, dropped or refused): its ticket lets the next one run."""
+        self._running.pop(turn, None)
+        ticket: Ticket | None = turn.ticket
+        if ticket is None or ticket.finished:
+            return
+        ticket.finished = True
+        self._chains.run(ticket.h, self._leave_now(ticket), name="cluster.turns.finish")
+
+    async def _leave_now(self, ticket: Ticket) -> None:
+        if not ticket.number.done():
+            return  # the take is on the same chain, before this: it failed, nothing to finish
+        if ticket.number.cancelled() or ticket.number.exception() is not None:
+            return
+        number, _ = ticket.number.result()
+        await self._finish_now(ticket.h, number)
+
+    async def _finish_now(self, h: str, number: int) -> None:
+        try:
+            await call(
+                "finish a turn",
+                self._finish(
+                    keys=self._keys(h),
+                    args=[self._node_prefix, millis(IDLE_TTL), number, self._channel, h],
+                ),
+            )
+        except ClusterError as e:
+            # Kept and retried: until Redis has it, this node holds the conversation.
+            log.warning("cluster.turns.finish_failed", conversation=h, ticket=number, error=str(e))
+            self._unfinished[(h, number)] = None
+            return
+        self._unfinished.pop((h, number), None)
+        held = self._held.get(h)
+        if held is not None:
+            held.discard(number)
+            if not held:
+                del self._held[h]
+
+    # -- wake-ups and upkeep ------------------------------------------------------------------
+
+    def _moved(self, payload: bytes) -> None:
+        waiting = self._waiting.get(payload.decode("ascii", "replace"))
+        if waiting is not None:
+            waiting.event.set()
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(FINISH_RETRY)
+            for h, number in list(self._unfinished):
+                self._chains.run(h, self._finish_now(h, number), name="cluster.turns.finish")
+            if self._running and not self._alive() and self._stop is not None:
+                # The others may already count this node as gone and run the next turns.
+                for turn in list(self._running):
+                    self._running.pop(turn, None)
+                    log.warning("cluster.turns.fenced", conversation=str(turn.key))
+                    self._stop(turn, "this bridge lost its connection to the cluster")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

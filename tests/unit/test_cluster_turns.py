@@ -1,0 +1,275 @@
+"""One order per conversation across nodes (bridge.cluster.turns) against a real redis-server:
+two engines stand for two nodes, each with its own Redis connection, registry entry and bus."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+import redis.asyncio as aioredis
+
+from bridge.cluster import Bus, NodeRegistry, connect
+from bridge.cluster.turns import ConversationTurns, digest
+from bridge.engine import Engine, Turn
+from bridge.errors import BridgeError, ErrorCode
+from bridge.models import ConversationKey
+from tests.support.hub_client import eventually
+from tests.support.redis_server import redis_server, redis_url  # noqa: F401 - fixtures
+
+PREFIX = "test:"
+WAIT = 10.0
+KEY = ConversationKey("u1", "alice", "default")
+
+
+@dataclass
+class Node:
+    name: str
+    redis: aioredis.Redis
+    registry: NodeRegistry
+    bus: Bus
+    turns: ConversationTurns
+    engine: Engine
+    alive: list[bool] = field(default_factory=lambda: [True])
+
+
+@pytest.fixture
+async def nodes(redis_url: str) -> AsyncIterator[dict[str, Node]]:  # noqa: F811
+    made: dict[str, Node] = {}
+    for name in ("a", "b"):
+        client = connect(redis_url, client_name=name)
+        registry = NodeRegistry(client, name, heartbeat=0.2, ttl=1.0, prefix=PREFIX)
+        await registry.start()
+        bus = Bus(client, name, prefix=PREFIX)
+        alive = [True]
+        turns = ConversationTurns(
+            client, bus, name, prefix=PREFIX, alive=lambda a=alive: a[0], recheck=0.2
+        )
+        engine = Engine()
+        await turns.start(engine.stop_nowait)
+        engine.gate = turns
+        made[name] = Node(name, client, registry, bus, turns, engine, alive)
+    yield made
+    for node in made.values():
+        await node.engine.close()
+        await node.turns.close()
+        await node.bus.close()
+        await node.registry.close()
+        await node.redis.aclose()
+
+
+class Log:
+    """What the jobs did, and a gate per job that the test opens."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.running = 0
+        self.overlap = False
+        self.gates: dict[str, asyncio.Event] = {}
+        self.started: dict[str, asyncio.Event] = {}
+
+    def job(self, name: str, *, hold: bool = True) -> Callable[[Turn], Awaitable[None]]:
+        self.gates[name] = gate = asyncio.Event()
+        self.started[name] = started = asyncio.Event()
+        if not hold:
+            gate.set()
+
+        async def run(turn: Turn) -> None:
+            turn.admit()
+            self.running += 1
+            self.overlap = self.overlap or self.running > 1
+            self.events.append(f"start {name}")
+            started.set()
+            try:
+                async with asyncio.timeout(WAIT):
+                    await gate.wait()
+            finally:
+                self.running -= 1
+                self.events.append(f"end {name}")
+
+        return run
+
+
+async def ticket_of(turn: Turn) -> int:
+    async with asyncio.timeout(WAIT):
+        number, _ = await asyncio.shield(turn.ticket.number)
+    return number
+
+
+async def test_turns_of_one_conversation_on_two_nodes_run_one_at_a_time_in_order(
+    nodes: dict[str, Node],
+) -> None:
+    a, b = nodes["a"].engine, nodes["b"].engine
+    log = Log()
+    t1 = a.submit(KEY, log.job("1"))
+    await ticket_of(t1)
+    t2 = b.submit(KEY, log.job("2"))
+    await ticket_of(t2)
+    t3 = a.submit(KEY, log.job("3"))
+    await ticket_of(t3)
+    t4 = b.submit(KEY, log.job("4"))
+    await ticket_of(t4)
+    async with asyncio.timeout(WAIT):
+        await log.started["1"].wait()
+    # Turn 2 waits on node b although b's engine has nothing else to run for this key.
+    assert not log.started["2"].is_set()
+    for name in ("1", "2", "3", "4"):
+        async with asyncio.timeout(WAIT):
+            await log.started[name].wait()
+        log.gates[name].set()
+    for t in (t1, t2, t3, t4):
+        await t.wait(WAIT)
+    assert log.events == [f"{what} {n}" for n in "1234" for what in ("start", "end")]
+    assert not log.overlap
+    assert all(t.refusal is None for t in (t1, t2, t3, t4))
+
+
+async def test_other_conversations_do_not_wait(nodes: dict[str, Node]) -> None:
+    a, b = nodes["a"].engine, nodes["b"].engine
+    log = Log()
+    a.submit(KEY, log.job("1"))
+    other = b.submit(ConversationKey("u1", "bob", "default"), log.job("other", hold=False))
+    await other.wait(WAIT)
+    assert "end other" in log.events and "end 1" not in log.events
+    log.gates["1"].set()
+
+
+async def test_a_dead_nodes_turn_is_given_up_and_the_next_runs(
+    nodes: dict[str, Node],
+    redis_url: str,  # noqa: F811
+) -> None:
+    a, b = nodes["a"], nodes["b"]
+    log = Log()
+    stuck = b.engine.submit(KEY, log.job("on b"))
+    async with asyncio.timeout(WAIT):
+        await log.started["on b"].wait()
+    waiting = a.engine.submit(KEY, log.job("on a", hold=False))
+    await ticket_of(waiting)
+    assert not log.started["on a"].is_set()
+    # Node b dies: its heartbeat stops and its registry key goes (as expiry would).
+    await b.registry.close()
+    await waiting.wait(WAIT)
+    assert log.events[-2:] == ["start on a", "end on a"]
+    assert waiting.refusal is None
+    log.gates["on b"].set()
+    await stuck.wait(WAIT)
+
+
+async def test_a_turn_dropped_before_its_time_does_not_block_the_conversation(
+    nodes: dict[str, Node],
+) -> None:
+    a, b = nodes["a"].engine, nodes["b"].engine
+    log = Log()
+    first = a.submit(KEY, log.job("first"))
+    dropped = a.submit(KEY, log.job("dropped"))
+    later = b.submit(KEY, log.job("later", hold=False))
+    for t in (first, dropped, later):
+        await ticket_of(t)
+    assert a.stop_nowait(dropped, "recalled") == "dropped"
+    log.gates["first"].set()
+    await later.wait(WAIT)
+    assert "start dropped" not in log.events
+    assert log.events == ["start first", "end first", "start later", "end later"]
+
+
+async def test_a_cleanup_runs_in_the_stopped_turns_place(nodes: dict[str, Node]) -> None:
+    """submit_next's turn inherits the running turn's place: it runs before the other node's
+    waiting turn, and neither waits for the other forever."""
+    a, b = nodes["a"].engine, nodes["b"].engine
+    log = Log()
+    running = a.submit(KEY, log.job("running"))
+    async with asyncio.timeout(WAIT):
+        await log.started["running"].wait()
+    other = b.submit(KEY, log.job("other", hold=False))
+    await ticket_of(other)
+    cleanup = a.submit_next(KEY, log.job("cleanup", hold=False))
+    await a.stop(running, "recalled")
+    await cleanup.wait(WAIT)
+    await other.wait(WAIT)
+    assert log.events.index("start cleanup") < log.events.index("start other")
+
+
+async def test_an_idle_conversation_leaves_only_expiring_keys(
+    nodes: dict[str, Node],
+    redis_url: str,  # noqa: F811
+) -> None:
+    a = nodes["a"].engine
+    log = Log()
+    t = a.submit(KEY, log.job("1", hold=False))
+    await t.wait(WAIT)
+    probe = connect(redis_url, client_name="probe")
+    try:
+        h = digest(KEY)
+        base = f"{PREFIX}turns:{h}:"
+
+        async def settled() -> bool:
+            return await probe.get(base + "done") == b"1"
+
+        await eventually(settled, WAIT, "the finished ticket recorded")
+        assert await probe.hlen(base + "who") == 0
+        for name in ("next", "done"):
+            ttl = await probe.pttl(base + name)
+            assert 0 < ttl <= 3600_000, name
+    finally:
+        await probe.aclose()
+
+
+async def test_a_node_that_loses_the_cluster_stops_its_running_turn(
+    nodes: dict[str, Node],
+) -> None:
+    a = nodes["a"]
+    log = Log()
+    t = a.engine.submit(KEY, log.job("1"))
+    async with asyncio.timeout(WAIT):
+        await log.started["1"].wait()
+    a.alive[0] = False
+    await t.wait(WAIT)
+    assert t.stop_reason == "this bridge lost its connection to the cluster"
+    assert log.events == ["start 1", "end 1"]
+
+
+async def test_without_redis_a_turn_is_refused_with_a_reason() -> None:
+    """A Redis that cannot be reached: the job is told why (Turn.admit), never run unordered."""
+    client = connect("redis://127.0.0.1:1/0", client_name="nowhere")
+    bus = Bus(client, "x", prefix=PREFIX)
+    turns = ConversationTurns(client, bus, "x", prefix=PREFIX)
+    engine = Engine()
+    engine.gate = turns
+    seen: list[BridgeError] = []
+
+    async def job(turn: Turn) -> None:
+        try:
+            turn.admit()
+        except BridgeError as e:
+            seen.append(e)
+
+    try:
+        t = engine.submit(KEY, job)
+        await t.wait(WAIT * 2)
+        assert len(seen) == 1 and seen[0].code == ErrorCode.UNAVAILABLE
+        assert "order this conversation" in seen[0].reason
+    finally:
+        await engine.close()
+        await turns.close()
+        await bus.close()
+        await client.aclose()
+
+
+async def test_an_orphan_ticket_of_this_node_does_not_block_it(
+    nodes: dict[str, Node],
+    redis_url: str,  # noqa: F811
+) -> None:
+    """A ticket this node took but never heard back about (its answer lost) is finished by the
+    node itself when it blocks a turn, instead of waiting for the node to die."""
+    a = nodes["a"]
+    orphan = a.turns.take(KEY)
+    await asyncio.wait_for(asyncio.shield(orphan.number), WAIT)
+    number, _ = orphan.number.result()
+    a.turns._held[orphan.h].discard(number)  # as if the take's answer had never come
+    if not a.turns._held[orphan.h]:
+        del a.turns._held[orphan.h]
+    log = Log()
+    t = a.engine.submit(KEY, log.job("1", hold=False))
+    await t.wait(WAIT)
+    assert t.refusal is None and log.events == ["start 1", "end 1"]
