@@ -10,6 +10,7 @@ import pytest
 
 from bridge.app import App
 from bridge.config import Config
+from tests.support.cluster_procs import ProcCluster
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.hub_client import HubClient
 from tests.support.postgres import postgres_dsn, postgres_server  # noqa: F401 - fixtures
@@ -106,3 +107,15 @@ async def upstream() -> AsyncIterator[FakeOpenAI]:
     await s.start()
     yield s
     await s.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed test that ran bridge processes (tests/support/cluster_procs.py) gets each
+    node's state and log tail in its report."""
+    report = yield
+    if report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, ProcCluster):
+                report.sections.extend(value.failure_sections())
+    return report
