@@ -245,6 +245,35 @@ class Outbox:
         self.metrics.push("offered", offered)
         return offered
 
+    async def catch_up(self) -> int:
+        """In a cluster, after this node missed announcements (its bus reconnected): each push
+        waiting for a user served here that was never offered here is offered now (late, but
+        not only at the next login). Returns how many."""
+        users = set(self._sinks)
+        for prefix in list(self._families):
+            users.update(await self._repo.users_with_prefix(prefix))
+        caught = 0
+        for user_id in users:
+            async with self._locks.hold(user_id, LOCK_TIMEOUT):
+                sinks = list(self._sinks.get(user_id, ()))
+                if not sinks:
+                    new = self._family_sink(user_id)
+                    if new is None:
+                        continue
+                    self._sinks.setdefault(user_id, set()).add(new)
+                    sinks = [new]
+                offered = self._offered.get(user_id, set())
+                for seq, data in await self._repo.pending(user_id):
+                    if seq in offered:
+                        continue
+                    push = Push.from_json(data, seq)
+                    for sink in sinks:
+                        sink.offer(push)
+                    self._mark(user_id, seq)
+                    caught += 1
+        self.metrics.push("offered", caught)
+        return caught
+
     async def stored(self, user_id: str, seq: int) -> Push | None:
         """A push still waiting in the store (a node reads one too big for the bus)."""
         data = await self._repo.frame(user_id, seq)

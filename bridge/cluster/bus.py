@@ -82,6 +82,12 @@ class Bus:
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
         self.connections = 0  # connections the reader has made: 1 + reconnects
+        self._reconnected: list[Callable[[], Awaitable[None]]] = []
+
+    def on_reconnect(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """``hook()`` runs (in an owned task) each time the reader connected again after losing
+        its connection: messages published meanwhile were lost to this node."""
+        self._reconnected.append(hook)
 
     def _name(self, channel: str) -> str:
         if not channel:
@@ -230,6 +236,12 @@ class Bus:
             names = list(self._handlers)
             if names:
                 await call("bus subscribe", pubsub.subscribe(*names), timeout=self.timeout)
+            # redis-py also reconnects a dropped connection by itself inside a read (and
+            # subscribes it again, its own callback going first): that is a reconnect too.
+            assert pubsub.connection is not None
+            pubsub.connection.register_connect_callback(self._connected_again)
+        if self.connections > 1:
+            self._missed()
         last_heard = time.monotonic()
         pinged: float | None = None
         poll = min(READ_POLL, self.ping_interval)
@@ -249,6 +261,18 @@ class Bus:
             last_heard, pinged = now, None
             if isinstance(message, dict):
                 await self._on_message(message)
+
+    def _connected_again(self, _connection: object) -> None:
+        self.connections += 1
+        log.info("cluster.bus_reconnected", node=self.node_id)
+        self._missed()
+
+    def _missed(self) -> None:
+        """Whatever was published while the connection was down never comes: those who keep
+        state behind their messages look it up now (the subscriptions are sent, so anything
+        later arrives as a message)."""
+        for hook in self._reconnected:
+            self._tasks.spawn(hook(), name=f"cluster.bus_reconnected:{self.node_id}")
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         kind = message.get("type")

@@ -34,6 +34,10 @@ MAX_QUEUED = 10_000
 # Users whose arrivals are being handed over at once; past it an arrival waits its turn in the
 # reader (a bound on tasks, not on correctness).
 MAX_USERS_BUSY = 1000
+# A push Redis did not take is tried again a few times (in order: later ones wait) before the
+# store alone keeps it for the next login.
+SEND_ATTEMPTS = 4
+SEND_RETRY = 0.25
 
 
 class PushFanout:
@@ -48,6 +52,7 @@ class PushFanout:
 
     async def start(self) -> None:
         await self._bus.subscribe(CHANNEL, self._arrived)
+        self._bus.on_reconnect(self._catch_up)
         self._tasks.spawn(self._send_forever(), name="cluster-push-sender")
         self._outbox.fanout = self.announce
 
@@ -71,11 +76,26 @@ class PushFanout:
     async def _send_forever(self) -> None:
         while True:
             payload = await self._queue.get()
-            try:
-                await self._bus.publish(CHANNEL, payload)
-            except ClusterError as e:
-                # Stored: the user's other tabs get it at their next login.
-                log.warning("cluster.push_not_announced", error=str(e))
+            for attempt in range(SEND_ATTEMPTS):
+                try:
+                    await self._bus.publish(CHANNEL, payload)
+                    break
+                except ClusterError as e:
+                    if attempt + 1 == SEND_ATTEMPTS:
+                        # Stored: the user's other tabs get it at their next login.
+                        log.warning("cluster.push_not_announced", error=str(e))
+                    else:
+                        await asyncio.sleep(SEND_RETRY * (attempt + 1))
+
+    async def _catch_up(self) -> None:
+        """After the bus came back: pushes the other nodes announced meanwhile."""
+        try:
+            n = await self._outbox.catch_up()
+        except Exception:
+            log.exception("cluster.push_catch_up_failed")
+            return
+        if n:
+            log.info("cluster.push_caught_up", pushes=n)
 
     async def _arrived(self, payload: bytes) -> None:
         try:
