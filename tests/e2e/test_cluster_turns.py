@@ -130,6 +130,7 @@ async def test_a_node_whose_bus_reconnected_catches_up_on_missed_pushes(
     a, b = await two_nodes(postgres_dsn, redis_url, upstream, bridge_factory)
     tab_b = await b.client("dan")
     tab_a = await a.client("dan")
+
     # A push node B never hears of (as if its bus were down when it was announced).
     async def unheard(user_id: str, push: Any) -> None:
         return None
