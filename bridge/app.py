@@ -376,9 +376,9 @@ class App:
         # with its fix here, before SQLite fails on it with a bare "unable to open".
         uses_sandbox = cfg.momohub.enabled and not cfg.momohub.base_url
         await asyncio.to_thread(check_storage_dir, cfg.storage.path, sandbox=uses_sandbox)
-        # Exclusive: a second server on the same SQLite file is refused, and `momobridge
-        # restore` sees this one running. (Bridges share a PostgreSQL database by design.)
-        self.storage = await Storage.open(cfg.storage.database, exclusive=not cfg.storage.postgres)
+        # Exclusive: a second server on the same database is refused, and `momobridge restore`
+        # sees this one running. Only a cluster's nodes share one (PostgreSQL).
+        self.storage = await Storage.open(cfg.storage.database, exclusive=not cfg.cluster.redis_url)
         self.health.set("database", OK)
         self.health.add_probe(self._probe_database)
         try:

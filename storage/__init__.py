@@ -32,13 +32,15 @@ class Storage:
 
     @classmethod
     async def open(cls, location: str, *, exclusive: bool = False) -> Storage:
-        """``location``: a SQLite file path, or a ``postgresql://`` URL. ``exclusive`` (SQLite:
-        one server per file): see `Database.open`."""
+        """``location``: a SQLite file path, or a ``postgresql://`` URL. ``exclusive``: a server
+        on its own claims the database (SQLite: one server per file, see `Database.open`;
+        PostgreSQL: no other server on it); a cluster node opens PostgreSQL with
+        ``exclusive=False`` and claims it shared with the other nodes (`PostgresDatabase`)."""
         db: Any
         if location.startswith(("postgresql://", "postgres://")):
             from storage.postgres import PostgresDatabase
 
-            db = await PostgresDatabase.open(location)
+            db = await PostgresDatabase.open(location, claim="alone" if exclusive else "shared")
         else:
             db = await Database.open(location, exclusive=exclusive)
         return cls(

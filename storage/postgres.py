@@ -4,12 +4,18 @@ units of statements.
 
 Several bridges may share one database: migrations take an advisory lock, so the first to
 start migrates and the others wait for it, then find the schema current.
+
+Only bridges of one cluster may share it, though: a bridge on its own keeps per-user order and
+limits in its memory and settles every reply left in flight at start, so a second one (or a
+cluster node) on its database would break both. A server claims the database for its whole run
+with a session advisory lock on a connection of its own: exclusive for a bridge on its own,
+shared for cluster nodes, so the wrong mix is refused at start, with a reason.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 import structlog
@@ -33,9 +39,11 @@ from storage.sql import (
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+Claim = Literal["alone", "shared"]
 
 # Any number; the bridges sharing a database agree on it.
 MIGRATION_LOCK = 0x6D6F6D6F
+SERVER_LOCK = 0x6D6F6D70  # held by each server for its run (see the module's docstring)
 CONNECT_TIMEOUT = 10.0
 # Connections per bridge: writes are short and few at a time, reads are small.
 POOL_MIN = 1
@@ -62,9 +70,12 @@ class PostgresDatabase:
     def __init__(self, pool: asyncpg.Pool, url: str) -> None:
         self._pool = pool
         self.path = redacted(url)
+        self._claim: asyncpg.Connection | None = None
 
     @classmethod
-    async def open(cls, url: str) -> PostgresDatabase:
+    async def open(cls, url: str, *, claim: Claim | None = None) -> PostgresDatabase:
+        """``claim``: a server's claim on the database for its run ("alone": a bridge on its
+        own; "shared": a cluster node); StorageRefused when the other kind holds it."""
         try:
             pool = await asyncpg.create_pool(
                 url,
@@ -82,11 +93,37 @@ class PostgresDatabase:
             ) from None
         db = cls(pool, url)
         try:
+            if claim is not None:
+                await db._take_claim(url, claim)
             await db._migrate()
         except BaseException:
-            await pool.close()
+            await db.close()
             raise
         return db
+
+    async def _take_claim(self, url: str, claim: Claim) -> None:
+        try:
+            conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as e:
+            raise StorageRefused(
+                f"cannot connect to PostgreSQL at {self.path}: {type(e).__name__}: {e}"
+            ) from None
+        self._claim = conn
+        fn = "pg_try_advisory_lock" if claim == "alone" else "pg_try_advisory_lock_shared"
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            got = await conn.fetchval(f"SELECT {fn}($1)", SERVER_LOCK)
+        if not got:
+            if claim == "alone":
+                why = (
+                    f"another MomoBridge is using the database {self.path}; bridges share "
+                    "one database only as nodes of a cluster ([cluster] redis_url on each)"
+                )
+            else:
+                why = (
+                    f"a MomoBridge without [cluster] is using the database {self.path}; stop "
+                    "it or make it a node of the cluster too"
+                )
+            raise StorageRefused(why)
 
     async def _migrate(self) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -136,11 +173,16 @@ class PostgresDatabase:
         await self.fetchone("SELECT 1")
 
     async def close(self) -> None:
+        claim, self._claim = self._claim, None
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 await self._pool.close()
+                if claim is not None:
+                    await claim.close()  # the claim ends with its session
         except TimeoutError:
             self._pool.terminate()
+            if claim is not None:
+                claim.terminate()
 
 
 def _params(params: tuple[Any, ...] | Any) -> tuple[Any, ...]:
