@@ -102,6 +102,10 @@ class Outbox:
     def next_push_id(self) -> str:
         return f"s-{self._repo.next_id()}"
 
+    def id_space(self, slot: int, stride: int) -> None:
+        """In a cluster: this node's push ids are its own (see OutboxRepo.id_space)."""
+        self._repo.id_space(slot, stride)
+
     def online(self, user_id: str) -> bool:
         return bool(self._sinks.get(user_id))
 

@@ -38,10 +38,21 @@ class OutboxRepo:
     def __init__(self, db: Database | PostgresDatabase) -> None:
         self._db = db
         self._last_id = 0
+        # A cluster node's ids are those ≡ slot (mod stride): nodes never make the same one.
+        self._slot, self._stride = 0, 1
+
+    def id_space(self, slot: int, stride: int) -> None:
+        """This node makes only ids ≡ ``slot`` (mod ``stride``) (a cluster gives each node its
+        own slot)."""
+        if not 0 <= slot < stride:
+            raise ValueError(f"slot {slot} outside 0..{stride - 1}")
+        self._slot, self._stride = slot, stride
+        self._last_id = 0
 
     def next_id(self) -> int:
         # Seeded from the clock so ids stay unique across restarts (stored pushes keep theirs).
-        self._last_id = max(self._last_id + 1, int(time.time() * 1000))
+        seed = int(time.time() * 1000) * self._stride + self._slot
+        self._last_id = max(self._last_id + self._stride, seed)
         return self._last_id
 
     async def push(self, user_id: str, frame: dict[str, Any], limit: int) -> tuple[int, int]:

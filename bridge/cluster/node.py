@@ -20,7 +20,7 @@ import structlog
 
 from bridge.cluster.bus import Bus
 from bridge.cluster.calls import NodeCalls
-from bridge.cluster.client import ClusterError, connect
+from bridge.cluster.client import ClusterError, call, connect
 from bridge.cluster.departures import Departures
 from bridge.cluster.once import once
 from bridge.cluster.pushes import PushFanout
@@ -34,6 +34,8 @@ from bridge.outbox import Outbox
 log = structlog.get_logger(__name__)
 
 COMPONENT = "cluster"
+# Nodes joining in a row get different push id slots; ids stay far below 2**53 (JSON numbers).
+PUSH_ID_SLOTS = 1024
 REPORT_TIMEOUT = 1.5
 
 
@@ -77,6 +79,10 @@ class ClusterNode:
         """Join the registry and the pushes of the other nodes; ClusterError (with the reason)
         when Redis cannot be reached."""
         await self.registry.start()
+        # Push ids are made from the clock on each node: a slot of its own keeps two nodes
+        # from making the same id in the same millisecond.
+        joined = await call("take a push id slot", self.redis.incr(f"{self.config.prefix}slots"))
+        outbox.id_space(int(joined) % PUSH_ID_SLOTS, PUSH_ID_SLOTS)
         self._pushes = PushFanout(self.bus, outbox)
         await self._pushes.start()
         await self.calls.start()

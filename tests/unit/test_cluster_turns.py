@@ -273,3 +273,16 @@ async def test_an_orphan_ticket_of_this_node_does_not_block_it(
     t = a.engine.submit(KEY, log.job("1", hold=False))
     await t.wait(WAIT)
     assert t.refusal is None and log.events == ["start 1", "end 1"]
+
+
+def test_push_ids_of_nodes_in_different_slots_never_meet() -> None:
+    from storage.outbox import OutboxRepo
+
+    a, b = OutboxRepo(None), OutboxRepo(None)  # type: ignore[arg-type] - ids need no database
+    a.id_space(1, 1024)
+    b.id_space(2, 1024)
+    made_a = [a.next_id() for _ in range(2000)]
+    made_b = [b.next_id() for _ in range(2000)]
+    assert not set(made_a) & set(made_b)
+    assert made_a == sorted(set(made_a)) and all(i % 1024 == 1 for i in made_a)
+    assert max(made_a + made_b) < 2**53
