@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.conftest import ADMIN_CODE, Bridge
+from tests.e2e.test_cluster_nodes import cluster
 from tests.e2e.test_momohub import MOMO, chat_messages, send
 from tests.e2e.test_schedule import SETTINGS as SCHEDULE_SETTINGS
 from tests.e2e.test_schedule import ask, job_id
@@ -60,6 +61,8 @@ async def test_overview_shows_a_connection_live(context: BrowserContext, hub: Br
     await page.locator("#users-online", has_text="1").wait_for()
     await page.locator("#components td", has_text="database").wait_for()
     await page.locator("#live.on").wait_for()
+    # A single bridge has no cluster: no Nodes panel.
+    assert await page.locator("#nodes-panel").is_hidden()
     # The login form is gone, not merely pushed above the app (its CSS once beat `hidden`).
     assert await page.locator("#login").is_hidden()
     # A reload keeps the session (the cookie), and the data is still there.
@@ -156,3 +159,32 @@ async def test_conversation_list_follows_new_messages(context: BrowserContext, h
     await send(await hub.client("xia"), MOMO, "hello")
     # No reopen: the stream's conversations event brings the new row.
     await page.locator("#conversations tr[data-user=xia]").wait_for()
+
+
+async def test_overview_shows_the_cluster_s_nodes(
+    postgres_dsn: str,
+    redis_url: str,
+    context: BrowserContext,
+    bridge_factory: Callable[..., Awaitable[Bridge]],
+) -> None:
+    # The database and Redis come first, so they go last: the bridges stop before them.
+    shared: dict[str, Any] = {"storage": {"url": postgres_dsn}, "console": {"live_seconds": 0.2}}
+    a = await bridge_factory(**shared, cluster=cluster(redis_url, "node-a"))
+    b = await bridge_factory(**shared, cluster=cluster(redis_url, "node-b"))
+    page = await _open(context, a)
+    await _login(page, ADMIN_CODE)
+    panel = page.locator("#nodes-panel")
+    await panel.wait_for()
+    mine = panel.locator("tr[data-node='node-a']")
+    other = panel.locator("tr[data-node='node-b']")
+    await mine.locator("td.node-id", has_text="node-a").wait_for()
+    await mine.locator("td.node-id", has_text="(this one)").wait_for()
+    await other.locator("td", has_text=f":{b.app.port}").wait_for()
+    assert await other.locator("td.node-id").text_content() == "node-b"  # not this one
+    await mine.locator("td", has_text=f":{a.app.port}").wait_for()
+    await mine.locator("td.seen", has_text=re.compile(r"^\d+ s ago$")).wait_for()
+    assert await panel.locator("tbody tr").count() == 2
+    # A node that stops leaves the list, live (it unregisters at once).
+    await b.app.stop()
+    await other.wait_for(state="detached")
+    assert await panel.locator("tbody tr").count() == 1

@@ -84,6 +84,39 @@ function renderOverview(o) {
     row.append(el("td", name), el("td", c.state, `state-${c.state}`), el("td", since(c.since)), el("td", c.detail));
     body.append(row);
   }
+  renderNodes(o.health.nodes);
+}
+
+function address(n) {
+  if (!n.port) return "–";
+  const host = String(n.host ?? "");
+  return host.includes(":") ? `[${host}]:${n.port}` : `${host}:${n.port}`;
+}
+
+function ago(seconds) {
+  return `${Math.max(0, Math.round(Date.now() / 1000 - seconds))} s ago`;
+}
+
+// A cluster's live nodes (the /readyz `nodes` section); a single bridge has none and the
+// panel stays hidden. Node ids come from each node's configuration: text only.
+function renderNodes(nodes) {
+  const panel = $("nodes-panel");
+  if (!Array.isArray(nodes)) {
+    panel.hidden = true;
+    return;
+  }
+  panel.hidden = false;
+  $("nodes-count").textContent = nodes.length ? `${nodes.length} live` : "cannot be listed";
+  const body = $("nodes").tBodies[0];
+  body.replaceChildren();
+  for (const n of nodes) {
+    const row = el("tr", null, n.self ? "self" : "");
+    row.dataset.node = n.node_id;
+    const name = el("td", n.node_id, "node-id");
+    if (n.self) name.append(" ", el("small", "(this one)", "this-one"));
+    row.append(name, el("td", address(n)), el("td", since(n.started ?? n.since)), el("td", ago(n.seen), "seen"));
+    body.append(row);
+  }
 }
 
 function renderLogs(entries) {
