@@ -85,6 +85,7 @@ class ClusterNode:
         outbox.id_space(int(joined) % PUSH_ID_SLOTS, PUSH_ID_SLOTS)
         self._pushes = PushFanout(self.bus, outbox)
         await self._pushes.start()
+        self.turns.before_finish = self._pushes.flushed
         await self.calls.start()
         log.info("cluster.joined", node=self.node_id)
 

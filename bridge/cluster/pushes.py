@@ -38,6 +38,7 @@ MAX_USERS_BUSY = 1000
 # store alone keeps it for the next login.
 SEND_ATTEMPTS = 4
 SEND_RETRY = 0.25
+FLUSH_TIMEOUT = 1.0
 
 
 class PushFanout:
@@ -49,6 +50,10 @@ class PushFanout:
         # Arrivals handed over per user, in order.
         self._users = Chains(self._tasks)
         self._dropped = 0
+        # Announcements made and those done with (published, or given up): see flushed().
+        self._made = 0
+        self._done = 0
+        self._progress = asyncio.Condition()
 
     async def start(self) -> None:
         await self._bus.subscribe(CHANNEL, self._arrived)
@@ -68,6 +73,7 @@ class PushFanout:
             payload = orjson.dumps(message)
         try:
             self._queue.put_nowait(payload)
+            self._made += 1
         except asyncio.QueueFull:
             self._dropped += 1
             if self._dropped % 1000 == 1:
@@ -86,6 +92,22 @@ class PushFanout:
                         log.warning("cluster.push_not_announced", error=str(e))
                     else:
                         await asyncio.sleep(SEND_RETRY * (attempt + 1))
+            async with self._progress:
+                self._done += 1
+                self._progress.notify_all()
+
+    async def flushed(self, timeout: float = FLUSH_TIMEOUT) -> None:
+        """Until every announcement made so far has left (or was given up), at most
+        ``timeout``. A conversation's next turn may run on another node: what this one pushed
+        reaches Redis first, so every node hands the user the replies in conversation order."""
+        target = self._made
+        if self._done >= target:
+            return
+        try:
+            async with asyncio.timeout(timeout), self._progress:
+                await self._progress.wait_for(lambda: self._done >= target)
+        except TimeoutError:
+            log.warning("cluster.push_flush_slow", waiting=target - self._done)
 
     async def _catch_up(self) -> None:
         """After the bus came back: pushes the other nodes announced meanwhile."""

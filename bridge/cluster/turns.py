@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -180,6 +180,9 @@ class ConversationTurns:
         self._unfinished: dict[tuple[str, int], None] = {}  # finishes Redis did not take yet
         self._stop: Callable[[Turn, str], object] | None = None
         self._started = False
+        # Awaited before a ticket is finished (the node's pushes leaving first: see
+        # PushFanout.flushed); bounded by its own timeout.
+        self.before_finish: Callable[[], Awaitable[None]] | None = None
 
     def _keys(self, h: str) -> list[str]:
         base = f"{self._prefix}turns:{h}:"
@@ -328,6 +331,8 @@ class ConversationTurns:
         if ticket.number.cancelled() or ticket.number.exception() is not None:
             return
         number, _ = ticket.number.result()
+        if self.before_finish is not None:
+            await self.before_finish()
         await self._finish_now(ticket.h, number)
 
     async def _finish_now(self, h: str, number: int) -> None:

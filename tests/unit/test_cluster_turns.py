@@ -286,3 +286,45 @@ def test_push_ids_of_nodes_in_different_slots_never_meet() -> None:
     assert not set(made_a) & set(made_b)
     assert made_a == sorted(set(made_a)) and all(i % 1024 == 1 for i in made_a)
     assert max(made_a + made_b) < 2**53
+
+
+async def test_a_node_s_pushes_leave_before_its_turn_lets_the_next_one_run(
+    redis_url: str,  # noqa: F811
+) -> None:
+    """PushFanout.flushed, awaited before a ticket is finished: once it returns, the push
+    announced before it is in Redis, ahead of anything the next turn's node publishes."""
+    from bridge.cluster.pushes import CHANNEL, PushFanout
+    from bridge.outbox import Outbox, Push
+
+    class NoStore:  # the fan-out reads the store only for pushes too big for the bus
+        pass
+
+    sender = connect(redis_url, client_name="sender")
+    other = connect(redis_url, client_name="other")
+    bus_a, bus_b = Bus(sender, "a", prefix=PREFIX), Bus(other, "b", prefix=PREFIX)
+    heard: list[str] = []
+    got_marker = asyncio.Event()
+
+    def arrived(payload: bytes) -> None:
+        heard.append("marker" if payload == b"marker" else "push")
+        if payload == b"marker":
+            got_marker.set()
+
+    hearer = connect(redis_url, client_name="listener")
+    listener = Bus(hearer, "c", prefix=PREFIX)
+    fanout = PushFanout(bus_a, Outbox(NoStore(), 10))  # type: ignore[arg-type]
+    try:
+        await listener.subscribe(CHANNEL, arrived)
+        await fanout.start()
+        await fanout.announce("u1", Push(kind="message", contact="alice", message_id=1, seq=7))
+        await fanout.flushed()
+        await bus_b.publish(CHANNEL, b"marker")  # the next turn's node, right after
+        async with asyncio.timeout(WAIT):
+            await got_marker.wait()
+        assert heard[:2] == ["push", "marker"]
+    finally:
+        await fanout.stop()
+        for bus in (bus_a, bus_b, listener):
+            await bus.close()
+        for client in (sender, other, hearer):
+            await client.aclose()
