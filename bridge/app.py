@@ -454,11 +454,9 @@ class App:
         self.health.add_probe(lambda: node.report(self.health))
         await node.report(self.health)
         assert self.storage is not None and self.sessions is not None and self.hub is not None
-        self.storage.set_node(node.node_id)
-        await node.order_turns(self.sessions.engine)
-        # What nodes that are gone left running (this one's own earlier run included, under a
-        # configured node id): settled now, before this node's hub takes connections, and
-        # whenever another node goes.
+        self.storage.set_node(node.identity)
+        # What node runs that are gone left running (this node's own earlier run included):
+        # settled now, before this node's hub takes connections, and whenever another goes.
         sessions = self.sessions
         node.departures.add(
             "replies", sessions.inflight_nodes, lambda gone: sessions.schedule_recovery(nodes=gone)
@@ -466,7 +464,11 @@ class App:
         if self.socketio is not None:
             replies = self.socketio.replies
             node.departures.add("client replies", replies.streaming_nodes, replies.settle_nodes)
-        await node.departures.settle_now(restarted=node.node_id)
+        try:
+            await node.order_turns(self.sessions.engine)
+            await node.departures.settle_now()
+        except ClusterError as e:
+            raise StartupRefused(f"cannot join the cluster: {e}") from None
         node.departures.start()
 
     async def _load_plugins(self) -> None:

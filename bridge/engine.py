@@ -171,8 +171,8 @@ class Engine:
             self._leave(left)
 
     def _leave(self, turn: Turn) -> None:
-        if self.gate is not None and turn.ticket is not None:
-            self.gate.leave(turn)
+        if self.gate is not None:
+            self.gate.leave(turn)  # also a turn whose place went on to the one after it
 
     def find(self, key: ConversationKey, message_id: int) -> Turn | None:
         owner = self._owners.get(key)
@@ -230,7 +230,7 @@ class Engine:
         return "cancelled"
 
     async def _call(self, turn: Turn) -> None:
-        if self.gate is not None and turn.ticket is not None and not turn.inherits:
+        if self.gate is not None and turn.ticket is not None:
             try:
                 await self.gate.enter(turn)
             except BridgeError as e:

@@ -54,18 +54,25 @@ class Recovery:
         an explicit notice; it retries while the target is unreachable, then gives up on it.
         ``nodes``: only the replies these cluster nodes (gone) left; None: all of them."""
         turns = []
-        for row in await self._storage.inflight.all():
-            if nodes is not None and row.node not in nodes:
-                continue
+        inflight = self._storage.inflight
+        for row in await inflight.all():
+            if nodes is not None:
+                # Each record is claimed first, so two nodes never settle the same one.
+                if row.node not in nodes or not await inflight.claim(
+                    row.message_id, row.node, inflight.node
+                ):
+                    continue
             key = ConversationKey(row.user_id, row.contact, row.thread)
 
             async def job(turn: Turn, row: InflightRow = row) -> None:
                 try:
                     turn.admit()
                 except BridgeError as e:
-                    # Left in flight: the next start (or, in a cluster, the next node to
-                    # settle the dead node's replies) settles it.
+                    # Left in flight: the next start (or, in a cluster, the next look at the
+                    # gone node's replies, once it is handed back) settles it.
                     log.warning("recover.not_ordered", message_id=row.message_id, reason=e.reason)
+                    if nodes is not None:
+                        await inflight.claim(row.message_id, inflight.node, row.node)
                     return
                 await self._settle(row, attempts, backoff)
 

@@ -72,6 +72,19 @@ class InflightRepo:
             single(Execute("DELETE FROM inflight WHERE message_id = ?", (message_id,)))
         )
 
+    async def claim(self, message_id: int, holder: str, claimer: str) -> bool:
+        """Move the record from node run ``holder`` to ``claimer``; False when it is no longer
+        ``holder``'s (settled, or claimed by another node meanwhile)."""
+        n = await self._db.unit(
+            single(
+                Execute(
+                    "UPDATE inflight SET node = ? WHERE message_id = ? AND node = ?",
+                    (claimer, message_id, holder),
+                )
+            )
+        )
+        return bool(n == 1)
+
     async def all(self) -> list[InflightRow]:
         rows = await self._db.fetch(
             "SELECT message_id, user_id, contact, thread, stream_request_id, started, kind, node "

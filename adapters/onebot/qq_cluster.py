@@ -173,6 +173,11 @@ class QQCluster:
                 elif ours:
                     self._elsewhere.discard(self_id)
 
+    def moved(self, self_id: int) -> bool:
+        """Whether a newer connection of the account, connected here too, is on another node:
+        calls then go there, not to this one (most likely half open)."""
+        return self_id in self._elsewhere
+
     async def where(self, self_id: int) -> str | None:
         """The node the account is connected to, None if none (ClusterError: Redis cannot say)."""
         node = await call(

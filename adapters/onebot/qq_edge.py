@@ -119,7 +119,8 @@ class QQEdge:
         """An action of QQ account ``self_id``, on whichever node it is connected to (see
         QQAccount.call for the errors)."""
         account = self.link.accounts.get(self_id)
-        if self.cluster is None or (account is not None and account.connected):
+        local = account is not None and account.connected
+        if self.cluster is None or (local and not self.cluster.moved(self_id)):
             if account is None:
                 raise BridgeError(ErrorCode.UNAVAILABLE, f"QQ account {self_id} is not connected")
             return await account.call(action, params, timeout)

@@ -1,9 +1,11 @@
 """Replies a dead node left running: one survivor settles them, so no user is left in silence.
 
-A reply in flight is recorded with the node running it (storage's `node` columns). When a node
-is gone from the registry, its records are still there: one survivor (the first to claim the
-node) settles them like a restart would: a reply its upstream finished is fetched and pushed,
-anything else is answered with an explicit "interrupted" failure.
+A reply in flight is recorded with the node run running it (storage's `node` columns,
+`<node id>#<run>`: a node restarted under the same id is a new run, and what its earlier run
+left counts as gone). When a run is gone from the registry, its records are still there: one
+survivor (the first to claim the run) settles them like a restart would: a reply its upstream
+finished is fetched and pushed, anything else is answered with an explicit "interrupted"
+failure.
 
 What is gone is judged from the records first and the registry second: a node writes records
 only once it is registered, so a record read before the listing belongs to a listed node
@@ -32,7 +34,9 @@ Settle = Callable[[set[str]], Awaitable[None]]
 # Which nodes have records of this kind (read before the registry is listed).
 Recorded = Callable[[], Awaitable[set[str]]]
 
-CLAIM_TTL = 300.0  # seconds a survivor has to settle a dead node before another may try
+# Seconds before another node may look at a gone run again. Only a first filter: each record
+# is claimed in the database before it is settled (see Recovery), so none is settled twice.
+CLAIM_TTL = 30.0
 SWEEP = 60.0
 
 
@@ -56,10 +60,8 @@ class Departures:
     def add(self, name: str, recorded: Recorded, settle: Settle) -> None:
         self._parts.append((name, recorded, settle))
 
-    async def settle_now(self, *, restarted: str = "") -> int:
-        """Settle what every gone node left; returns how many nodes this one settled.
-        ``restarted``: this node's id, at its start, when it may have run before under it (a
-        configured node id): what that earlier run left is this node's to settle."""
+    async def settle_now(self) -> int:
+        """Settle what every gone node run left; returns how many runs this node settled."""
         async with self._lock:
             recorded: set[str] = set()
             for _, nodes, _ in self._parts:
@@ -68,8 +70,6 @@ class Departures:
                 return 0
             gone = recorded - await self._live()
             mine = {n for n in sorted(gone) if await self._claim(f"settle:{n}", CLAIM_TTL)}
-            if restarted in recorded:
-                mine.add(restarted)
             for name, _, settle in self._parts:
                 if mine:
                     try:

@@ -24,7 +24,7 @@ from bridge.cluster.client import ClusterError, call, connect
 from bridge.cluster.departures import Departures
 from bridge.cluster.once import once
 from bridge.cluster.pushes import PushFanout
-from bridge.cluster.registry import NodeRegistry
+from bridge.cluster.registry import NodeRegistry, identity
 from bridge.cluster.turns import ConversationTurns
 from bridge.config import ClusterConfig
 from bridge.engine import Engine
@@ -66,9 +66,10 @@ class ClusterNode:
         self.turns = ConversationTurns(
             self.redis,
             self.bus,
-            self.node_id,
+            self.registry.identity,
             prefix=config.prefix,
             alive=self.registry.alive,
+            tick=config.heartbeat / 2,
         )
         # Replies a dead node left running; the app adds what to settle (bridge.cluster
         # departures).
@@ -94,8 +95,14 @@ class ClusterNode:
         await self.turns.start(engine.stop_nowait)
         engine.gate = self.turns
 
+    @property
+    def identity(self) -> str:
+        """This run of this node (what its records and tickets are tagged with)."""
+        return self.registry.identity
+
     async def _live(self) -> set[str]:
-        return {n["node_id"] for n in await self.registry.nodes()}
+        """The live node runs."""
+        return {identity(n["node_id"], n.get("run", "")) for n in await self.registry.nodes()}
 
     async def close(self) -> None:
         try:

@@ -16,6 +16,7 @@ disagree still agree on who was seen when.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from typing import Any
 
@@ -38,12 +39,15 @@ log = structlog.get_logger(__name__)
 MAX_INFO_BYTES = 64 * 1024  # a node's info is a few fields (address, version), not a payload
 MAX_NODES = 1000  # listed at most: far above any real deployment, a bound on one reply
 
-# KEYS: node hash, nodes zset. ARGV: node id, info JSON, ttl ms. Returns Redis's now in ms.
+# KEYS: node hash, nodes zset. ARGV: node id, info JSON, ttl ms, run. Returns Redis's now in ms,
+# or -1 (and nothing written) when another live process holds the node id.
 _HEARTBEAT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], 'info', ARGV[2], 'seen', now)
+local run = redis.call('HGET', KEYS[1], 'run')
+if run and run ~= ARGV[4] then return -1 end
+redis.call('HSET', KEYS[1], 'info', ARGV[2], 'seen', now, 'run', ARGV[4])
 redis.call('HSETNX', KEYS[1], 'since', now)
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
@@ -69,9 +73,13 @@ class NodeRegistry:
         *,
         prefix: str = DEFAULT_PREFIX,
         timeout: float = DEFAULT_OP_TIMEOUT,
+        run: str = "",
     ) -> None:
         if not node_id:
             raise ValueError("NodeRegistry: empty node_id")
+        # This process's run of the node id: a restart under the same id is another run, and
+        # what the earlier run held (its conversations' tickets) counts as gone.
+        self.run = run or secrets.token_hex(6)
         self.heartbeat = positive("heartbeat", heartbeat)
         self.ttl = positive("ttl", ttl)
         if self.heartbeat * 2 > self.ttl:
@@ -109,10 +117,21 @@ class NodeRegistry:
     async def start(self) -> None:
         """Registers the node (the first heartbeat is awaited, so the node is listed when this
         returns, and a Redis that cannot be reached raises ClusterUnavailable here), then keeps
-        heartbeating in an owned task."""
+        heartbeating in an owned task.
+
+        An entry of the same node id left by an earlier run (a restart after a crash) is waited
+        out, up to the ttl; one still renewed after that is another live process with the same
+        id, and ClusterError says so."""
         if self._started:
             raise RuntimeError("NodeRegistry already started")
-        await self._beat()
+        deadline = time.monotonic() + self.ttl + self.heartbeat
+        while not await self._beat():
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"node id {self.node_id!r} is in use by another running bridge; give each "
+                    "node its own [cluster] node_id"
+                )
+            await asyncio.sleep(self.heartbeat / 2)
         self._started = True
         self._tasks.spawn(self._beat_forever(), name=f"cluster.heartbeat:{self.node_id}")
 
@@ -137,30 +156,40 @@ class NodeRegistry:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    @property
+    def identity(self) -> str:
+        """This run of this node, as other records name it (`<node id>#<run>`)."""
+        return identity(self.node_id, self.run)
+
     def alive(self) -> bool:
         """Whether the others still count this node as alive, with a heartbeat of margin: past
         that its registry key may be gone, and its leases and tickets given up."""
         return time.monotonic() - self._last_beat < self.ttl - self.heartbeat
 
-    async def _beat(self) -> None:
+    async def _beat(self) -> bool:
+        """One heartbeat; False when another process holds the node id."""
         started = time.monotonic()
-        await call(
+        now = await call(
             f"heartbeat {self.node_id}",
             self._script(
                 keys=[self._key, self._set_key],
-                args=[self.node_id, self._info, millis(self.ttl)],
+                args=[self.node_id, self._info, millis(self.ttl), self.run],
             ),
             timeout=self._timeout,
         )
+        if int(now) < 0:
+            return False
         # From when it was sent: the key's expiry counts from Redis's clock near that moment.
         self._last_beat = started
+        return True
 
     async def _beat_forever(self) -> None:
         failing = False
         while True:
             await asyncio.sleep(self.heartbeat)
             try:
-                await self._beat()
+                if not await self._beat():
+                    raise ClusterError(f"another bridge took the node id {self.node_id!r}")
             except ClusterError as e:
                 # Keep trying: Redis may be back before the ttl runs out, and then no other
                 # node ever saw this one go. Logged once per outage, not once per beat.
@@ -208,6 +237,11 @@ class NodeRegistry:
         return live
 
 
+def identity(node_id: str, run: str) -> str:
+    """One run of a node (see NodeRegistry.identity)."""
+    return f"{node_id}#{run}"
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -226,6 +260,7 @@ def _node(node_id: str, entry: dict[Any, Any] | None) -> dict[str, Any] | None:
     return {
         **info,
         "node_id": node_id,
+        "run": _text(fields.get("run", b"")),
         "since": int(fields["since"]) / 1000,
         "seen": int(fields.get("seen", fields["since"])) / 1000,
     }

@@ -76,7 +76,8 @@ async def test_a_node_starting_leaves_another_node_s_running_reply_alone(
     rid = await accepted(tab, GATED, "long one")
     await upstream.wait_open_streams(1, WAIT)
     rows = await a.app.storage.inflight.all()
-    assert [r.node for r in rows] == ["node-a"]
+    assert [r.node for r in rows] == [a.app.cluster.identity]
+    assert a.app.cluster.identity.startswith("node-a#")
     # A node joining now settles what gone nodes left, and node A is alive.
     c = await bridge_factory(**shared, cluster=cluster(redis_url, "node-c"))
     assert await c.app.cluster.departures.settle_now() == 0
@@ -101,7 +102,7 @@ async def test_what_a_gone_node_left_running_is_settled_by_a_survivor(
             StoredReply("cat", "m-1", "c-1", "streaming", [], None, {}, 0.0), 100
         )
     finally:
-        storage.set_node("node-a")
+        storage.set_node(a.app.cluster.identity)
     tab = await b.client("cat")
     settled = await a.app.cluster.departures.settle_now() + (
         await b.app.cluster.departures.settle_now()

@@ -44,7 +44,14 @@ async def nodes(redis_url: str) -> AsyncIterator[dict[str, Node]]:  # noqa: F811
         bus = Bus(client, name, prefix=PREFIX)
         alive = [True]
         turns = ConversationTurns(
-            client, bus, name, prefix=PREFIX, alive=lambda a=alive: a[0], recheck=0.2
+            client,
+            bus,
+            registry.identity,
+            prefix=PREFIX,
+            alive=lambda a=alive: a[0],
+            recheck=0.2,
+            max_wait=5.0,
+            tick=0.1,
         )
         engine = Engine()
         await turns.start(engine.stop_nowait)
@@ -163,9 +170,10 @@ async def test_a_turn_dropped_before_its_time_does_not_block_the_conversation(
     log = Log()
     first = a.submit(KEY, log.job("first"))
     dropped = a.submit(KEY, log.job("dropped"))
+    for t in (first, dropped):
+        await ticket_of(t)  # taken before the other node's: the order this test is about
     later = b.submit(KEY, log.job("later", hold=False))
-    for t in (first, dropped, later):
-        await ticket_of(t)
+    await ticket_of(later)
     assert a.stop_nowait(dropped, "recalled") == "dropped"
     log.gates["first"].set()
     await later.wait(WAIT)
@@ -233,7 +241,7 @@ async def test_without_redis_a_turn_is_refused_with_a_reason() -> None:
     """A Redis that cannot be reached: the job is told why (Turn.admit), never run unordered."""
     client = connect("redis://127.0.0.1:1/0", client_name="nowhere")
     bus = Bus(client, "x", prefix=PREFIX)
-    turns = ConversationTurns(client, bus, "x", prefix=PREFIX)
+    turns = ConversationTurns(client, bus, "x#1", prefix=PREFIX)
     engine = Engine()
     engine.gate = turns
     seen: list[BridgeError] = []
@@ -328,3 +336,95 @@ async def test_a_node_s_pushes_leave_before_its_turn_lets_the_next_one_run(
             await bus.close()
         for client in (sender, other, hearer):
             await client.aclose()
+
+
+async def test_a_take_whose_answer_was_lost_does_not_block_the_other_nodes(
+    nodes: dict[str, Node],
+) -> None:
+    """Redis took the ticket but the node never heard back (every attempt): the turn is
+    refused, and the upkeep finishes the ticket by its take id, so the other node's turn runs
+    (without the fix it would wait max_wait and be refused BUSY)."""
+    from bridge.cluster.client import ClusterTimeout
+
+    a, b = nodes["a"], nodes["b"]
+    real = a.turns._take
+    calls = 0
+
+    async def lost(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        await real(*args, **kwargs)  # done in Redis ...
+        raise ClusterTimeout("take a turn: no answer")  # ... but the answer is lost
+
+    a.turns._take = lost  # type: ignore[assignment]
+    log = Log()
+    refused = a.engine.submit(KEY, log.job("on a", hold=False))
+    await refused.wait(WAIT)
+    assert refused.refusal is not None and refused.refusal.code == ErrorCode.UNAVAILABLE
+    assert calls == 3  # asked again, the same take each time
+    a.turns._take = real  # type: ignore[assignment]
+    after = b.engine.submit(KEY, log.job("on b", hold=False))
+    await after.wait(WAIT)
+    assert after.refusal is None and log.events == ["start on b", "end on b"]
+
+
+async def test_the_same_take_asked_twice_is_one_ticket(nodes: dict[str, Node]) -> None:
+    a = nodes["a"].turns
+    keys = a._keys(digest(KEY))
+    args = [f"{PREFIX}node:", 60_000, a.identity, "take-1"]
+    first = await a._take(keys=keys, args=args)
+    again = await a._take(keys=keys, args=args)
+    other = await a._take(keys=keys, args=[*args[:3], "take-2"])
+    assert first[0] == again[0] == 1 and other[0] == 2
+
+
+async def test_a_restarted_node_s_old_tickets_do_not_block(
+    nodes: dict[str, Node],
+    redis_url: str,  # noqa: F811
+) -> None:
+    """Node b runs a turn, then crashes and comes back under the same node id (a new run): the
+    old run's ticket is given up, and the other node's turn runs."""
+    a, b = nodes["a"], nodes["b"]
+    log = Log()
+    b.engine.submit(KEY, log.job("old run"))
+    async with asyncio.timeout(WAIT):
+        await log.started["old run"].wait()
+    waiting = a.engine.submit(KEY, log.job("on a", hold=False))
+    await ticket_of(waiting)
+    # The crash: the old run's registry entry expires; the new run registers under "b".
+    await b.registry.close()
+    again = NodeRegistry(b.redis, "b", heartbeat=0.2, ttl=1.0, prefix=PREFIX)
+    await again.start()
+    try:
+        await waiting.wait(WAIT)
+        assert waiting.refusal is None and "end on a" in log.events
+    finally:
+        log.gates["old run"].set()
+        await again.close()
+
+
+async def test_a_node_id_in_use_by_a_live_process_is_refused(
+    nodes: dict[str, Node],
+) -> None:
+    from bridge.cluster import ClusterError
+
+    twin = NodeRegistry(nodes["a"].redis, "a", heartbeat=0.2, ttl=1.0, prefix=PREFIX)
+    with pytest.raises(ClusterError, match="in use by another running bridge"):
+        await twin.start()
+
+
+async def test_a_stopped_turn_s_cleanup_leaves_nothing_running_behind(
+    nodes: dict[str, Node],
+) -> None:
+    a = nodes["a"]
+    log = Log()
+    for i in range(5):
+        running = a.engine.submit(KEY, log.job(f"r{i}"))
+        async with asyncio.timeout(WAIT):
+            await log.started[f"r{i}"].wait()
+        cleanup = a.engine.submit_next(KEY, log.job(f"c{i}", hold=False))
+        await a.engine.stop(running, "recalled")
+        await cleanup.wait(WAIT)
+        assert cleanup.refusal is None
+    assert not a.turns._running
+    assert not log.overlap
