@@ -14,6 +14,7 @@ from storage.outbox import OutboxRepo
 from storage.plugin_kv import PluginKVRepo
 from storage.qq import QQRepo
 from storage.shares import ShareRepo
+from storage.uploads import UploadRepo
 from storage.users import UserRepo
 
 
@@ -29,6 +30,7 @@ class Storage:
     plugin_kv: PluginKVRepo
     qq: QQRepo
     client_replies: ClientReplyRepo
+    uploads: UploadRepo
 
     @classmethod
     async def open(cls, location: str, *, exclusive: bool = False) -> Storage:
@@ -54,6 +56,7 @@ class Storage:
             plugin_kv=PluginKVRepo(db),
             qq=QQRepo(db),
             client_replies=ClientReplyRepo(db),
+            uploads=UploadRepo(db),
         )
 
     def set_node(self, node: str) -> None:

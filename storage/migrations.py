@@ -167,4 +167,15 @@ MIGRATIONS: list[str] = [
     ALTER TABLE inflight ADD COLUMN node TEXT NOT NULL DEFAULT '';
     ALTER TABLE client_replies ADD COLUMN node TEXT NOT NULL DEFAULT '';
     """,
+    # 13: images uploaded through the mio-chat client, on PostgreSQL, so every node of a cluster
+    # serves them (named by content; a node's data folder keeps a copy as a cache). A SQLite
+    # bridge keeps its uploads as files only and leaves this table empty.
+    """
+    CREATE TABLE uploads (
+        name TEXT PRIMARY KEY,
+        data BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        time REAL NOT NULL
+    );
+    """,
 ]

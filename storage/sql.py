@@ -126,12 +126,13 @@ _DDL = [
     (re.compile(r"\)\s*WITHOUT\s+ROWID", re.I), ")"),
     (re.compile(r"\bREAL\b", re.I), "DOUBLE PRECISION"),
     (re.compile(r"\bINTEGER\b", re.I), "BIGINT"),
+    (re.compile(r"\bBLOB\b", re.I), "BYTEA"),
 ]  # fmt: skip
 
 
 def pg_ddl(script: str) -> str:
     """A migration script (written for SQLite) as PostgreSQL runs it: ids made by the database
-    become identity columns, integers are 64-bit, floats double precision."""
+    become identity columns, integers are 64-bit, floats double precision, blobs bytea."""
     for pattern, replacement in _DDL:
         script = pattern.sub(replacement, script)
     return script

@@ -78,7 +78,7 @@ class ClientApi:
         """The answer for the client's endpoints; None for any other path (the hub's own
         routes, the web root, the final 404)."""
         if path.startswith(URL_PREFIX):
-            return self.uploads.serve(request, path[len(URL_PREFIX) :])
+            return await self.uploads.serve(request, path[len(URL_PREFIX) :])
         if path in ("/p/qava", "/p/qava/"):
             return self.qava(request)
         if path in ("/p/mava", "/p/mava/"):

@@ -17,16 +17,27 @@ instead:
 Files are named by content (the first 32 hex digits of their SHA-256 plus the extension), so
 the same image uploaded twice is stored once and its URL never changes meaning; they are served
 as immutable. They live in `uploads/image/` next to the database file.
+
+On PostgreSQL (one database, possibly several nodes of a cluster behind a load balancer) an
+upload is also stored in the database (storage.uploads), so any node serves its URL: a node
+serves its local file when it has one, and otherwise reads the image from the database once,
+keeps it in its own `uploads/image/` as a cache, and serves it like a local file (same content
+type, same immutable caching); a name the database does not have either is a 404. There the cap
+`max_upload_total_bytes` counts what the database holds, so it holds for the whole cluster
+(nodes storing at the same time take turns), not for one node's folder. A database out of reach
+is a 503. On SQLite nothing of this applies: uploads are files only, as above.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import os
 import re
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +49,7 @@ from bridge.errors import ErrorCode
 
 if TYPE_CHECKING:
     from adapters.miochat.client_api import ClientApi
+    from storage.uploads import UploadRepo
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +59,9 @@ CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "gif": "image/gif", "w
 # Multipart framing and the other small form fields the client may add around the file.
 FORM_OVERHEAD = 64 * 1024
 CHUNK = 64 * 1024
+# The longest a request waits for an image from the database (PostgreSQL), the turn of another
+# request fetching the same one included; the database's own timeouts are shorter.
+FETCH_TIMEOUT = 60.0
 
 
 def sniff(head: bytes) -> str | None:
@@ -66,6 +81,17 @@ class TooLarge(Exception):
     pass
 
 
+class _Fetching:
+    """The requests of this node waiting for one name from the database: one fetches, the
+    others then find the cached file."""
+
+    __slots__ = ("lock", "waiting")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.waiting = 0
+
+
 class Uploads:
     def __init__(self, api: ClientApi, directory: Path) -> None:
         self.api = api
@@ -75,6 +101,13 @@ class Uploads:
         # Bytes stored, counted once from disk at the first upload and kept up to date after.
         self._total: int | None = None
         self._lock = asyncio.Lock()
+        # PostgreSQL: the uploads are kept in the database too, for every node (see the
+        # module's docstring); the local folder is then a cache. SQLite: files only.
+        storage = api.http.storage
+        self.shared: UploadRepo | None = (
+            storage.uploads if storage.db.dialect == "postgresql" else None
+        )
+        self._fetching: dict[str, _Fetching] = {}
 
     async def upload(self, request: web.Request) -> web.StreamResponse:
         limit = self.config.max_upload_bytes
@@ -110,7 +143,14 @@ class Uploads:
                 ErrorCode.INVALID_DATA,
             )
         name = f"{hashlib.sha256(data).hexdigest()[:32]}.{ext}"
-        stored = await self._store(name, data)
+        if self.shared is None:
+            stored = await self._store(name, data)
+        else:
+            try:
+                stored = await self._store_shared(self.shared, name, data)
+            except Exception:
+                log.exception("upload.database_failed", name=name)
+                return self.api.fail(503, "upload storage unavailable", ErrorCode.UNAVAILABLE)
         if not stored:
             log.warning("upload.storage_full", max_total=self.config.max_upload_total_bytes)
             return self.api.fail(503, "upload storage full", ErrorCode.UNAVAILABLE)
@@ -156,6 +196,30 @@ class Uploads:
             log.info("upload.stored", name=name, size=len(data))
             return True
 
+    async def _store_shared(self, shared: UploadRepo, name: str, data: bytes) -> bool:
+        """PostgreSQL: store the image in the database under the cluster-wide cap, then keep
+        it in the local folder as a cache; False when the cap refuses it."""
+        if not await shared.add(name, data, max_total=self.config.max_upload_total_bytes):
+            return False
+        log.info("upload.stored", name=name, size=len(data), shared=True)
+        await self._cache(name, data)
+        return True
+
+    async def _cache(self, name: str, data: bytes) -> bool:
+        """Keep an image of the database in the local folder; False (logged) when the folder
+        refuses it: the database has it, so that is no failure of the request."""
+        try:
+            await asyncio.to_thread(self._write_cache, self.directory / name, data)
+        except OSError as e:
+            log.warning("upload.cache_failed", name=name, error=str(e))
+            return False
+        return True
+
+    def _write_cache(self, path: Path, data: bytes) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not path.is_file():
+            self._write(path, data)
+
     def _count(self) -> int:
         self.directory.mkdir(parents=True, exist_ok=True)
         return sum(f.stat().st_size for f in self.directory.iterdir() if f.is_file())
@@ -171,14 +235,60 @@ class Uploads:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def serve(self, request: web.Request, name: str) -> web.StreamResponse:
+    async def serve(self, request: web.Request, name: str) -> web.StreamResponse:
         """GET/HEAD of a stored upload. Only names this module makes are looked up at all, so
-        no path can reach outside the directory."""
+        no path can reach outside the directory (nor ask the database for anything else)."""
         if request.method not in ("GET", "HEAD"):
             return self.api.fail(405, "use GET")
-        if not NAME_RE.fullmatch(name) or not (self.directory / name).is_file():
-            return self.api.fail(404, "no such file", ErrorCode.NOT_FOUND)
-        resp = web.FileResponse(self.directory / name)
+        if not NAME_RE.fullmatch(name):
+            return self._missing()
+        path = self.directory / name
+        if await asyncio.to_thread(path.is_file):
+            return self._file_response(path, name)
+        if self.shared is None:
+            return self._missing()
+        try:
+            async with asyncio.timeout(FETCH_TIMEOUT):
+                return await self._serve_shared(self.shared, path, name)
+        except Exception:
+            log.exception("upload.database_failed", name=name)
+            return self.api.fail(503, "upload storage unavailable", ErrorCode.UNAVAILABLE)
+
+    async def _serve_shared(self, shared: UploadRepo, path: Path, name: str) -> web.StreamResponse:
+        """PostgreSQL, no local file: the image from the database, kept as a local file first.
+        Requests for one name take turns, so a burst of them reads it from the database once."""
+        async with self._one_fetch(name):
+            if await asyncio.to_thread(path.is_file):
+                return self._file_response(path, name)  # cached by the request before
+            data = await shared.get(name)
+            if data is None:
+                return self._missing()
+            if await self._cache(name, data):
+                return self._file_response(path, name)
+            return self._headers(web.Response(body=data), name)  # not cached: served anyway
+
+    @contextlib.asynccontextmanager
+    async def _one_fetch(self, name: str) -> AsyncIterator[None]:
+        entry = self._fetching.get(name)
+        if entry is None:
+            entry = self._fetching[name] = _Fetching()
+        entry.waiting += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.waiting -= 1
+            if entry.waiting == 0:
+                del self._fetching[name]
+
+    def _missing(self) -> web.Response:
+        return self.api.fail(404, "no such file", ErrorCode.NOT_FOUND)
+
+    def _file_response(self, path: Path, name: str) -> web.StreamResponse:
+        return self._headers(web.FileResponse(path), name)
+
+    @staticmethod
+    def _headers(resp: web.StreamResponse, name: str) -> web.StreamResponse:
         resp.content_type = CONTENT_TYPES[name.rsplit(".", 1)[1]]
         resp.headers["Cache-Control"] = "public, max-age=31536000, immutable"
         resp.headers["X-Content-Type-Options"] = "nosniff"
