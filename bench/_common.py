@@ -264,6 +264,37 @@ def _kill_leftovers() -> None:
                 proc.wait(timeout=5)
 
 
+def launch_server(
+    argv: list[str] | tuple[str, ...],
+    log_path: Path,
+    *,
+    cwd: Path,
+    pythonpath: Path | None = None,
+    cpu: int | None = None,
+) -> subprocess.Popen[bytes]:
+    """A server process writing its output to ``log_path`` (appended), in a session of its own
+    (a Ctrl-C of ours reaches it only through our own shutdown), killed by the kernel if this
+    process dies and at exit if still running. The environment's MOMOBRIDGE_ settings are left
+    out: the server runs on its config file alone."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOMOBRIDGE_")}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    env["PYTHONUNBUFFERED"] = "1"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=child_setup(cpu),
+        )
+    LIVE.append(proc)
+    return proc
+
+
 def child_setup(cpu: int | None) -> Callable[[], None]:
     """``preexec_fn`` of a launched server: its CPU, and death with this benchmark. (No exec
     wrapper here: its own interpreter start would be counted as the server's.)"""

@@ -54,9 +54,9 @@ from _common import (
     REPO,
     BenchError,
     cancel_on_sigterm,
-    child_setup,
     cpu_seconds,
     free_port,
+    launch_server,
     machine_line,
     print_bridge_software,
     resolve_src,
@@ -210,22 +210,13 @@ class Ctx:
     def launch(self, tag: str, **cfg: str) -> Bridge:
         port = free_port()
         config = bridge_config(self.tmp, tag, port, log_level=self.args.bridge_log_level, **cfg)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MOMOBRIDGE_")}
-        env["PYTHONPATH"] = str(self.src)
-        env["PYTHONUNBUFFERED"] = "1"
         log_path = self.tmp / f"{tag}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "bridge.cli", "serve", "--config", str(config)],
-                cwd=self.src,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=child_setup(None),
-            )
-        LIVE.append(proc)
+        proc = launch_server(
+            [sys.executable, "-m", "bridge.cli", "serve", "--config", str(config)],
+            log_path,
+            cwd=self.src,
+            pythonpath=self.src,
+        )
         bridge = Bridge(tag, port, proc, log_path)
         self.bridges.append(bridge)
         return bridge

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import time
@@ -30,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from bench._common import LIVE, child_setup
+from bench._common import LIVE, launch_server
 from bridge.config import Config
 from tests.support.cli import momobridge
 from tests.support.hub_client import HubClient
@@ -121,22 +120,9 @@ class NodeProc:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def launch(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MOMOBRIDGE_")}
-        env["PYTHONUNBUFFERED"] = "1"
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                momobridge("serve", "--config", str(self.config_path)),
-                cwd=REPO,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                # Not in the test run's process group (a Ctrl-C reaches it through close());
-                # SIGKILL from the kernel if this process dies.
-                start_new_session=True,
-                preexec_fn=child_setup(None),
-            )
-        LIVE.append(self.proc)
+        self.proc = launch_server(
+            momobridge("serve", "--config", str(self.config_path)), self.log_path, cwd=REPO
+        )
 
     async def wait_started(self, timeout: float = START_TIMEOUT) -> int:
         """Until the log says ``momobridge.ready``; returns (and keeps) the port it names."""
