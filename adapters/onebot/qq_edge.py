@@ -275,6 +275,13 @@ class QQEdge:
         if isinstance(event, PrivateMessageEvent | GroupMessageEvent):
             self._message(account, event)
         elif isinstance(event, FriendRecallNotice | GroupRecallNotice):
+            if self.dedupe is not None and account.self_id in self._claims:
+                # Behind the account's message events still being claimed: the recalled
+                # message may be one of them, and must be known when its recall is handled.
+                self._claims.run(
+                    account.self_id, self._recall_later(account, event), name="qq-recall-order"
+                )
+                return
             self.tasks.spawn(self._recalled(account, event), name="qq-recall")
 
     def _message(self, account: QQAccount, event: PrivateMessageEvent | GroupMessageEvent) -> None:
@@ -417,6 +424,12 @@ class QQEdge:
             return True
         hits.append(now)
         return False
+
+    async def _recall_later(
+        self, account: QQAccount, notice: FriendRecallNotice | GroupRecallNotice
+    ) -> None:
+        # Its own task: a recall that waits on a turn must not hold up the account's claims.
+        self.tasks.spawn(self._recalled(account, notice), name="qq-recall")
 
     async def _recalled(
         self, account: QQAccount, notice: FriendRecallNotice | GroupRecallNotice

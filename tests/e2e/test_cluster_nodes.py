@@ -4,6 +4,7 @@ bridge from starting (its shared state would split silently)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from typing import Any
@@ -18,6 +19,9 @@ from tests.e2e.test_model_chats import ECHO, providers
 from tests.e2e.test_momohub import reply_text, send
 from tests.e2e.test_qq import ALICE, impl, qq_settings
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.hub_client import eventually
+
+WAIT = 15.0
 
 
 def cluster(redis_url: str, node_id: str, **extra: Any) -> dict[str, Any]:
@@ -140,3 +144,45 @@ async def test_a_qq_event_replayed_to_another_node_is_answered_once(
         assert newest.count("only once") == 1, newest
     finally:
         await on_b.close()
+
+
+async def test_a_qq_recall_waits_for_the_claim_of_the_message_it_recalls(
+    postgres_dsn: str, redis_url: str, upstream: FakeOpenAI, bridge_factory
+) -> None:
+    """In a cluster a message event is claimed in Redis before it is taken; its recall, arriving
+    meanwhile, is handled after the claim (not before, when the bridge does not know the
+    message yet and would let it be answered)."""
+    shared = {
+        "storage": {"url": postgres_dsn},
+        "openai": providers(upstream),
+        "onebot": qq_settings(default_target=ECHO, recall_follows=True),
+    }
+    a = await bridge_factory(**shared, cluster=cluster(redis_url, "node-a"))
+    edge = a.app.qq
+    claimed, release = [], asyncio.Event()
+    once = edge.dedupe
+
+    async def slow_claim(key: str, ttl: float) -> bool:
+        claimed.append(key)
+        await release.wait()  # Redis slow to answer this one
+        return await once(key, ttl)
+
+    edge.dedupe = slow_claim
+    sim = await impl(a)
+    try:
+        event = await sim.private(ALICE, "recall me")
+        await eventually(lambda: claimed, what="the event's claim under way")
+        await sim.friend_recall(ALICE, event["message_id"])
+        # The recall waits behind the claim, on the account's chain.
+        await eventually(lambda: len(edge._claims) == 2, what="the recall queued behind it")
+        edge.dedupe = once
+        release.set()
+        await sim.private(ALICE, "next")
+        await sim.wait_for(
+            lambda: "You said: next" in sim.texts(), WAIT, "the next message answered"
+        )
+        # The recalled message was never answered, or its answer was recalled after it.
+        answered = [s for s in sim.sent if s.text == "You said: recall me"]
+        assert all(sim.message(s.message_id) is None for s in answered), answered
+    finally:
+        await sim.close()
