@@ -465,6 +465,9 @@ class App:
             replies = self.socketio.replies
             node.departures.add("client replies", replies.streaming_nodes, replies.settle_nodes)
         try:
+            if self.socketio is not None:
+                # Tabs here get the live frames of replies running on other nodes.
+                await self.socketio.join_cluster(node)
             await node.order_turns(self.sessions.engine)
             await node.departures.settle_now()
         except ClusterError as e:

@@ -36,6 +36,7 @@ class StoredReply:
     error: Any
     meta: dict[str, Any]
     updated: float
+    node: str = ""  # the node run that runs (ran) it, `<node id>#<run>` ('' on its own); read only
 
 
 class ClientReplyRepo:
@@ -61,7 +62,7 @@ class ClientReplyRepo:
 
     async def of_contactor(self, user_id: str, contactor_id: str) -> list[StoredReply]:
         rows = await self._db.fetch(
-            "SELECT user_id, message_id, contactor_id, status, chunks, error, meta, updated "
+            "SELECT user_id, message_id, contactor_id, status, chunks, error, meta, updated, node "
             "FROM client_replies WHERE user_id = ? AND contactor_id = ? ORDER BY updated",
             (user_id, contactor_id),
         )
@@ -158,4 +159,5 @@ def _reply(r: Any) -> StoredReply:
         error=None if r[5] is None else json.loads(r[5]),
         meta=json.loads(r[6]),
         updated=float(r[7]),
+        node=str(r[8] or "") if len(r) > 8 else "",
     )

@@ -13,6 +13,9 @@ own thread. For a MomoHub character only the newest user message goes (MomoHub k
 history), without the client's `<message time=…>` wrapper; for a plain model the client's
 history goes as given, trimmed to `[openai] history_chars` (a command line the user typed is
 unwrapped so the bridge's commands still answer it).
+
+In a cluster a tab may enter the chat on another node than the one running the reply:
+`reply_relay` then has the owner send that node the reply's frames (`Running.remote`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from bridge.models import JSON, CompletionRequest, ConversationKey, ReplyEvent, 
 from storage.client_replies import StoredReply
 
 if TYPE_CHECKING:
+    from adapters.miochat.reply_relay import ReplyRelay
     from adapters.miochat.server import HubServer
 
 log = structlog.get_logger(__name__)
@@ -58,6 +62,14 @@ class Tab(Protocol):
     def send_frame(self, frame: dict[str, Any], seq: int = 0) -> bool: ...
 
 
+class RemoteSink(Protocol):
+    """Where a reply's frames go for tabs on other cluster nodes (reply_relay)."""
+
+    def send(self, frames: list[dict[str, Any]]) -> None: ...
+
+    def end(self) -> None: ...
+
+
 @dataclass(eq=False)
 class Running:
     """A reply being made: who it goes to, its turn, its slot in the user's stream limit."""
@@ -68,6 +80,7 @@ class Running:
     origin: Tab | None
     release: Callable[[], None]
     watchers: set[Tab] = field(default_factory=set)
+    remote: RemoteSink | None = None  # set once a tab on another node watches it
     turn: Turn | None = None
     interrupted: bool = False
     superseded: bool = False
@@ -83,6 +96,8 @@ class Running:
         for tab in dict.fromkeys(tabs):
             for f in frames:
                 tab.send_frame(f)
+        if self.remote is not None:
+            self.remote.send(frames)
 
     def done(self) -> None:
         release, self.release = self.release, _nothing
@@ -109,6 +124,19 @@ def _command_unwrapped(message: JSON, is_command: Callable[[str], bool]) -> JSON
     return bare if is_command(completions.content_text(bare.get("content"))) else message
 
 
+def stored_sync(row: StoredReply) -> dict[str, Any]:
+    """The `sync` frame of a stored reply."""
+    meta = row.meta
+    return L.sync_frame(
+        meta.get("messageId", row.message_id),
+        row.message_id,
+        row.chunks,
+        row.status,
+        row.error,
+        meta,
+    )
+
+
 def trimmed_history(messages: list[JSON], max_chars: int) -> list[JSON]:
     """The client's leading system messages, then the newest messages that fit ``max_chars``
     (the newest always kept)."""
@@ -124,10 +152,15 @@ class ClientReplies:
         self._spawn = spawn  # runs a coroutine as a task the edge owns
         # (user id, message id) → the reply running for it.
         self._running: dict[tuple[str, str], Running] = {}
+        # In a cluster: replies running on other nodes, watched for tabs here (reply_relay).
+        self.relay: ReplyRelay | None = None
 
     @property
     def running(self) -> int:
         return len(self._running)
+
+    def running_reply(self, user_id: str, message_id: str) -> Running | None:
+        return self._running.get((user_id, message_id))
 
     # ----- start-up ----------------------------------------------------------------------------
 
@@ -324,6 +357,8 @@ class ClientReplies:
 
     def _forget(self, reply: Running) -> None:
         reply.done()
+        if reply.remote is not None:
+            reply.remote.end()
         key = (reply.user.id, reply.log.message_id)
         if self._running.get(key) is reply:
             del self._running[key]
@@ -376,6 +411,9 @@ class ClientReplies:
     async def enter(self, tab: Tab, user: UserRef, contactor_id: str) -> int:
         """The tab shows ``contactor_id``: a `sync` for each reply of it the client has not
         confirmed, then live updates of those still running. Returns how many."""
+        relay = self.relay
+        if relay is not None:
+            relay.entered(tab, user.id, contactor_id)
         live = {
             r.log.message_id: r
             for r in self._running.values()
@@ -391,16 +429,11 @@ class ClientReplies:
         for row in stored:
             if row.message_id in live:
                 continue
-            tab.send_frame(
-                L.sync_frame(
-                    row.meta.get("messageId", row.message_id),
-                    row.message_id,
-                    row.chunks,
-                    row.status,
-                    row.error,
-                    row.meta,
-                )
-            )
+            if relay is not None and relay.elsewhere(row):
+                # Running on another node: its sync from there, then its live frames.
+                await relay.watch(tab, user.id, row)
+            else:
+                tab.send_frame(stored_sync(row))
             sent += 1
         return sent
 
@@ -421,3 +454,5 @@ class ClientReplies:
             if reply.origin is tab:
                 reply.origin = None
             reply.watchers.discard(tab)
+        if self.relay is not None:
+            self.relay.leave(tab)

@@ -37,7 +37,9 @@ from bridge.outbox import Push
 from bridge.tasks import TaskSet
 
 if TYPE_CHECKING:
+    from adapters.miochat.reply_relay import ReplyRelay
     from adapters.miochat.server import HubServer
+    from bridge.cluster.node import ClusterNode
 
 log = structlog.get_logger(__name__)
 
@@ -264,6 +266,7 @@ class SocketIOEdge:
         self._refused: dict[str, str] = {}
         self._tasks = TaskSet("socketio")
         self.replies = ClientReplies(hub, lambda coro: self.spawn(coro, name="client-reply"))
+        self.relay: ReplyRelay | None = None  # in a cluster (join_cluster)
         self._models: dict[str, list[dict[str, Any]]] = {}
         self._begins = FrameOrder(self._tasks)
         self.sio = socketio.AsyncServer(
@@ -289,6 +292,15 @@ class SocketIOEdge:
             await self.replies.recover()
         self._models = self._model_list()
         self.spawn(self._watch_models(), name="socketio-models")
+
+    async def join_cluster(self, node: ClusterNode) -> None:
+        """A tab here entering a chat whose reply runs on another node gets its live frames
+        (reply_relay). Before the hub takes connections."""
+        from adapters.miochat.reply_relay import ReplyRelay
+
+        relay = ReplyRelay(self.replies, node)
+        await relay.start()
+        self.relay = relay
 
     def _model_list(self) -> dict[str, list[dict[str, Any]]]:
         return S.providers(self.hub.router.model_groups())
@@ -340,6 +352,9 @@ class SocketIOEdge:
                     await self.sio.eio.disconnect()
             except TimeoutError:
                 log.warning("socketio.stop_timeout", open=len(self.sio.eio.sockets))
+        if self.relay is not None:
+            await self.relay.close()
+            self.relay = None
         await self._tasks.cancel_all()
         await self.sio.shutdown()
 
