@@ -1,0 +1,154 @@
+"""The web client's `llm` replies in a cluster: a tab of the same user on another node that
+enters the chat while a reply runs gets the reply as it stands and then its live frames, as a
+tab on the node running it would (adapters/miochat/reply_relay). Two bridges on one real
+PostgreSQL and Redis, python-socketio clients, the fake OpenAI server's `gated` model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.conftest import Bridge
+from tests.e2e.test_cluster_nodes import cluster
+from tests.e2e.test_socketio_llm import completions, enter, login, of, stream, text_of, user
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.hub_client import eventually
+
+WAIT = 15.0
+
+
+async def two_nodes(
+    postgres_dsn: str, redis_url: str, upstream: FakeOpenAI, bridge_factory: Any
+) -> tuple[Bridge, Bridge]:
+    shared = {
+        "storage": {"url": postgres_dsn},
+        "openai": {
+            "providers": [{"name": "fake", "base_url": upstream.base_url, "api_key": "sk-test"}]
+        },
+        "auth": {"user_code": "users"},
+        "miochat": {"socketio": True},
+    }
+    a = await bridge_factory(**shared, cluster=cluster(redis_url, "node-a"))
+    b = await bridge_factory(**shared, cluster=cluster(redis_url, "node-b"))
+    return a, b
+
+
+def relay_of(b: Bridge) -> Any:
+    relay = b.app.socketio.relay  # type: ignore[union-attr]
+    assert relay is not None
+    return relay
+
+
+async def test_a_tab_on_another_node_gets_the_running_reply_live(
+    postgres_dsn: str, redis_url: str, upstream: FakeOpenAI, bridge_factory
+) -> None:
+    a, b = await two_nodes(postgres_dsn, redis_url, upstream, bridge_factory)
+    uid, mid, contactor = "4000000001", "2000000000000001", "601"
+    tab1, _ = await login(a, "websocket", uid)
+    tab2, _ = await login(b, "websocket", uid)
+    try:
+        await tab1.send(completions(mid, contactor, "gated", [user("tell me")]))
+        await tab1.wait_for(of(mid, "update"))  # the first part is out, the rest held back
+        await tab2.send(enter(contactor))
+        sync = await tab2.wait_for(of(mid, "sync"))
+        # The reply as it stands on node A (the stored row has no text yet: it is checkpointed
+        # every 2 s), not as stored.
+        assert sync["data"]["status"] == "streaming"
+        assert sync["data"]["chunks"] == [{"type": "content", "content": "first part, "}]
+        assert relay_of(b).watching == 1
+        upstream.gate.set()
+        await tab2.wait_for(of(mid, "complete"))
+        frames = stream(tab2, mid)
+        kinds = [f["message"] for f in frames]
+        assert kinds[0] == "sync" and kinds[-1] == "complete", kinds
+        assert kinds.count("sync") == 1 and kinds.count("complete") == 1, kinds
+        assert set(kinds[1:-1]) == {"update"}, kinds
+        assert text_of(frames) == "then the rest"
+        assert frames[-1]["data"]["metaData"]["contactorId"] == contactor
+        # The tab that asked got all of it, once.
+        await tab1.wait_for(of(mid, "complete"))
+        assert text_of(stream(tab1, mid)) == "first part, then the rest"
+        assert [f["message"] for f in stream(tab1, mid)].count("complete") == 1
+        # The watch ended with the reply on both sides.
+        await eventually(lambda: relay_of(b).watching == 0, WAIT, "node B's watch forgotten")
+        assert not relay_of(a)._remotes
+    finally:
+        await tab1.close()
+        await tab2.close()
+
+
+async def test_a_reply_that_ends_before_the_watch_lands_is_synced_as_stored(
+    postgres_dsn: str, redis_url: str, upstream: FakeOpenAI, bridge_factory
+) -> None:
+    a, b = await two_nodes(postgres_dsn, redis_url, upstream, bridge_factory)
+    uid, mid, contactor = "4000000002", "2000000000000002", "602"
+    relay = relay_of(b)
+    asked, answers = relay.ask, []
+
+    async def late(row: Any) -> Any:
+        # The stored row said `streaming`; the reply ends before the watch reaches node A.
+        upstream.gate.set()
+        await eventually(
+            lambda: a.app.socketio.replies.running == 0,  # type: ignore[union-attr]
+            WAIT,
+            "the reply finished on node A",
+        )
+        answers.append(await asked(row))
+        return answers[-1]
+
+    relay.ask = late
+    tab1, _ = await login(a, "websocket", uid)
+    tab2, _ = await login(b, "websocket", uid)
+    try:
+        await tab1.send(completions(mid, contactor, "gated", [user("quick")]))
+        await tab1.wait_for(of(mid, "update"))
+        await tab2.send(enter(contactor))
+        sync = await tab2.wait_for(of(mid, "sync"))
+        assert answers == [{"running": False}]
+        d = sync["data"]
+        assert d["status"] == "completed" and d["error"] is None
+        assert d["chunks"] == [{"type": "content", "content": "first part, then the rest"}]
+        assert [f["message"] for f in stream(tab2, mid)] == ["sync"]
+        assert relay.watching == 0
+        assert not relay_of(a)._remotes
+    finally:
+        await tab1.close()
+        await tab2.close()
+
+
+async def test_a_tab_that_moved_to_another_chat_gets_no_more_frames(
+    postgres_dsn: str, redis_url: str, upstream: FakeOpenAI, bridge_factory
+) -> None:
+    """Live frames go to the tabs whose last entered chat is the reply's; another tab of the
+    user on the same node that stays in that chat keeps getting them."""
+    a, b = await two_nodes(postgres_dsn, redis_url, upstream, bridge_factory)
+    uid, mid, contactor = "4000000003", "2000000000000003", "603"
+    tab1, _ = await login(a, "websocket", uid)
+    away, _ = await login(b, "websocket", uid)
+    stays, _ = await login(b, "websocket", uid)
+    try:
+        await tab1.send(completions(mid, contactor, "gated", [user("hm")]))
+        await tab1.wait_for(of(mid, "update"))
+        for t in (away, stays):
+            await t.send(enter(contactor))
+            await t.wait_for(of(mid, "sync"))
+        await away.send(enter("604"))
+        moved = _conn(b, away)
+        await eventually(
+            lambda: relay_of(b)._entered.get(moved) == (uid, "604"),
+            WAIT,
+            "the tab's move to another chat seen by node B",
+        )
+        upstream.gate.set()
+        await stays.wait_for(of(mid, "complete"))
+        assert text_of(stream(stays, mid)) == "then the rest"
+        await eventually(lambda: relay_of(b).watching == 0, WAIT, "node B's watch forgotten")
+        assert [f["message"] for f in stream(away, mid)] == ["sync"]
+    finally:
+        for t in (tab1, away, stays):
+            await t.close()
+
+
+def _conn(b: Bridge, client: Any) -> Any:
+    edge = b.app.socketio
+    assert edge is not None
+    return edge._conns[client.sio.get_sid()]
