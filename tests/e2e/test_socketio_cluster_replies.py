@@ -152,3 +152,41 @@ def _conn(b: Bridge, client: Any) -> Any:
     edge = b.app.socketio
     assert edge is not None
     return edge._conns[client.sio.get_sid()]
+
+
+async def test_frames_that_arrive_before_the_sync_wait_for_it(
+    postgres_dsn: str, redis_url: str, upstream: FakeOpenAI, bridge_factory
+) -> None:
+    """The owner's answer and the reply's frames travel on different channels: frames that
+    reach the watching node first are held until the tab has its `sync`, then sent once."""
+    a, b = await two_nodes(postgres_dsn, redis_url, upstream, bridge_factory)
+    uid, mid, contactor = "4000000004", "2000000000000004", "605"
+    relay = relay_of(b)
+    asked = relay.ask
+
+    async def answer_late(row: Any) -> Any:
+        answer = await asked(row)
+        assert answer["running"] is True
+        upstream.gate.set()  # the rest and the end arrive before the tab gets its sync
+        watch = relay._watches[(uid, mid)]
+        await eventually(lambda: any(x[3] for x in watch.buffer), WAIT, "the end buffered")
+        return answer
+
+    relay.ask = answer_late
+    tab1, _ = await login(a, "websocket", uid)
+    tab2, _ = await login(b, "websocket", uid)
+    try:
+        await tab1.send(completions(mid, contactor, "gated", [user("race")]))
+        await tab1.wait_for(of(mid, "update"))
+        await tab2.send(enter(contactor))
+        await tab2.wait_for(of(mid, "complete"))
+        frames = stream(tab2, mid)
+        kinds = [f["message"] for f in frames]
+        assert kinds[0] == "sync" and kinds[-1] == "complete", kinds
+        assert kinds.count("sync") == 1 and kinds.count("complete") == 1, kinds
+        assert frames[0]["data"]["chunks"] == [{"type": "content", "content": "first part, "}]
+        assert text_of(frames) == "then the rest"
+        assert relay.watching == 0
+    finally:
+        await tab1.close()
+        await tab2.close()
