@@ -9,25 +9,30 @@ links within about TRY_EVERY); one that dies loses it by expiry (LEASE_TTL). A h
 is lost (a renewal refused, or none confirmed while Redis is out of reach) hangs up at once,
 before the lease can expire on the server, so its successor never dials while it still does.
 
-A hub message to the bot that reaches a standby is relayed to the holder over the cluster bus
-(`Relay`): the holder sends the event on its link and confirms, so the standby answers the hub
-as if the link were its own. The framework's answers are actions on the holder's link; they are
-stored in the shared database and pushed to the user's connections on every node
-(bridge.cluster.pushes).
+A hub message to the bot that reaches a standby is relayed to the holder as a NodeCalls call
+(bridge.cluster.calls, named FORWARD_CALL): the holder sends the event on its link and answers
+whether that worked, so the standby answers the hub as if the link were its own. The holder
+starts the calls' handlers in the order the requests arrived and each queues its event on the
+socket before its first wait, so relayed events reach the framework in the order they were
+relayed. A call lost on the bus ends in the caller's timeout, and the hub is told to send again,
+as when a local link drops mid-send.
+
+The framework's answers are actions on the holder's link, not replies to the relayed event: they
+are stored in the shared database and pushed to the user's connections on every node
+(bridge.cluster.pushes), so nothing flows back through this module.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import structlog
 
 from adapters.onebot.framework_link import FrameworkLink
-from bridge.cluster import Bus, ClusterError, LeaseBusy, Leases
+from bridge.cluster import ClusterError, ClusterTimeout, LeaseBusy, Leases
+from bridge.cluster.calls import CallFailed, NodeUnreachable
 from bridge.tasks import TaskSet
 
 if TYPE_CHECKING:
@@ -46,7 +51,7 @@ TRY_EVERY = LEASE_TTL / 2
 STOP_TIMEOUT = 10.0
 # A relayed event waits this much beyond the link's own send deadline for the holder's answer.
 RELAY_SLACK = 5.0
-CHANNEL = "frameworks:"  # + node id: where a node hears relayed events and their answers
+FORWARD_CALL = "onebot.framework_event"  # the NodeCalls handler that sends a relayed event
 
 
 def lease_name(link: FrameworkLink) -> str:
@@ -156,52 +161,37 @@ class LinkOwner:
                 w.cancel()
 
 
-class Relay:
-    """Hub events for a link held by another node go to that node over the bus; it sends them on
-    its link and answers whether that worked.
+class ClusterLinks:
+    """The links of one FrameworkTarget in a cluster: an owner per link, and events for links
+    held elsewhere relayed to their holders (FORWARD_CALL)."""
 
-    Pub/sub is at most once: a request or answer lost on the way (a bus reconnecting) ends in the
-    sender's timeout, and the hub is told to send again, as when a local link drops mid-send.
-    """
+    def __init__(
+        self, cluster: ClusterNode, links: list[FrameworkLink], on_change: Callable[[], None]
+    ) -> None:
+        self.node_id = cluster.node_id
+        self._calls = cluster.calls
+        self._leases = leases = Leases(cluster.redis, cluster.node_id, prefix=cluster.config.prefix)
+        self._owners = {id(link): LinkOwner(link, leases, on_change) for link in links}
+        self._by_lease = {o.lease_name: o for o in self._owners.values()}
 
-    def __init__(self, bus: Bus, leases: Leases, owners: dict[str, LinkOwner]) -> None:
-        self._bus = bus
-        self._leases = leases
-        self._owners = owners  # by lease name
-        self.node_id = leases.node_id
-        self._pending: dict[str, asyncio.Future[tuple[bool, str]]] = {}
-        self._tasks = TaskSet("onebot-relay")
-        self._subscribed = False
+    def owner(self, link: FrameworkLink) -> LinkOwner:
+        return self._owners[id(link)]
 
     async def start(self) -> None:
-        try:
-            await self._bus.subscribe(CHANNEL + self.node_id, self._arrived)
-            self._subscribed = True
-        except ClusterError as e:
-            # Relayed events cannot reach this node until it is subscribed: keep trying.
-            log.warning("onebot.relay_not_subscribed", error=str(e))
-            self._tasks.spawn(self._subscribe_later(), name="onebot-relay-subscribe")
-
-    async def _subscribe_later(self) -> None:
-        while not self._subscribed:
-            await asyncio.sleep(TRY_EVERY)
-            try:
-                await self._bus.subscribe(CHANNEL + self.node_id, self._arrived)
-                self._subscribed = True
-            except ClusterError as e:
-                log.debug("onebot.relay_not_subscribed", error=str(e))
+        # Registered first: a node answers relayed events before it can hold a link.
+        self._calls.register(FORWARD_CALL, self._serve)
+        for owner in self._owners.values():
+            owner.start()
 
     async def close(self) -> None:
-        await self._tasks.cancel_all()
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_result((False, "this node is shutting down"))
-        if self._subscribed:
-            await self._bus.unsubscribe(CHANNEL + self.node_id)
-            self._subscribed = False
+        await asyncio.gather(*(owner.close() for owner in self._owners.values()))
+        self._calls.unregister(FORWARD_CALL)
 
-    async def forward(self, owner: LinkOwner, event: dict[str, Any]) -> tuple[bool, str]:
+    async def send(self, link: FrameworkLink, event: dict[str, Any]) -> tuple[bool, str]:
         """Send ``event`` on the link wherever it runs: (sent, why not)."""
+        owner = self.owner(link)
+        if owner.holding:
+            return await _send_here(owner, event)
         try:
             held = await self._leases.holder(owner.lease_name)
         except ClusterError as e:
@@ -211,93 +201,38 @@ class Relay:
         node = held[0]
         if node == self.node_id:
             # Ours, but not running yet (just taken) or any more (just lost).
-            return False, owner.link.last_error or "not linked yet"
-        request = uuid.uuid4().hex
-        answer = asyncio.get_running_loop().create_future()
-        self._pending[request] = answer
-        message = {"k": "event", "i": request, "o": self.node_id, "l": owner.lease_name}
+            return False, link.last_error or "not linked yet"
+        request = {"link": owner.lease_name, "event": event}
         try:
-            receivers = await self._bus.publish(
-                CHANNEL + node, orjson.dumps({**message, "e": event})
+            answer = await self._calls.call(
+                node, FORWARD_CALL, request, link.config.action_timeout + RELAY_SLACK
             )
-            if not receivers:
-                return False, f"linked on node {node}, which does not answer"
-            async with asyncio.timeout(owner.link.config.action_timeout + RELAY_SLACK):
-                ok, why = await answer
-        except ClusterError as e:
-            return False, f"cannot reach node {node}: {e}"
-        except TimeoutError:
+        except NodeUnreachable:
+            return False, f"linked on node {node}, which does not answer"
+        except ClusterTimeout:
             return False, f"linked on node {node}, which did not confirm the send in time"
-        finally:
-            self._pending.pop(request, None)
-        return ok, "" if ok else f"linked on node {node}: {why}"
+        except CallFailed as e:  # no handler there (yet), busy, or it raised
+            return False, f"linked on node {node}: {e}"
+        except ClusterError as e:  # Redis out of reach, this node closing
+            return False, f"cannot reach node {node}: {e}"
+        if not isinstance(answer, dict):
+            return False, f"linked on node {node}: an unreadable answer"
+        if answer.get("ok"):
+            return True, ""
+        return False, f"linked on node {node}: {answer.get('why') or 'not sent'}"
 
-    def _arrived(self, payload: bytes) -> None:
-        # Synchronous: the bus reader (every node's pushes too) must never wait on a framework.
-        try:
-            message = orjson.loads(payload)
-            kind, request = message["k"], str(message["i"])
-        except (ValueError, KeyError, TypeError):
-            log.warning("onebot.relay_unreadable", size=len(payload))
-            return
-        if kind == "ack":
-            answer = self._pending.get(request)
-            if answer is not None and not answer.done():
-                answer.set_result((bool(message.get("ok")), str(message.get("w", ""))))
-        elif kind == "event":
-            # Tasks start in the order spawned and a send is queued on the socket before its
-            # first wait: relayed events keep the order they were published in.
-            self._tasks.spawn(self._send(message), name="onebot-relay-send")
-
-    async def _send(self, message: dict[str, Any]) -> None:
-        owner = self._owners.get(str(message.get("l")))
-        event = message.get("e")
+    async def _serve(self, request: Any) -> dict[str, Any]:
+        """Another node's event for a link held here. No await before the send: handlers start
+        in the order the calls arrived, and so their events go out in that order."""
+        if not isinstance(request, dict):
+            return {"ok": False, "why": "a malformed relayed event"}
+        owner, event = self._by_lease.get(str(request.get("link"))), request.get("event")
         if owner is None or not isinstance(event, dict):
-            ok, why = False, "no such link here"
-        elif not owner.holding:
-            ok, why = False, "the link moved to another node"
-        else:
-            ok = await owner.link.send_event(dict(event, self_id=owner.link.self_id))
-            why = "" if ok else owner.link.last_error or "not connected to the framework"
-        reply = {"k": "ack", "i": message["i"], "ok": ok, "w": why}
-        try:
-            await self._bus.publish(CHANNEL + str(message.get("o")), orjson.dumps(reply))
-        except ClusterError as e:
-            # The sender times out and tells the hub to send again.
-            log.warning("onebot.relay_ack_lost", error=str(e))
-
-
-class ClusterLinks:
-    """The links of one FrameworkTarget in a cluster: an owner per link and the relay."""
-
-    def __init__(
-        self, cluster: ClusterNode, links: list[FrameworkLink], on_change: Callable[[], None]
-    ) -> None:
-        self.node_id = cluster.node_id
-        self._leases = leases = Leases(cluster.redis, cluster.node_id, prefix=cluster.config.prefix)
-        self._owners = {id(link): LinkOwner(link, leases, on_change) for link in links}
-        by_name = {o.lease_name: o for o in self._owners.values()}
-        self.relay = Relay(cluster.bus, leases, by_name)
-
-    def owner(self, link: FrameworkLink) -> LinkOwner:
-        return self._owners[id(link)]
-
-    async def start(self) -> None:
-        # Subscribed first: a node is reachable for relayed events before it can hold a link.
-        await self.relay.start()
-        for owner in self._owners.values():
-            owner.start()
-
-    async def close(self) -> None:
-        await asyncio.gather(*(owner.close() for owner in self._owners.values()))
-        await self.relay.close()
-
-    async def send(self, link: FrameworkLink, event: dict[str, Any]) -> tuple[bool, str]:
-        owner = self.owner(link)
-        if owner.holding:
-            ok = await link.send_event(dict(event, self_id=link.self_id))
-            return ok, "" if ok else link.last_error or "not connected to the framework"
-        return await self.relay.forward(owner, event)
+            return {"ok": False, "why": "no such link here"}
+        if not owner.holding:
+            return {"ok": False, "why": "the link moved to another node"}
+        ok, why = await _send_here(owner, event)
+        return {"ok": ok, "why": why}
 
     def state(self, link: FrameworkLink) -> tuple[bool, str]:
         """A standby's view of a link for /readyz: (healthy, detail)."""
@@ -323,3 +258,10 @@ class ClusterLinks:
             if held is not None and held[0] != self.node_id:
                 return True
         return False
+
+
+async def _send_here(owner: LinkOwner, event: dict[str, Any]) -> tuple[bool, str]:
+    # Each framework may know the account under its own self_id.
+    link = owner.link
+    ok = await link.send_event(dict(event, self_id=link.self_id))
+    return ok, "" if ok else link.last_error or "not connected to the framework"

@@ -159,6 +159,44 @@ async def test_one_node_dials_and_the_other_takes_over_when_it_stops(
     await c.wait_push(lambda f: f["data"]["content"]["message"] == text("still here"))
 
 
+async def test_a_burst_on_the_standby_reaches_the_framework_in_order(
+    redis_url: str, postgres_dsn: str, fw: FakeFramework, bridge_factory
+) -> None:
+    url = await fw.start()
+    a, b = await two_nodes(bridge_factory, postgres_dsn, redis_url, framework(url))
+    _, standby = await holder_and_standby(a, b)
+    c = await standby.client("20004")
+    # Sent without waiting for each other's acks: each is relayed to the holder once it is
+    # this conversation's turn, and goes out on the link in that order.
+    sent = [f"burst {i}" for i in range(20)]
+    rids = [await c.send("onebot", "message", text(t), id=BOT) for t in sent]
+    for rid in rids:
+        f = await c.reply(rid, timeout=WAIT)
+        assert f["code"] == 0, f
+    await fw.wait(lambda f: f.get("raw_message") == sent[-1])
+    got = [f["raw_message"] for f in fw.frames if f.get("post_type") == "message"]
+    assert got == sent
+
+
+async def test_a_send_failing_on_the_holder_is_reported_on_the_standby(
+    redis_url: str, postgres_dsn: str, fw: FakeFramework, bridge_factory
+) -> None:
+    url = await fw.start()
+    a, b = await two_nodes(bridge_factory, postgres_dsn, redis_url, framework(url))
+    holder, standby = await holder_and_standby(a, b)
+    held_by = holder.app.cluster.node_id
+    # The framework drops the holder's link and every redial: the holder keeps the lease, but
+    # has no link to send on.
+    fw.dropping = True
+    await fw.connections[0].close()
+    await eventually(lambda: not target(holder).connected_count(), what="the link to drop")
+    c = await standby.client("20005")
+    f = await c.request("onebot", "message", text("lost?"), id=BOT)
+    assert f["code"] == 1 and f["data"]["error"] == "UNAVAILABLE", f
+    assert f"did not get the message (linked on node {held_by}: " in f["data"]["reason"], f
+    assert not [x for x in fw.frames if x.get("raw_message") == "lost?"]
+
+
 async def test_a_lease_lost_behind_the_holder_s_back_stops_its_link(
     redis_url: str, postgres_dsn: str, fw: FakeFramework, bridge_factory
 ) -> None:
