@@ -283,14 +283,15 @@ class Outbox:
         data = await self._repo.frame(user_id, seq)
         return None if data is None else Push.from_json(data, seq)
 
-    async def confirm(self, user_id: str, seq: int) -> None:
+    async def confirm(self, user_id: str, seq: int, *, exact: bool = False) -> None:
         """A peer of this user has everything up to ``seq`` (that it was offered: in a cluster,
-        only what this node offered is confirmed here)."""
+        only what this node offered is confirmed here). ``exact``: only ``seq`` itself (a
+        peer handling pushes one by one, which in a cluster may come out of order)."""
         if self.fanout is None:
             await self._repo.ack(user_id, seq)
         else:
             offered = self._offered.get(user_id, set())
-            done = [s for s in offered if s <= seq]
+            done = [s for s in offered if s == seq] if exact else [s for s in offered if s <= seq]
             offered.difference_update(done)
             if not offered:
                 self._offered.pop(user_id, None)

@@ -44,6 +44,8 @@ log = structlog.get_logger(__name__)
 APOLOGY = "Sorry, I could not answer that just now. Please try again in a moment."
 # Replies whose progress a writer keeps in memory (each is also in storage until confirmed).
 MAX_REPLIES = 64
+# Seqs of pushes sent, kept to tell a replayed one (a few per chat a minute: generous).
+SENT_KEPT = 1024
 # A plain message the implementation refused is tried once more in parts this long.
 SMALLER = 500
 # Refused sends after which a reply is given up (the account muted, or no longer a friend):
@@ -93,7 +95,7 @@ class QQWriter:
         config: QQConfig,
         account: Callable[[], QQAccount | None],
         storage: Storage,
-        confirm: Callable[[str, int], Any],
+        confirm: Callable[..., Any],
         tasks: TaskSet,
         sender_name: Callable[[str], str],
         reoffer: Callable[[QQWriter], None] = lambda writer: None,
@@ -119,9 +121,11 @@ class QQWriter:
         # Sessions are made for events of a connected account (or to serve its pushes).
         current = account()
         self._live = current is not None and current.connected
-        # Pushes queued or done in this generation, so an offer twice is sent once.
+        # Pushes queued or done in this generation, so an offer twice is sent once; and the
+        # newest ones sent (by seq, not a high-water mark: in a cluster an older push may come
+        # after a newer one, and is then still to be sent).
         self._seqs: set[int] = set()
-        self._confirmed = 0
+        self._sent: OrderedDict[int, None] = OrderedDict()
 
     # ----- the account coming and going (the edge calls these) ---------------------------------
 
@@ -140,7 +144,7 @@ class QQWriter:
     def offer(self, push: Push) -> bool:
         if not self._live:
             return False
-        if push.seq and (push.seq <= self._confirmed or push.seq in self._seqs):
+        if push.seq and (push.seq in self._sent or push.seq in self._seqs):
             return True  # already queued or sent (offered again by a replay)
         if push.seq:
             self._seqs.add(push.seq)
@@ -203,7 +207,7 @@ class QQWriter:
                 self._progress(token).streamed += text  # recorded even while not sending
             if generation != self._generation and kind in ("push", "confirm", "delta"):
                 continue
-            if kind == "push" and item.seq and item.seq <= self._confirmed:
+            if kind == "push" and item.seq and item.seq in self._sent:
                 continue  # a copy offered again while the first was finishing
             try:
                 await self._handle(generation, kind, item)
@@ -361,9 +365,11 @@ class QQWriter:
 
     async def _done(self, seq: int) -> None:
         if seq:
-            self._confirmed = max(self._confirmed, seq)
+            self._sent[seq] = None
+            while len(self._sent) > SENT_KEPT:
+                self._sent.popitem(last=False)
             self._seqs.discard(seq)
-            await self._confirm(self.owner, seq)
+            await self._confirm(self.owner, seq, exact=True)
 
     def _quote(self, progress: _Progress) -> int | None:
         """Groups: the first message of a reply quotes what it answers."""
