@@ -18,7 +18,6 @@ from adapters.miochat.server import HubServer
 from bridge.admin_code import load_or_create_admin_code
 from bridge.config import Config, OpenAIProvider, SandboxConfig
 from bridge.engine import Engine
-from bridge.errors import StartupRefused
 from bridge.health import AUTH_FAILED, ERROR, OK, UNREACHABLE, Health
 from bridge.metrics import Metrics
 from bridge.model_chats import ModelChats
@@ -362,8 +361,13 @@ class App:
         try:
             async with asyncio.timeout(2.0):
                 await storage.db.ping()
+                claim = getattr(storage.db, "claim_problem", None)
+                problem = await claim() if claim is not None else None
         except Exception as e:
             self.health.set("database", ERROR, f"{type(e).__name__}: {e}")
+            return
+        if problem is not None:
+            self.health.set("database", ERROR, problem)
             return
         self.health.set("database", OK)
 
@@ -413,7 +417,7 @@ class App:
                 await self.sessions.schedule_recovery()
             await self.hub.start()
             if self.cluster is not None:
-                await self.cluster.announce(self._node_info())
+                await self.cluster.announce(self.node_info())
             housekeeping(self.scheduler, lambda: self.storage, cfg.share.ttl_days * 86400.0)
             self.scheduler.start()
             await self._load_plugins()
@@ -429,7 +433,7 @@ class App:
             await self.stop()
             raise
 
-    def _node_info(self) -> dict[str, Any]:
+    def node_info(self) -> dict[str, Any]:
         """This node as the others see it; its port once the hub listens (0 before)."""
         try:
             port = self.port
@@ -438,41 +442,9 @@ class App:
         return {"host": self.config.server.host, "port": port}
 
     async def _join_cluster(self) -> None:
-        """Register this bridge among the cluster's nodes; refuse to start without Redis (the
-        bridges' shared state would split without anyone noticing)."""
-        from bridge.cluster import ClusterError
-        from bridge.cluster.node import ClusterNode
+        from bridge.app_cluster import join_cluster
 
-        assert self.outbox is not None
-        node = ClusterNode(self.config.cluster, self._node_info())
-        try:
-            await node.start(self.outbox)
-        except ClusterError as e:
-            await node.close()
-            raise StartupRefused(f"cannot join the cluster: {e}") from None
-        self.cluster = node
-        self.health.add_probe(lambda: node.report(self.health))
-        await node.report(self.health)
-        assert self.storage is not None and self.sessions is not None and self.hub is not None
-        self.storage.set_node(node.identity)
-        # What node runs that are gone left running (this node's own earlier run included):
-        # settled now, before this node's hub takes connections, and whenever another goes.
-        sessions = self.sessions
-        node.departures.add(
-            "replies", sessions.inflight_nodes, lambda gone: sessions.schedule_recovery(nodes=gone)
-        )
-        if self.socketio is not None:
-            replies = self.socketio.replies
-            node.departures.add("client replies", replies.streaming_nodes, replies.settle_nodes)
-        try:
-            if self.socketio is not None:
-                # Tabs here get the live frames of replies running on other nodes.
-                await self.socketio.join_cluster(node)
-            await node.order_turns(self.sessions.engine)
-            await node.departures.settle_now()
-        except ClusterError as e:
-            raise StartupRefused(f"cannot join the cluster: {e}") from None
-        node.departures.start()
+        await join_cluster(self)  # sets self.cluster as soon as there is one to close
 
     async def _load_plugins(self) -> None:
         """Commands and filters, imported off the loop; until they are in, messages to the

@@ -56,12 +56,8 @@ class Recovery:
         turns = []
         inflight = self._storage.inflight
         for row in await inflight.all():
-            if nodes is not None:
-                # Each record is claimed first, so two nodes never settle the same one.
-                if row.node not in nodes or not await inflight.claim(
-                    row.message_id, row.node, inflight.node
-                ):
-                    continue
+            if nodes is not None and row.node not in nodes:
+                continue
             key = ConversationKey(row.user_id, row.contact, row.thread)
 
             async def job(turn: Turn, row: InflightRow = row) -> None:
@@ -69,12 +65,21 @@ class Recovery:
                     turn.admit()
                 except BridgeError as e:
                     # Left in flight: the next start (or, in a cluster, the next look at the
-                    # gone node's replies, once it is handed back) settles it.
+                    # gone node's replies) settles it.
                     log.warning("recover.not_ordered", message_id=row.message_id, reason=e.reason)
-                    if nodes is not None:
-                        await inflight.claim(row.message_id, inflight.node, row.node)
                     return
-                await self._settle(row, attempts, backoff)
+                if nodes is None:
+                    await self._settle(row, attempts, backoff)
+                    return
+                # A cluster: the record is claimed first, so two nodes never settle the same
+                # one; cut short here (a recall, a stop), it goes back to the gone node's run.
+                if not await inflight.claim(row.message_id, row.node, inflight.node):
+                    return
+                try:
+                    await self._settle(row, attempts, backoff)
+                except BaseException:
+                    await asyncio.shield(inflight.claim(row.message_id, inflight.node, row.node))
+                    raise
 
             turns.append(engine.submit(key, job, message_id=row.message_id))
         if turns:

@@ -144,7 +144,16 @@ class ClusterNode:
             health.set_section("nodes", [])
             return
         names = ", ".join(n["node_id"] for n in nodes)
-        health.set(COMPONENT, OK, f"{len(nodes)} nodes ({names}); this one is {self.node_id}")
+        if not self.registry.alive():
+            # Its turns are refused meanwhile (the others may count it as gone).
+            health.set(
+                COMPONENT,
+                UNREACHABLE,
+                f"this node ({self.node_id}) could not renew its place in the cluster; "
+                f"{len(nodes)} nodes listed ({names})",
+            )
+        else:
+            health.set(COMPONENT, OK, f"{len(nodes)} nodes ({names}); this one is {self.node_id}")
         health.set_section("nodes", [_public(n, self.node_id) for n in nodes])
 
 

@@ -56,6 +56,16 @@ return now
 """
 
 
+# KEYS: node hash, nodes zset. ARGV: node id, run. Removes the node only if it is this run's.
+_UNREGISTER = """
+if redis.call('HGET', KEYS[1], 'run') == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+return 1
+"""
+
+
 class NodeRegistry:
     """This node's entry in the registry (`start()` / `close()`, or `async with`), and the list
     of all live nodes (`nodes()`, usable without starting).
@@ -92,6 +102,7 @@ class NodeRegistry:
         self._set_key = f"{prefix}nodes"
         self._info = self._encode(info or {})
         self._script = redis.register_script(_HEARTBEAT)
+        self._unregister = redis.register_script(_UNREGISTER)
         self._tasks = TaskSet(f"cluster.registry:{node_id}")
         self._started = False
         self._last_beat = 0.0  # monotonic time of the last heartbeat Redis took
@@ -143,9 +154,12 @@ class NodeRegistry:
         self._started = False
         await self._tasks.cancel_all()
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(self._key).zrem(self._set_key, self.node_id)
-                await call(f"unregister {self.node_id}", pipe.execute(), timeout=self._timeout)
+            # Not the entry of another process that took the id after this one lapsed.
+            await call(
+                f"unregister {self.node_id}",
+                self._unregister(keys=[self._key, self._set_key], args=[self.node_id, self.run]),
+                timeout=self._timeout,
+            )
         except ClusterError as e:
             log.warning("cluster.unregister_failed", node=self.node_id, error=str(e))
 

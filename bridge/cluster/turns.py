@@ -58,6 +58,7 @@ MAX_WAIT = 300.0  # seconds a turn waits for the conversation's earlier turns on
 FAIL_AFTER = 10.0  # seconds of Redis failing before a waiting turn gives up
 TAKE_ATTEMPTS = 3  # a take Redis did not answer is asked again (the same take) this often
 TAKE_RETRY = 0.2
+TOMBSTONE_TTL = 600.0  # seconds a given-up take is remembered (a copy of it running late)
 TICK = 1.0  # seconds between upkeep rounds (finishes retried, the fence checked), at most
 CHANNEL = "turns"  # the bus channel telling waiters a conversation moved on
 NOT_ALIVE = "this bridge lost its connection to the cluster"
@@ -96,17 +97,20 @@ local function current()
 end
 """
 
-# ARGV: node prefix, ttl ms, this node's run, take id. Returns {ticket, 1 if it may run now}.
+# KEYS[5]: the take's tombstone. ARGV: node prefix, ttl ms, this node's run, take id. Returns
+# {ticket, 1 if it may run now}, or {-1, 0} for a take given up already (a late copy).
 _TAKE = (
     _COMMON
     + """
+if redis.call('EXISTS', KEYS[5]) == 1 then return {-1, 0} end
 local t = tonumber(redis.call('HGET', KEYS[4], ARGV[4]) or '0')
+local before = current()
 if t == 0 then
   t = redis.call('INCR', KEYS[1])
   redis.call('HSET', KEYS[3], t, ARGV[3])
   redis.call('HSET', KEYS[4], ARGV[4], t)
 end
-local moved = advance(current())
+local moved = advance(before)
 keep(moved)
 if moved == t - 1 then return {t, 1} end
 return {t, 0}
@@ -126,7 +130,8 @@ return {0, moved + 1, redis.call('HGET', KEYS[3], moved + 1) or ''}
 """
 )
 
-# ARGV: node prefix, ttl ms, ticket ('' for the ticket of the take id), channel, digest, take
+# KEYS[5]: the take's tombstone. ARGV: node prefix, ttl ms, ticket ('' for the ticket of the
+# take id: a take whose answer never came, tombstoned for ARGV[7] ms), channel, digest, take
 # id. Returns the new `done`; -1 when the ticket was dropped before its time (marked, to be
 # skipped); -2 when it was already given up; -3 when the take never happened.
 _FINISH = (
@@ -134,10 +139,15 @@ _FINISH = (
     + """
 local t = tonumber(ARGV[3] ~= '' and ARGV[3] or redis.call('HGET', KEYS[4], ARGV[6]) or '0')
 redis.call('HDEL', KEYS[4], ARGV[6])
+if ARGV[3] == '' then
+  -- A take whose answer never came: a copy of it running late must not take a ticket.
+  redis.call('SET', KEYS[5], 1, 'PX', tonumber(ARGV[7]))
+end
 if t == 0 then return -3 end
 local done = current()
 if done >= t then
   redis.call('HDEL', KEYS[3], t)
+  keep(done)
   return -2
 end
 if done < t - 1 then
@@ -222,9 +232,15 @@ class ConversationTurns:
         # PushFanout.flushed); bounded by its own timeout.
         self.before_finish: Callable[[], Awaitable[None]] | None = None
 
-    def _keys(self, h: str) -> list[str]:
+    def _keys(self, h: str, take_id: str = "-") -> list[str]:
         base = f"{self._prefix}turns:{h}:"
-        return [base + "next", base + "done", base + "who", base + "takes"]
+        return [
+            base + "next",
+            base + "done",
+            base + "who",
+            base + "takes",
+            base + "gone:" + take_id,
+        ]
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -264,10 +280,12 @@ class ConversationTurns:
                 number, ready = await call(
                     "take a turn",
                     self._take(
-                        keys=self._keys(ticket.h),
+                        keys=self._keys(ticket.h, ticket.take_id),
                         args=[self._node_prefix, millis(IDLE_TTL), self.identity, ticket.take_id],
                     ),
                 )
+                if int(number) <= 0:
+                    raise ClusterError("the take was given up already")
                 break
             except ClusterError as e:
                 if attempt + 1 < TAKE_ATTEMPTS:
@@ -389,7 +407,7 @@ class ConversationTurns:
             await call(
                 "finish a turn",
                 self._finish(
-                    keys=self._keys(h),
+                    keys=self._keys(h, take_id or "-"),
                     args=[
                         self._node_prefix,
                         millis(IDLE_TTL),
@@ -397,6 +415,7 @@ class ConversationTurns:
                         self._channel,
                         h,
                         take_id,
+                        millis(TOMBSTONE_TTL),
                     ],
                 ),
             )
@@ -443,7 +462,7 @@ class ConversationTurns:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for h in list(self._held):
-                    for key in self._keys(h):
+                    for key in self._keys(h)[:4]:
                         pipe.pexpire(key, millis(IDLE_TTL))
                 await call("renew turns", pipe.execute())
         except ClusterError as e:

@@ -4,9 +4,11 @@ other's replies in flight and keep per-user order in its own memory)."""
 
 from __future__ import annotations
 
+import asyncpg
 import pytest
 
 from storage.lock import StorageRefused
+from storage.postgres import CLAIM_NAME
 from tests.e2e.test_cluster_nodes import cluster
 from tests.e2e.test_health import get_json
 
@@ -36,3 +38,36 @@ async def test_a_cluster_node_beside_a_bridge_on_its_own_is_refused_and_the_othe
     await bridge_factory(storage={"url": postgres_dsn}, cluster=cluster(redis_url, "node-b"))
     with pytest.raises(StorageRefused, match="another MomoBridge is using the database"):
         await bridge_factory(storage={"url": postgres_dsn})
+
+
+async def _cut_claims(dsn: str) -> int:
+    """Ends every claim session on the database (a restart of PostgreSQL, a proxy's idle cut)."""
+    conn = await asyncpg.connect(dsn, timeout=30)
+    try:
+        rows = await conn.fetch(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = $1",
+            CLAIM_NAME,
+        )
+        return len(rows)
+    finally:
+        await conn.close()
+
+
+async def test_a_claim_whose_connection_dropped_is_taken_again_or_reported(
+    postgres_dsn: str, bridge_factory
+) -> None:
+    first = await bridge_factory(storage={"url": postgres_dsn})
+    assert await _cut_claims(postgres_dsn) == 1
+    # The next readiness probe takes the claim again: another bridge is still refused.
+    status, body = await get_json(f"{first.http}/readyz")
+    assert status == 200, body
+    with pytest.raises(StorageRefused, match="another MomoBridge is using the database"):
+        await bridge_factory(storage={"url": postgres_dsn})
+    # Cut again, and another bridge takes the database before the first looks: the first says
+    # so (its database is not its own any more) instead of running on beside it.
+    assert await _cut_claims(postgres_dsn) == 1
+    await bridge_factory(storage={"url": postgres_dsn})
+    status, body = await get_json(f"{first.http}/readyz")
+    assert status == 503, body
+    assert "claim on the database was lost" in body["components"]["database"]["detail"]

@@ -428,3 +428,39 @@ async def test_a_stopped_turn_s_cleanup_leaves_nothing_running_behind(
         assert cleanup.refusal is None
     assert not a.turns._running
     assert not log.overlap
+
+
+async def test_a_take_that_runs_after_it_was_given_up_takes_no_ticket(
+    nodes: dict[str, Node],
+) -> None:
+    """The upkeep finished a take whose answer never came (nothing taken yet: it was still on
+    its way); the take then runs late: it takes no ticket that would block the others."""
+    a, b = nodes["a"], nodes["b"]
+    h = digest(KEY)
+    await a.turns._finish_now(h, 0, "late-take")  # the upkeep: the take is given up
+    late = await a.turns._take(
+        keys=a.turns._keys(h, "late-take"),
+        args=[f"{PREFIX}node:", 60_000, a.turns.identity, "late-take"],
+    )
+    assert [int(x) for x in late] == [-1, 0]
+    log = Log()
+    t = b.engine.submit(KEY, log.job("on b", hold=False))
+    await t.wait(WAIT)
+    assert t.refusal is None and log.events == ["start on b", "end on b"]
+    assert await ticket_of(t) == 1
+
+
+async def test_a_node_whose_id_was_taken_over_leaves_the_new_entry_alone(
+    nodes: dict[str, Node],
+) -> None:
+    a = nodes["a"]
+    await a.registry._tasks.cancel_all()  # a long pause: no heartbeats ...
+    await a.redis.delete(f"{PREFIX}node:a")  # ... so its entry lapsed ...
+    twin = NodeRegistry(a.redis, "a", heartbeat=0.2, ttl=1.0, prefix=PREFIX)
+    await twin.start()  # ... and a restarted process took the id
+    try:
+        await a.registry.close()  # the old process stops at last
+        assert await a.redis.hget(f"{PREFIX}node:a", "run") == twin.run.encode()
+        assert [n["node_id"] for n in await twin.nodes()].count("a") == 1
+    finally:
+        await twin.close()
