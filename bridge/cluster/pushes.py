@@ -54,6 +54,8 @@ class PushFanout:
         self._made = 0
         self._done = 0
         self._progress = asyncio.Condition()
+        self._catching = False
+        self._catch_again = False
 
     async def start(self) -> None:
         await self._bus.subscribe(CHANNEL, self._arrived)
@@ -110,14 +112,26 @@ class PushFanout:
             log.warning("cluster.push_flush_slow", waiting=target - self._done)
 
     async def _catch_up(self) -> None:
-        """After the bus came back: pushes the other nodes announced meanwhile."""
-        try:
-            n = await self._outbox.catch_up()
-        except Exception:
-            log.exception("cluster.push_catch_up_failed")
+        """After the bus came back: pushes the other nodes announced meanwhile. One look at a
+        time: reconnects meanwhile (a flapping connection) make one more look, not one each."""
+        if self._catching:
+            self._catch_again = True
             return
-        if n:
-            log.info("cluster.push_caught_up", pushes=n)
+        self._catching = True
+        try:
+            again = True
+            while again:
+                self._catch_again = False
+                try:
+                    n = await self._outbox.catch_up()
+                except Exception:
+                    log.exception("cluster.push_catch_up_failed")
+                else:
+                    if n:
+                        log.info("cluster.push_caught_up", pushes=n)
+                again = self._catch_again
+        finally:
+            self._catching = False
 
     async def _arrived(self, payload: bytes) -> None:
         try:
