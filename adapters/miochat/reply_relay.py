@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import structlog
 
-from adapters.miochat.client_replies import ClientReplies, Tab, stored_sync
+from adapters.miochat.client_replies import NODE_GONE_ERROR, ClientReplies, Tab, stored_sync
 from bridge.cluster.client import ClusterError
 from bridge.tasks import TaskSet
 from storage.client_replies import StoredReply
@@ -62,7 +62,7 @@ MAX_QUEUED = 2000  # frame batches waiting to be published to one node
 MESSAGE_BYTES = 256 * 1024  # queued batches to one node go together up to this size
 MAX_WATCHES = 1000  # replies of other nodes watched here at once
 MAX_BUFFERED = 1000  # batches held for a watch while its sync is asked for
-WATCH_IDLE = 900.0  # a watch not heard from for this long is forgotten
+WATCH_IDLE = 300.0  # a watch not heard from for this long ends (its tabs get the stored state)
 SWEEP_EVERY = 60.0
 
 # One batch on the wire: [user id, message id, token, seq, frames, end].
@@ -382,13 +382,21 @@ class ReplyRelay:
     # ----- upkeep ------------------------------------------------------------------------------
 
     def _sweep(self) -> None:
-        """Forget watches nothing was heard of for WATCH_IDLE, and closed tabs."""
+        """End watches nothing was heard of for WATCH_IDLE (their tabs get the reply as stored),
+        and forget closed tabs."""
         quiet = time.monotonic() - WATCH_IDLE
         for key, watch in list(self._watches.items()):
             for tab in [t for t in watch.tabs if t.closed]:
                 del watch.tabs[tab]
-            if not watch.asking and (watch.heard < quiet or not watch.tabs):
+            if watch.asking:
+                continue
+            if not watch.tabs:
                 del self._watches[key]
+            elif watch.heard < quiet:
+                del self._watches[key]
+                self._tasks.spawn(
+                    self._end_from_store(key, watch, gone=False), name="miochat-relay-idle"
+                )
         for tab in [t for t in self._entered if t.closed]:
             del self._entered[tab]
 
@@ -396,6 +404,36 @@ class ReplyRelay:
         while True:
             await asyncio.sleep(SWEEP_EVERY)
             self._sweep()
+
+    async def owners_gone(self, runs: set[str]) -> None:
+        """Node runs left the cluster (stopped or died): their watches end with the reply as
+        stored, a reply still `streaming` there as failed (a survivor settles it so), so no tab
+        is left showing a reply that never ends."""
+        for key, watch in list(self._watches.items()):
+            if watch.row.node in runs:
+                await self._end_from_store(key, watch, gone=True)
+
+    async def _end_from_store(self, key: tuple[str, str], watch: _Watch, *, gone: bool) -> None:
+        """End a watch whose end marker will not come: its tabs get the reply as stored."""
+        if self._watches.get(key) is watch:
+            del self._watches[key]
+        tabs = [t for t in watch.tabs if not t.closed]
+        if not tabs:
+            return
+        user_id, message_id = key
+        try:
+            rows = await self._storage.client_replies.of_contactor(user_id, watch.row.contactor_id)
+        except Exception:
+            log.exception("miochat.relay_store_failed", message=message_id)
+            return
+        row = next((r for r in rows if r.message_id == message_id), None)
+        if row is None:
+            return  # confirmed by the client meanwhile
+        if row.status == "streaming" and gone:
+            row.status, row.error = "failed", NODE_GONE_ERROR
+        for tab in tabs:
+            if self._shows(tab, user_id, row.contactor_id):
+                tab.send_frame(stored_sync(row))
 
     async def _resync(self) -> None:
         """The bus reconnected: batches may have been lost, so every watched tab is synced

@@ -301,6 +301,8 @@ class SocketIOEdge:
         relay = ReplyRelay(self.replies, node)
         await relay.start()
         self.relay = relay
+        # A reply's node that stops or dies sends no end: its watches end from the store.
+        node.departures.on_gone(relay.owners_gone)
 
     def _model_list(self) -> dict[str, list[dict[str, Any]]]:
         return S.providers(self.hub.router.model_groups())

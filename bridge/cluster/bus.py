@@ -83,6 +83,7 @@ class Bus:
         self._closed = False
         self.connections = 0  # connections the reader has made: 1 + reconnects
         self._reconnected: list[Callable[[], Awaitable[None]]] = []
+        self._first_connect = False
 
     def on_reconnect(self, hook: Callable[[], Awaitable[None]]) -> None:
         """``hook()`` runs (in an owned task) each time the reader connected again after losing
@@ -239,6 +240,9 @@ class Bus:
             # redis-py also reconnects a dropped connection by itself inside a read (and
             # subscribes it again, its own callback going first): that is a reconnect too.
             assert pubsub.connection is not None
+            # A connection not open yet (it opens at its first command) calls back once for
+            # that: not a reconnect.
+            self._first_connect = not pubsub.connection.is_connected
             pubsub.connection.register_connect_callback(self._connected_again)
         if self.connections > 1:
             self._missed()
@@ -263,6 +267,9 @@ class Bus:
                 await self._on_message(message)
 
     def _connected_again(self, _connection: object) -> None:
+        if self._first_connect:
+            self._first_connect = False
+            return
         self.connections += 1
         log.info("cluster.bus_reconnected", node=self.node_id)
         self._missed()

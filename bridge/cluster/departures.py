@@ -54,11 +54,17 @@ class Departures:
         self._poll = poll
         self._sweep = sweep
         self._parts: list[tuple[str, Recorded, Settle]] = []
+        self._gone_hooks: list[Callable[[set[str]], Awaitable[None]]] = []
         self._tasks = TaskSet("cluster.departures")
         self._lock = asyncio.Lock()  # one look at a time (the loop's and start's)
 
     def add(self, name: str, recorded: Recorded, settle: Settle) -> None:
         self._parts.append((name, recorded, settle))
+
+    def on_gone(self, hook: Callable[[set[str]], Awaitable[None]]) -> None:
+        """``hook(runs)`` when node runs leave the registry (after what they left is settled,
+        if this node settled it)."""
+        self._gone_hooks.append(hook)
 
     async def settle_now(self) -> int:
         """Settle what every gone node run left; returns how many runs this node settled."""
@@ -89,15 +95,26 @@ class Departures:
     async def _watch(self) -> None:
         known: set[str] | None = None
         swept = time.monotonic()
+        first = True
         while True:
-            await asyncio.sleep(self._poll)
+            # The first look at once: a node leaving before it must still count as leaving.
+            if not first:
+                await asyncio.sleep(self._poll)
+            first = False
             try:
                 live = await self._live()
-                left = bool(known and known - live)
+                left = (known - live) if known else set()
                 known = live
+                if left:
+                    log.info("cluster.nodes_left", runs=sorted(left))
                 if left or time.monotonic() - swept >= self._sweep:
                     swept = time.monotonic()
                     await self.settle_now()
+                for hook in self._gone_hooks if left else ():
+                    try:
+                        await hook(left)
+                    except Exception:
+                        log.exception("cluster.gone_hook_failed")
             except ClusterError as e:
                 log.debug("cluster.departures_unavailable", error=str(e))
             except Exception:

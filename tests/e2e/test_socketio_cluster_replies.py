@@ -190,3 +190,34 @@ async def test_frames_that_arrive_before_the_sync_wait_for_it(
     finally:
         await tab1.close()
         await tab2.close()
+
+
+async def test_a_watched_reply_whose_node_stops_ends_for_the_watching_tab(
+    postgres_dsn: str, redis_url: str, upstream: FakeOpenAI, bridge_factory
+) -> None:
+    """Node A stops while its reply streams to a tab on node B: no end marker comes, so B ends
+    the watch from the store when A leaves the cluster, and the tab sees the reply failed
+    rather than streaming for ever."""
+    a, b = await two_nodes(postgres_dsn, redis_url, upstream, bridge_factory)
+    uid, mid, contactor = "4000000005", "2000000000000005", "605"
+    tab1, _ = await login(a, "websocket", uid)
+    tab2, _ = await login(b, "websocket", uid)
+    try:
+        await tab1.send(completions(mid, contactor, "gated", [user("tell me")]))
+        await tab1.wait_for(of(mid, "update"))
+        await tab2.send(enter(contactor))
+        await tab2.wait_for(of(mid, "sync"))
+        assert relay_of(b).watching == 1
+        await a.app.stop()
+        last = await tab2.wait_for(
+            lambda f: (
+                f.get("request_id") == mid
+                and f.get("message") == "sync"
+                and f["data"]["status"] != "streaming"
+            ),
+        )
+        assert last["data"]["status"] == "failed", last
+        assert relay_of(b).watching == 0
+    finally:
+        await tab1.close()
+        await tab2.close()
