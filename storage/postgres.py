@@ -15,13 +15,14 @@ shared for cluster nodes, so the wrong mix is refused at start, with a reason.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
 
 from storage.lock import StorageRefused
 from storage.migrations import MIGRATIONS
+from storage.pg_claim import Claim, DatabaseClaim
 from storage.sql import (
     Execute,
     ExecuteMany,
@@ -39,12 +40,9 @@ from storage.sql import (
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-Claim = Literal["alone", "shared"]
 
 # Any number; the bridges sharing a database agree on it.
 MIGRATION_LOCK = 0x6D6F6D6F
-SERVER_LOCK = 0x6D6F6D70  # held by each server for its run (see the module's docstring)
-CLAIM_NAME = "momobridge claim"  # the claim's session, as pg_stat_activity names it
 CONNECT_TIMEOUT = 10.0
 # Connections per bridge: writes are short and few at a time, reads are small.
 POOL_MIN = 1
@@ -71,9 +69,7 @@ class PostgresDatabase:
     def __init__(self, pool: asyncpg.Pool, url: str) -> None:
         self._pool = pool
         self.path = redacted(url)
-        self._claim: asyncpg.Connection | None = None
-        self._claim_url = ""
-        self._claim_kind: Claim = "alone"
+        self._claim: DatabaseClaim | None = None
 
     @classmethod
     async def open(cls, url: str, *, claim: Claim | None = None) -> PostgresDatabase:
@@ -97,66 +93,18 @@ class PostgresDatabase:
         db = cls(pool, url)
         try:
             if claim is not None:
-                await db._take_claim(url, claim)
+                db._claim = DatabaseClaim(url, claim, db.path)
+                await db._claim.take()
             await db._migrate()
         except BaseException:
             await db.close()
             raise
         return db
 
-    async def _take_claim(self, url: str, claim: Claim) -> None:
-        self._claim_url, self._claim_kind = url, claim
-        try:
-            # Idle by design: a server's idle_session_timeout must not end it.
-            conn = await asyncpg.connect(
-                url,
-                timeout=CONNECT_TIMEOUT,
-                server_settings={"idle_session_timeout": "0", "application_name": CLAIM_NAME},
-            )
-        except (OSError, asyncpg.PostgresError, TimeoutError) as e:
-            raise StorageRefused(
-                f"cannot connect to PostgreSQL at {self.path}: {type(e).__name__}: {e}"
-            ) from None
-        self._claim = conn
-        fn = "pg_try_advisory_lock" if claim == "alone" else "pg_try_advisory_lock_shared"
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT):
-                got = await conn.fetchval(f"SELECT {fn}($1)", SERVER_LOCK)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as e:
-            raise StorageRefused(
-                f"cannot claim the database {self.path}: {type(e).__name__}: {e}"
-            ) from None
-        if not got:
-            if claim == "alone":
-                why = (
-                    f"another MomoBridge is using the database {self.path}; bridges share "
-                    "one database only as nodes of a cluster ([cluster] redis_url on each)"
-                )
-            else:
-                why = (
-                    f"a MomoBridge without [cluster] is using the database {self.path}; stop "
-                    "it or make it a node of the cluster too"
-                )
-            raise StorageRefused(why)
-
     async def claim_problem(self) -> str | None:
-        """Why this server no longer holds its claim on the database, if it does not (a
-        readiness probe). A claim whose connection dropped (a database restart, a proxy) is
-        taken again; refused, another server took the database meanwhile."""
-        conn = self._claim
-        if not self._claim_url or (conn is not None and not conn.is_closed()):
-            return None
-        self._claim = None
-        try:
-            await self._take_claim(self._claim_url, self._claim_kind)
-        except StorageRefused as e:
-            stale, self._claim = self._claim, None
-            if stale is not None:
-                stale.terminate()
-            log.error("storage.claim_lost", reason=str(e))
-            return f"the claim on the database was lost: {e}"
-        log.info("storage.claim_taken_again")
-        return None
+        """Why this server no longer holds its claim on the database, if it does not (the
+        readiness probe asks; see storage.pg_claim)."""
+        return None if self._claim is None else await self._claim.problem()
 
     async def _migrate(self) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -210,12 +158,10 @@ class PostgresDatabase:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 await self._pool.close()
-                if claim is not None:
-                    await claim.close()  # the claim ends with its session
         except TimeoutError:
             self._pool.terminate()
-            if claim is not None:
-                claim.terminate()
+        if claim is not None:
+            await claim.close()  # bounded by its own timeouts
 
 
 def _params(params: tuple[Any, ...] | Any) -> tuple[Any, ...]:

@@ -4,11 +4,13 @@ other's replies in flight and keep per-user order in its own memory)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 
 from storage.lock import StorageRefused
-from storage.postgres import CLAIM_NAME
+from storage.pg_claim import CLAIM_NAME
 from tests.e2e.test_cluster_nodes import cluster
 from tests.e2e.test_health import get_json
 
@@ -71,3 +73,37 @@ async def test_a_claim_whose_connection_dropped_is_taken_again_or_reported(
     status, body = await get_json(f"{first.http}/readyz")
     assert status == 503, body
     assert "claim on the database was lost" in body["components"]["database"]["detail"]
+
+
+async def _claims_held(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn, timeout=30)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND a.application_name = $1 AND l.granted",
+                CLAIM_NAME,
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def test_probes_at_once_or_cut_short_take_the_claim_again_once(postgres_dsn: str) -> None:
+    from storage import Storage
+
+    st = await Storage.open(postgres_dsn, exclusive=True)
+    try:
+        for _ in range(5):
+            assert await _cut_claims(postgres_dsn) == 1
+            # Several probes at once (a load balancer and the console), one of them cut short
+            # by its deadline: the claim is taken again once, and none reports it lost.
+            short = asyncio.create_task(st.db.claim_problem())
+            await asyncio.sleep(0)  # it has started taking the claim again
+            short.cancel()
+            problems = await asyncio.gather(*(st.db.claim_problem() for _ in range(3)))
+            assert all(p is None for p in problems), problems
+            assert await _claims_held(postgres_dsn) == 1
+    finally:
+        await st.close()
+    assert await _claims_held(postgres_dsn) == 0
