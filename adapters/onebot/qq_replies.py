@@ -144,8 +144,12 @@ class QQWriter:
     def offer(self, push: Push) -> bool:
         if not self._live:
             return False
-        if push.seq and (push.seq in self._sent or push.seq in self._seqs):
-            return True  # already queued or sent (offered again by a replay)
+        if push.seq and push.seq in self._sent:
+            # Sent already: confirmed again, in case the first confirmation did not get through.
+            self._put("confirm", push.seq)
+            return True
+        if push.seq and push.seq in self._seqs:
+            return True  # already queued (offered again by a replay)
         if push.seq:
             self._seqs.add(push.seq)
         self._put("push", push)
@@ -223,6 +227,8 @@ class QQWriter:
                     self._reoffer(self)
             except Exception:
                 log.exception("qq.writer_failed", session=self.owner, kind=kind)
+                if kind == "push" and item.seq:
+                    self._seqs.discard(item.seq)  # offered again later, not skipped for good
 
     async def _handle(self, generation: int, kind: str, item: Any) -> None:
         if kind == "delta":

@@ -102,3 +102,49 @@ async def test_an_older_push_offered_late_is_sent_and_not_deleted_unsent(tmp_pat
     finally:
         await tasks.cancel_all()
         await st.close()
+
+
+async def test_a_sent_push_whose_confirmation_failed_is_confirmed_when_offered_again(
+    tmp_path: Path,
+) -> None:
+    st = await Storage.open(str(tmp_path / "db.sqlite"))
+    tasks = TaskSet("test")
+    try:
+        outbox = Outbox(st.outbox, 100)
+
+        async def announce(user_id: str, p: Push) -> None:
+            return None
+
+        outbox.fanout = announce
+        failing = [True]
+
+        async def confirm(user_id: str, seq: int, *, exact: bool = False) -> None:
+            if failing[0]:
+                failing[0] = False
+                raise OSError("the database did not answer")
+            await outbox.confirm(user_id, seq, exact=exact)
+
+        account = Account()
+        writer = QQWriter(
+            OWNER,
+            Chat("group", 42),
+            QQConfig(segment_interval=0),
+            lambda: account,
+            st,
+            confirm,
+            tasks,
+            lambda _: "momo",
+        )
+        await outbox.serve_family("qq:1:", lambda u: writer if u == OWNER else None)
+        await outbox.push(OWNER, push("once"))
+        await account.until_sent(1)
+        await eventually(lambda: writer.idle, WAIT, "the writer done")
+        [(seq, data)] = await st.outbox.pending(OWNER)  # sent, but not confirmed
+        # Offered again (a catch-up, a reconnect): confirmed this time, not sent twice.
+        assert writer.offer(Push.from_json(data, seq))
+        await eventually(lambda: writer.idle, WAIT, "the writer done")
+        assert await st.outbox.pending(OWNER) == []
+        assert account.sent == ["once"]
+    finally:
+        await tasks.cancel_all()
+        await st.close()
