@@ -316,6 +316,9 @@ class ReplyRelay:
         self, tab: Tab, key: tuple[str, str], watch: _Watch, answer: dict[str, Any]
     ) -> None:
         token, seq = str(answer["token"]), int(answer["seq"])
+        user_id, _ = key
+        if not self._shows(tab, user_id, watch.row.contactor_id):
+            return  # the tab moved to another chat while it asked
         tab.send_frame(answer["sync"])
         if self._watches.get(key) is not watch:
             return  # given up meanwhile: the `sync` is all
@@ -329,8 +332,7 @@ class ReplyRelay:
                     tab.send_frame(f)
                 if end:
                     watch.ended = True
-        user_id, _ = key
-        if not watch.ended and self._shows(tab, user_id, watch.row.contactor_id):
+        if not watch.ended:
             watch.tabs[tab] = seq
 
     def _arrived(self, payload: bytes) -> None:

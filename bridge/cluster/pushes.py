@@ -94,6 +94,10 @@ class PushFanout:
                         log.warning("cluster.push_not_announced", error=str(e))
                     else:
                         await asyncio.sleep(SEND_RETRY * (attempt + 1))
+                except Exception:
+                    # Never the end of the sender: the announcements behind it still go.
+                    log.exception("cluster.push_announce_crashed")
+                    break
             async with self._progress:
                 self._done += 1
                 self._progress.notify_all()
