@@ -5,6 +5,8 @@ what was sent is confirmed, so nothing is deleted unsent."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +53,12 @@ def push(text: str) -> Push:
     )
 
 
-async def test_an_older_push_offered_late_is_sent_and_not_deleted_unsent(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def cluster_node(
+    tmp_path: Path, confirm: Callable[..., Any] | None = None
+) -> AsyncIterator[tuple[Storage, Outbox, QQWriter, Account]]:
+    """A cluster node's outbox (announcing to nobody here) serving the QQ chat through its
+    writer; ``confirm`` stands between the writer and the outbox when given."""
     st = await Storage.open(str(tmp_path / "db.sqlite"))
     tasks = TaskSet("test")
     try:
@@ -60,7 +67,7 @@ async def test_an_older_push_offered_late_is_sent_and_not_deleted_unsent(tmp_pat
         async def announce(user_id: str, p: Push) -> None:
             return None
 
-        outbox.fanout = announce  # a cluster node (announcing to nobody here)
+        outbox.fanout = announce
         account = Account()
         writer = QQWriter(
             OWNER,
@@ -68,11 +75,19 @@ async def test_an_older_push_offered_late_is_sent_and_not_deleted_unsent(tmp_pat
             QQConfig(segment_interval=0),
             lambda: account,
             st,
-            outbox.confirm,
+            confirm or outbox.confirm,
             tasks,
             lambda _: "momo",
         )
         await outbox.serve_family("qq:1:", lambda u: writer if u == OWNER else None)
+        yield st, outbox, writer, account
+    finally:
+        await tasks.cancel_all()
+        await st.close()
+
+
+async def test_an_older_push_offered_late_is_sent_and_not_deleted_unsent(tmp_path: Path) -> None:
+    async with cluster_node(tmp_path) as (st, outbox, writer, account):
         await outbox.push(OWNER, push("first, from this node"))
         await account.until_sent(1)
         # Another node stores a push for the chat; this node misses its announcement.
@@ -99,43 +114,22 @@ async def test_an_older_push_offered_late_is_sent_and_not_deleted_unsent(tmp_pat
             "missed, from another node",
             "last",
         ]
-    finally:
-        await tasks.cancel_all()
-        await st.close()
 
 
 async def test_a_sent_push_whose_confirmation_failed_is_confirmed_when_offered_again(
     tmp_path: Path,
 ) -> None:
-    st = await Storage.open(str(tmp_path / "db.sqlite"))
-    tasks = TaskSet("test")
-    try:
-        outbox = Outbox(st.outbox, 100)
+    failing = [True]
+    outboxes: list[Outbox] = []
 
-        async def announce(user_id: str, p: Push) -> None:
-            return None
+    async def confirm(user_id: str, seq: int, *, exact: bool = False) -> None:
+        if failing[0]:
+            failing[0] = False
+            raise OSError("the database did not answer")
+        await outboxes[0].confirm(user_id, seq, exact=exact)
 
-        outbox.fanout = announce
-        failing = [True]
-
-        async def confirm(user_id: str, seq: int, *, exact: bool = False) -> None:
-            if failing[0]:
-                failing[0] = False
-                raise OSError("the database did not answer")
-            await outbox.confirm(user_id, seq, exact=exact)
-
-        account = Account()
-        writer = QQWriter(
-            OWNER,
-            Chat("group", 42),
-            QQConfig(segment_interval=0),
-            lambda: account,
-            st,
-            confirm,
-            tasks,
-            lambda _: "momo",
-        )
-        await outbox.serve_family("qq:1:", lambda u: writer if u == OWNER else None)
+    async with cluster_node(tmp_path, confirm) as (st, outbox, writer, account):
+        outboxes.append(outbox)
         await outbox.push(OWNER, push("once"))
         await account.until_sent(1)
         await eventually(lambda: writer.idle, WAIT, "the writer done")
@@ -145,6 +139,3 @@ async def test_a_sent_push_whose_confirmation_failed_is_confirmed_when_offered_a
         await eventually(lambda: writer.idle, WAIT, "the writer done")
         assert await st.outbox.pending(OWNER) == []
         assert account.sent == ["once"]
-    finally:
-        await tasks.cancel_all()
-        await st.close()
