@@ -288,7 +288,10 @@ class Outbox:
         only what this node offered is confirmed here). ``exact``: only ``seq`` itself (a
         peer handling pushes one by one, which in a cluster may come out of order)."""
         if self.fanout is None:
-            await self._repo.ack(user_id, seq)
+            if exact:
+                await self._repo.ack_exactly(user_id, [seq])
+            else:
+                await self._repo.ack(user_id, seq)
         else:
             offered = self._offered.get(user_id, set())
             done = [s for s in offered if s == seq] if exact else [s for s in offered if s <= seq]

@@ -35,6 +35,9 @@ class DatabaseClaim:
         self._conn: asyncpg.Connection | None = None
         self._again: asyncio.Task[None] | None = None
         self._lost: str | None = None
+        # One look at a time: a session runs one query at once, and probes may come together.
+        self._looking = asyncio.Lock()
+        self._closed = False
 
     async def take(self) -> None:
         """At start: StorageRefused (with the reason) when the other kind of server has it."""
@@ -79,6 +82,12 @@ class DatabaseClaim:
     async def problem(self) -> str | None:
         """None while the claim holds; else why not (being taken again, or lost to another
         server)."""
+        async with self._looking:
+            return await self._look()
+
+    async def _look(self) -> str | None:
+        if self._closed:
+            return "closed"
         conn = self._conn
         if conn is not None:
             try:
@@ -97,7 +106,7 @@ class DatabaseClaim:
         done, _ = await asyncio.wait({again}, timeout=PROBE_WAIT)
         if not done:
             return "taking the claim on the database again"
-        return None if self._conn is not None else self._lost
+        return None if self._conn is not None else (self._lost or "the claim is not held")
 
     async def _take_again(self) -> None:
         try:
@@ -106,10 +115,18 @@ class DatabaseClaim:
             self._lost = f"the claim on the database was lost: {e}"
             log.error("storage.claim_lost", reason=str(e))
             return
+        except Exception as e:  # anything asyncpg raises besides: said, never a false OK
+            self._lost = f"the claim on the database could not be taken again: {e!r}"
+            log.exception("storage.claim_retake_failed")
+            return
+        if self._closed:
+            conn.terminate()
+            return
         self._conn, self._lost = conn, None
         log.info("storage.claim_taken_again")
 
     async def close(self) -> None:
+        self._closed = True
         again, self._again = self._again, None
         if again is not None:
             again.cancel()

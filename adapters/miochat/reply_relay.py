@@ -27,8 +27,10 @@ Bounds: watching nodes per reply (MAX_REMOTE_NODES, a set of node ids), batches 
 destination node (MAX_QUEUED: past it that node is dropped from every reply, its watches end
 at their timeout), watches per node (MAX_WATCHES: past it a tab gets the stored `sync`),
 batches buffered per watch while asking (MAX_BUFFERED: past it the watch is given up), and a
-watch not heard from for WATCH_IDLE is forgotten (an end marker lost on the bus). A watch ends
-with its reply's end marker. When this node's bus reconnects (batches may have been lost) every
+watch not heard from for WATCH_IDLE asks its reply's node again (an end marker lost on the
+bus). A watch ends with its reply's end marker, or, when its reply's node run leaves the
+cluster (stopped or died: no end marker comes), with the reply as stored (still `streaming`
+there: failed, as the survivor settling it stores it). When this node's bus reconnects (batches may have been lost) every
 watched tab is synced again.
 """
 
@@ -62,7 +64,7 @@ MAX_QUEUED = 2000  # frame batches waiting to be published to one node
 MESSAGE_BYTES = 256 * 1024  # queued batches to one node go together up to this size
 MAX_WATCHES = 1000  # replies of other nodes watched here at once
 MAX_BUFFERED = 1000  # batches held for a watch while its sync is asked for
-WATCH_IDLE = 300.0  # a watch not heard from for this long ends (its tabs get the stored state)
+WATCH_IDLE = 300.0  # a watch not heard from for this long asks its reply's node again
 SWEEP_EVERY = 60.0
 
 # One batch on the wire: [user id, message id, token, seq, frames, end].
@@ -297,6 +299,10 @@ class ReplyRelay:
                 if answer is not None:
                     log.info("miochat.relay_refused", node=row.node, why=answer.get("why"))
                 tab.send_frame(stored_sync(row))
+                if row.status == "streaming" and self._watches.get(key) is watch:
+                    # Its node may be going: kept (with no live frames), so the node's
+                    # leaving ends it from the store for this tab too.
+                    watch.tabs.setdefault(tab, -1)
             elif answer["running"]:
                 self._synced(tab, key, watch, answer)
             else:
@@ -395,10 +401,10 @@ class ReplyRelay:
             if not watch.tabs:
                 del self._watches[key]
             elif watch.heard < quiet:
-                del self._watches[key]
-                self._tasks.spawn(
-                    self._end_from_store(key, watch, gone=False), name="miochat-relay-idle"
-                )
+                # Quiet for long (an end marker lost, say): its tabs ask its node again.
+                watch.heard = time.monotonic()
+                for tab in list(watch.tabs):
+                    self._tasks.spawn(self.watch(tab, key[0], watch.row), name="miochat-relay-idle")
         for tab in [t for t in self._entered if t.closed]:
             del self._entered[tab]
 
@@ -409,14 +415,15 @@ class ReplyRelay:
 
     async def owners_gone(self, runs: set[str]) -> None:
         """Node runs left the cluster (stopped or died): their watches end with the reply as
-        stored, a reply still `streaming` there as failed (a survivor settles it so), so no tab
-        is left showing a reply that never ends."""
+        stored, a reply still `streaming` on one of them as failed (a survivor settles it so),
+        so no tab is left showing a reply that never ends."""
         for key, watch in list(self._watches.items()):
             if watch.row.node in runs:
-                await self._end_from_store(key, watch, gone=True)
+                await self._end_from_store(key, watch, runs)
 
-    async def _end_from_store(self, key: tuple[str, str], watch: _Watch, *, gone: bool) -> None:
-        """End a watch whose end marker will not come: its tabs get the reply as stored."""
+    async def _end_from_store(self, key: tuple[str, str], watch: _Watch, gone: set[str]) -> None:
+        """End a watch whose end marker will not come: its tabs get the reply as stored (one
+        now running on another node run, a retry: watched there instead)."""
         if self._watches.get(key) is watch:
             del self._watches[key]
         tabs = [t for t in watch.tabs if not t.closed]
@@ -429,10 +436,16 @@ class ReplyRelay:
             log.exception("miochat.relay_store_failed", message=message_id)
             return
         row = next((r for r in rows if r.message_id == message_id), None)
-        if row is None:
-            return  # confirmed by the client meanwhile
-        if row.status == "streaming" and gone:
-            row.status, row.error = "failed", NODE_GONE_ERROR
+        if row is None or key in self._watches:
+            return  # confirmed by the client meanwhile, or the tab asked again since
+        if row.status == "streaming":
+            if row.node in gone:
+                row.status, row.error = "failed", NODE_GONE_ERROR
+            elif row.node != watch.row.node:
+                for tab in tabs:
+                    if self._shows(tab, user_id, row.contactor_id):
+                        self._tasks.spawn(self.watch(tab, user_id, row), name="miochat-relay")
+                return
         for tab in tabs:
             if self._shows(tab, user_id, row.contactor_id):
                 tab.send_frame(stored_sync(row))

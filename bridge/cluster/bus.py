@@ -83,7 +83,7 @@ class Bus:
         self._closed = False
         self.connections = 0  # connections the reader has made: 1 + reconnects
         self._reconnected: list[Callable[[], Awaitable[None]]] = []
-        self._first_connect = False
+        self._hooked: Any = None  # the connection _connected_again is registered on
 
     def on_reconnect(self, hook: Callable[[], Awaitable[None]]) -> None:
         """``hook()`` runs (in an owned task) each time the reader connected again after losing
@@ -217,6 +217,9 @@ class Bus:
                 self._pubsub = None
                 for event in self._confirmed.values():
                     event.clear()
+                hooked, self._hooked = self._hooked, None
+                if hooked is not None:
+                    hooked.deregister_connect_callback(self._connected_again)
                 await _dispose(pubsub)
             if time.monotonic() - began > self.backoff_max:
                 delay = self.backoff_min  # it had been working: the first retry is quick again
@@ -240,10 +243,10 @@ class Bus:
             # redis-py also reconnects a dropped connection by itself inside a read (and
             # subscribes it again, its own callback going first): that is a reconnect too.
             assert pubsub.connection is not None
-            # A connection not open yet (it opens at its first command) calls back once for
-            # that: not a reconnect.
-            self._first_connect = not pubsub.connection.is_connected
-            pubsub.connection.register_connect_callback(self._connected_again)
+            # Taken off again when this connection is given up: the pool hands the same
+            # connection out again, and a stale callback would count every reconnect twice.
+            self._hooked = pubsub.connection
+            self._hooked.register_connect_callback(self._connected_again)
         if self.connections > 1:
             self._missed()
         last_heard = time.monotonic()
@@ -267,9 +270,6 @@ class Bus:
                 await self._on_message(message)
 
     def _connected_again(self, _connection: object) -> None:
-        if self._first_connect:
-            self._first_connect = False
-            return
         self.connections += 1
         log.info("cluster.bus_reconnected", node=self.node_id)
         self._missed()

@@ -94,6 +94,8 @@ async def test_probes_at_once_or_cut_short_take_the_claim_again_once(postgres_ds
 
     st = await Storage.open(postgres_dsn, exclusive=True)
     try:
+        # Looks at a held claim at once share its one session.
+        assert await asyncio.gather(*(st.db.claim_problem() for _ in range(5))) == [None] * 5
         for _ in range(5):
             assert await _cut_claims(postgres_dsn) == 1
             # Several probes at once (a load balancer and the console), one of them cut short
@@ -106,4 +108,6 @@ async def test_probes_at_once_or_cut_short_take_the_claim_again_once(postgres_ds
             assert await _claims_held(postgres_dsn) == 1
     finally:
         await st.close()
+    assert await _claims_held(postgres_dsn) == 0
+    await st.db.claim_problem()  # a probe after the close takes nothing
     assert await _claims_held(postgres_dsn) == 0

@@ -221,3 +221,39 @@ async def test_a_watched_reply_whose_node_stops_ends_for_the_watching_tab(
     finally:
         await tab1.close()
         await tab2.close()
+
+
+async def test_a_tab_whose_ask_failed_is_still_told_when_the_node_goes(
+    postgres_dsn: str, redis_url: str, upstream: FakeOpenAI, bridge_factory
+) -> None:
+    """The running node does not answer the ask (it is going): the tab gets the reply as
+    stored, still streaming, and is told it failed once that node has left the cluster."""
+    a, b = await two_nodes(postgres_dsn, redis_url, upstream, bridge_factory)
+    uid, mid, contactor = "4000000006", "2000000000000006", "606"
+    tab1, _ = await login(a, "websocket", uid)
+    tab2, _ = await login(b, "websocket", uid)
+    relay = relay_of(b)
+
+    async def no_answer(row: Any) -> None:
+        return None
+
+    relay.ask = no_answer
+    try:
+        await tab1.send(completions(mid, contactor, "gated", [user("tell me")]))
+        await tab1.wait_for(of(mid, "update"))
+        await tab2.send(enter(contactor))
+        first = await tab2.wait_for(of(mid, "sync"))
+        assert first["data"]["status"] == "streaming"
+        await a.app.stop()
+        last = await tab2.wait_for(
+            lambda f: (
+                f.get("request_id") == mid
+                and f.get("message") == "sync"
+                and f["data"]["status"] != "streaming"
+            )
+        )
+        assert last["data"]["status"] == "failed", last
+        assert relay.watching == 0
+    finally:
+        await tab1.close()
+        await tab2.close()

@@ -464,3 +464,39 @@ async def test_a_node_whose_id_was_taken_over_leaves_the_new_entry_alone(
         assert [n["node_id"] for n in await twin.nodes()].count("a") == 1
     finally:
         await twin.close()
+
+
+async def test_a_bus_that_lost_its_connection_counts_one_reconnect_each_time(
+    redis_url: str,  # noqa: F811
+) -> None:
+    """redis-py reopens a pub/sub connection by itself, or the bus makes a new one: either way
+    one reconnect is one call of the hooks (what was published meanwhile is looked up once)."""
+    client = connect(redis_url, client_name="deaf")
+    admin = connect(redis_url, client_name="admin")
+    bus = Bus(client, "deaf", prefix=PREFIX)
+    calls: list[int] = []
+    try:
+        await bus.subscribe("x", lambda payload: None)
+        bus.on_reconnect(lambda: _count(calls))
+        for n in (1, 2, 3):
+            ids = [
+                c["id"]
+                for c in await admin.client_list()
+                if c.get("name") == "deaf" and int(c.get("sub", 0))
+            ]
+            assert ids
+            for cid in ids:
+                await admin.client_kill_filter(_id=cid)
+            await eventually(lambda n=n: len(calls) >= n, WAIT, f"reconnect {n} noticed")
+            await eventually(lambda: bus.subscribed("x"), WAIT, "subscribed again")
+            # A round trip after it: a second count of the same reconnect would be in by now.
+            assert await admin.publish(f"{PREFIX}bus:x", b"ping") >= 1
+            assert len(calls) == n and bus.connections == n + 1, (calls, bus.connections)
+    finally:
+        await bus.close()
+        await client.aclose()
+        await admin.aclose()
+
+
+async def _count(calls: list[int]) -> None:
+    calls.append(1)
