@@ -25,7 +25,7 @@ placeholders on both.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ import pytest
 
 from storage import Storage
 from storage.migrations import MIGRATIONS
-from storage.sql import Execute, single
+from storage.sql import Execute, FetchOne, Insert, Statement, Unit, single
 from tests.support.postgres import PostgresServer
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -131,3 +131,22 @@ def no_open_transaction(st: Storage) -> bool:
     connection back to its pool only once its transaction ended)."""
     conn = getattr(st.db, "conn", None)
     return conn is None or not conn.in_transaction
+
+
+def writes_then(failure: Callable[[], Statement]) -> Unit[None]:
+    """A unit of four writes to different repositories' tables and a read that sees them, then
+    ``failure``'s statement (or what ``failure`` raises): a unit whose end fails."""
+    new_id = yield Insert(
+        "INSERT INTO messages (user_id, contact, direction, content, time) "
+        "VALUES ('u', 'c', 'in', '[]', 1.0)"
+    )
+    yield Execute(
+        "INSERT INTO inflight (message_id, user_id, contact, thread, started) "
+        "VALUES (?, 'u', 'c', 'default', 1.0)",
+        (new_id,),
+    )
+    yield Execute("INSERT INTO plugin_kv (plugin, key, value, updated) VALUES ('p', 'k', '1', 1)")
+    yield Execute("INSERT INTO shares (id, contactor, created) VALUES ('s1', '{}', 1.0)")
+    seen = yield FetchOne("SELECT count(*) FROM messages")
+    assert seen[0] == 1  # the unit sees its own writes
+    yield failure()

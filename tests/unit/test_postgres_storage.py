@@ -21,8 +21,9 @@ from storage import Storage
 from storage.lock import StorageRefused
 from storage.migrations import MIGRATIONS
 from storage.postgres import PostgresDatabase
-from storage.sql import Execute, FetchOne, Insert, Statement, Unit, pg_ddl
+from storage.sql import Execute, FetchOne, Statement, Unit, pg_ddl
 from tests.support.postgres import PostgresServer
+from tests.support.storage import writes_then
 
 TEXT = [{"type": "text", "data": {"text": "hi"}}]
 TABLES = {
@@ -240,23 +241,6 @@ async def test_ids_made_by_the_database_increase_across_bridges_and_failures(
 
 
 # ----- transactions -------------------------------------------------------------------------------
-
-
-def writes_then(failure: Callable[[], Statement]) -> Unit[None]:
-    """Writes to three tables, a read that sees them, then ``failure``'s statement."""
-    new_id = yield Insert(
-        "INSERT INTO messages (user_id, contact, direction, content, time) "
-        "VALUES ('u', 'c', 'in', '[]', 1.0)"
-    )
-    yield Execute(
-        "INSERT INTO inflight (message_id, user_id, contact, thread, started) "
-        "VALUES (?, 'u', 'c', 'default', 1.0)",
-        (new_id,),
-    )
-    yield Execute("INSERT INTO plugin_kv (plugin, key, value, updated) VALUES ('p', 'k', '1', 1)")
-    seen = yield FetchOne("SELECT count(*) FROM messages")
-    assert seen[0] == 1
-    yield failure()
 
 
 def python_error() -> Statement:

@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 
 from storage import Storage
-from storage.sql import Execute, FetchOne, Insert, Unit
+from storage.sql import Execute, Insert, Statement, Unit
 from tests.support.storage import (  # noqa: F401 - fixtures
     INTEGRITY_ERRORS,
     backend_fixture,
     location_fixture,
     no_open_transaction,
     st_fixture,
+    writes_then,
 )
 
 TEXT = [{"type": "text", "data": {"text": "hi"}}]
@@ -65,30 +66,18 @@ async def test_a_failing_ref_takes_the_whole_write_back(st: Storage) -> None:
     assert (await st.messages.add("u", "c", "in", TEXT)).id > 0
 
 
-def _writes_then_fails(fail: str) -> Unit[None]:
-    """Three writes of different repositories' tables, then a failure: ``python`` (the unit
-    raises) or ``sql`` (the database refuses a statement)."""
-    new_id = yield Insert(
-        "INSERT INTO messages (user_id, contact, direction, content, time) "
-        "VALUES ('u', 'c', 'in', '[]', 1.0)"
-    )
-    yield Execute(
-        "INSERT INTO inflight (message_id, user_id, contact, thread, started) "
-        "VALUES (?, 'u', 'c', 'default', 1.0)",
-        (new_id,),
-    )
-    yield Execute("INSERT INTO shares (id, contactor, created) VALUES ('s1', '{}', 1.0)")
-    seen = yield FetchOne("SELECT count(*) FROM messages")
-    assert seen[0] == 1  # the unit sees its own writes
-    if fail == "python":
-        raise ValueError("the unit gave up")
-    yield Execute("INSERT INTO no_such_table VALUES (1)")
+def _gave_up() -> Statement:
+    raise ValueError("the unit gave up")
+
+
+def _refused() -> Statement:
+    return Execute("INSERT INTO no_such_table VALUES (1)")
 
 
 @pytest.mark.parametrize("fail", ["python", "sql"])
 async def test_a_unit_that_fails_takes_back_every_statement_in_it(st: Storage, fail: str) -> None:
     with pytest.raises(Exception) as ei:
-        await st.db.unit(_writes_then_fails(fail))
+        await st.db.unit(writes_then(_gave_up if fail == "python" else _refused))
     if fail == "python":
         assert ei.type is ValueError and str(ei.value) == "the unit gave up"
     assert no_open_transaction(st)
