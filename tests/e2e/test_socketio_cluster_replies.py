@@ -5,6 +5,8 @@ PostgreSQL and Redis, python-socketio clients, the fake OpenAI server's `gated` 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from tests.conftest import Bridge
@@ -32,6 +34,26 @@ async def two_nodes(
     return a, b
 
 
+@contextlib.asynccontextmanager
+async def tabs_on(uid: str, *nodes: Bridge) -> AsyncIterator[list[Any]]:
+    """A web-client tab of user ``uid`` on each of ``nodes`` (in order), closed after."""
+    tabs: list[Any] = []
+    try:
+        for node in nodes:
+            tab, _ = await login(node, "websocket", uid)
+            tabs.append(tab)
+        yield tabs
+    finally:
+        for tab in tabs:
+            await tab.close()
+
+
+async def reply_streaming(tab: Any, mid: str, contactor: str, words: str) -> None:
+    """``tab`` asks the gated model: back once the first part is out (the rest held back)."""
+    await tab.send(completions(mid, contactor, "gated", [user(words)]))
+    await tab.wait_for(of(mid, "update"))
+
+
 def relay_of(b: Bridge) -> Any:
     relay = b.app.socketio.relay  # type: ignore[union-attr]
     assert relay is not None
@@ -43,11 +65,8 @@ async def test_a_tab_on_another_node_gets_the_running_reply_live(
 ) -> None:
     a, b = await two_nodes(postgres_dsn, redis_url, upstream, bridge_factory)
     uid, mid, contactor = "4000000001", "2000000000000001", "601"
-    tab1, _ = await login(a, "websocket", uid)
-    tab2, _ = await login(b, "websocket", uid)
-    try:
-        await tab1.send(completions(mid, contactor, "gated", [user("tell me")]))
-        await tab1.wait_for(of(mid, "update"))  # the first part is out, the rest held back
+    async with tabs_on(uid, a, b) as (tab1, tab2):
+        await reply_streaming(tab1, mid, contactor, "tell me")
         await tab2.send(enter(contactor))
         sync = await tab2.wait_for(of(mid, "sync"))
         # The reply as it stands on node A (the stored row has no text yet: it is checkpointed
@@ -71,9 +90,6 @@ async def test_a_tab_on_another_node_gets_the_running_reply_live(
         # The watch ended with the reply on both sides.
         await eventually(lambda: relay_of(b).watching == 0, WAIT, "node B's watch forgotten")
         assert not relay_of(a)._remotes
-    finally:
-        await tab1.close()
-        await tab2.close()
 
 
 async def test_a_reply_that_ends_before_the_watch_lands_is_synced_as_stored(
@@ -96,11 +112,8 @@ async def test_a_reply_that_ends_before_the_watch_lands_is_synced_as_stored(
         return answers[-1]
 
     relay.ask = late
-    tab1, _ = await login(a, "websocket", uid)
-    tab2, _ = await login(b, "websocket", uid)
-    try:
-        await tab1.send(completions(mid, contactor, "gated", [user("quick")]))
-        await tab1.wait_for(of(mid, "update"))
+    async with tabs_on(uid, a, b) as (tab1, tab2):
+        await reply_streaming(tab1, mid, contactor, "quick")
         await tab2.send(enter(contactor))
         sync = await tab2.wait_for(of(mid, "sync"))
         assert answers == [{"running": False}]
@@ -110,9 +123,6 @@ async def test_a_reply_that_ends_before_the_watch_lands_is_synced_as_stored(
         assert [f["message"] for f in stream(tab2, mid)] == ["sync"]
         assert relay.watching == 0
         assert not relay_of(a)._remotes
-    finally:
-        await tab1.close()
-        await tab2.close()
 
 
 async def test_a_tab_that_moved_to_another_chat_gets_no_more_frames(
@@ -122,12 +132,8 @@ async def test_a_tab_that_moved_to_another_chat_gets_no_more_frames(
     user on the same node that stays in that chat keeps getting them."""
     a, b = await two_nodes(postgres_dsn, redis_url, upstream, bridge_factory)
     uid, mid, contactor = "4000000003", "2000000000000003", "603"
-    tab1, _ = await login(a, "websocket", uid)
-    away, _ = await login(b, "websocket", uid)
-    stays, _ = await login(b, "websocket", uid)
-    try:
-        await tab1.send(completions(mid, contactor, "gated", [user("hm")]))
-        await tab1.wait_for(of(mid, "update"))
+    async with tabs_on(uid, a, b, b) as (tab1, away, stays):
+        await reply_streaming(tab1, mid, contactor, "hm")
         for t in (away, stays):
             await t.send(enter(contactor))
             await t.wait_for(of(mid, "sync"))
@@ -143,9 +149,6 @@ async def test_a_tab_that_moved_to_another_chat_gets_no_more_frames(
         assert text_of(stream(stays, mid)) == "then the rest"
         await eventually(lambda: relay_of(b).watching == 0, WAIT, "node B's watch forgotten")
         assert [f["message"] for f in stream(away, mid)] == ["sync"]
-    finally:
-        for t in (tab1, away, stays):
-            await t.close()
 
 
 def _conn(b: Bridge, client: Any) -> Any:
@@ -173,11 +176,8 @@ async def test_frames_that_arrive_before_the_sync_wait_for_it(
         return answer
 
     relay.ask = answer_late
-    tab1, _ = await login(a, "websocket", uid)
-    tab2, _ = await login(b, "websocket", uid)
-    try:
-        await tab1.send(completions(mid, contactor, "gated", [user("race")]))
-        await tab1.wait_for(of(mid, "update"))
+    async with tabs_on(uid, a, b) as (tab1, tab2):
+        await reply_streaming(tab1, mid, contactor, "race")
         await tab2.send(enter(contactor))
         await tab2.wait_for(of(mid, "complete"))
         frames = stream(tab2, mid)
@@ -187,9 +187,6 @@ async def test_frames_that_arrive_before_the_sync_wait_for_it(
         assert frames[0]["data"]["chunks"] == [{"type": "content", "content": "first part, "}]
         assert text_of(frames) == "then the rest"
         assert relay.watching == 0
-    finally:
-        await tab1.close()
-        await tab2.close()
 
 
 async def test_a_watched_reply_whose_node_stops_ends_for_the_watching_tab(
@@ -200,11 +197,8 @@ async def test_a_watched_reply_whose_node_stops_ends_for_the_watching_tab(
     rather than streaming for ever."""
     a, b = await two_nodes(postgres_dsn, redis_url, upstream, bridge_factory)
     uid, mid, contactor = "4000000005", "2000000000000005", "605"
-    tab1, _ = await login(a, "websocket", uid)
-    tab2, _ = await login(b, "websocket", uid)
-    try:
-        await tab1.send(completions(mid, contactor, "gated", [user("tell me")]))
-        await tab1.wait_for(of(mid, "update"))
+    async with tabs_on(uid, a, b) as (tab1, tab2):
+        await reply_streaming(tab1, mid, contactor, "tell me")
         await tab2.send(enter(contactor))
         await tab2.wait_for(of(mid, "sync"))
         assert relay_of(b).watching == 1
@@ -218,9 +212,6 @@ async def test_a_watched_reply_whose_node_stops_ends_for_the_watching_tab(
         )
         assert last["data"]["status"] == "failed", last
         assert relay_of(b).watching == 0
-    finally:
-        await tab1.close()
-        await tab2.close()
 
 
 async def test_a_tab_whose_ask_failed_is_still_told_when_the_node_goes(
@@ -230,17 +221,14 @@ async def test_a_tab_whose_ask_failed_is_still_told_when_the_node_goes(
     stored, still streaming, and is told it failed once that node has left the cluster."""
     a, b = await two_nodes(postgres_dsn, redis_url, upstream, bridge_factory)
     uid, mid, contactor = "4000000006", "2000000000000006", "606"
-    tab1, _ = await login(a, "websocket", uid)
-    tab2, _ = await login(b, "websocket", uid)
     relay = relay_of(b)
 
     async def no_answer(row: Any) -> None:
         return None
 
     relay.ask = no_answer
-    try:
-        await tab1.send(completions(mid, contactor, "gated", [user("tell me")]))
-        await tab1.wait_for(of(mid, "update"))
+    async with tabs_on(uid, a, b) as (tab1, tab2):
+        await reply_streaming(tab1, mid, contactor, "tell me")
         await tab2.send(enter(contactor))
         first = await tab2.wait_for(of(mid, "sync"))
         assert first["data"]["status"] == "streaming"
@@ -254,6 +242,3 @@ async def test_a_tab_whose_ask_failed_is_still_told_when_the_node_goes(
         )
         assert last["data"]["status"] == "failed", last
         assert relay.watching == 0
-    finally:
-        await tab1.close()
-        await tab2.close()
