@@ -294,7 +294,10 @@ class Outbox:
                 await self._repo.ack(user_id, seq)
         else:
             offered = self._offered.get(user_id, set())
-            done = [s for s in offered if s == seq] if exact else [s for s in offered if s <= seq]
+            if exact:
+                done = [seq] if seq in offered else []
+            else:
+                done = [s for s in offered if s <= seq]
             offered.difference_update(done)
             if not offered:
                 self._offered.pop(user_id, None)

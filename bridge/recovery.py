@@ -55,9 +55,7 @@ class Recovery:
         ``nodes``: only the replies these cluster nodes (gone) left; None: all of them."""
         turns = []
         inflight = self._storage.inflight
-        for row in await inflight.all():
-            if nodes is not None and row.node not in nodes:
-                continue
+        for row in await inflight.all(nodes):
             key = ConversationKey(row.user_id, row.contact, row.thread)
 
             async def job(turn: Turn, row: InflightRow = row) -> None:

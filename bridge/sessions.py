@@ -475,7 +475,7 @@ class Sessions:
 
     async def inflight_nodes(self) -> set[str]:
         """The cluster nodes with replies recorded in flight."""
-        return {row.node for row in await self._storage.inflight.all()}
+        return await self._storage.inflight.nodes()
 
     async def recover(
         self, *, attempts: int = 5, backoff: float = 2.0, timeout: float = 120.0

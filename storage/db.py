@@ -185,14 +185,3 @@ def _drive(conn: sqlite3.Connection, work: Unit[T]) -> T:
         conn.rollback()
         work.close()
         raise
-
-
-def write_one(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> int:
-    """One statement and its commit, for `Database.run`; returns the rows it changed."""
-    try:
-        cur = conn.execute(sql, params)
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
-    return cur.rowcount

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+import storage.inflight as inflight_sql
 from storage.sql import Execute, Insert, Unit, single
 
 if TYPE_CHECKING:
@@ -55,14 +56,6 @@ _ADD = (
     "INSERT INTO messages (user_id, contact, direction, content, time, reply_to, thread, kind) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# An upsert with what REPLACE did: every column of the row is the new one's.
-_ADD_INFLIGHT = (
-    "INSERT INTO inflight (message_id, user_id, contact, thread, stream_request_id, started, kind, "
-    "node) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO UPDATE SET "
-    "user_id = excluded.user_id, contact = excluded.contact, thread = excluded.thread, "
-    "stream_request_id = excluded.stream_request_id, started = excluded.started, "
-    "kind = excluded.kind, node = excluded.node"
-)
 _LINK = (
     "INSERT INTO message_refs (message_id, system, external_id) VALUES (?, ?, ?) "
     "ON CONFLICT (system, external_id) DO UPDATE SET message_id = excluded.message_id"
@@ -85,7 +78,7 @@ def _add(
     if inflight is not None:
         stream_request_id, inflight_kind, node = inflight
         yield Execute(
-            _ADD_INFLIGHT,
+            inflight_sql.ADD,
             (new_id, user_id, contact, thread, stream_request_id, when, inflight_kind, node),
         )
     for message_id, system, external_id in refs:
@@ -99,7 +92,7 @@ def _mark_deleted(message_id: int) -> Unit[bool]:
 
 def _withdraw(message_id: int) -> Unit[None]:
     yield Execute(_MARK_DELETED, (message_id,))
-    yield Execute("DELETE FROM inflight WHERE message_id = ?", (message_id,))
+    yield Execute(inflight_sql.REMOVE, (message_id,))
 
 
 class MessageRepo:

@@ -6,7 +6,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from storage.sql import Execute, Fetch, Insert, Unit, single, take_turns
+from storage.sql import Execute, Insert, Unit, single, take_turns
 
 if TYPE_CHECKING:
     from storage.db import Database
@@ -104,15 +104,11 @@ class OutboxRepo:
         """Users whose id starts with ``prefix`` and who have pushes waiting."""
         # SQLite: a range on the (user_id, seq) index; the end is the prefix and the highest
         # code point, as text compares there (binary). PostgreSQL compares text by collation.
-        rows = await self._db.unit(
-            single(
-                Fetch(
-                    "SELECT DISTINCT user_id FROM outbox "
-                    "WHERE user_id >= ?1 AND user_id < ?1 || char(1114111) LIMIT ?2",
-                    (prefix, int(limit)),
-                    pg="SELECT DISTINCT user_id FROM outbox WHERE starts_with(user_id, ?) LIMIT ?",
-                )
-            )
+        rows = await self._db.fetch(
+            "SELECT DISTINCT user_id FROM outbox "
+            "WHERE user_id >= ?1 AND user_id < ?1 || char(1114111) LIMIT ?2",
+            (prefix, int(limit)),
+            pg="SELECT DISTINCT user_id FROM outbox WHERE starts_with(user_id, ?) LIMIT ?",
         )
         return [str(r[0]) for r in rows]
 

@@ -33,6 +33,7 @@ from bridge.cluster.client import (
     PayloadTooLarge,
     call,
     positive,
+    text,
 )
 from bridge.tasks import TaskSet
 
@@ -90,7 +91,8 @@ class Bus:
         its connection: messages published meanwhile were lost to this node."""
         self._reconnected.append(hook)
 
-    def _name(self, channel: str) -> str:
+    def channel_name(self, channel: str) -> str:
+        """The Redis channel of ``channel`` (what a script publishing on it names)."""
         if not channel:
             raise ValueError("empty channel name")
         return self._prefix + channel
@@ -107,7 +109,7 @@ class Bus:
             raise PayloadTooLarge(f"payload of {size} bytes over the bus's {MAX_PAYLOAD}")
         receivers = await call(
             f"publish on {channel!r}",
-            self._redis.publish(self._name(channel), bytes(payload)),
+            self._redis.publish(self.channel_name(channel), bytes(payload)),
             timeout=self.timeout,
         )
         return int(receivers)
@@ -123,7 +125,7 @@ class Bus:
         subscribed) if that takes longer than `timeout`."""
         if self._closed:
             raise RuntimeError("Bus is closed")
-        name = self._name(channel)
+        name = self.channel_name(channel)
         if name in self._handlers:
             raise ValueError(f"already subscribed to {channel!r}")
         if len(self._handlers) >= MAX_CHANNELS:
@@ -148,7 +150,7 @@ class Bus:
 
     async def unsubscribe(self, channel: str) -> None:
         """Stops calling the channel's handler (no error if there was none)."""
-        name = self._name(channel)
+        name = self.channel_name(channel)
         if self._handlers.pop(name, None) is None:
             return
         self._confirmed.pop(name, None)
@@ -157,7 +159,7 @@ class Bus:
     def subscribed(self, channel: str) -> bool:
         """Whether Redis currently has this Bus subscribed to `channel` (False while the reader
         reconnects)."""
-        event = self._confirmed.get(self._name(channel))
+        event = self._confirmed.get(self.channel_name(channel))
         return event is not None and event.is_set()
 
     async def _send(self, command: str, name: str) -> None:
@@ -284,12 +286,12 @@ class Bus:
     async def _on_message(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "message":
-            name = _text(message["channel"])
+            name = text(message["channel"])
             handler = self._handlers.get(name)
             if handler is not None:
                 await self._call_handler(name, handler, message["data"])
         elif kind == "subscribe":
-            event = self._confirmed.get(_text(message["channel"]))
+            event = self._confirmed.get(text(message["channel"]))
             if event is not None:
                 event.set()
 
@@ -317,7 +319,3 @@ async def _dispose(pubsub: PubSub) -> None:
             await close()
     except Exception as e:
         log.debug("cluster.bus_dispose_failed", error=str(e))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

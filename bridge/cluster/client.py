@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -106,3 +106,8 @@ def positive(name: str, value: float) -> float:
 def millis(seconds: float) -> int:
     """Seconds as Redis PX milliseconds, at least 1 (PX 0 is an error)."""
     return max(1, round(seconds * 1000))
+
+
+def text(value: Any) -> str:
+    """A Redis reply (bytes: the clients do not decode) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)

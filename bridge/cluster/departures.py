@@ -76,14 +76,14 @@ class Departures:
                 return 0
             gone = recorded - await self._live()
             mine = {n for n in sorted(gone) if await self._claim(f"settle:{n}", CLAIM_TTL)}
+            if not mine:
+                return 0
             for name, _, settle in self._parts:
-                if mine:
-                    try:
-                        await settle(mine)
-                    except Exception:
-                        log.exception("cluster.settle_failed", part=name, nodes=sorted(mine))
-            if mine:
-                log.info("cluster.settled_gone_nodes", nodes=sorted(mine))
+                try:
+                    await settle(mine)
+                except Exception:
+                    log.exception("cluster.settle_failed", part=name, nodes=sorted(mine))
+            log.info("cluster.settled_gone_nodes", nodes=sorted(mine))
             return len(mine)
 
     def start(self) -> None:
@@ -95,12 +95,7 @@ class Departures:
     async def _watch(self) -> None:
         known: set[str] | None = None
         swept = time.monotonic()
-        first = True
-        while True:
-            # The first look at once: a node leaving before it must still count as leaving.
-            if not first:
-                await asyncio.sleep(self._poll)
-            first = False
+        while True:  # the first look at once: a node leaving before it must count as leaving
             try:
                 live = await self._live()
                 left = (known - live) if known else set()
@@ -120,3 +115,4 @@ class Departures:
             except Exception:
                 # The database failing, say: the next look tries again.
                 log.exception("cluster.departures_failed")
+            await asyncio.sleep(self._poll)

@@ -27,6 +27,7 @@ from bridge.cluster.client import (
     call,
     millis,
     positive,
+    text,
 )
 from bridge.tasks import TaskSet
 
@@ -156,11 +157,11 @@ class Leases:
         )
         if value is None:
             return None
-        text = value.decode() if isinstance(value, bytes) else str(value)
+        held = text(value)
         # rpartition: a node id may itself contain ':'; the token never does.
-        node_id, _, token = text.rpartition(":")
+        node_id, _, token = held.rpartition(":")
         if not node_id or not token.isdigit():
-            raise ClusterError(f"lease {name!r} holds a malformed value {text[:100]!r}")
+            raise ClusterError(f"lease {name!r} holds a malformed value {held[:100]!r}")
         return node_id, int(token)
 
     def hold(self, name: str, ttl: float, *, wait: float = 0.0) -> KeepLease:

@@ -31,6 +31,7 @@ from bridge.cluster.client import (
     call,
     millis,
     positive,
+    text,
 )
 from bridge.tasks import TaskSet
 
@@ -229,12 +230,12 @@ class NodeRegistry:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
             for node_id in ids:
-                pipe.hgetall(f"{self._prefix}node:{_text(node_id)}")
+                pipe.hgetall(f"{self._prefix}node:{text(node_id)}")
             entries = await call("read nodes", pipe.execute(), timeout=self._timeout)
         live: list[dict[str, Any]] = []
         gone: list[bytes | str] = []
         for node_id, entry in zip(ids, entries, strict=True):
-            node = _node(_text(node_id), entry)
+            node = _node(text(node_id), entry)
             # An expired key reads as empty: Redis never returns it, whatever the sorted set says.
             if node is None:
                 gone.append(node_id)
@@ -256,12 +257,8 @@ def identity(node_id: str, run: str) -> str:
     return f"{node_id}#{run}"
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _node(node_id: str, entry: dict[Any, Any] | None) -> dict[str, Any] | None:
-    fields = {_text(k): v for k, v in (entry or {}).items()}
+    fields = {text(k): v for k, v in (entry or {}).items()}
     if "since" not in fields:
         return None
     try:
@@ -274,7 +271,7 @@ def _node(node_id: str, entry: dict[Any, Any] | None) -> dict[str, Any] | None:
     return {
         **info,
         "node_id": node_id,
-        "run": _text(fields.get("run", b"")),
+        "run": text(fields.get("run", b"")),
         "since": int(fields["since"]) / 1000,
         "seen": int(fields.get("seen", fields["since"])) / 1000,
     }

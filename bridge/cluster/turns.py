@@ -35,12 +35,12 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 import structlog
 
-from bridge.cluster.client import DEFAULT_PREFIX, ClusterError, call, millis
+from bridge.cluster.client import DEFAULT_PREFIX, ClusterError, call, millis, text
 from bridge.errors import BridgeError, ErrorCode
 from bridge.models import ConversationKey
 from bridge.tasks import Chains, TaskSet
@@ -210,7 +210,7 @@ class ConversationTurns:
         self.identity = identity
         self._prefix = prefix
         self._node_prefix = f"{prefix}node:"
-        self._channel = f"{prefix}bus:{CHANNEL}"
+        self._channel = bus.channel_name(CHANNEL)
         self._alive = alive  # whether this node's heartbeat still holds
         self._recheck = recheck
         self._max_wait = max_wait
@@ -261,10 +261,6 @@ class ConversationTurns:
         if self._chains.running:
             await asyncio.wait(list(self._chains.running), timeout=2.0)
         await self._tasks.cancel_all()
-
-    def __len__(self) -> int:
-        """Conversations with tickets held here."""
-        return len(self._held)
 
     # -- the gate -----------------------------------------------------------------------------
 
@@ -360,7 +356,7 @@ class ConversationTurns:
                         ErrorCode.UNAVAILABLE,
                         "this bridge lost its place in the cluster while the message waited",
                     )
-                if len(state) == 3 and _text(state[2]) == self.identity:
+                if len(state) == 3 and text(state[2]) == self.identity:
                     await self._orphan(h, int(state[1]))
                 try:
                     async with asyncio.timeout(self._recheck):
@@ -467,7 +463,3 @@ class ConversationTurns:
                 await call("renew turns", pipe.execute())
         except ClusterError as e:
             log.warning("cluster.turns.renew_failed", error=str(e))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
