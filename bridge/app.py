@@ -417,7 +417,7 @@ class App:
                 await self.sessions.schedule_recovery()
             await self.hub.start()
             if self.cluster is not None:
-                await self.cluster.announce(self.node_info())
+                await self.cluster.announce(self.node_info(self.port))
             housekeeping(self.scheduler, lambda: self.storage, cfg.share.ttl_days * 86400.0)
             self.scheduler.start()
             await self._load_plugins()
@@ -433,12 +433,8 @@ class App:
             await self.stop()
             raise
 
-    def node_info(self) -> dict[str, Any]:
-        """This node as the others see it; its port once the hub listens (0 before)."""
-        try:
-            port = self.port
-        except AssertionError:
-            port = 0
+    def node_info(self, port: int = 0) -> dict[str, Any]:
+        """This node as the others see it: its port once the hub listens (0 before)."""
         return {"host": self.config.server.host, "port": port}
 
     async def _join_cluster(self) -> None:

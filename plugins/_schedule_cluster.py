@@ -17,9 +17,9 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from redis.exceptions import RedisError
 
 from bridge.cluster import ClusterError, LeaseBusy, Leases
+from bridge.cluster.client import call
 from bridge.scheduler import missed_run
 
 if TYPE_CHECKING:
@@ -75,11 +75,9 @@ class ScheduleCluster:
             log.warning("schedule.change_not_announced", error=str(e))
 
     async def next_id(self, floor: int) -> int:
-        try:
-            async with asyncio.timeout(5.0):
-                return int(await self._next_id(keys=[self._counter], args=[floor]))
-        except (TimeoutError, RedisError) as e:
-            raise ClusterError(f"no schedule id from Redis: {e}") from None
+        return int(
+            await call("take a schedule id", self._next_id(keys=[self._counter], args=[floor]), 5.0)
+        )
 
     async def claim(self, entry: Any, now: float, grace: float) -> bool:
         """Whether this run may go ahead: the first to claim its due time cluster-wide. A node

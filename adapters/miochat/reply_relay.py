@@ -280,7 +280,7 @@ class ReplyRelay:
         key = (user_id, row.message_id)
         watch = self._watches.get(key)
         if watch is not None and watch.row.node != row.node:
-            self._drop(key)  # another run of it now
+            self._watches.pop(key, None)  # another run of it now
             watch = None
         if watch is None:
             if len(self._watches) >= MAX_WATCHES:
@@ -307,8 +307,7 @@ class ReplyRelay:
                 self._synced(tab, key, watch, answer)
             else:
                 # Finished meanwhile: stored (before its last frame went out) as it ended.
-                rows = await self._storage.client_replies.of_contactor(user_id, row.contactor_id)
-                now = next((r for r in rows if r.message_id == row.message_id), None)
+                now = await self._stored(user_id, row.contactor_id, row.message_id)
                 if now is not None:  # None: the client confirmed it meanwhile
                     tab.send_frame(stored_sync(now))
         finally:
@@ -366,7 +365,7 @@ class ReplyRelay:
         if watch.asking:
             if len(watch.buffer) >= MAX_BUFFERED:
                 log.warning("miochat.relay_buffer_full", message=key[1])
-                self._drop(key)
+                self._watches.pop(key, None)
                 return
             watch.buffer.append(batch)
         if token != watch.token:
@@ -382,10 +381,12 @@ class ReplyRelay:
             watch.ended = True
             watch.tabs.clear()
             if not watch.asking:
-                self._drop(key)
+                self._watches.pop(key, None)
 
-    def _drop(self, key: tuple[str, str]) -> None:
-        self._watches.pop(key, None)
+    async def _stored(self, user_id: str, contactor_id: str, message_id: str) -> StoredReply | None:
+        """The reply as stored now; None once the client confirmed it."""
+        rows = await self._storage.client_replies.of_contactor(user_id, contactor_id)
+        return next((r for r in rows if r.message_id == message_id), None)
 
     # ----- upkeep ------------------------------------------------------------------------------
 
@@ -431,11 +432,10 @@ class ReplyRelay:
             return
         user_id, message_id = key
         try:
-            rows = await self._storage.client_replies.of_contactor(user_id, watch.row.contactor_id)
+            row = await self._stored(user_id, watch.row.contactor_id, message_id)
         except Exception:
             log.exception("miochat.relay_store_failed", message=message_id)
             return
-        row = next((r for r in rows if r.message_id == message_id), None)
         if row is None or key in self._watches:
             return  # confirmed by the client meanwhile, or the tab asked again since
         if row.status == "streaming":

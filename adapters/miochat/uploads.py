@@ -31,13 +31,11 @@ is a 503. On SQLite nothing of this applies: uploads are files only, as above.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import math
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +44,7 @@ from aiohttp import BodyPartReader, web
 
 from adapters.miochat.http_routes import RateLimiter, client_key, peer_of
 from bridge.errors import ErrorCode
+from bridge.locks import KeyedLocks
 
 if TYPE_CHECKING:
     from adapters.miochat.client_api import ClientApi
@@ -81,17 +80,6 @@ class TooLarge(Exception):
     pass
 
 
-class _Fetching:
-    """The requests of this node waiting for one name from the database: one fetches, the
-    others then find the cached file."""
-
-    __slots__ = ("lock", "waiting")
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.waiting = 0
-
-
 class Uploads:
     def __init__(self, api: ClientApi, directory: Path) -> None:
         self.api = api
@@ -107,7 +95,9 @@ class Uploads:
         self.shared: UploadRepo | None = (
             storage.uploads if storage.db.dialect == "postgresql" else None
         )
-        self._fetching: dict[str, _Fetching] = {}
+        # Per name: the requests waiting for it from the database take turns (one fetches,
+        # the others then find the cached file).
+        self._fetching = KeyedLocks()
 
     async def upload(self, request: web.Request) -> web.StreamResponse:
         limit = self.config.max_upload_bytes
@@ -257,7 +247,7 @@ class Uploads:
     async def _serve_shared(self, shared: UploadRepo, path: Path, name: str) -> web.StreamResponse:
         """PostgreSQL, no local file: the image from the database, kept as a local file first.
         Requests for one name take turns, so a burst of them reads it from the database once."""
-        async with self._one_fetch(name):
+        async with self._fetching.hold(name):
             if await asyncio.to_thread(path.is_file):
                 return self._file_response(path, name)  # cached by the request before
             data = await shared.get(name)
@@ -266,20 +256,6 @@ class Uploads:
             if await self._cache(name, data):
                 return self._file_response(path, name)
             return self._headers(web.Response(body=data), name)  # not cached: served anyway
-
-    @contextlib.asynccontextmanager
-    async def _one_fetch(self, name: str) -> AsyncIterator[None]:
-        entry = self._fetching.get(name)
-        if entry is None:
-            entry = self._fetching[name] = _Fetching()
-        entry.waiting += 1
-        try:
-            async with entry.lock:
-                yield
-        finally:
-            entry.waiting -= 1
-            if entry.waiting == 0:
-                del self._fetching[name]
 
     def _missing(self) -> web.Response:
         return self.api.fail(404, "no such file", ErrorCode.NOT_FOUND)

@@ -101,7 +101,7 @@ class MomoAITarget:
         self._agents = {a.id: a for a in agents}
         self._listed = True
         self._list_ok = True
-        self._succeeded(f"{len(agents)} agents listed", listing=True)
+        self._succeeded(f"{len(agents)} agents listed")
         return True
 
     def agents(self) -> list[wire.Agent]:
@@ -164,7 +164,7 @@ class MomoAITarget:
                     # Nothing to show or to keep as the agent's turn: not an answer.
                     yield Failed(ErrorCode.UPSTREAM_ERROR, "MOMO AI answered with no text")
                     return
-                self._succeeded("the last request succeeded", listing=False)
+                self._succeeded("the last request succeeded")
                 usage: dict[str, object] = {}
                 if event.tokens_used is not None:
                     usage["total_tokens"] = event.tokens_used
@@ -192,11 +192,11 @@ class MomoAITarget:
 
     # ----- health ---------------------------------------------------------------------------------
 
-    def _succeeded(self, detail: str, *, listing: bool) -> None:
+    def _succeeded(self, detail: str) -> None:
         if self._key_refused:
             self._key_refused = False
             log.info("momoai.api_key_accepted")
-        if listing or self._list_ok:
+        if self._list_ok:  # a listing sets it first: until then readiness is the list's
             self._report("ok", detail)
 
     def _failed(self, failure: wire.ApiFailure, *, listing: bool = False) -> None:

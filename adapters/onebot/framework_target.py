@@ -84,7 +84,8 @@ class FrameworkTarget:
     async def close(self) -> None:
         if self.cluster is not None:
             # Each link is down before its lease is released: a standby may dial right after.
-            await self.cluster.close()
+            await self.cluster.close()  # which closes the links
+            return
         await asyncio.gather(*(link.close() for link in self._links))
 
     @property

@@ -68,16 +68,11 @@ class LinkOwner:
         link: FrameworkLink,
         leases: Leases,
         on_change: Callable[[], None],
-        *,
-        ttl: float = LEASE_TTL,
-        try_every: float = TRY_EVERY,
     ) -> None:
         self.link = link
         self.lease_name = lease_name(link)
         self._leases = leases
         self._on_change = on_change
-        self.ttl = ttl
-        self.try_every = try_every
         self.holding = False  # the link runs here, under the lease
         self.holder: str | None = None  # the holding node as last seen; None: nobody (or unknown)
         self.error = ""  # why the holder is unknown (Redis out of reach)
@@ -114,7 +109,7 @@ class LinkOwner:
             if self._stopping.is_set():
                 return
             try:
-                async with asyncio.timeout(self.try_every):
+                async with asyncio.timeout(TRY_EVERY):
                     await self._stopping.wait()
             except TimeoutError:
                 pass  # time for the next try
@@ -123,7 +118,7 @@ class LinkOwner:
         """Take the lease and run the link until the lease is lost or the owner stops; or note
         who holds it instead."""
         try:
-            async with self._leases.hold(self.lease_name, self.ttl) as kept:
+            async with self._leases.hold(self.lease_name, LEASE_TTL) as kept:
                 log.info("onebot.link_lease_taken", url=self.link.name, token=kept.token)
                 self.holding = True
                 self._seen(self._leases.node_id)
