@@ -168,15 +168,19 @@ class Book:
             entry.result = result
             await self._save(entry)
 
-    def arm(self, entry: Entry) -> None:
+    def arm(self, entry: Entry) -> Any:
+        """Arm ``entry`` where this node runs the schedules; returns its trigger (None when
+        not)."""
         if not self.leading:
-            return
+            return None
+        trigger = entry.trigger(self.zone)
         self.scheduler.add(
             job_id(entry.id),
             self.runner(entry.id),
-            entry.trigger(self.zone),
+            trigger,
             misfire_grace=self.settings.misfire_grace,
         )
+        return trigger
 
     async def _save(self, entry: Entry) -> None:
         await self.ctx.store.set(_store_key(entry.id), asdict(entry))
@@ -190,7 +194,9 @@ class Book:
                 continue  # deleted meanwhile (by another node)
             try:
                 entry = Entry(**raw)
-                entry.trigger(self.zone)
+                held = self.entries.get(entry.id)
+                if held is None or (held.kind, held.spec) != (entry.kind, entry.spec):
+                    entry.trigger(self.zone)  # readable? (one held already was checked)
             except (TypeError, UsageError) as e:
                 ctx.log.error("schedule.unreadable", key=name, error=str(e))
                 continue
@@ -227,8 +233,9 @@ class Book:
         for entry in self.entries.values():
             if entry.paused:
                 continue
-            self.arm(entry)
-            trigger = entry.trigger(self.zone)
+            trigger = self.arm(entry)
+            if trigger is None:
+                continue
             if missed_run(trigger, entry.last, now, self.settings.misfire_grace) is not None:
                 self.ctx.log.info("schedule.missed_run", schedule=entry.id)
                 self.scheduler.run_now(job_id(entry.id))
@@ -239,8 +246,8 @@ class Book:
         """This node now runs the schedules: read them afresh, arm them."""
         async with self.changing:
             self.leading = True
-            await self._merge(await self._read())
-            self._arm_all()
+            await self._merge(await self._read(), arm=False)
+            self._arm_all()  # every one, those kept as well
 
     def stand_down(self) -> None:
         """Another node runs them now (or may: the lease was lost): disarm every one."""
@@ -255,9 +262,10 @@ class Book:
         async with self.changing:
             await self._merge(await self._read())
 
-    async def _merge(self, stored: dict[int, Entry]) -> None:
+    async def _merge(self, stored: dict[int, Entry], *, arm: bool = True) -> None:
         """Take ``stored`` as the schedules, keeping the objects of those that stay (a run in
-        progress records its end on its own object) and arming or disarming what changed."""
+        progress records its end on its own object) and arming (unless ``arm`` is False: the
+        caller arms them all) or disarming what changed."""
         for entry_id in [i for i in self.entries if i not in stored]:
             del self.entries[entry_id]
             self.scheduler.remove(job_id(entry_id))
@@ -265,7 +273,7 @@ class Book:
             old = self.entries.get(entry_id)
             if old is None:
                 self.entries[entry_id] = new
-                if not new.paused:
+                if arm and not new.paused:
                     self.arm(new)
                 continue
             was_paused = old.paused
@@ -274,7 +282,7 @@ class Book:
                 old.last, old.result = new.last, new.result
             if old.paused and not was_paused:
                 self.scheduler.remove(job_id(entry_id))
-            elif was_paused and not old.paused:
+            elif arm and was_paused and not old.paused:
                 self.arm(old)
 
     async def _changed(self) -> None:
